@@ -1,0 +1,56 @@
+"""Checksums computed while bytes flow, so no copy is ever read twice to verify it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from migratio.errors import TransientError
+
+FILE_CHUNK = 4 * 1024 * 1024
+
+
+class Sha512Meter:
+    """Counts and hashes the chunks that pass through it."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha512()
+        self.bytes = 0
+
+    def through(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self._hash.update(chunk)
+            self.bytes += len(chunk)
+            yield chunk
+
+    @property
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def verified(chunks: Iterable[bytes], expected_sha512: str | None, what: str) -> Iterator[bytes]:
+    """Pass chunks through; at the end of input raise if their sha512 is not the expected one.
+
+    The error surfaces before a downstream guard releases its held-back last chunk,
+    so a destination never completes an upload of bytes that failed verification.
+    """
+    meter = Sha512Meter()
+    yield from meter.through(chunks)
+    if expected_sha512 and meter.hexdigest != expected_sha512:
+        raise TransientError(
+            f"{what}: sha512 of the {meter.bytes} bytes read does not match the recorded one"
+        )
+
+
+def file_chunks(path: Path, chunk_size: int = FILE_CHUNK) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            yield chunk
+
+
+def sha512_of_file(path: Path) -> str:
+    digest = hashlib.sha512()
+    for chunk in file_chunks(path):
+        digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Site drivers: each kind of cloud site implements the small interface in ``base``."""

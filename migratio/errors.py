@@ -1,0 +1,66 @@
+"""Typed errors: the supervisor decides retry versus fail by type, never by message."""
+
+from __future__ import annotations
+
+
+class MigratioError(Exception):
+    """Base of every error migratio raises on purpose."""
+
+
+class ConfigError(MigratioError):
+    """A configuration file is missing or invalid; names the file and the key."""
+
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        where = f"{path}: {key}" if key else path
+        super().__init__(f"{where}: {problem}")
+
+
+class MigrationError(MigratioError):
+    """A step of a migration could not be completed."""
+
+
+class TransientError(MigrationError):
+    """Worth retrying later: connection refused, timeouts, HTTP 5xx."""
+
+
+class PermanentError(MigrationError):
+    """Retrying cannot help: missing image, unsafe image, HTTP 4xx."""
+
+
+class ImageNotFound(PermanentError):
+    """The source image does not exist (or is not visible to our credentials)."""
+
+
+class UnsafeImage(PermanentError):
+    """The image bytes are unsafe to process (backing file, data file, format mismatch)."""
+
+
+class IntegrityError(PermanentError):
+    """Bytes at the destination differ from what was sent."""
+
+
+class StepInterrupted(MigratioError):
+    """A running step stopped at a checkpoint (shutdown, lost lease or cancel request)."""
+
+
+class CancelRequested(StepInterrupted):
+    """The operator asked to cancel the migration."""
+
+
+class LeaseLost(StepInterrupted):
+    """Another process now holds the migration: stop touching it."""
+
+
+class ShuttingDown(StepInterrupted):
+    """The daemon is stopping; the step will be resumed from its recorded state."""
+
+
+class IllegalTransition(MigratioError):
+    """The state machine refused a transition."""
+
+
+class UnknownMigration(MigratioError):
+    """No migration with that id in the ledger."""

@@ -1,0 +1,1 @@
+"""The SQL ledger: migrations, their audit trail and the artifacts they created."""

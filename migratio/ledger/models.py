@@ -1,0 +1,82 @@
+"""Ledger tables. Times are naive UTC: SQLite compares them as text, PostgreSQL as timestamps."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MigrationRow(Base):
+    """One migration of one image from a source site to a destination site."""
+
+    __tablename__ = "migrations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    source_site: Mapped[str] = mapped_column(String(64))
+    dest_site: Mapped[str] = mapped_column(String(64))
+    image_id: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    source_md5: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    source_sha512: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    payload_sha512: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    dest_sha512: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    dest_image_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    source_image: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    __table_args__ = (
+        Index("ix_migrations_due", "state", "next_attempt_at"),
+        Index("ix_migrations_image", "image_id", "dest_site"),
+    )
+
+
+class TransitionRow(Base):
+    """Append-only audit row: one state change (or a note when from == to)."""
+
+    __tablename__ = "transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    migration_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("migrations.id", ondelete="CASCADE"), index=True
+    )
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(DateTime)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class ArtifactRow(Base):
+    """Something a migration created that is not the final result until proven so."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    migration_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("migrations.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    site: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ref: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="present")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    settled_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -1,0 +1,111 @@
+"""What operators do, as plain functions: the CLI prints their results, tests call them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from migratio import config
+from migratio.errors import IllegalTransition, MigratioError
+from migratio.ledger.database import make_engine, upgrade
+from migratio.ledger.store import Ledger, Migration, utcnow
+from migratio.machine import TERMINAL, Trigger
+from migratio.supervisor import Supervisor
+
+
+def open_ledger(settings: config.Settings, *, migrate: bool = True) -> Ledger:
+    """The ledger the config names, its schema brought up to date."""
+    engine = make_engine(settings.daemon.ledger_url)
+    if migrate:
+        upgrade(engine)
+    return Ledger(engine)
+
+
+def submit(
+    settings: config.Settings, ledger: Ledger, image_id: str, source: str, destination: str
+) -> Migration:
+    """Queue a migration; both sites must be configured."""
+    if not image_id.strip():
+        raise MigratioError("image id must not be empty")
+    settings.site(source)
+    settings.site(destination)
+    if source == destination:
+        raise MigratioError("source and destination are the same site")
+    return ledger.create(source, destination, image_id, message=f"submitted by pid {os.getpid()}")
+
+
+def retry(ledger: Ledger, migration_id: str) -> Migration:
+    migration = ledger.find(migration_id)
+    if migration.state not in ("failed", "cancelled"):
+        raise IllegalTransition(f"migration {migration.id} is {migration.state}; only failed "
+                                "or cancelled migrations can be retried")
+    return ledger.transition(migration.id, None, Trigger.REQUEUE, "retried by operator")
+
+
+def cancel(settings: config.Settings, ledger: Ledger, migration_id: str) -> tuple[Migration, bool]:
+    """Cancel now if no daemon holds the migration, else ask its daemon to.
+
+    Returns the migration and whether the cancel already took effect.
+    """
+    migration = ledger.find(migration_id)
+    if migration.state in TERMINAL:
+        raise IllegalTransition(f"migration {migration.id} is already {migration.state}")
+    ledger.request_cancel(migration.id)
+    ended = Supervisor(settings, ledger).end_now(
+        migration.id, Trigger.CANCEL, "cancelled by operator"
+    )
+    return ledger.get(migration.id), ended
+
+
+def describe(ledger: Ledger, migration: Migration) -> dict[str, Any]:
+    """Every field and the full history, JSON-ready."""
+    fields = {name: _jsonable(value) for name, value in asdict(migration).items()}
+    history = [
+        {
+            "from": row.from_state,
+            "to": row.to_state,
+            "at": _jsonable(row.at),
+            "message": row.message,
+            "host": row.host,
+            "pid": row.pid,
+        }
+        for row in ledger.history(migration.id)
+    ]
+    artifacts = [
+        {"kind": a.kind, "site": a.site, "ref": a.ref, "status": a.status}
+        for a in ledger.artifacts(migration.id, status=None)
+    ]
+    return {**fields, "error": migration.last_error, "history": history, "artifacts": artifacts}
+
+
+def summary(migration: Migration, now: datetime | None = None) -> dict[str, Any]:
+    """One status-table row."""
+    return {
+        "id": migration.id,
+        "image": migration.image_id,
+        "source_site": migration.source_site,
+        "dest_site": migration.dest_site,
+        "state": migration.state,
+        "progress": progress(migration),
+        "bytes_done": migration.bytes_done,
+        "bytes_total": migration.bytes_total,
+        "age_seconds": round(((now or utcnow()) - migration.created_at).total_seconds(), 1),
+        "dest_image_id": migration.dest_image_id,
+        "error": migration.last_error,
+    }
+
+
+def progress(migration: Migration) -> float | None:
+    if migration.state == "done":
+        return 1.0
+    if not migration.bytes_total:
+        return None
+    return min(1.0, migration.bytes_done / migration.bytes_total)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat() + "Z"
+    return value

@@ -1,0 +1,85 @@
+"""exporting: learn what the source image is, skip it if the destination has it, and
+check its bytes are safe before anything else touches them.
+
+Without conversion the bytes are only probed here (the upload streams them later,
+guarded again); with conversion they are staged in the work dir, sha512-verified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from migratio import safety
+from migratio.checksums import verified
+from migratio.drivers.base import Provenance, SourceImage
+from migratio.errors import PermanentError, TransientError
+from migratio.machine import Trigger
+from migratio.step import Advance, Step
+
+# Glance states an image passes through on its way to `active`: worth waiting for.
+BECOMING_ACTIVE = frozenset({"queued", "saving", "importing", "uploading"})
+
+
+def run(step: Step) -> Advance:
+    image = _describe(step)
+    step.record(
+        source_image=asdict(image) | {"properties": dict(image.properties)},
+        bytes_total=image.size,
+        source_md5=image.md5,
+        source_sha512=image.sha512,
+    )
+    if copy := _existing_copy(step, image):
+        return copy
+    if step.needs_conversion:
+        staged = stage(step, image)
+        detected = safety.check_file(staged, image.disk_format)
+        where = f"staged as {staged.name}"
+    else:
+        with step.source.read(image.id) as chunks:
+            detected = safety.probe_stream(chunks, image.disk_format)
+        where = "to be streamed"
+    return Advance(
+        Trigger.EXPORTED,
+        f"source image {image.name!r}: {image.size} bytes, declared {image.disk_format}, "
+        f"detected {detected}, {where}",
+    )
+
+
+def _describe(step: Step) -> SourceImage:
+    image = step.source.describe(step.migration.image_id)
+    if image.status in BECOMING_ACTIVE and image.status != "queued":
+        raise TransientError(f"source image {image.id} is {image.status}, not yet active")
+    if image.status != "active":
+        raise PermanentError(f"source image {image.id} is {image.status}, not active")
+    return image
+
+
+def _existing_copy(step: Step, image: SourceImage) -> Advance | None:
+    if not image.sha512:
+        return None
+    provenance = Provenance(image.id, step.migration.source_site, image.sha512)
+    copy = step.destination.find_copy(provenance, step.target_format)
+    if copy is None:
+        return None
+    return Advance(
+        Trigger.FOUND_COPY,
+        f"{step.migration.dest_site} already holds this image as {copy.id} "
+        "(same source, site and sha512): nothing copied",
+        {"dest_image_id": copy.id, "dest_sha512": copy.sha512},
+    )
+
+
+def stage(step: Step, image: SourceImage) -> Path:
+    """Download the source into the work dir; the final name appears only once verified."""
+    final = step.path(f"source.{image.disk_format}")
+    if final.exists():
+        return final
+    partial = final.with_name(final.name + ".part")
+    step.add_artifact("file", str(partial))
+    step.add_artifact("file", str(final))
+    with step.source.read(image.id) as chunks, partial.open("wb") as out:
+        for chunk in step.tracked(verified(chunks, image.sha512, f"source image {image.id}")):
+            out.write(chunk)
+    partial.rename(final)
+    return final

@@ -1,0 +1,44 @@
+"""registering: give the copy its metadata and provenance, then prove its bytes."""
+
+from __future__ import annotations
+
+from migratio.drivers.base import SOURCE_CS, SOURCE_SHA512, SOURCE_T, SOURCE_UUID, Registration
+from migratio.errors import IntegrityError, TransientError
+from migratio.machine import Trigger
+from migratio.step import Advance, Step
+
+
+def run(step: Step) -> Advance:
+    migration = step.migration
+    image = step.source_image
+    if migration.dest_image_id is None:
+        raise IntegrityError("no destination image recorded; cannot register")
+    provenance = {
+        SOURCE_UUID: image.id,
+        SOURCE_CS: migration.source_site,
+        SOURCE_T: migration.source_site,
+    }
+    if image.sha512:
+        provenance[SOURCE_SHA512] = image.sha512
+    registered = step.destination.register(
+        migration.dest_image_id,
+        Registration(
+            name=image.name,
+            disk_format=step.target_format,
+            container_format=image.container_format,
+            min_disk=image.min_disk,
+            min_ram=image.min_ram,
+            architecture=image.architecture,
+            properties={**image.properties, **provenance},
+        ),
+    )
+    if not registered.is_active:
+        raise TransientError(f"destination image {registered.id} is {registered.status}")
+    if registered.sha512 != migration.dest_sha512:
+        raise IntegrityError(
+            f"destination image {registered.id} sha512 differs from the bytes sent"
+        )
+    return Advance(
+        Trigger.REGISTERED,
+        f"registered as image {registered.id} on {migration.dest_site}; sha512 verified",
+    )

@@ -1,0 +1,113 @@
+"""What a state handler gets: its migration, the two sites and fenced ledger access.
+
+Handlers return an ``Advance`` naming the trigger that ends their state; the
+supervisor commits it. Long transfers call ``checkpoint`` so that shutdown, a
+lost lease or a cancel request stop them at a safe point.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from migratio.drivers.base import DestinationSite, SourceImage, SourceSite
+from migratio.errors import CancelRequested, LeaseLost, ShuttingDown
+from migratio.ledger.store import Ledger, Migration
+
+PROGRESS_INTERVAL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Advance:
+    """A handler's verdict: fire ``trigger``, with this audit message and recorded fields."""
+
+    trigger: str
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Signals:
+    """Why a running step should stop; set from other threads."""
+
+    shutting_down: threading.Event = field(default_factory=threading.Event)
+    lost: set[str] = field(default_factory=set)
+
+
+class Step:
+    """One handler run on one migration, on behalf of one lease owner."""
+
+    def __init__(
+        self,
+        migration: Migration,
+        *,
+        ledger: Ledger,
+        owner: str,
+        source: SourceSite,
+        destination: DestinationSite,
+        work_dir: Path,
+        signals: Signals,
+    ) -> None:
+        self.migration = migration
+        self.ledger = ledger
+        self.owner = owner
+        self.source = source
+        self.destination = destination
+        self.work_dir = work_dir
+        self.signals = signals
+        self._last_progress = 0.0
+
+    @property
+    def source_image(self) -> SourceImage:
+        """The source description recorded by the exporting state."""
+        recorded = self.migration.source_image
+        if recorded is None:
+            raise RuntimeError(f"migration {self.migration.id} has no recorded source image")
+        return SourceImage(**recorded)
+
+    @property
+    def target_format(self) -> str:
+        return self.destination.required_disk_format or self.source_image.disk_format
+
+    @property
+    def needs_conversion(self) -> bool:
+        return self.target_format != self.source_image.disk_format
+
+    def path(self, name: str) -> Path:
+        """A file in this migration's own work directory."""
+        directory = self.work_dir / self.migration.id
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / name
+
+    def record(self, **fields: Any) -> None:
+        self.ledger.record(self.migration.id, self.owner, **fields)
+        self.migration = replace(self.migration, **fields)
+
+    def add_artifact(self, kind: str, ref: str, site: str | None = None) -> None:
+        self.ledger.add_artifact(self.migration.id, kind, ref, site)
+
+    def checkpoint(self, bytes_done: int | None = None, *, force: bool = False) -> None:
+        """Stop here if asked to; record progress at most once a second."""
+        if self.migration.id in self.signals.lost:
+            raise LeaseLost(f"lease on migration {self.migration.id} lost")
+        if self.signals.shutting_down.is_set():
+            raise ShuttingDown("daemon stopping")
+        now = time.monotonic()
+        if bytes_done is not None and (force or now - self._last_progress >= PROGRESS_INTERVAL_SECONDS):
+            self._last_progress = now
+            self.record(bytes_done=bytes_done)
+            if self.ledger.get(self.migration.id).cancel_requested:
+                raise CancelRequested("cancelled by operator")
+
+    def tracked(self, chunks: Iterable[bytes], start: int = 0) -> Iterator[bytes]:
+        """Pass chunks through, reporting progress and honouring checkpoints."""
+        done = start
+        for chunk in chunks:
+            self.checkpoint(done)
+            yield chunk
+            done += len(chunk)
+        self.checkpoint(done, force=True)

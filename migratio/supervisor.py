@@ -1,0 +1,275 @@
+"""The supervisor: claims due migrations under a lease, drives each through its states,
+retries transient errors with backoff and stops at checkpoints on request.
+
+A lease is renewed by a heartbeat thread; a daemon killed with SIGKILL stops
+renewing, and any daemon takes its migrations over once the lease has expired,
+resuming from the recorded state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
+
+from migratio import config
+from migratio.cleanup import clean_up
+from migratio.drivers.base import Site
+from migratio.drivers.registry import open_site
+from migratio.errors import (
+    CancelRequested,
+    ConfigError,
+    LeaseLost,
+    PermanentError,
+    ShuttingDown,
+    TransientError,
+)
+from migratio.ledger.store import Ledger, Migration
+from migratio.machine import Trigger, is_terminal
+from migratio.retry import backoff_delay
+from migratio.states import HANDLERS
+from migratio.step import Signals, Step
+
+log = logging.getLogger(__name__)
+
+SiteOpener = Callable[[config.Site], Site]
+
+
+def make_owner() -> str:
+    """A lease owner name that tells operators which host and process holds a migration."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Supervisor:
+    """Runs migrations from the ledger, ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        settings: config.Settings,
+        ledger: Ledger,
+        *,
+        owner: str | None = None,
+        site_opener: SiteOpener = open_site,
+    ) -> None:
+        self.settings = settings
+        self.daemon = settings.daemon
+        self.ledger = ledger
+        self.owner = owner or make_owner()
+        self.signals = Signals()
+        self._open_site = site_opener
+        self._running: dict[str, Future[None]] = {}
+        self._wake = threading.Event()
+
+    def stop(self) -> None:
+        """Stop claiming; running steps stop at their next checkpoint."""
+        self.signals.shutting_down.set()
+        self._wake.set()
+
+    def run(self, *, until_idle: bool = False) -> None:
+        log.info("supervisor %s starting (concurrency %d)", self.owner, self.daemon.concurrency)
+        self.daemon.work_dir.mkdir(parents=True, exist_ok=True)
+        self.sweep()
+        heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        heartbeat.start()
+        with ThreadPoolExecutor(self.daemon.concurrency, thread_name_prefix="migration") as pool:
+            while not self.signals.shutting_down.is_set():
+                self._reap()
+                self._fill(pool)
+                if until_idle and not self._running and self.ledger.count_active() == 0:
+                    break
+                self._pause()
+            wait(list(self._running.values()))
+            self._reap()
+        self.signals.shutting_down.set()
+        heartbeat.join(timeout=5)
+        log.info("supervisor %s stopped", self.owner)
+
+    def sweep(self) -> None:
+        """Finish cleanups that a crash interrupted after a migration had ended."""
+        for migration_id in self.ledger.unsettled_terminal():
+            migration = self.ledger.get(migration_id)
+            with ExitStack() as stack:
+                destination = self._site_or_none(migration.dest_site, stack)
+                clean_up(
+                    self.ledger,
+                    migration,
+                    destination,
+                    self.daemon.work_dir,
+                    keep_result=migration.state == "done",
+                )
+
+    def end_now(self, migration_id: str, trigger: Trigger, reason: str) -> bool:
+        """Fail or cancel a migration no daemon holds; False if one does."""
+        if not self.ledger.acquire(migration_id, self.owner, self.daemon.lease_seconds):
+            return False
+        migration = self.ledger.get(migration_id)
+        try:
+            with ExitStack() as stack:
+                destination = self._site_or_none(migration.dest_site, stack)
+                self._finish(migration, trigger, reason, destination)
+        finally:
+            self._release(migration_id)
+        return True
+
+    # ---- loop internals --------------------------------------------------------
+
+    def _fill(self, pool: ThreadPoolExecutor) -> None:
+        while len(self._running) < self.daemon.concurrency:
+            if self.signals.shutting_down.is_set():
+                return
+            migration = self.ledger.claim(
+                self.owner, self.daemon.lease_seconds, skip=list(self._running)
+            )
+            if migration is None:
+                return
+            future = pool.submit(self._drive, migration)
+            future.add_done_callback(lambda _future: self._wake.set())
+            self._running[migration.id] = future
+
+    def _reap(self) -> None:
+        for migration_id, future in list(self._running.items()):
+            if future.done():
+                del self._running[migration_id]
+                self.signals.lost.discard(migration_id)
+                if (error := future.exception()) is not None:
+                    log.error("migration %s: worker crashed: %r", migration_id, error)
+
+    def _pause(self) -> None:
+        self._wake.wait(self.daemon.poll_seconds)
+        self._wake.clear()
+
+    def _heartbeat(self) -> None:
+        interval = self.daemon.lease_seconds / 3
+        while not self.signals.shutting_down.wait(interval):
+            try:
+                lost = self.ledger.renew(self.owner, list(self._running), self.daemon.lease_seconds)
+            except Exception as exc:
+                log.warning("heartbeat: cannot renew leases: %s", exc)
+                continue
+            for migration_id in lost:
+                log.warning("migration %s: lease lost; stopping work on it", migration_id)
+            self.signals.lost |= lost
+
+    # ---- one migration ---------------------------------------------------------
+
+    def _drive(self, migration: Migration) -> None:
+        """Advance one migration state by state while we hold its lease."""
+        try:
+            with ExitStack() as sites:
+                self._advance_all(migration, sites)
+        except LeaseLost as exc:
+            log.warning("migration %s: %s", migration.id, exc)
+        except Exception:
+            log.exception("migration %s: unexpected error", migration.id)
+            self._release(migration.id)
+
+    def _advance_all(self, migration: Migration, sites: ExitStack) -> None:
+        try:
+            source = self._site(migration.source_site, sites)
+            destination = self._site(migration.dest_site, sites)
+        except ConfigError as exc:
+            self._finish(migration, Trigger.FAIL, str(exc), None)
+            return
+        while True:
+            migration = self.ledger.get(migration.id)
+            if migration.lease_owner != self.owner or is_terminal(migration.state):
+                return
+            if migration.cancel_requested:
+                self._finish(migration, Trigger.CANCEL, "cancelled by operator", destination)
+                return
+            step = Step(
+                migration,
+                ledger=self.ledger,
+                owner=self.owner,
+                source=source,
+                destination=destination,
+                work_dir=self.daemon.work_dir,
+                signals=self.signals,
+            )
+            if not self._advance_one(step):
+                return
+            if self.signals.shutting_down.is_set():
+                self._release(migration.id)
+                return
+
+    def _advance_one(self, step: Step) -> bool:
+        """Run the handler of the current state; True if the migration moved on."""
+        migration = step.migration
+        try:
+            advance = HANDLERS[migration.state](step)
+        except CancelRequested:
+            self._finish(migration, Trigger.CANCEL, "cancelled by operator", step.destination)
+        except ShuttingDown:
+            log.info("migration %s: paused in %s for shutdown", migration.id, migration.state)
+            self._release(migration.id)
+        except PermanentError as exc:
+            self._finish(migration, Trigger.FAIL, _one_line(exc), step.destination)
+        except TransientError as exc:
+            self._retry_or_fail(migration, _one_line(exc), step.destination)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            log.exception("migration %s: unexpected error in %s", migration.id, migration.state)
+            self._retry_or_fail(migration, _one_line(exc), step.destination)
+        else:
+            moved = self.ledger.transition(
+                migration.id, self.owner, advance.trigger, advance.message, **advance.fields
+            )
+            log.info("migration %s: %s -> %s: %s",
+                     migration.id, migration.state, moved.state, advance.message)
+            if is_terminal(moved.state):
+                clean_up(self.ledger, moved, step.destination, self.daemon.work_dir,
+                         keep_result=True)
+                return False
+            return True
+        return False
+
+    def _retry_or_fail(self, migration: Migration, reason: str, destination: Site | None) -> None:
+        attempt = migration.attempt + 1
+        limit = self.daemon.retry.max_attempts
+        if attempt >= limit:
+            self._finish(migration, Trigger.FAIL, f"gave up after {attempt} attempts: {reason}",
+                         destination)
+            return
+        delay = backoff_delay(self.daemon.retry, attempt)
+        log.warning("migration %s: attempt %d/%d failed (%s); retrying in %.1fs",
+                    migration.id, attempt, limit, reason, delay)
+        self.ledger.schedule_retry(migration.id, self.owner, attempt, delay, reason)
+
+    def _finish(
+        self, migration: Migration, trigger: Trigger, reason: str, destination: Site | None
+    ) -> None:
+        """Fail or cancel: clean up first, so an ended migration leaves nothing behind."""
+        clean_up(self.ledger, migration, destination, self.daemon.work_dir, keep_result=False)
+        self.ledger.transition(migration.id, self.owner, trigger, reason, last_error=reason)
+        log.warning("migration %s: %s: %s", migration.id, trigger.value, reason)
+
+    # ---- helpers ---------------------------------------------------------------
+
+    def _site(self, site_id: str, stack: ExitStack) -> Site:
+        site = self._open_site(self.settings.site(site_id))
+        stack.callback(site.close)
+        return site
+
+    def _site_or_none(self, site_id: str, stack: ExitStack) -> Site | None:
+        try:
+            return self._site(site_id, stack)
+        except ConfigError as exc:
+            log.warning("cannot open site %s for cleanup: %s", site_id, exc)
+            return None
+
+    def _release(self, migration_id: str) -> None:
+        try:
+            self.ledger.release(migration_id, self.owner)
+        except Exception as exc:
+            log.warning("migration %s: cannot release lease: %s", migration_id, exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."

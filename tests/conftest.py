@@ -1,0 +1,69 @@
+"""Shared fixtures: the real test bed (Keystone + two Glances), PostgreSQL, daemon configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "support" / "testbed"))
+
+import testbed_lib  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testbed_lib.Bed]:
+    """One test bed per session; reused when MIGRATIO_TESTBED_DIR points at a running one."""
+    reuse = os.environ.get("MIGRATIO_TESTBED_DIR")
+    directory = Path(reuse) if reuse else tmp_path_factory.mktemp("testbed")
+    bed = testbed_lib.up(directory)
+    saved = {key: os.environ.get(key) for key in bed.env}
+    os.environ.update(bed.env)
+    yield bed
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if not reuse:
+        testbed_lib.down(directory)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL: $MIGRATIO_TEST_POSTGRES_URL, else a private cluster."""
+    configured = os.environ.get("MIGRATIO_TEST_POSTGRES_URL")
+    if configured:
+        yield configured
+        return
+    directory = tmp_path_factory.mktemp("postgres")
+    url = testbed_lib.start_postgres(directory)
+    yield url
+    testbed_lib.stop_postgres(directory)
+
+
+@pytest.fixture
+def daemon_config(testbed: testbed_lib.Bed, tmp_path: Path) -> Path:
+    """A daemon config of the test bed's sites with this test's own work dir and ledger."""
+    return write_daemon_config(tmp_path, testbed.dir / "sites")
+
+
+def write_daemon_config(directory: Path, sites_dir: Path, **overrides: object) -> Path:
+    settings: dict[str, object] = {
+        "name": "site-a",
+        "work_dir": str(directory / "work"),
+        "sites_dir": str(sites_dir),
+        "concurrency": 2,
+        "lease_seconds": 6,
+        "poll_seconds": 0.2,
+        "retry": {"max_attempts": 3, "base_delay": 0.2, "max_delay": 1.0},
+    }
+    settings.update(overrides)
+    path = directory / "migratio.yml"
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return path
