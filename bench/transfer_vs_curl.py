@@ -1,0 +1,118 @@
+"""Benchmark: migratio site-a → site-b versus `curl GET | curl -T PUT` of the same bytes.
+
+Both run in the same process tree against the same two Glances of the test bed;
+the ratio is what matters, not the absolute figures. Also reports the daemon's
+peak RSS (from wait4's rusage of the daemon process).
+
+    python3 bench/transfer_vs_curl.py [--size-mib 1024] [--rounds 2]
+
+Uses $MIGRATIO_TESTBED_DIR when it points at a running test bed, else starts one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "support" / "testbed"))
+
+import testbed_lib  # noqa: E402
+
+from tests import glance, images  # noqa: E402
+from tests.conftest import write_daemon_config  # noqa: E402
+
+
+def curl_copy(source_id: str, size: int) -> float:
+    """The baseline: Glance A's download piped straight into Glance B's upload."""
+    site_a, site_b = glance.connect("site-a"), glance.connect("site-b")
+    target = site_b.image.create_image(name="curl-baseline", disk_format="qcow2",
+                                       container_format="bare")
+    get_url = site_a.image.get_endpoint().rstrip("/") + f"/v2/images/{source_id}/file"
+    put_url = site_b.image.get_endpoint().rstrip("/") + f"/v2/images/{target.id}/file"
+    started = time.monotonic()
+    reader = subprocess.Popen(
+        ["curl", "-sSf", "-H", f"X-Auth-Token: {site_a.session.get_token()}", get_url],
+        stdout=subprocess.PIPE)
+    writer = subprocess.run(
+        ["curl", "-sSf", "-X", "PUT", "-T", "-", "-H", "Content-Type: application/octet-stream",
+         "-H", f"X-Auth-Token: {site_b.session.get_token()}", put_url],
+        stdin=reader.stdout, check=True)
+    assert reader.wait() == 0 and writer.returncode == 0
+    elapsed = time.monotonic() - started
+    copied = glance.wait_active(site_b, str(target.id))
+    assert copied["size"] == size
+    glance.delete(site_b, str(target.id))
+    return elapsed
+
+
+def migratio_copy(source_id: str, workdir: Path, sites: Path) -> dict[str, float]:
+    config = write_daemon_config(workdir, sites, concurrency=1)
+    submit = subprocess.run([sys.executable, "-m", "migratio", "--config", str(config), "submit",
+                             "--image", source_id, "--from", "site-a", "--to", "site-b"],
+                            check=True, capture_output=True, text=True)
+    migration_id = submit.stdout.strip()
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "migratio", "--config", str(config), "run",
+                                "--until-idle"], stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    process_wall = time.monotonic() - started
+    assert status == 0
+    shown = json.loads(subprocess.run(
+        [sys.executable, "-m", "migratio", "--config", str(config), "show", "--json",
+         migration_id], check=True, capture_output=True, text=True).stdout)
+    assert shown["state"] == "done", shown["error"]
+    stamps = {row["to"]: datetime.fromisoformat(row["at"].rstrip("Z")) for row in shown["history"]}
+    glance.delete(glance.connect("site-b"), shown["dest_image_id"])
+    return {
+        "migration_seconds": (stamps["done"] - stamps["exporting"]).total_seconds(),
+        "process_seconds": process_wall,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="migratio-bench-") as scratch:
+        scratch_dir = Path(scratch)
+        reuse = os.environ.get("MIGRATIO_TESTBED_DIR")
+        bed = testbed_lib.up(Path(reuse) if reuse else scratch_dir / "bed")
+        os.environ.update(bed.env)
+        try:
+            image = images.random_qcow2(scratch_dir / "bench.qcow2", args.size_mib)
+            size = image.stat().st_size
+            site_a = glance.connect("site-a")
+            source_id = glance.upload(site_a, image, name="bench")
+            image.unlink()
+            results = []
+            for round_number in range(args.rounds):
+                baseline = curl_copy(source_id, size)
+                measured = migratio_copy(source_id, scratch_dir / f"run{round_number}",
+                                         bed.dir / "sites")
+                results.append({"curl_seconds": baseline, **measured,
+                                "ratio": measured["migration_seconds"] / baseline})
+                print(json.dumps(results[-1]), flush=True)
+            glance.delete(site_a, source_id)
+            best = min(results, key=lambda r: r["ratio"])
+            print(f"size {size / 2**20:.0f} MiB: curl {best['curl_seconds']:.2f}s, migratio "
+                  f"{best['migration_seconds']:.2f}s (process {best['process_seconds']:.2f}s), "
+                  f"ratio {best['ratio']:.3f}, peak RSS "
+                  f"{max(r['peak_rss_mib'] for r in results):.0f} MiB")
+        finally:
+            if not reuse:
+                testbed_lib.down(bed.dir)
+
+
+if __name__ == "__main__":
+    main()

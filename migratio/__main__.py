@@ -1,0 +1,5 @@
+"""``python -m migratio``: the same as the ``migratio`` command."""
+
+from migratio.cli import main
+
+main()

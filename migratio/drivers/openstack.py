@@ -1,0 +1,475 @@
+"""OpenStack sites: Glance v2 through openstacksdk's image proxy.
+
+The driver sends raw requests on the proxy (a keystoneauth adapter: auth, catalog,
+timeouts) instead of using the SDK's ``Image`` resource, because the resource
+silently drops unknown list filters, coerces ``hw_*`` values to other types, adds
+``owner_specified.openstack.*`` properties, and returns failed uploads without
+raising. Every status code is therefore checked here, in one place.
+"""
+
+from __future__ import annotations
+
+import html
+import http.client
+import logging
+import re
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import openstack
+import openstack.connection
+import openstack.exceptions
+import requests
+import urllib3.exceptions
+from keystoneauth1 import exceptions as ksa
+
+from migratio.config import OpenStackSite
+from migratio.drivers.base import (
+    MIGRATION_ID,
+    SOURCE_SHA512,
+    SOURCE_T,
+    SOURCE_UUID,
+    DestinationImage,
+    Provenance,
+    RecordSpec,
+    Registration,
+    SourceImage,
+)
+from migratio.errors import ImageNotFound, MigrationError, PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# Measured on loopback (bench/openstack_chunks.py): 1 MiB chunks cost noticeably
+# more client CPU per byte than 4 or 8 MiB; above 8 MiB nothing is gained and
+# the memory held per transfer grows.
+READ_CHUNK = 8 * MiB
+PAGE_SIZE = 100
+JSON_PATCH = "application/openstack-images-v2.1-json-patch"
+
+# Fields of Glance's image schema; everything else on an image is a custom property.
+IMAGE_FIELDS = frozenset(
+    {
+        "id", "name", "status", "visibility", "protected", "checksum", "owner",
+        "size", "virtual_size", "min_ram", "min_disk", "disk_format",
+        "container_format", "created_at", "updated_at", "tags", "self", "file",
+        "schema", "locations", "direct_url", "stores", "os_hidden",
+        "os_hash_algo", "os_hash_value",
+    }
+)  # fmt: skip
+# Glance owns these: it computes them, or refuses them (403) in a create or patch.
+GLANCE_OWNED = frozenset({"os_hash_algo", "os_hash_value", "os_hidden"})
+GLANCE_RESERVED_PREFIX = "os_glance_"
+COPIED_PREFIXES = ("hw_", "os_")
+# Best first: the record an earlier run got furthest with.
+STATUS_RANK = {"active": 0, "saving": 1, "uploading": 1, "importing": 1, "queued": 2}
+
+
+class _Missing(PermanentError):
+    """Glance answered 404; callers turn it into ImageNotFound, None or success."""
+
+
+class OpenStackSiteDriver:
+    """A Glance v2 site, as source and destination.
+
+    site_id: the site's id, named in every error message.
+    settings: ``cloud`` is the clouds.yaml entry (found the OpenStack way, e.g.
+        ``OS_CLIENT_CONFIG_FILE``); ``timeout`` bounds each socket operation, not a
+        whole transfer, so large images are fine.
+    connection: an already open connection (tests, tools); by default one is opened
+        on first use, so a driver for an unreachable site can still be built.
+    """
+
+    def __init__(
+        self,
+        site_id: str,
+        settings: OpenStackSite,
+        connection: openstack.connection.Connection | None = None,
+    ) -> None:
+        self.site_id = site_id
+        self.settings = settings
+        self._connection = connection
+        self._lock = threading.Lock()
+
+    # -- source ---------------------------------------------------------------
+
+    def describe(self, image_id: str) -> SourceImage:
+        """The image's metadata; its status is reported as is."""
+        try:
+            image = self._json("GET", f"/images/{image_id}", "describe image")
+        except _Missing:
+            raise self._not_found(image_id) from None
+        return _source_image(image)
+
+    @contextmanager
+    def read(self, image_id: str) -> Iterator[Iterator[bytes]]:
+        """Stream the image file; the response is closed when the context exits."""
+        action = f"download image {image_id}"
+        try:
+            response = self._request("GET", f"/images/{image_id}/file", action, stream=True)
+        except _Missing:
+            raise self._not_found(image_id) from None
+        try:
+            if response.status_code == 204:
+                raise PermanentError(self._message(action, "image has no data"))
+            yield self._stream(response, action)
+        finally:
+            response.close()
+
+    # -- destination ----------------------------------------------------------
+
+    @property
+    def required_disk_format(self) -> str | None:
+        fmt = self.settings.disk_format
+        return None if fmt == "keep" else fmt
+
+    def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
+        """Filters on the server (Glance matches custom properties exactly)."""
+        wanted = {
+            SOURCE_UUID: provenance.source_uuid,
+            SOURCE_T: provenance.source_site,
+            SOURCE_SHA512: provenance.source_sha512,
+            "disk_format": disk_format,
+            "status": "active",
+        }
+        for image in self._list(wanted, "find an earlier copy"):
+            # Re-checked here: a filter the server did not apply must not match.
+            if all(image.get(key) == value for key, value in wanted.items()):
+                return _destination_image(image)
+        return None
+
+    def find_record(self, migration_id: str) -> DestinationImage | None:
+        """Any status; with several, the one furthest along, then the newest."""
+        images = [
+            image
+            for image in self._list({MIGRATION_ID: migration_id}, "find the migration's record")
+            if image.get(MIGRATION_ID) == migration_id
+        ]
+        if not images:
+            return None
+        # Glance lists newest first and min() keeps the first of equals.
+        best = min(images, key=lambda image: STATUS_RANK.get(str(image.get("status")), 9))
+        return _destination_image(best)
+
+    def get_record(self, record_id: str) -> DestinationImage | None:
+        try:
+            return _destination_image(self._json("GET", f"/images/{record_id}", "get record"))
+        except _Missing:
+            return None
+
+    def create_record(self, spec: RecordSpec) -> DestinationImage:
+        body = {
+            "name": spec.name,
+            "disk_format": spec.disk_format,
+            "container_format": spec.container_format,
+            MIGRATION_ID: spec.migration_id,
+        }
+        return _destination_image(self._json("POST", "/images", "create record", json=body))
+
+    def receive(self, record_id: str, chunks: Iterable[bytes]) -> None:
+        """Chunked upload straight from the iterator, never buffered whole.
+
+        An exception raised by the iterator itself (a safety guard, a shutdown)
+        propagates unchanged, however the transport reports the aborted request.
+        """
+        action = f"upload to record {record_id}"
+        body = _Body(chunks)
+        try:
+            response = self._request(
+                "PUT",
+                f"/images/{record_id}/file",
+                action,
+                data=iter(body),
+                headers={"Content-Type": "application/octet-stream"},
+                # A retry or redirect would resend a half-consumed iterator.
+                connect_retries=0,
+                status_code_retries=0,
+                allow_reauth=False,
+                redirect=False,
+            )
+        except BaseException:
+            if body.error is not None:
+                raise body.error from None
+            raise
+        response.close()
+
+    def register(self, record_id: str, registration: Registration) -> DestinationImage:
+        """Patch the metadata; Glance cannot change formats once data is stored."""
+        action = f"register record {record_id}"
+        image = self._json("GET", f"/images/{record_id}", action)
+        for key in ("disk_format", "container_format"):
+            if image.get(key) != getattr(registration, key):
+                problem = f"{key} is {image.get(key)!r}, expected {getattr(registration, key)!r}"
+                raise PermanentError(self._message(action, problem))
+        patch = _patch(image, registration)
+        if patch:
+            image = self._json(
+                "PATCH",
+                f"/images/{record_id}",
+                action,
+                json=patch,
+                headers={"Content-Type": JSON_PATCH},
+            )
+        return _destination_image(image)
+
+    def remove(self, record_id: str) -> None:
+        with suppress(_Missing):
+            self._request("DELETE", f"/images/{record_id}", f"remove record {record_id}").close()
+
+    def close(self) -> None:
+        with self._lock:
+            connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    # -- transport ------------------------------------------------------------
+
+    def _proxy(self) -> Any:
+        """The image proxy; the connection is opened once, on first use."""
+        with self._lock:
+            if self._connection is None:
+                log.debug("site %s: opening cloud %r", self.site_id, self.settings.cloud)
+                self._connection = openstack.connect(
+                    cloud=self.settings.cloud, api_timeout=self.settings.timeout
+                )
+            return self._connection.image
+
+    def _request(self, method: str, path: str, action: str, **kwargs: Any) -> requests.Response:
+        """One request; transport failures and error statuses become typed errors."""
+        with translated(self.site_id, action):
+            response: requests.Response = self._proxy().request(path, method, **kwargs)
+        if response.status_code >= 400:
+            try:
+                raise error_for_response(response, self.site_id, action)
+            finally:
+                response.close()
+        return response
+
+    def _json(self, method: str, path: str, action: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._request(method, path, action, **kwargs)
+        with translated(self.site_id, action):
+            body = response.json()
+        if not isinstance(body, dict):
+            raise PermanentError(self._message(action, "Glance sent no JSON object"))
+        return body
+
+    def _list(self, filters: Mapping[str, str], action: str) -> Iterator[dict[str, Any]]:
+        """Every image matching the filters, page by page (``limit``/``marker``)."""
+        params: dict[str, str | int] = {**filters, "limit": PAGE_SIZE}
+        while True:
+            page = self._json("GET", "/images", action, params=params)
+            images = [image for image in page.get("images", []) if isinstance(image, dict)]
+            yield from images
+            if not images or "next" not in page:
+                return
+            params["marker"] = str(images[-1]["id"])
+
+    def _stream(self, response: requests.Response, action: str) -> Iterator[bytes]:
+        with translated(self.site_id, action):
+            yield from response.iter_content(READ_CHUNK)
+
+    def _not_found(self, image_id: str) -> ImageNotFound:
+        return ImageNotFound(f"site {self.site_id}: image {image_id} does not exist")
+
+    def _message(self, action: str, problem: str) -> str:
+        return one_line(f"site {self.site_id}: {action}: {problem}")
+
+
+class _Body:
+    """The caller's chunks, remembering an exception they raise so it can be re-raised."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = chunks
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._chunks:
+                # An empty chunk would end a chunked body early.
+                if chunk:
+                    yield chunk
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+
+# -- error mapping ------------------------------------------------------------
+
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    ksa.ConnectionError,
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (*TRANSPORT_ERRORS, ksa.DiscoveryFailure)
+
+
+@contextmanager
+def translated(site_id: str, action: str) -> Iterator[None]:
+    """Turn transport, auth and configuration failures into typed, one-line errors."""
+    try:
+        yield
+    except MigrationError:
+        raise
+    except ksa.http.Unauthorized as exc:
+        raise PermanentError(_auth_failed(site_id, action)) from exc
+    except ksa.http.HttpError as exc:
+        kind = error_class(exc.http_status)
+        message = f"site {site_id}: {action}: {exc.message} (HTTP {exc.http_status})"
+        raise kind(one_line(message)) from exc
+    except RETRYABLE_ERRORS as exc:
+        # keystoneauth reports an unreachable endpoint during version discovery as a
+        # DiscoveryFailure without its cause; a misconfigured URL then fails only
+        # once the retry policy gives up, a short outage does not fail a migration.
+        raise TransientError(one_line(f"site {site_id}: {action}: {_reason(exc)}")) from exc
+    except (ksa.ClientException, openstack.exceptions.SDKException) as exc:
+        # An auth plugin may wrap the connection error that made it fail.
+        kind = TransientError if _caused_by_transport(exc) else PermanentError
+        raise kind(one_line(f"site {site_id}: {action}: {_reason(exc)}")) from exc
+    except ValueError as exc:  # a body that is not JSON
+        raise PermanentError(one_line(f"site {site_id}: {action}: bad answer: {exc}")) from exc
+
+
+def error_for_response(response: requests.Response, site_id: str, action: str) -> MigrationError:
+    """The typed error for an HTTP error status from Glance."""
+    status = response.status_code
+    if status == 401:
+        return PermanentError(_auth_failed(site_id, action))
+    message = one_line(f"site {site_id}: {action}: HTTP {status}: {_explanation(response)}")
+    return _Missing(message) if status == 404 else error_class(status)(message)
+
+
+def error_class(status: int) -> type[MigrationError]:
+    """5xx, 408 and 429 are worth retrying; any other 4xx is not."""
+    if status >= 500 or status in (408, 429):
+        return TransientError
+    return PermanentError
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _auth_failed(site_id: str, action: str) -> str:
+    return (
+        f"site {site_id}: {action}: authentication failed (HTTP 401) - "
+        "check the credentials of the site's clouds.yaml entry"
+    )
+
+
+def _explanation(response: requests.Response) -> str:
+    """Glance's reason: the JSON message, or the text of its HTML error page."""
+    try:
+        text = response.text[:4000]
+    except TRANSPORT_ERRORS:  # the body is only a hint; never mask the status
+        return response.reason or ""
+    text = re.sub(r"<title>.*?</title>|<h1>.*?</h1>", " ", text, flags=re.S)
+    text = html.unescape(re.sub(r"<[^>]+>", " ", text)).strip()
+    return one_line(text or response.reason or "", 200)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _caused_by_transport(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TRANSPORT_ERRORS):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+# -- images ---------------------------------------------------------------------
+
+
+def _source_image(image: Mapping[str, Any]) -> SourceImage:
+    return SourceImage(
+        id=str(image["id"]),
+        name=str(image.get("name") or ""),
+        status=str(image.get("status") or ""),
+        disk_format=str(image.get("disk_format") or ""),
+        container_format=str(image.get("container_format") or ""),
+        size=int(image.get("size") or 0),
+        virtual_size=_optional_int(image.get("virtual_size")),
+        md5=image.get("checksum") or None,
+        sha512=_sha512(image),
+        min_disk=int(image.get("min_disk") or 0),
+        min_ram=int(image.get("min_ram") or 0),
+        architecture=image.get("architecture") or None,
+        properties=copied_properties(image),
+    )
+
+
+def _destination_image(image: Mapping[str, Any]) -> DestinationImage:
+    return DestinationImage(
+        id=str(image["id"]),
+        status=str(image.get("status") or ""),
+        sha512=_sha512(image),
+        size=_optional_int(image.get("size")),
+        properties=custom_properties(image),
+    )
+
+
+def custom_properties(image: Mapping[str, Any]) -> dict[str, str]:
+    """The image's custom string properties (Glance stores them all as strings)."""
+    return {
+        key: value
+        for key, value in image.items()
+        if key not in IMAGE_FIELDS
+        and not key.startswith(GLANCE_RESERVED_PREFIX)
+        and isinstance(value, str)
+    }
+
+
+def copied_properties(image: Mapping[str, Any]) -> dict[str, str]:
+    """The ``hw_*``/``os_*`` properties a copy carries; Glance-owned ones excluded."""
+    return {
+        key: value
+        for key, value in custom_properties(image).items()
+        if key.startswith(COPIED_PREFIXES) and key not in GLANCE_OWNED
+    }
+
+
+def _patch(image: Mapping[str, Any], registration: Registration) -> list[dict[str, Any]]:
+    """JSON-patch operations for what differs; ``add`` replaces an existing property."""
+    wanted: dict[str, Any] = {
+        "name": registration.name,
+        "min_disk": registration.min_disk,
+        "min_ram": registration.min_ram,
+        **registration.properties,
+    }
+    if registration.architecture is not None:
+        wanted["architecture"] = registration.architecture
+    operations = [
+        {"op": "add", "path": f"/{_pointer(key)}", "value": value}
+        for key, value in wanted.items()
+        if image.get(key) != value
+    ]
+    if registration.architecture is None and "architecture" in image:
+        operations.append({"op": "remove", "path": "/architecture"})
+    return operations
+
+
+def _pointer(key: str) -> str:
+    """A JSON pointer segment (RFC 6901): property names may contain ``/`` or ``~``."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _sha512(image: Mapping[str, Any]) -> str | None:
+    if image.get("os_hash_algo") == "sha512" and image.get("os_hash_value"):
+        return str(image["os_hash_value"])
+    return None
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)

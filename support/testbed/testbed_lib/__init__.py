@@ -1,0 +1,25 @@
+"""A real OpenStack test bed on loopback for migratio's tests and developers.
+
+One Keystone and two Glance sites (``site-a``, ``site-b``) from Debian's
+packages, plus an optional private PostgreSQL, all on dynamic 127.0.0.1 ports
+with every byte of state inside one directory. ``support/testbed/testbed`` is
+the command-line shell over these functions.
+"""
+
+from .bed import Bed, down, load, status, up
+from .errors import TestbedError
+from .packages import TESTBED_PACKAGES, ensure_packages
+from .postgres import start_postgres, stop_postgres
+
+__all__ = [
+    "TESTBED_PACKAGES",
+    "Bed",
+    "TestbedError",
+    "down",
+    "ensure_packages",
+    "load",
+    "start_postgres",
+    "status",
+    "stop_postgres",
+    "up",
+]

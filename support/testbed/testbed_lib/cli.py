@@ -1,0 +1,63 @@
+"""``testbed up|down|status DIR``: argument parsing and printing only."""
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .bed import down, load, status, up
+from .errors import TestbedError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="testbed",
+        description="Real Keystone + two Glance sites on loopback, state in DIR.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("up", "start a bed in DIR (returns when ready; no-op if already running)"),
+        ("down", "stop what `up` started in DIR"),
+        ("status", "show whether DIR's servers run"),
+    ):
+        commands.add_parser(name, help=text).add_argument("dir", type=Path, metavar="DIR")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    try:
+        if args.command == "up":
+            bed = up(args.dir)
+            elapsed = time.monotonic() - started
+            if bed.reused:
+                print(f"testbed already running in {bed.dir}")
+            else:
+                print(f"testbed up in {elapsed:.1f} s: {bed.dir}")
+            print(f"  keystone  {bed.keystone_url}")
+            for site, url in bed.glance_urls.items():
+                print(f"  glance    {url}  ({site})")
+            print(f"  source {bed.dir / 'env'}")
+        elif args.command == "down":
+            down(args.dir)
+            print(f"testbed down in {time.monotonic() - started:.1f} s: {args.dir.resolve()}")
+        else:
+            return _print_status(args.dir)
+    except TestbedError as exc:
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_status(directory: Path) -> int:
+    servers = status(directory)
+    if not servers:
+        print(f"no testbed running in {directory.resolve()}")
+        return 3
+    bed = load(directory)
+    urls = {"keystone": bed.keystone_url} if bed else {}
+    if bed:
+        urls |= {f"glance-{site}": url for site, url in bed.glance_urls.items()}
+    for name, running in servers.items():
+        state = "running" if running else "stopped"
+        print(f"{name:<15} {state:<8} {urls.get(name, '')}".rstrip())
+    return 0 if all(servers.values()) else 3
