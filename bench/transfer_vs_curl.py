@@ -34,18 +34,33 @@ from tests.conftest import write_daemon_config  # noqa: E402
 def curl_copy(source_id: str, size: int) -> float:
     """The baseline: Glance A's download piped straight into Glance B's upload."""
     site_a, site_b = glance.connect("site-a"), glance.connect("site-b")
-    target = site_b.image.create_image(name="curl-baseline", disk_format="qcow2",
-                                       container_format="bare")
+    target = site_b.image.create_image(
+        name="curl-baseline", disk_format="qcow2", container_format="bare"
+    )
     get_url = site_a.image.get_endpoint().rstrip("/") + f"/v2/images/{source_id}/file"
     put_url = site_b.image.get_endpoint().rstrip("/") + f"/v2/images/{target.id}/file"
     started = time.monotonic()
     reader = subprocess.Popen(
         ["curl", "-sSf", "-H", f"X-Auth-Token: {site_a.session.get_token()}", get_url],
-        stdout=subprocess.PIPE)
+        stdout=subprocess.PIPE,
+    )
     writer = subprocess.run(
-        ["curl", "-sSf", "-X", "PUT", "-T", "-", "-H", "Content-Type: application/octet-stream",
-         "-H", f"X-Auth-Token: {site_b.session.get_token()}", put_url],
-        stdin=reader.stdout, check=True)
+        [
+            "curl",
+            "-sSf",
+            "-X",
+            "PUT",
+            "-T",
+            "-",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-H",
+            f"X-Auth-Token: {site_b.session.get_token()}",
+            put_url,
+        ],
+        stdin=reader.stdout,
+        check=True,
+    )
     assert reader.wait() == 0 and writer.returncode == 0
     elapsed = time.monotonic() - started
     copied = glance.wait_active(site_b, str(target.id))
@@ -56,19 +71,51 @@ def curl_copy(source_id: str, size: int) -> float:
 
 def migratio_copy(source_id: str, workdir: Path, sites: Path) -> dict[str, float]:
     config = write_daemon_config(workdir, sites, concurrency=1)
-    submit = subprocess.run([sys.executable, "-m", "migratio", "--config", str(config), "submit",
-                             "--image", source_id, "--from", "site-a", "--to", "site-b"],
-                            check=True, capture_output=True, text=True)
+    submit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "migratio",
+            "--config",
+            str(config),
+            "submit",
+            "--image",
+            source_id,
+            "--from",
+            "site-a",
+            "--to",
+            "site-b",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     migration_id = submit.stdout.strip()
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "migratio", "--config", str(config), "run",
-                                "--until-idle"], stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "migratio", "--config", str(config), "run", "--until-idle"],
+        stderr=subprocess.DEVNULL,
+    )
     _, status, usage = os.wait4(process.pid, 0)
     process_wall = time.monotonic() - started
     assert status == 0
-    shown = json.loads(subprocess.run(
-        [sys.executable, "-m", "migratio", "--config", str(config), "show", "--json",
-         migration_id], check=True, capture_output=True, text=True).stdout)
+    shown = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "migratio",
+                "--config",
+                str(config),
+                "show",
+                "--json",
+                migration_id,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     assert shown["state"] == "done", shown["error"]
     stamps = {row["to"]: datetime.fromisoformat(row["at"].rstrip("Z")) for row in shown["history"]}
     glance.delete(glance.connect("site-b"), shown["dest_image_id"])
@@ -98,17 +145,25 @@ def main() -> None:
             results = []
             for round_number in range(args.rounds):
                 baseline = curl_copy(source_id, size)
-                measured = migratio_copy(source_id, scratch_dir / f"run{round_number}",
-                                         bed.dir / "sites")
-                results.append({"curl_seconds": baseline, **measured,
-                                "ratio": measured["migration_seconds"] / baseline})
+                measured = migratio_copy(
+                    source_id, scratch_dir / f"run{round_number}", bed.dir / "sites"
+                )
+                results.append(
+                    {
+                        "curl_seconds": baseline,
+                        **measured,
+                        "ratio": measured["migration_seconds"] / baseline,
+                    }
+                )
                 print(json.dumps(results[-1]), flush=True)
             glance.delete(site_a, source_id)
             best = min(results, key=lambda r: r["ratio"])
-            print(f"size {size / 2**20:.0f} MiB: curl {best['curl_seconds']:.2f}s, migratio "
-                  f"{best['migration_seconds']:.2f}s (process {best['process_seconds']:.2f}s), "
-                  f"ratio {best['ratio']:.3f}, peak RSS "
-                  f"{max(r['peak_rss_mib'] for r in results):.0f} MiB")
+            print(
+                f"size {size / 2**20:.0f} MiB: curl {best['curl_seconds']:.2f}s, migratio "
+                f"{best['migration_seconds']:.2f}s (process {best['process_seconds']:.2f}s), "
+                f"ratio {best['ratio']:.3f}, peak RSS "
+                f"{max(r['peak_rss_mib'] for r in results):.0f} MiB"
+            )
         finally:
             if not reuse:
                 testbed_lib.down(bed.dir)

@@ -31,14 +31,23 @@ def clean_up(
         if artifact.kind == "file":
             Path(artifact.ref).unlink(missing_ok=True)
             ledger.settle_artifact(artifact.id, "removed")
-        elif artifact.kind == "dest_image" and keep_result and artifact.ref == migration.dest_image_id:
+        elif (
+            artifact.kind == "dest_image"
+            and keep_result
+            and artifact.ref == migration.dest_image_id
+        ):
             ledger.settle_artifact(artifact.id, "kept")
         elif destination is not None:
             try:
                 destination.remove(artifact.ref)
             except MigratioError as exc:
-                log.warning("migration %s: cannot remove %s %s yet: %s",
-                            migration.id, artifact.kind, artifact.ref, exc)
+                log.warning(
+                    "migration %s: cannot remove %s %s yet: %s",
+                    migration.id,
+                    artifact.kind,
+                    artifact.ref,
+                    exc,
+                )
                 complete = False
             else:
                 ledger.settle_artifact(artifact.id, "removed")

@@ -59,8 +59,12 @@ pass_context = click.make_pass_decorator(_Context)
 
 
 @click.group()
-@click.option("--config", "config_path", metavar="PATH",
-              help=f"daemon config (default: ${config.CONFIG_ENV} or {config.DEFAULT_CONFIG_PATH})")
+@click.option(
+    "--config",
+    "config_path",
+    metavar="PATH",
+    help=f"daemon config (default: ${config.CONFIG_ENV} or {config.DEFAULT_CONFIG_PATH})",
+)
 @click.version_option(package_name="migratio")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
@@ -109,7 +113,7 @@ def submit(ctx: _Context, image_id: str, source: str, destination: str) -> None:
 @_one_line_errors
 def status(ctx: _Context, as_json: bool, states: tuple[str, ...]) -> None:
     """List migrations, newest first."""
-    rows = [operations.summary(m) for m in ctx.ledger().list(states or None)]
+    rows = [operations.summary(m) for m in ctx.ledger().migrations(states or None)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -145,8 +149,10 @@ def show(ctx: _Context, migration_id: str, as_json: bool) -> None:
             click.echo(f"{key:17} {value}")
     click.echo("history:")
     for row in details["history"]:
-        click.echo(f"  {row['at']}  {row['from'] or '-':>11} → {row['to']:<11} "
-                   f"{row['host']}:{row['pid']}  {row['message']}")
+        click.echo(
+            f"  {row['at']}  {row['from'] or '-':>11} → {row['to']:<11} "
+            f"{row['host']}:{row['pid']}  {row['message']}"
+        )
     click.echo("artifacts:")
     for artifact in details["artifacts"]:
         click.echo(f"  {artifact['kind']:10} {artifact['status']:8} {artifact['ref']}")
@@ -172,8 +178,10 @@ def cancel(ctx: _Context, migration_id: str) -> None:
     if ended:
         click.echo(f"{migration.id} {migration.state}")
     else:
-        click.echo(f"{migration.id} cancel requested; {migration.lease_owner} stops it "
-                   "at its next checkpoint")
+        click.echo(
+            f"{migration.id} cancel requested; {migration.lease_owner} stops it "
+            "at its next checkpoint"
+        )
 
 
 @main.group()
@@ -199,5 +207,3 @@ def _age_text(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
     return f"{seconds:.0f}s"
-
-

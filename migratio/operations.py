@@ -39,8 +39,10 @@ def submit(
 def retry(ledger: Ledger, migration_id: str) -> Migration:
     migration = ledger.find(migration_id)
     if migration.state not in ("failed", "cancelled"):
-        raise IllegalTransition(f"migration {migration.id} is {migration.state}; only failed "
-                                "or cancelled migrations can be retried")
+        raise IllegalTransition(
+            f"migration {migration.id} is {migration.state}; only failed "
+            "or cancelled migrations can be retried"
+        )
     return ledger.transition(migration.id, None, Trigger.REQUEUE, "retried by operator")
 
 

@@ -14,5 +14,6 @@ from migratio.config import RetryPolicy
 
 def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
     """Exponential backoff with equal jitter: half fixed, half random, capped."""
-    ceiling = min(policy.max_delay, policy.base_delay * 2 ** max(attempt - 1, 0))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    ceiling = min(policy.max_delay, policy.base_delay * 2.0 ** max(attempt - 1, 0))
+    jitter: float = (rng or random).uniform(0, ceiling / 2)
+    return ceiling / 2 + jitter

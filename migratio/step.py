@@ -97,7 +97,9 @@ class Step:
         if self.signals.shutting_down.is_set():
             raise ShuttingDown("daemon stopping")
         now = time.monotonic()
-        if bytes_done is not None and (force or now - self._last_progress >= PROGRESS_INTERVAL_SECONDS):
+        if bytes_done is not None and (
+            force or now - self._last_progress >= PROGRESS_INTERVAL_SECONDS
+        ):
             self._last_progress = now
             self.record(bytes_done=bytes_done)
             if self.ledger.get(self.migration.id).cancel_requested:

@@ -14,12 +14,12 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 
 from migratio import config
 from migratio.cleanup import clean_up
-from migratio.drivers.base import Site
+from migratio.drivers.base import DestinationSite, Site
 from migratio.drivers.registry import open_site
 from migratio.errors import (
     CancelRequested,
@@ -220,29 +220,48 @@ class Supervisor:
             moved = self.ledger.transition(
                 migration.id, self.owner, advance.trigger, advance.message, **advance.fields
             )
-            log.info("migration %s: %s -> %s: %s",
-                     migration.id, migration.state, moved.state, advance.message)
+            log.info(
+                "migration %s: %s -> %s: %s",
+                migration.id,
+                migration.state,
+                moved.state,
+                advance.message,
+            )
             if is_terminal(moved.state):
-                clean_up(self.ledger, moved, step.destination, self.daemon.work_dir,
-                         keep_result=True)
+                clean_up(
+                    self.ledger, moved, step.destination, self.daemon.work_dir, keep_result=True
+                )
                 return False
             return True
         return False
 
-    def _retry_or_fail(self, migration: Migration, reason: str, destination: Site | None) -> None:
+    def _retry_or_fail(
+        self, migration: Migration, reason: str, destination: DestinationSite | None
+    ) -> None:
         attempt = migration.attempt + 1
         limit = self.daemon.retry.max_attempts
         if attempt >= limit:
-            self._finish(migration, Trigger.FAIL, f"gave up after {attempt} attempts: {reason}",
-                         destination)
+            self._finish(
+                migration, Trigger.FAIL, f"gave up after {attempt} attempts: {reason}", destination
+            )
             return
         delay = backoff_delay(self.daemon.retry, attempt)
-        log.warning("migration %s: attempt %d/%d failed (%s); retrying in %.1fs",
-                    migration.id, attempt, limit, reason, delay)
+        log.warning(
+            "migration %s: attempt %d/%d failed (%s); retrying in %.1fs",
+            migration.id,
+            attempt,
+            limit,
+            reason,
+            delay,
+        )
         self.ledger.schedule_retry(migration.id, self.owner, attempt, delay, reason)
 
     def _finish(
-        self, migration: Migration, trigger: Trigger, reason: str, destination: Site | None
+        self,
+        migration: Migration,
+        trigger: Trigger,
+        reason: str,
+        destination: DestinationSite | None,
     ) -> None:
         """Fail or cancel: clean up first, so an ended migration leaves nothing behind."""
         clean_up(self.ledger, migration, destination, self.daemon.work_dir, keep_result=False)

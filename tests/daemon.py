@@ -15,16 +15,25 @@ from migratio.ledger.store import Ledger, Migration
 from migratio.operations import open_ledger
 
 
-def cli(config: Path, *args: str, check: bool = True, timeout: float = 120,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    config: Path,
+    *args: str,
+    check: bool = True,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "migratio", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
         env={**os.environ, **(env or {})},
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"migratio {' '.join(args)} exited {result.returncode}: "
-                             f"{result.stderr.strip()[-2000:]}")
+        raise AssertionError(
+            f"migratio {' '.join(args)} exited {result.returncode}: {result.stderr.strip()[-2000:]}"
+        )
     return result
 
 
@@ -32,8 +41,9 @@ def submit(config: Path, image_id: str, source: str = "site-a", dest: str = "sit
     return cli(config, "submit", "--image", image_id, "--from", source, "--to", dest).stdout.strip()
 
 
-def run_until_idle(config: Path, timeout: float = 300,
-                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_until_idle(
+    config: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return cli(config, "run", "--until-idle", timeout=timeout, env=env)
 
 
@@ -53,13 +63,15 @@ def ledger_of(config: Path) -> Ledger:
     return open_ledger(load_settings(config))
 
 
-def wait_for(ledger: Ledger, migration_id: str, *, state: str, min_bytes: int = 0,
-             timeout: float = 120) -> Migration:
+def wait_for(
+    ledger: Ledger, migration_id: str, *, state: str, min_bytes: int = 0, timeout: float = 120
+) -> Migration:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         migration = ledger.get(migration_id)
         if migration.state == state and migration.bytes_done >= min_bytes:
             return migration
         time.sleep(0.05)
-    raise TimeoutError(f"{migration_id} never reached {state} with {min_bytes} bytes: "
-                       f"{ledger.get(migration_id)}")
+    raise TimeoutError(
+        f"{migration_id} never reached {state} with {min_bytes} bytes: {ledger.get(migration_id)}"
+    )

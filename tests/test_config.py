@@ -41,16 +41,29 @@ def test_example_configs_are_valid(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("config", "site", "expected"),
     [
-        ("name: a\nconcurrency: 0\n", "type: openstack\ncloud: x\n",
-         "migratio.yml: concurrency: Input should be greater than or equal to 1"),
+        (
+            "name: a\nconcurrency: 0\n",
+            "type: openstack\ncloud: x\n",
+            "migratio.yml: concurrency: Input should be greater than or equal to 1",
+        ),
         ("name: 'bad name!'\n", "type: openstack\ncloud: x\n", "migratio.yml: name: "),
-        ("name: a\nsurprise: 1\n", "type: openstack\ncloud: x\n",
-         "migratio.yml: surprise: Extra inputs are not permitted"),
+        (
+            "name: a\nsurprise: 1\n",
+            "type: openstack\ncloud: x\n",
+            "migratio.yml: surprise: Extra inputs are not permitted",
+        ),
         ("name: a\n", "type: openstack\n", "site-x.yml: cloud: Field required"),
-        ("name: a\n", "type: openstack\ncloud: x\ndisk_format: vhd\n",
-         "site-x.yml: disk_format: Input should be 'keep', 'raw' or 'qcow2'"),
+        (
+            "name: a\n",
+            "type: openstack\ncloud: x\ndisk_format: vhd\n",
+            "site-x.yml: disk_format: Input should be 'keep', 'raw' or 'qcow2'",
+        ),
         ("name: a\n", "type: carrier-pigeon\n", "site-x.yml: type: "),
-        ("name: a\n", "type: openstack\ncloud: [unclosed\n", "site-x.yml: line 3: is not valid YAML"),
+        (
+            "name: a\n",
+            "type: openstack\ncloud: [unclosed\n",
+            "site-x.yml: line 3: is not valid YAML",
+        ),
         ("name: a\n", "- a list\n", "site-x.yml: must be a YAML mapping"),
     ],
 )
@@ -66,11 +79,17 @@ def test_invalid_config_names_file_and_key(
 
 
 def test_daemon_with_broken_site_file_refuses_to_start(tmp_path: Path) -> None:
-    path = _write(tmp_path, f"name: site-a\nwork_dir: {tmp_path / 'w'}\n",
-                  {"site-b.yml": "type: openstack\ncloud: site-b\ndisk_format: vhdx\n"})
+    path = _write(
+        tmp_path,
+        f"name: site-a\nwork_dir: {tmp_path / 'w'}\n",
+        {"site-b.yml": "type: openstack\ncloud: site-b\ndisk_format: vhdx\n"},
+    )
     result = subprocess.run(
         [sys.executable, "-m", "migratio", "--config", str(path), "run", "--until-idle"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -82,7 +101,12 @@ def test_daemon_with_broken_site_file_refuses_to_start(tmp_path: Path) -> None:
 def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "migratio", "--config", str(tmp_path / "nope.yml"), "status"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
-    assert result.stderr.strip() == f"migratio: config error: {tmp_path / 'nope.yml'}: cannot read: No such file or directory"
+    missing = tmp_path / "nope.yml"
+    expected = f"migratio: config error: {missing}: cannot read: No such file or directory"
+    assert result.stderr.strip() == expected

@@ -24,8 +24,12 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     engine = make_engine(url)
     if request.param == "postgresql":
         with engine.begin() as connection:
-            connection.execute(text("DROP TABLE IF EXISTS artifacts, transitions, migrations, "
-                                    "alembic_version CASCADE"))
+            connection.execute(
+                text(
+                    "DROP TABLE IF EXISTS artifacts, transitions, migrations, "
+                    "alembic_version CASCADE"
+                )
+            )
     upgrade(engine)
     upgrade(engine)  # idempotent
     assert current_revision(engine) == "0001"
@@ -52,7 +56,12 @@ def test_every_transition_has_its_audit_row(ledger: Ledger) -> None:
         ("registering", "done"),
     ]
     assert [row.message for row in history[1:]] == [
-        "did start", "did exported", "did converted", "did uploaded", "did registered"]
+        "did start",
+        "did exported",
+        "did converted",
+        "did uploaded",
+        "did registered",
+    ]
     assert all(row.pid > 0 and row.host for row in history)
     assert [row.at for row in history] == sorted(row.at for row in history)
 
@@ -127,5 +136,4 @@ def test_artifacts_are_recorded_once_and_settled(ledger: Ledger) -> None:
     assert [(a.kind, a.ref) for a in present] == [("file", "/work/x.part"), ("dest_image", "abc")]
     ledger.settle_artifact(present[0].id, "removed")
     assert [a.ref for a in ledger.artifacts(migration.id)] == ["abc"]
-    assert [a.status for a in ledger.artifacts(migration.id, status=None)] == [
-        "removed", "present"]
+    assert [a.status for a in ledger.artifacts(migration.id, status=None)] == ["removed", "present"]

@@ -39,15 +39,27 @@ def qcow2_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def source_64(site_a: Connection, qcow2_64: Path) -> str:
     return glance.upload(
-        site_a, qcow2_64, name="template-64", architecture="x86_64",
-        min_disk=1, min_ram=512, **PROPERTIES,
+        site_a,
+        qcow2_64,
+        name="template-64",
+        architecture="x86_64",
+        min_disk=1,
+        min_ram=512,
+        **PROPERTIES,
     )
 
 
 def _leftovers(config: Path, migration_id: str) -> list[Path]:
     work = config.parent / "work"
-    return [p for p in work.rglob("*") if p.is_file() and p.name != "ledger.sqlite"
-            and not p.name.startswith("ledger.sqlite")] if work.exists() else []
+    return (
+        [
+            p
+            for p in work.rglob("*")
+            if p.is_file() and p.name != "ledger.sqlite" and not p.name.startswith("ledger.sqlite")
+        ]
+        if work.exists()
+        else []
+    )
 
 
 def test_qcow2_migrates_with_properties_and_history(
@@ -59,13 +71,28 @@ def test_qcow2_migrates_with_properties_and_history(
 
     assert shown["state"] == "done", shown["error"]
     assert [row["to"] for row in shown["history"]] == [
-        "queued", "exporting", "converting", "uploading", "registering", "done"]
+        "queued",
+        "exporting",
+        "converting",
+        "uploading",
+        "registering",
+        "done",
+    ]
     assert [row["from"] for row in shown["history"]][1:] == [
-        "queued", "exporting", "converting", "uploading", "registering"]
+        "queued",
+        "exporting",
+        "converting",
+        "uploading",
+        "registering",
+    ]
     stamps = [row["at"] for row in shown["history"]]
     assert all(stamps) and stamps == sorted(stamps)
     assert (shown["id"], shown["source_site"], shown["dest_site"], shown["image_id"]) == (
-        migration_id, "site-a", "site-b", source_64)
+        migration_id,
+        "site-a",
+        "site-b",
+        source_64,
+    )
 
     copy = glance.get(site_b, shown["dest_image_id"])
     assert copy is not None and copy["status"] == "active"
@@ -74,9 +101,15 @@ def test_qcow2_migrates_with_properties_and_history(
     assert glance.sha512_of_image(site_b, copy["id"]) == source_sha512
     assert shown["source_sha512"] == shown["dest_sha512"] == source_sha512
     expected = {
-        "name": "template-64", "disk_format": "qcow2", "container_format": "bare",
-        "min_disk": 1, "min_ram": 512, "architecture": "x86_64",
-        "source_uuid": source_64, "source_cs": "site-a", "source_t": "site-a",
+        "name": "template-64",
+        "disk_format": "qcow2",
+        "container_format": "bare",
+        "min_disk": 1,
+        "min_ram": 512,
+        "architecture": "x86_64",
+        "source_uuid": source_64,
+        "source_cs": "site-a",
+        "source_t": "site-a",
         **PROPERTIES,
     }
     assert {key: copy.get(key) for key in expected} == expected
@@ -211,7 +244,7 @@ def test_nonexistent_image_fails_with_a_clear_reason(daemon_config: Path) -> Non
 def test_name_with_shell_metacharacters_and_non_ascii_arrives_unchanged(
     daemon_config: Path, site_a: Connection, site_b: Connection, tmp_path: Path
 ) -> None:
-    name = 'x"; touch /tmp/pwned; echo "$(id) `id` \\ Zażółć gęślą jaźń 日本 \'q\''
+    name = "x\"; touch /tmp/pwned; echo \"$(id) `id` \\ Zażółć gęślą jaźń 日本 'q'"
     small = images.random_qcow2(tmp_path / "small.qcow2", 2)
     source_id = glance.upload(site_a, small, name=name, os_distro="x'; rm -rf ~; '")
     migration_id = daemon.submit(daemon_config, source_id)
@@ -228,7 +261,9 @@ def test_name_with_shell_metacharacters_and_non_ascii_arrives_unchanged(
 def test_cancel_then_retry(daemon_config: Path, source_64: str, site_b: Connection) -> None:
     migration_id = daemon.submit(daemon_config, source_64, dest="site-b-raw")
     assert daemon.cli(daemon_config, "cancel", migration_id).stdout.split() == [
-        migration_id, "cancelled"]
+        migration_id,
+        "cancelled",
+    ]
     refused = daemon.cli(daemon_config, "cancel", migration_id, check=False)
     assert refused.returncode == 1 and "already cancelled" in refused.stderr
     daemon.cli(daemon_config, "retry", migration_id[:8])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, or_, select, update
+from sqlalchemy import CursorResult, Engine, Executable, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from migratio.errors import LeaseLost, UnknownMigration
@@ -160,7 +160,7 @@ class Ledger:
             raise UnknownMigration(f"{problem} migration matches {prefix!r}")
         return Migration.of(rows[0])
 
-    def list(self, states: Sequence[str] | None = None, limit: int = 1000) -> list[Migration]:
+    def migrations(self, states: Sequence[str] | None = None, limit: int = 1000) -> list[Migration]:
         query = select(MigrationRow).order_by(MigrationRow.created_at.desc()).limit(limit)
         if states:
             query = query.where(MigrationRow.state.in_(list(states)))
@@ -210,14 +210,15 @@ class Ledger:
         candidates = candidates.order_by(MigrationRow.next_attempt_at).limit(8)
         with self._tx() as session:
             for migration_id, previous_owner in session.execute(candidates).all():
-                won = session.execute(
+                won = _rowcount(
+                    session,
                     update(MigrationRow)
                     .where(MigrationRow.id == migration_id, free)
                     .values(
                         lease_owner=owner,
                         lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    )
-                ).rowcount
+                    ),
+                )
                 if won:
                     row = session.get(MigrationRow, migration_id)
                     assert row is not None
@@ -239,7 +240,8 @@ class Ledger:
         now = utcnow()
         with self._tx() as session:
             return bool(
-                session.execute(
+                _rowcount(
+                    session,
                     update(MigrationRow)
                     .where(
                         MigrationRow.id == migration_id,
@@ -251,8 +253,8 @@ class Ledger:
                     .values(
                         lease_owner=owner,
                         lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    )
-                ).rowcount
+                    ),
+                )
             )
 
     def renew(self, owner: str, migration_ids: Sequence[str], lease_seconds: float) -> set[str]:
@@ -261,21 +263,23 @@ class Ledger:
         expires = utcnow() + timedelta(seconds=lease_seconds)
         with self._tx() as session:
             for migration_id in migration_ids:
-                renewed = session.execute(
+                renewed = _rowcount(
+                    session,
                     update(MigrationRow)
                     .where(MigrationRow.id == migration_id, MigrationRow.lease_owner == owner)
-                    .values(lease_expires_at=expires)
-                ).rowcount
+                    .values(lease_expires_at=expires),
+                )
                 if not renewed:
                     lost.add(migration_id)
         return lost
 
     def release(self, migration_id: str, owner: str) -> None:
         with self._tx() as session:
-            session.execute(
+            _rowcount(
+                session,
                 update(MigrationRow)
                 .where(MigrationRow.id == migration_id, MigrationRow.lease_owner == owner)
-                .values(lease_owner=None, lease_expires_at=None)
+                .values(lease_owner=None, lease_expires_at=None),
             )
 
     # ---- fenced writes by the lease holder ------------------------------------
@@ -298,11 +302,12 @@ class Ledger:
             row = _fenced_row(session, migration_id, owner)
             old_state = row.state
             new_state = next_state(old_state, trigger)
-            changed = session.execute(
+            changed = _rowcount(
+                session,
                 update(MigrationRow)
                 .where(MigrationRow.id == migration_id, MigrationRow.state == old_state)
-                .values(**_transition_values(new_state, now, fields))
-            ).rowcount
+                .values(**_transition_values(new_state, now, fields)),
+            )
             if not changed:
                 raise LeaseLost(f"migration {migration_id} changed under us")
             session.add(_audit(migration_id, old_state, new_state, now, message))
@@ -313,11 +318,12 @@ class Ledger:
     def record(self, migration_id: str, owner: str, **fields: Any) -> None:
         _check_fields(fields)
         with self._tx() as session:
-            changed = session.execute(
+            changed = _rowcount(
+                session,
                 update(MigrationRow)
                 .where(MigrationRow.id == migration_id, MigrationRow.lease_owner == owner)
-                .values(updated_at=utcnow(), **fields)
-            ).rowcount
+                .values(updated_at=utcnow(), **fields),
+            )
         if not changed:
             raise LeaseLost(f"lease on migration {migration_id} lost")
 
@@ -395,10 +401,11 @@ class Ledger:
     def settle_artifact(self, artifact_id: int, status: str) -> None:
         """Mark an artifact ``removed`` (cleaned up) or ``kept`` (it became the result)."""
         with self._tx() as session:
-            session.execute(
+            _rowcount(
+                session,
                 update(ArtifactRow)
                 .where(ArtifactRow.id == artifact_id)
-                .values(status=status, settled_at=utcnow())
+                .values(status=status, settled_at=utcnow()),
             )
 
     def unsettled_terminal(self) -> list[str]:
@@ -422,13 +429,24 @@ class Ledger:
             session.execute(delete(MigrationRow).where(MigrationRow.id == migration_id))
 
 
+def _rowcount(session: Session, statement: Executable) -> int:
+    result = session.execute(statement)
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
+
+
 def _fenced_row(session: Session, migration_id: str, owner: str | None) -> MigrationRow:
     row = session.get(MigrationRow, migration_id)
     if row is None:
         raise UnknownMigration(f"no migration {migration_id!r} in the ledger")
     if owner is not None and row.lease_owner != owner:
         raise LeaseLost(f"lease on migration {migration_id} lost to {row.lease_owner}")
-    if owner is None and row.lease_owner and row.lease_expires_at and row.lease_expires_at > utcnow():
+    if (
+        owner is None
+        and row.lease_owner
+        and row.lease_expires_at
+        and row.lease_expires_at > utcnow()
+    ):
         raise LeaseLost(f"migration {migration_id} is held by {row.lease_owner}")
     return row
 

@@ -30,6 +30,5 @@ def run(step: Step) -> Advance:
     step.record(payload_sha512=sha512_of_file(converted), bytes_total=converted.stat().st_size)
     return Advance(
         Trigger.CONVERTED,
-        f"converted {image.disk_format} to {step.target_format}: "
-        f"{converted.stat().st_size} bytes",
+        f"converted {image.disk_format} to {step.target_format}: {converted.stat().st_size} bytes",
     )

@@ -121,8 +121,9 @@ def _build(directory: Path, timeout: float) -> Bed:
 
     def start_keystone() -> None:
         keystone.configure(ks)
-        # uwsgi loads Keystone (~2-4 s) while the database is being created:
-        # loading touches no table, and nothing asks it anything until bootstrap is done.
+        # uwsgi loads Keystone (~2-4 s) while its database is created and
+        # bootstrapped: loading touches no table, and nothing asks it anything
+        # before wait_http below.
         server = keystone.start(ks, mark)
         pidfile.record(directory, server)
         keystone.setup(ks, admin_password, region=SITES[0])
@@ -136,7 +137,8 @@ def _build(directory: Path, timeout: float) -> Bed:
         pidfile.record(directory, server)
         processes.wait_http(server, f"{site.url}/healthcheck", timeout)
 
-    # Keystone's setup is the long pole (~5 s); the Glance sites set up meanwhile.
+    # Keystone (bootstrap, then provisioning) is the long pole; the Glance
+    # sites start meanwhile.
     _run_parallel([start_keystone, *(partial(start_glance, site) for site in sites)])
 
     token = keystone.issue_token(ks, admin_password)

@@ -1,6 +1,7 @@
 """``testbed up|down|status DIR``: argument parsing and printing only."""
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -11,6 +12,16 @@ from .errors import TestbedError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return the exit status (0 ok, 1 error, 3 not running)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `testbed up DIR | head -1`: the reader left early; the command itself worked.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="testbed",
         description="Real Keystone + two Glance sites on loopback, state in DIR.",
