@@ -62,6 +62,7 @@ def configure(layout: GlanceLayout, keystone_url: str, glance_password: str) -> 
                 # single writer for SQLite.
                 "workers": 0,
                 "enabled_backends": "fs:file",
+                # Otherwise under /var/lib/glance, shared with the machine's Glance.
                 "image_cache_dir": state / "cache",
                 # Glance's default; os_hash_value is what migratio verifies.
                 "hashing_algorithm": "sha512",

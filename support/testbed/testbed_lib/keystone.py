@@ -65,8 +65,11 @@ def configure(layout: KeystoneLayout) -> None:
         {
             "DEFAULT": {"debug": "false"},
             "database": {"connection": f"sqlite:///{layout.database}"},
+            # 12 h: a developer's bed outlives the default 1 h token in a
+            # long-running daemon session.
             "token": {"provider": "fernet", "expiration": 43200},
             "fernet_tokens": {"key_repository": state / "fernet-keys"},
+            # Receipts are for multi-factor auth, unused here; one repository will do.
             "fernet_receipts": {"key_repository": state / "fernet-keys"},
             "credential": {"key_repository": state / "credential-keys"},
             "catalog": {"driver": "sql"},
@@ -135,8 +138,9 @@ def start(layout: KeystoneLayout, mark: str) -> Server:
         "--die-on-term",
         "--need-app",
         "--buffer-size", "65535",
-        # uwsgi's http-socket mishandles kept-alive connections from pooled
-        # clients (requests/keystoneauth); closing each one avoids resets.
+        # uwsgi's plain http-socket closes every connection after one response;
+        # saying so stops pooled clients (requests/keystoneauth) from reusing
+        # a dead connection and failing with "connection reset".
         "--add-header", "Connection: close",
     ]  # fmt: skip
     env = processes.system_env({"OS_KEYSTONE_CONFIG_FILES": str(layout.config)})

@@ -1,0 +1,136 @@
+"""Supervisor behaviour against real peers: retries, a shared PostgreSQL ledger, scale-out."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import testbed_lib
+import yaml
+from openstack.connection import Connection
+from sqlalchemy import text
+
+from migratio.ledger.database import make_engine
+from tests import daemon, glance, images
+from tests.conftest import write_daemon_config
+
+pytestmark = pytest.mark.testbed
+
+
+@pytest.fixture(scope="module")
+def site_a(testbed: testbed_lib.Bed) -> Connection:
+    return glance.connect("site-a")
+
+
+@pytest.fixture(scope="module")
+def site_b(testbed: testbed_lib.Bed) -> Connection:
+    return glance.connect("site-b")
+
+
+@pytest.fixture(scope="module")
+def small_source(site_a: Connection, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = images.random_qcow2(tmp_path_factory.mktemp("img") / "small.qcow2", 4)
+    return glance.upload(site_a, path, name="small-template")
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for_log(log: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{text!r} never appeared in {log}")
+
+
+def test_unreachable_destination_is_retried_then_failed(
+    testbed: testbed_lib.Bed, tmp_path: Path, small_source: str
+) -> None:
+    bed_dir = testbed.dir
+    sites = tmp_path / "sites"
+    shutil.copytree(bed_dir / "sites", sites)
+    (sites / "dead.yml").write_text("type: openstack\ncloud: dead\n")
+    clouds = yaml.safe_load((bed_dir / "clouds.yaml").read_text())
+    clouds["clouds"]["dead"] = {
+        **clouds["clouds"]["site-b"],
+        "auth": {
+            **clouds["clouds"]["site-b"]["auth"],
+            "auth_url": f"http://127.0.0.1:{_closed_port()}/v3",
+        },
+    }
+    (tmp_path / "clouds.yaml").write_text(yaml.safe_dump(clouds))
+    env = {"OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml")}
+    config = write_daemon_config(tmp_path, sites)
+
+    migration_id = daemon.submit(config, small_source, dest="dead")
+    daemon.run_until_idle(config, env=env)
+    shown = daemon.show(config, migration_id)
+    assert shown["state"] == "failed"
+    assert shown["error"].startswith("gave up after 3 attempts: ")
+    retries = [row for row in shown["history"] if row["from"] == row["to"] == "exporting"]
+    assert [row["message"].split(",")[0] for row in retries] == [
+        "attempt 1 failed",
+        "attempt 2 failed",
+    ]
+    assert [row["to"] for row in shown["history"]][-1] == "failed"
+
+
+def test_two_daemons_share_a_postgresql_ledger(
+    testbed: testbed_lib.Bed,
+    tmp_path: Path,
+    postgres_url: str,
+    site_a: Connection,
+    site_b: Connection,
+) -> None:
+    engine = make_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("DROP TABLE IF EXISTS artifacts, transitions, migrations, alembic_version CASCADE")
+        )
+    engine.dispose()
+    bed_dir = testbed.dir
+    sources = [
+        glance.upload(site_a, images.random_qcow2(tmp_path / f"pg{n}.qcow2", 24), name=f"pg-{n}")
+        for n in range(4)
+    ]
+    configs = [
+        write_daemon_config(
+            tmp_path / f"host{n}", bed_dir / "sites", database_url=postgres_url, concurrency=2
+        )
+        for n in range(2)
+        if (tmp_path / f"host{n}").mkdir() is None
+    ]
+    runners = [daemon.start(config, config.parent / "daemon.log") for config in configs]
+    try:
+        for config in configs:
+            _wait_for_log(config.parent / "daemon.log", "starting")
+        ids = [daemon.submit(configs[n % 2], source) for n, source in enumerate(sources)]
+        ledger = daemon.ledger_of(configs[0])
+        for migration_id in ids:
+            daemon.wait_for(ledger, migration_id, state="done", timeout=300)
+    finally:
+        for runner in runners:
+            runner.send_signal(signal.SIGTERM)
+    assert [runner.wait(60) for runner in runners] == [0, 0]
+
+    hosts_seen = set()
+    for migration_id, source in zip(ids, sources, strict=True):
+        shown = daemon.show(configs[1], migration_id)
+        assert shown["state"] == "done", shown["error"]
+        starts = [row for row in shown["history"] if row["to"] == "exporting"]
+        assert len(starts) == 1
+        hosts_seen.add(starts[0]["pid"])
+        assert [c["id"] for c in glance.find(site_b, source_uuid=source)] == [
+            shown["dest_image_id"]
+        ]
+    assert len(ledger.migrations()) == 4
+    assert len(hosts_seen) == 2, "both daemons should have taken work"
