@@ -24,23 +24,28 @@ class Sha512Meter:
             self.bytes += len(chunk)
             yield chunk
 
+    def verifying(
+        self, chunks: Iterable[bytes], expected: str | None, what: str
+    ) -> Iterator[bytes]:
+        """Like ``through``; at the end of input, raise unless the sha512 is ``expected``.
+
+        The error surfaces before a downstream guard releases its held-back last
+        chunk, so a destination never completes an upload of unverified bytes.
+        """
+        yield from self.through(chunks)
+        if expected and self.hexdigest != expected:
+            raise TransientError(
+                f"{what}: sha512 of the {self.bytes} bytes read does not match the recorded one"
+            )
+
     @property
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
 
 def verified(chunks: Iterable[bytes], expected_sha512: str | None, what: str) -> Iterator[bytes]:
-    """Pass chunks through; at the end of input raise if their sha512 is not the expected one.
-
-    The error surfaces before a downstream guard releases its held-back last chunk,
-    so a destination never completes an upload of bytes that failed verification.
-    """
-    meter = Sha512Meter()
-    yield from meter.through(chunks)
-    if expected_sha512 and meter.hexdigest != expected_sha512:
-        raise TransientError(
-            f"{what}: sha512 of the {meter.bytes} bytes read does not match the recorded one"
-        )
+    """``chunks``, checked against ``expected_sha512`` once they are all read."""
+    return Sha512Meter().verifying(chunks, expected_sha512, what)
 
 
 def file_chunks(path: Path, chunk_size: int = FILE_CHUNK) -> Iterator[bytes]:

@@ -29,7 +29,11 @@ def upload(
 ) -> str:
     """Create an image from a file and wait until Glance says it is active."""
     image = conn.image.create_image(
-        name=name, disk_format=disk_format, container_format=container_format, **extra
+        name=name,
+        disk_format=disk_format,
+        container_format=container_format,
+        allow_duplicates=True,
+        **extra,
     )
     with path.open("rb") as data:
         response = conn.image.put(

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from migratio import safety
-from migratio.checksums import Sha512Meter, file_chunks, verified
+from migratio.checksums import Sha512Meter, file_chunks
 from migratio.drivers.base import DestinationImage, RecordSpec
 from migratio.machine import Trigger
+from migratio.prefetch import prefetched
 from migratio.step import Advance, Step
 
 
@@ -27,7 +28,7 @@ def run(step: Step) -> Advance:
     if record is None:
         record = _create_record(step)
     meter = Sha512Meter()
-    step.destination.receive(record.id, meter.through(_payload(step)))
+    step.destination.receive(record.id, _payload(step, meter))
     step.record(dest_sha512=meter.hexdigest, bytes_done=meter.bytes)
     return Advance(
         Trigger.UPLOADED,
@@ -61,14 +62,17 @@ def _create_record(step: Step) -> DestinationImage:
     return record
 
 
-def _payload(step: Step) -> Iterator[bytes]:
+def _payload(step: Step, meter: Sha512Meter) -> Iterator[bytes]:
+    """The bytes to send, read ahead in a thread, hashed once (by ``meter``) and
+    verified against the payload's recorded sha512 before the guard lets the last
+    chunk go."""
     expected = step.migration.payload_sha512
     if step.needs_conversion:
         path = step.path(f"converted.{step.target_format}")
-        checked = verified(file_chunks(path), expected, f"converted file {path.name}")
-        yield from safety.guard_stream(step.tracked(checked), step.target_format)
+        checked = meter.verifying(file_chunks(path), expected, f"converted file {path.name}")
+        yield from safety.guard_stream(step.tracked(prefetched(checked)), step.target_format)
         return
     image = step.source_image
     with step.source.read(image.id) as chunks:
-        checked = verified(chunks, expected, f"source image {image.id}")
-        yield from safety.guard_stream(step.tracked(checked), image.disk_format)
+        checked = meter.verifying(chunks, expected, f"source image {image.id}")
+        yield from safety.guard_stream(step.tracked(prefetched(checked)), image.disk_format)

@@ -1,0 +1,65 @@
+"""Read ahead in a thread, so that downloading and uploading overlap.
+
+A single thread pulling a download generator from inside an upload alternates
+between the two sockets. Handing the download to a reader thread lets both run
+at once, as `curl | curl` does. hashlib and socket I/O release the GIL. A small
+bounded queue keeps memory flat: at most ``depth`` chunks are in flight.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Final
+
+_END: Final = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def prefetched(chunks: Iterable[bytes], depth: int = 3) -> Iterator[bytes]:
+    """Yield ``chunks`` unchanged, produced ahead by a reader thread.
+
+    An error raised by the producer is re-raised here, in the consumer; when the
+    consumer stops early, the producer stops at its next chunk.
+    """
+    buffer: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not _put(buffer, chunk, stop):
+                    return
+            _put(buffer, _END, stop)
+        except BaseException as error:  # handed to the consumer, which decides
+            _put(buffer, _Failure(error), stop)
+
+    reader = threading.Thread(target=produce, name="prefetch", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            assert isinstance(item, bytes)
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+
+
+def _put(buffer: queue.Queue[object], item: object, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            buffer.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
