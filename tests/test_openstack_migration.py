@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from openstack.connection import Connection
 
+from migratio import operations
+from migratio.config import load_settings
 from tests import daemon, glance, images
 
 pytestmark = pytest.mark.testbed
@@ -271,3 +273,30 @@ def test_cancel_then_retry(daemon_config: Path, source_64: str, site_b: Connecti
     shown = daemon.show(daemon_config, migration_id)
     assert [row["to"] for row in shown["history"]][:3] == ["queued", "cancelled", "queued"]
     assert shown["state"] == "done"
+
+
+def test_cancel_while_uploading_removes_the_partial_copy(
+    daemon_config: Path, site_a: Connection, site_b: Connection, tmp_path: Path
+) -> None:
+    source_file = images.random_qcow2(tmp_path / "random384.qcow2", 384)
+    source_id = glance.upload(site_a, source_file, name="template-cancel")
+    migration_id = daemon.submit(daemon_config, source_id)
+    ledger = daemon.ledger_of(daemon_config)
+    running = daemon.start(daemon_config, tmp_path / "daemon.log")
+    try:
+        daemon.wait_for(ledger, migration_id, state="uploading", min_bytes=8 * images.MIB)
+        settings = load_settings(daemon_config)
+        cancelled, ended = operations.cancel(settings, ledger, migration_id)
+        assert not ended and cancelled.cancel_requested
+        daemon.wait_for(ledger, migration_id, state="cancelled", timeout=30)
+    finally:
+        running.send_signal(signal.SIGTERM)
+        assert running.wait(30) == 0
+    shown = daemon.show(daemon_config, migration_id)
+    assert shown["history"][-1]["from"] == "uploading"
+    assert shown["error"] == "cancelled by operator"
+    assert glance.find(site_b, migratio_migration_id=migration_id) == []
+    assert all(a["status"] == "removed" for a in shown["artifacts"])
+    assert _leftovers(daemon_config, migration_id) == []
+    table = daemon.cli(daemon_config, "status").stdout
+    assert migration_id[:8] in table and "cancelled" in table and "site-a → site-b" in table
