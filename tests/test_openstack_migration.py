@@ -187,7 +187,7 @@ def test_sigkill_while_uploading_resumes_to_one_image(
 def test_sigterm_pauses_at_a_checkpoint_and_exits_zero(
     daemon_config: Path, site_a: Connection, site_b: Connection, tmp_path: Path
 ) -> None:
-    source_file = images.random_qcow2(tmp_path / "random192.qcow2", 192)
+    source_file = images.random_qcow2(tmp_path / "random384.qcow2", 384)
     source_id = glance.upload(site_a, source_file, name="template-sigterm")
     migration_id = daemon.submit(daemon_config, source_id)
     ledger = daemon.ledger_of(daemon_config)
@@ -198,8 +198,12 @@ def test_sigterm_pauses_at_a_checkpoint_and_exits_zero(
     assert running.wait(30) == 0
     assert time.monotonic() - started < 10
     paused = ledger.get(migration_id)
-    assert paused.state == "uploading"
+    # Normally mid-upload; a very fast machine may have finished the upload first.
+    assert paused.state in ("uploading", "registering")
+    if paused.state == "uploading":
+        assert paused.bytes_done < (paused.bytes_total or 0)
     assert paused.lease_owner is None
+    assert "paused" in (tmp_path / "daemon.log").read_text() or paused.state == "registering"
     daemon.run_until_idle(daemon_config)
     shown = daemon.show(daemon_config, migration_id)
     assert shown["state"] == "done", shown["error"]
