@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from migratio.errors import ConfigError
 
@@ -43,7 +50,71 @@ class OpenStackSite(_Strict):
     timeout: float = Field(default=60.0, gt=0)
 
 
-SiteSettings = Annotated[OpenStackSite, Field(discriminator="type")]
+class OpenStackSshSite(_Strict):
+    """An OpenStack site reached by SSH to an external host that runs the ``openstack`` CLI.
+
+    Host keys are always verified against ``known_hosts``; an unknown key is
+    accepted (and recorded) only when the operator sets ``accept_unknown_host_key``.
+    """
+
+    type: Literal["openstack-ssh"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    key_file: Path
+    known_hosts: Path
+    accept_unknown_host_key: bool = False
+    cloud: str = Field(min_length=1)
+    staging_dir: str = "migratio-staging"  # on the external host, relative to its home
+    openstack_command: str = "openstack"
+    disk_format: Literal["keep", "raw", "qcow2"] = "keep"
+    timeout: float = Field(default=60.0, gt=0)
+
+
+AWS_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
+
+
+class AwsSite(_Strict):
+    """An AWS region; an image becomes an AMI. Credentials come from boto3's
+    default chain or a named ``profile``, never from this file."""
+
+    type: Literal["aws"]
+    region: str
+    profile: str | None = None
+    endpoint_url: str | None = None
+    method: Literal["ebs-direct", "import-snapshot"] = "ebs-direct"
+    bucket: str | None = None
+    workers: int = Field(default=16, ge=1, le=128)
+    timeout: float = Field(default=60.0, gt=0)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not AWS_REGION.match(value):
+            raise ValueError(f"{value!r} is not an AWS region name (like eu-west-1)")
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _bucket_for_import(self) -> AwsSite:
+        if self.method == "import-snapshot" and not self.bucket:
+            raise ValueError("import-snapshot needs an S3 'bucket'")
+        return self
+
+
+SiteSettings = Annotated[OpenStackSite | OpenStackSshSite | AwsSite, Field(discriminator="type")]
+
+# Keys that would put secrets into migratio's own files: refused with a pointer
+# to where credentials belong.
+SECRET_KEYS = frozenset(
+    {"password", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "secret"}
+)
 
 
 class Site(_Strict):
@@ -135,8 +206,16 @@ def load_sites(sites_dir: Path) -> dict[str, Site]:
             continue
         if not SITE_ID.match(site_id):
             raise ConfigError(str(file), "(file name)", "is not a valid site id")
-        wrapped = _validate(_SiteFile, {"site": _read_yaml(file)}, file)
-        sites[site_id] = Site(id=site_id, settings=wrapped.site)
+        raw = _read_yaml(file)
+        if secret := sorted(SECRET_KEYS & set(raw)):
+            raise ConfigError(
+                str(file),
+                secret[0],
+                "secrets do not belong in site files; use clouds.yaml "
+                "or an AWS profile / the default credential chain",
+            )
+        settings = _validate(_SiteFile, {"site": raw}, file).site
+        sites[site_id] = Site(id=site_id, settings=_resolve_paths(settings, file.parent))
     return sites
 
 
@@ -164,8 +243,20 @@ def _validate(model: type[M], data: dict[str, Any], path: Path) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"] if part != "site")
-        key = re.sub(r"^openstack\.?", "", key) or "type"
+        key = re.sub(r"^(openstack-ssh|openstack|aws)\.?", "", key) or "type"
         raise ConfigError(str(path), key, first["msg"]) from None
+
+
+def _resolve_paths(settings: SiteSettings, base: Path) -> SiteSettings:
+    """Relative paths in a site file are relative to that file."""
+    if isinstance(settings, OpenStackSshSite):
+        return settings.model_copy(
+            update={
+                "key_file": _resolve(base, settings.key_file),
+                "known_hosts": _resolve(base, settings.known_hosts),
+            }
+        )
+    return settings
 
 
 def _resolve(base: Path, value: Path) -> Path:

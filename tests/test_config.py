@@ -65,6 +65,27 @@ def test_example_configs_are_valid(tmp_path: Path) -> None:
             "site-x.yml: line 3: is not valid YAML",
         ),
         ("name: a\n", "- a list\n", "site-x.yml: must be a YAML mapping"),
+        ("name: a\n", "type: aws\nregion: mars-north-9x\n", "site-x.yml: region: "),
+        (
+            "name: a\n",
+            "type: aws\nregion: eu-west-1\nmethod: import-snapshot\n",
+            "needs an S3 'bucket'",
+        ),
+        (
+            "name: a\n",
+            "type: aws\nregion: eu-west-1\naws_secret_access_key: x\n",
+            "site-x.yml: aws_secret_access_key: secrets do not belong in site files",
+        ),
+        (
+            "name: a\n",
+            "type: aws\nregion: eu-west-1\nendpoint_url: ftp://x\n",
+            "site-x.yml: endpoint_url: ",
+        ),
+        (
+            "name: a\n",
+            "type: openstack-ssh\nhost: h\nuser: u\ncloud: c\n",
+            "site-x.yml: key_file: Field required",
+        ),
     ],
 )
 def test_invalid_config_names_file_and_key(
