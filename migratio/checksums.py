@@ -17,6 +17,7 @@ class Sha512Meter:
     def __init__(self) -> None:
         self._hash = hashlib.sha512()
         self.bytes = 0
+        self.finished = False
 
     def through(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
@@ -33,6 +34,7 @@ class Sha512Meter:
         chunk, so a destination never completes an upload of unverified bytes.
         """
         yield from self.through(chunks)
+        self.finished = True
         if expected and self.hexdigest != expected:
             raise TransientError(
                 f"{what}: sha512 of the {self.bytes} bytes read does not match the recorded one"
@@ -48,8 +50,9 @@ def verified(chunks: Iterable[bytes], expected_sha512: str | None, what: str) ->
     return Sha512Meter().verifying(chunks, expected_sha512, what)
 
 
-def file_chunks(path: Path, chunk_size: int = FILE_CHUNK) -> Iterator[bytes]:
+def file_chunks(path: Path, chunk_size: int = FILE_CHUNK, offset: int = 0) -> Iterator[bytes]:
     with path.open("rb") as handle:
+        handle.seek(offset)
         while chunk := handle.read(chunk_size):
             yield chunk
 

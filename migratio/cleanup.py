@@ -1,7 +1,9 @@
 """Removal of what a migration left behind: temp files and destination records.
 
-Runs on success (the result is kept), failure and cancel. Each artifact is settled
-in the ledger as it goes, so a cleanup interrupted by a crash resumes where it was.
+Runs when a migration ends, whatever the end. What became the result was settled
+as ``kept`` by the registering state; every other artifact still ``present`` is
+removed, newest first (an AMI goes before the snapshot it uses). Each removal is
+settled in the ledger as it happens, so an interrupted cleanup resumes where it was.
 """
 
 from __future__ import annotations
@@ -23,21 +25,17 @@ def clean_up(
     destination: DestinationSite | None,
     work_dir: Path,
     *,
-    keep_result: bool,
+    succeeded: bool,
 ) -> bool:
-    """Remove the migration's artifacts; True when nothing is left to remove."""
+    """Remove the migration's leftovers; True when nothing is left to remove."""
     complete = True
-    for artifact in ledger.artifacts(migration.id):
+    for artifact in reversed(ledger.artifacts(migration.id)):
         if artifact.kind == "file":
             Path(artifact.ref).unlink(missing_ok=True)
-            ledger.settle_artifact(artifact.id, "removed")
-        elif (
-            artifact.kind == "dest_image"
-            and keep_result
-            and artifact.ref == migration.dest_image_id
-        ):
-            ledger.settle_artifact(artifact.id, "kept")
-        elif destination is not None:
+        elif destination is None:
+            complete = False
+            continue
+        else:
             try:
                 destination.remove(artifact.ref)
             except MigratioError as exc:
@@ -49,11 +47,9 @@ def clean_up(
                     exc,
                 )
                 complete = False
-            else:
-                ledger.settle_artifact(artifact.id, "removed")
-        else:
-            complete = False
-    if not keep_result and destination is not None and complete:
+                continue
+        ledger.settle_artifact(artifact.id, "removed")
+    if not succeeded and destination is not None and complete:
         complete = _remove_untracked_record(migration, destination)
     shutil.rmtree(work_dir / migration.id, ignore_errors=True)
     return complete

@@ -77,6 +77,22 @@ class Step:
     def needs_conversion(self) -> bool:
         return self.target_format != self.source_image.disk_format
 
+    @property
+    def stages_payload(self) -> bool:
+        """Whether the payload goes through a file in the work dir (not streamed)."""
+        return self.needs_conversion or self.destination.wants_file
+
+    @property
+    def staged_source(self) -> Path:
+        return self.path(f"source.{self.source_image.disk_format}")
+
+    @property
+    def payload_file(self) -> Path:
+        """The file the destination receives from, when the payload is staged."""
+        if self.needs_conversion:
+            return self.path(f"converted.{self.target_format}")
+        return self.staged_source
+
     def path(self, name: str) -> Path:
         """A file in this migration's own work directory."""
         directory = self.work_dir / self.migration.id
@@ -89,6 +105,15 @@ class Step:
 
     def add_artifact(self, kind: str, ref: str, site: str | None = None) -> None:
         self.ledger.add_artifact(self.migration.id, kind, ref, site)
+
+    def keep(self, ref: str) -> None:
+        """The artifact became (part of) the result: cleanup must leave it."""
+        self.ledger.settle_ref(self.migration.id, ref, "kept")
+
+    def remove_record(self, record_id: str) -> None:
+        """Delete a destination record this migration no longer needs."""
+        self.destination.remove(record_id)
+        self.ledger.settle_ref(self.migration.id, record_id, "removed")
 
     def checkpoint(self, bytes_done: int | None = None, *, force: bool = False) -> None:
         """Stop here if asked to; record progress at most once a second."""

@@ -100,7 +100,7 @@ class Supervisor:
                     migration,
                     destination,
                     self.daemon.work_dir,
-                    keep_result=migration.state == "done",
+                    succeeded=migration.state == "done",
                 )
 
     def end_now(self, migration_id: str, trigger: Trigger, reason: str) -> bool:
@@ -228,9 +228,7 @@ class Supervisor:
                 advance.message,
             )
             if is_terminal(moved.state):
-                clean_up(
-                    self.ledger, moved, step.destination, self.daemon.work_dir, keep_result=True
-                )
+                clean_up(self.ledger, moved, step.destination, self.daemon.work_dir, succeeded=True)
                 return False
             return True
         return False
@@ -264,7 +262,7 @@ class Supervisor:
         destination: DestinationSite | None,
     ) -> None:
         """Fail or cancel: clean up first, so an ended migration leaves nothing behind."""
-        clean_up(self.ledger, migration, destination, self.daemon.work_dir, keep_result=False)
+        clean_up(self.ledger, migration, destination, self.daemon.work_dir, succeeded=False)
         self.ledger.transition(migration.id, self.owner, trigger, reason, last_error=reason)
         log.warning("migration %s: %s: %s", migration.id, trigger.value, reason)
 

@@ -1,17 +1,15 @@
-"""Alembic environment: the engine comes from migratio (``config.attributes['engine']``)."""
+"""Alembic environment: migratio hands over its engine (or a connection that
+holds the upgrade lock) in ``config.attributes``."""
 
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from migratio.ledger.models import Base
 
-engine = context.config.attributes.get("engine")
-if not isinstance(engine, Engine):
-    raise RuntimeError("run schema upgrades through 'migratio db upgrade'")
 
-with engine.connect() as connection:
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
@@ -20,3 +18,14 @@ with engine.connect() as connection:
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()
+
+
+given = context.config.attributes.get("connection")
+engine = context.config.attributes.get("engine")
+if isinstance(given, Connection):
+    _run(given)
+elif isinstance(engine, Engine):
+    with engine.connect() as connection:
+        _run(connection)
+else:
+    raise RuntimeError("run schema upgrades through 'migratio db upgrade'")

@@ -32,7 +32,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
             )
     upgrade(engine)
     upgrade(engine)  # idempotent
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     yield Ledger(engine)
     engine.dispose()
 

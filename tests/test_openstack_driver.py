@@ -45,6 +45,7 @@ from migratio.errors import (
     UnsafeImage,
 )
 from tests import glance
+from tests.payloads import Payload
 
 pytestmark = pytest.mark.testbed
 
@@ -109,7 +110,7 @@ class Images:
     ) -> DestinationImage:
         """An active image holding ``data``, registered like a migrated copy."""
         created = self.record(site, disk_format=disk_format, migration_id=migration_id)
-        site.receive(created.id, _chunks(data, MiB))
+        site.receive(created.id, Payload(_chunks(data, MiB)))
         return site.register(created.id, registration or _registration(data, disk_format))
 
     def remove_all(self) -> None:
@@ -280,7 +281,7 @@ def test_describe_reports_glance_metadata_and_copies_only_hw_and_os_properties(
 ) -> None:
     data = os.urandom(3 * MiB + 5)
     made = images.record(site_a)
-    site_a.receive(made.id, _chunks(data, MiB))
+    site_a.receive(made.id, Payload(_chunks(data, MiB)))
     extra = {
         "hw_disk_bus": "scsi",
         "hw_scsi_model": "virtio-scsi",
@@ -363,7 +364,7 @@ def test_an_id_cannot_reach_another_endpoint(site_a: OpenStackSiteDriver, images
         with pytest.raises(PermanentError):
             site_a.register(tricky, _registration(b""))
         with pytest.raises(PermanentError):
-            site_a.receive(tricky, [b"data"])
+            site_a.receive(tricky, Payload([b"data"]))
     assert site_a.describe(made.id).size == 100
 
 
@@ -391,6 +392,16 @@ def test_read_streams_the_exact_bytes_in_bounded_chunks(
     assert sum(sizes) == len(data)
     assert max(sizes) <= driver_module.READ_CHUNK
     assert len(sizes) > 1
+
+
+@pytest.mark.parametrize("offset", [1, MiB, 3 * MiB + 77])
+def test_read_from_an_offset_returns_the_rest(
+    site_a: OpenStackSiteDriver, images: Images, offset: int
+) -> None:
+    data = os.urandom(4 * MiB + 5)
+    made = images.image(site_a, data)
+    with site_a.read(made.id, offset) as chunks:
+        assert b"".join(chunks) == data[offset:]
 
 
 def test_read_can_stop_early_and_the_site_stays_usable(
@@ -434,7 +445,7 @@ def test_record_lifecycle_create_find_receive_register_find_copy_remove(
     assert site_b.find_record(migration_id) == record
     assert site_b.get_record(record.id) == record
 
-    site_b.receive(record.id, _chunks(data, 64 * 1024))
+    site_b.receive(record.id, Payload(_chunks(data, 64 * 1024)))
     received = site_b.get_record(record.id)
     assert received is not None and received.status == "active"
     assert received.sha512 == hashlib.sha512(data).hexdigest()
@@ -480,7 +491,7 @@ def test_a_stream_from_one_site_into_the_other_keeps_the_bytes(
     source = images.image(site_a, data)
     record = images.record(site_b)
     with site_a.read(source.id) as chunks:
-        site_b.receive(record.id, chunks)
+        site_b.receive(record.id, Payload(chunks))
     copy = site_b.get_record(record.id)
     assert copy is not None and copy.status == "active"
     assert copy.sha512 == source.sha512 == hashlib.sha512(data).hexdigest()
@@ -523,7 +534,7 @@ def test_names_and_properties_with_shell_metacharacters_and_unicode_arrive_uncha
     assert site_b.describe(record.id).name == AWKWARD_NAME
 
     data = b"z" * 4096
-    site_b.receive(record.id, [data])
+    site_b.receive(record.id, Payload([data]))
     properties = {
         "hw_qemu_guest_agent": "yes",
         "os_description": AWKWARD_NAME,
@@ -573,7 +584,7 @@ def test_upload_not_matching_the_disk_format_is_refused_as_permanent(
 ) -> None:
     record = images.record(site_b, disk_format="qcow2")
     try:
-        site_b.receive(record.id, _chunks(os.urandom(2 * MiB), MiB))
+        site_b.receive(record.id, Payload(_chunks(os.urandom(2 * MiB), MiB)))
     except PermanentError as exc:
         _one_line(exc, "site-b", record.id)
         return
@@ -588,7 +599,7 @@ def test_uploading_into_an_active_record_is_permanent(
 ) -> None:
     made = images.image(site_b, b"v" * 1024)
     with pytest.raises(PermanentError) as caught:
-        site_b.receive(made.id, [b"more"])
+        site_b.receive(made.id, Payload([b"more"]))
     _one_line(caught.value, "site-b", "409")
 
 
@@ -692,7 +703,7 @@ def test_a_server_error_is_transient(
             with pytest.raises(TransientError) as caught:
                 driver.describe(str(uuid.uuid4()))
             with pytest.raises(TransientError):
-                driver.receive(str(uuid.uuid4()), [b"data"])
+                driver.receive(str(uuid.uuid4()), Payload([b"data"]))
         finally:
             driver.close()
     _one_line(caught.value, "site-x", str(status), "back soon")
@@ -753,7 +764,7 @@ def test_an_exception_from_the_chunks_propagates_unchanged(
         raise error
 
     with pytest.raises(type(error)) as caught:
-        site_b.receive(record.id, chunks())
+        site_b.receive(record.id, Payload(chunks()))
 
     assert caught.value is error
     left = site_b.get_record(record.id)

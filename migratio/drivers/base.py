@@ -7,10 +7,11 @@ result. The states call only this; adding a kind of site means a new driver.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 # Properties a destination copy carries so the platform (and dedup) can link it
 # back to its source. `source_cs` is the legacy tool's name for the source site.
@@ -57,6 +58,7 @@ class RecordSpec:
     name: str
     disk_format: str
     container_format: str
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,58 @@ class DestinationImage:
     sha512: str | None
     size: int | None
     properties: Mapping[str, str] = field(default_factory=dict)
+    # Other destination records the image is made of and that must stay with it
+    # (an AMI's snapshot); they are kept, not cleaned up, when the migration ends.
+    parts: tuple[str, ...] = ()
 
     @property
     def is_active(self) -> bool:
         return self.status == "active"
+
+
+class Transfer(Protocol):
+    """What a destination receives: the payload and a journal to resume by.
+
+    ``chunks`` are checked (safety guard, sha512 against ``sha512`` when read from
+    offset 0) and report progress. A destination that needs random access (it sets
+    ``wants_file``) reads ``path`` instead and reports progress itself.
+    """
+
+    @property
+    def disk_format(self) -> str: ...
+
+    @property
+    def sha512(self) -> str | None:
+        """The sha512 the complete payload must have, when known."""
+        ...
+
+    @property
+    def size(self) -> int | None: ...
+
+    @property
+    def path(self) -> Path | None:
+        """A local file holding the payload; set when the destination wants one."""
+        ...
+
+    def chunks(self, offset: int = 0) -> Iterator[bytes]:
+        """The payload from ``offset`` on, in chunks of bounded size."""
+        ...
+
+    def progress(self, bytes_done: int) -> None:
+        """Record progress; also the point where shutdown or cancel stops a transfer."""
+        ...
+
+    def load_state(self) -> dict[str, Any]:
+        """What ``save_state`` last stored for this migration (empty at first)."""
+        ...
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        """Persist resume data (ids, blocks sent) in the ledger, fenced by the lease."""
+        ...
+
+    def add_artifact(self, kind: str, ref: str) -> None:
+        """Record a temporary thing the destination created, for cleanup."""
+        ...
 
 
 class SourceSite(Protocol):
@@ -94,8 +144,8 @@ class SourceSite(Protocol):
         """The image's metadata; ImageNotFound if it does not exist."""
         ...
 
-    def read(self, image_id: str) -> AbstractContextManager[Iterator[bytes]]:
-        """Stream the image bytes in chunks of bounded size."""
+    def read(self, image_id: str, offset: int = 0) -> AbstractContextManager[Iterator[bytes]]:
+        """Stream the image bytes from ``offset`` on, in chunks of bounded size."""
         ...
 
 
@@ -105,6 +155,11 @@ class DestinationSite(Protocol):
     @property
     def required_disk_format(self) -> str | None:
         """The disk format this site needs, or None to keep the source's."""
+        ...
+
+    @property
+    def wants_file(self) -> bool:
+        """True when receiving needs the payload as a local file (random access)."""
         ...
 
     def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
@@ -123,12 +178,16 @@ class DestinationSite(Protocol):
         """Create an empty record tagged with the migration id."""
         ...
 
-    def receive(self, record_id: str, chunks: Iterable[bytes]) -> None:
-        """Store the bytes into the record; raises if the site refuses them."""
+    def receive(self, record_id: str, transfer: Transfer) -> str | None:
+        """Store the payload into the record; raises if the site refuses it.
+
+        Returns the sha512 the destination verified itself, or None.
+        """
         ...
 
     def register(self, record_id: str, registration: Registration) -> DestinationImage:
-        """Set the finished copy's metadata and return its current state."""
+        """Set the finished copy's metadata and return it; idempotent, so a
+        re-entered registering finds what an interrupted one created."""
         ...
 
     def remove(self, record_id: str) -> None:

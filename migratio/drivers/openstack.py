@@ -36,6 +36,7 @@ from migratio.drivers.base import (
     RecordSpec,
     Registration,
     SourceImage,
+    Transfer,
 )
 from migratio.errors import (
     ImageNotFound,
@@ -116,17 +117,25 @@ class OpenStackSiteDriver:
         return _source_image(image)
 
     @contextmanager
-    def read(self, image_id: str) -> Iterator[Iterator[bytes]]:
-        """Stream the image file; the response is closed when the context exits."""
+    def read(self, image_id: str, offset: int = 0) -> Iterator[Iterator[bytes]]:
+        """Stream the image file from ``offset``; the response is closed when the
+        context exits. A Glance that ignores the Range header sends everything, and
+        the bytes before ``offset`` are skipped here."""
         action = f"download image {image_id}"
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            response = self._request("GET", self._path(image_id, "file"), action, stream=True)
+            response = self._request(
+                "GET", self._path(image_id, "file"), action, stream=True, headers=headers
+            )
         except _Missing:
             raise self._not_found(image_id) from None
         try:
             if response.status_code == 204:
                 raise PermanentError(self._message(action, "image has no data"))
-            yield self._stream(response, action)
+            chunks = self._stream(response, action)
+            if offset and response.status_code != 206:
+                chunks = _skip(chunks, offset)
+            yield chunks
         finally:
             response.close()
 
@@ -136,6 +145,10 @@ class OpenStackSiteDriver:
     def required_disk_format(self) -> str | None:
         fmt = self.settings.disk_format
         return None if fmt == "keep" else fmt
+
+    @property
+    def wants_file(self) -> bool:
+        return False
 
     def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
         """Filters on the server (Glance matches custom properties exactly)."""
@@ -180,14 +193,15 @@ class OpenStackSiteDriver:
         }
         return _destination_image(self._json("POST", "/images", "create record", json=body))
 
-    def receive(self, record_id: str, chunks: Iterable[bytes]) -> None:
-        """Chunked upload straight from the iterator, never buffered whole.
+    def receive(self, record_id: str, transfer: Transfer) -> str | None:
+        """Chunked upload straight from the payload stream, never buffered whole.
 
-        An exception raised by the iterator itself (a safety guard, a shutdown)
+        An exception raised by the stream itself (a safety guard, a shutdown)
         propagates unchanged, however the transport reports the aborted request.
+        Glance cannot resume an upload: it always starts at offset 0.
         """
         action = f"upload to record {record_id}"
-        body = _Body(chunks)
+        body = _Body(transfer.chunks())
         try:
             response = self._request(
                 "PUT",
@@ -204,6 +218,7 @@ class OpenStackSiteDriver:
                 raise body.error from None
             raise
         response.close()
+        return None
 
     def register(self, record_id: str, registration: Registration) -> DestinationImage:
         """Patch the metadata; Glance cannot change formats once data is stored."""
@@ -504,3 +519,13 @@ def _sha512(image: Mapping[str, Any]) -> str | None:
 
 def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _skip(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:
+    """Drop the first ``count`` bytes of a stream."""
+    for chunk in chunks:
+        if count >= len(chunk):
+            count -= len(chunk)
+            continue
+        yield chunk[count:]
+        count = 0

@@ -9,7 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,30 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+# Any constant shared by every migratio process: the advisory lock's key.
+_UPGRADE_LOCK_KEY = 0x6D696772  # "migr"
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest revision (safe to run on every start)."""
-    command.upgrade(alembic_config(engine), "head")
+    """Bring the schema to the newest revision (safe to run on every start).
+
+    Daemons starting together on one PostgreSQL ledger would race to create the
+    same tables; an advisory lock makes them take turns. SQLite serialises them
+    with its write lock already.
+    """
+    config = alembic_config(engine)
+    if engine.dialect.name != "postgresql":
+        command.upgrade(config, "head")
+        return
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _UPGRADE_LOCK_KEY})
+        connection.commit()
+        try:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _UPGRADE_LOCK_KEY})
+            connection.commit()
 
 
 def current_revision(engine: Engine) -> str | None:

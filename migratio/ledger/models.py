@@ -36,6 +36,7 @@ class MigrationRow(Base):
     dest_sha512: Mapped[str | None] = mapped_column(String(128), nullable=True)
     dest_image_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     source_image: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    transfer_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -50,6 +50,7 @@ class Migration:
     dest_sha512: str | None
     dest_image_id: str | None
     source_image: dict[str, Any] | None
+    transfer_state: dict[str, Any] | None
     last_error: str | None
     job_id: str | None
     created_at: datetime
@@ -93,6 +94,7 @@ RECORDABLE = frozenset(
         "dest_sha512",
         "dest_image_id",
         "source_image",
+        "transfer_state",
         "last_error",
     }
 )
@@ -397,6 +399,19 @@ class Ledger:
                 Artifact(row.id, row.migration_id, row.kind, row.site, row.ref, row.status)
                 for row in session.scalars(query)
             ]
+
+    def settle_ref(self, migration_id: str, ref: str, status: str) -> None:
+        """Settle every present artifact of the migration with that reference."""
+        with self._tx() as session:
+            session.execute(
+                update(ArtifactRow)
+                .where(
+                    ArtifactRow.migration_id == migration_id,
+                    ArtifactRow.ref == ref,
+                    ArtifactRow.status == "present",
+                )
+                .values(status=status, settled_at=utcnow())
+            )
 
     def settle_artifact(self, artifact_id: int, status: str) -> None:
         """Mark an artifact ``removed`` (cleaned up) or ``kept`` (it became the result)."""

@@ -20,8 +20,8 @@ def run(step: Step) -> Advance:
             Trigger.CONVERTED,
             f"no conversion needed: {step.migration.dest_site} takes {image.disk_format}",
         )
-    staged = step.path(f"source.{image.disk_format}")
-    converted = step.path(f"converted.{step.target_format}")
+    staged = step.staged_source
+    converted = step.payload_file
     if not converted.exists():
         safety.check_file(staged, image.disk_format)
         step.add_artifact("file", str(converted))

@@ -31,7 +31,7 @@ def run(step: Step) -> Advance:
     )
     if copy := _existing_copy(step, image):
         return copy
-    if step.needs_conversion:
+    if step.stages_payload:
         staged = stage(step, image)
         detected = safety.check_file(staged, image.disk_format)
         where = f"staged as {staged.name}"
@@ -72,7 +72,7 @@ def _existing_copy(step: Step, image: SourceImage) -> Advance | None:
 
 def stage(step: Step, image: SourceImage) -> Path:
     """Download the source into the work dir; the final name appears only once verified."""
-    final = step.path(f"source.{image.disk_format}")
+    final = step.staged_source
     if final.exists():
         return final
     partial = final.with_name(final.name + ".part")

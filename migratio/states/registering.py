@@ -32,12 +32,17 @@ def run(step: Step) -> Advance:
             properties={**image.properties, **provenance},
         ),
     )
+    if registered.id != migration.dest_image_id:
+        step.add_artifact("dest_image", registered.id, migration.dest_site)
+        step.record(dest_image_id=registered.id)
     if not registered.is_active:
         raise TransientError(f"destination image {registered.id} is {registered.status}")
     if registered.sha512 != migration.dest_sha512:
         raise IntegrityError(
             f"destination image {registered.id} sha512 differs from the bytes sent"
         )
+    for ref in (registered.id, *registered.parts):
+        step.keep(ref)
     return Advance(
         Trigger.REGISTERED,
         f"registered as image {registered.id} on {migration.dest_site}; sha512 verified",

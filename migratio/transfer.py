@@ -1,0 +1,65 @@
+"""The payload a destination receives, as seen from a running step.
+
+Streams are read ahead in a thread, hashed once and guarded: the safety guard
+holds back the last chunk until the whole image has been checked and its sha512
+matched, so a destination never completes an unsafe or corrupt upload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from migratio import safety
+from migratio.checksums import Sha512Meter, file_chunks
+from migratio.prefetch import prefetched
+from migratio.step import Step
+
+
+class StepTransfer:
+    """Implements ``drivers.base.Transfer`` for one uploading step."""
+
+    def __init__(self, step: Step) -> None:
+        self._step = step
+        self.meter = Sha512Meter()
+        image = step.source_image
+        self.disk_format = step.target_format
+        self.sha512 = step.migration.payload_sha512
+        self.size: int | None = step.migration.bytes_total
+        self.path: Path | None = step.payload_file if step.stages_payload else None
+        self._source_id = image.id
+
+    def chunks(self, offset: int = 0) -> Iterator[bytes]:
+        """From offset 0 the stream is hashed, verified and guarded end to end; a
+        resumed stream (offset > 0) relies on the destination's own final check."""
+        step = self._step
+        what = f"payload of migration {step.migration.id}"
+        if step.stages_payload:
+            yield from self._guarded(file_chunks(step.payload_file, offset=offset), offset, what)
+            return
+        with step.source.read(self._source_id, offset) as chunks:
+            yield from self._guarded(chunks, offset, what)
+
+    def _guarded(self, chunks: Iterator[bytes], offset: int, what: str) -> Iterator[bytes]:
+        if offset:
+            return self._step.tracked(prefetched(chunks), start=offset)
+        checked = self.meter.verifying(chunks, self.sha512, what)
+        return safety.guard_stream(self._step.tracked(prefetched(checked)), self.disk_format)
+
+    @property
+    def sent_sha512(self) -> str | None:
+        """The sha512 of the payload, when all of it went through ``chunks(0)``."""
+        return self.meter.hexdigest if self.meter.finished else None
+
+    def progress(self, bytes_done: int) -> None:
+        self._step.checkpoint(bytes_done)
+
+    def load_state(self) -> dict[str, Any]:
+        return dict(self._step.migration.transfer_state or {})
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        self._step.record(transfer_state=state)
+
+    def add_artifact(self, kind: str, ref: str) -> None:
+        self._step.add_artifact(kind, ref, self._step.migration.dest_site)
