@@ -172,12 +172,12 @@ def main() -> None:
                 )
                 print(json.dumps(results[-1]), flush=True)
             glance.delete(site_a, source_id)
-            best = min(results, key=lambda r: r["ratio"])
+            ratios = sorted(r["ratio"] for r in results)
+            median = ratios[len(ratios) // 2]
             print(
-                f"size {size / 2**20:.0f} MiB: curl {best['curl_seconds']:.2f}s, migratio "
-                f"{best['migration_seconds']:.2f}s (process {best['process_seconds']:.2f}s), "
-                f"ratio {best['ratio']:.3f}, peak RSS "
-                f"{max(r['peak_rss_mib'] for r in results):.0f} MiB"
+                f"size {size / 2**20:.0f} MiB, {len(results)} rounds: ratio migratio/curl "
+                f"median {median:.3f} (min {ratios[0]:.3f}, max {ratios[-1]:.3f}); "
+                f"peak RSS {max(r['peak_rss_mib'] for r in results):.0f} MiB"
             )
         finally:
             if not reuse:

@@ -21,7 +21,7 @@ class _Failure:
         self.error = error
 
 
-def prefetched(chunks: Iterable[bytes], depth: int = 3) -> Iterator[bytes]:
+def prefetched(chunks: Iterable[bytes], depth: int = 8) -> Iterator[bytes]:
     """Yield ``chunks`` unchanged, produced ahead by a reader thread.
 
     An error raised by the producer is re-raised here, in the consumer; when the
