@@ -17,6 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from migratio import config
 from migratio.cleanup import clean_up
 from migratio.drivers.base import DestinationSite, Site
@@ -63,6 +65,7 @@ class Supervisor:
         self.signals = Signals()
         self._open_site = site_opener
         self._running: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()  # _running is read by the heartbeat thread
         self._wake = threading.Event()
 
     def stop(self) -> None:
@@ -78,10 +81,16 @@ class Supervisor:
         heartbeat.start()
         with ThreadPoolExecutor(self.daemon.concurrency, thread_name_prefix="migration") as pool:
             while not self.signals.shutting_down.is_set():
-                self._reap()
-                self._fill(pool)
-                if until_idle and not self._running and self.ledger.count_active() == 0:
-                    break
+                try:
+                    self._reap()
+                    self._fill(pool)
+                    if until_idle and not self._running and self.ledger.count_active() == 0:
+                        break
+                except SQLAlchemyError as exc:
+                    # The ledger is down (PostgreSQL restart, full disk): keep running,
+                    # running steps fail their own writes and are retried later.
+                    log.warning("ledger unavailable, retrying: %s", _one_line(exc))
+                    self.signals.shutting_down.wait(self.daemon.lease_seconds / 3)
                 self._pause()
             wait(list(self._running.values()))
             self._reap()
@@ -129,12 +138,14 @@ class Supervisor:
                 return
             future = pool.submit(self._drive, migration)
             future.add_done_callback(lambda _future: self._wake.set())
-            self._running[migration.id] = future
+            with self._lock:
+                self._running[migration.id] = future
 
     def _reap(self) -> None:
         for migration_id, future in list(self._running.items()):
             if future.done():
-                del self._running[migration_id]
+                with self._lock:
+                    del self._running[migration_id]
                 self.signals.lost.discard(migration_id)
                 if (error := future.exception()) is not None:
                     log.error("migration %s: worker crashed: %r", migration_id, error)
@@ -146,8 +157,10 @@ class Supervisor:
     def _heartbeat(self) -> None:
         interval = self.daemon.lease_seconds / 3
         while not self.signals.shutting_down.wait(interval):
+            with self._lock:
+                held = list(self._running)
             try:
-                lost = self.ledger.renew(self.owner, list(self._running), self.daemon.lease_seconds)
+                lost = self.ledger.renew(self.owner, held, self.daemon.lease_seconds)
             except Exception as exc:
                 log.warning("heartbeat: cannot renew leases: %s", exc)
                 continue
