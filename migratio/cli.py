@@ -146,7 +146,8 @@ def show(ctx: _Context, migration_id: str, as_json: bool) -> None:
         return
     for key, value in details.items():
         if key not in ("history", "artifacts", "error"):
-            click.echo(f"{key:17} {value}")
+            shown = json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value
+            click.echo(f"{key:17} {shown}")
     click.echo("history:")
     for row in details["history"]:
         click.echo(
