@@ -45,18 +45,6 @@ def _token_header(workdir: Path, conn: Connection, name: str) -> Path:
     return path
 
 
-def _image_api(conn: Connection) -> str:
-    endpoint = str(conn.image.get_endpoint()).rstrip("/")
-    return endpoint if endpoint.endswith("/v2") else endpoint + "/v2"
-
-
-def _token_header(workdir: Path, conn: Connection, name: str) -> Path:
-    path = workdir / f"token-{name}.headers"
-    path.touch(mode=0o600)
-    path.write_text(f"X-Auth-Token: {conn.session.get_token()}\n")
-    return path
-
-
 def curl_copy(source_id: str, size: int, workdir: Path) -> float:
     """The baseline: Glance A's download piped straight into Glance B's upload."""
     site_a, site_b = glance.connect("site-a"), glance.connect("site-b")
