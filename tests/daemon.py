@@ -75,3 +75,19 @@ def wait_for(
     raise TimeoutError(
         f"{migration_id} never reached {state} with {min_bytes} bytes: {ledger.get(migration_id)}"
     )
+
+
+def start_and_wait(
+    config: Path, migration_id: str, log: Path, *, state: str, min_bytes: int = 0
+) -> tuple[subprocess.Popen[bytes], Ledger]:
+    """Start a daemon and return once the migration is in ``state`` with
+    ``min_bytes`` done (a place to interrupt it); the daemon keeps running."""
+    ledger = ledger_of(config)
+    process = start(config, log)
+    try:
+        wait_for(ledger, migration_id, state=state, min_bytes=min_bytes)
+    except BaseException:
+        process.kill()
+        process.wait(30)
+        raise
+    return process, ledger

@@ -159,14 +159,15 @@ def test_sigkill_while_uploading_resumes_to_one_image(
     source_file = images.random_qcow2(tmp_path / "random256.qcow2", 256)
     source_id = glance.upload(site_a, source_file, name="template-256")
     migration_id = daemon.submit(daemon_config, source_id)
-    ledger = daemon.ledger_of(daemon_config)
-
-    first = daemon.start(daemon_config, tmp_path / "daemon1.log")
-    try:
-        daemon.wait_for(ledger, migration_id, state="uploading", min_bytes=32 * images.MIB)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait(30)
+    first, ledger = daemon.start_and_wait(
+        daemon_config,
+        migration_id,
+        tmp_path / "daemon1.log",
+        state="uploading",
+        min_bytes=32 * images.MIB,
+    )
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
     interrupted = ledger.get(migration_id)
     assert interrupted.state == "uploading"
     assert interrupted.lease_owner is not None
@@ -190,9 +191,13 @@ def test_sigterm_pauses_at_a_checkpoint_and_exits_zero(
     source_file = images.random_qcow2(tmp_path / "random384.qcow2", 384)
     source_id = glance.upload(site_a, source_file, name="template-sigterm")
     migration_id = daemon.submit(daemon_config, source_id)
-    ledger = daemon.ledger_of(daemon_config)
-    running = daemon.start(daemon_config, tmp_path / "daemon.log")
-    daemon.wait_for(ledger, migration_id, state="uploading", min_bytes=16 * images.MIB)
+    running, ledger = daemon.start_and_wait(
+        daemon_config,
+        migration_id,
+        tmp_path / "daemon.log",
+        state="uploading",
+        min_bytes=16 * images.MIB,
+    )
     started = time.monotonic()
     running.send_signal(signal.SIGTERM)
     assert running.wait(30) == 0
@@ -285,10 +290,14 @@ def test_cancel_while_uploading_removes_the_partial_copy(
     source_file = images.random_qcow2(tmp_path / "random384.qcow2", 384)
     source_id = glance.upload(site_a, source_file, name="template-cancel")
     migration_id = daemon.submit(daemon_config, source_id)
-    ledger = daemon.ledger_of(daemon_config)
-    running = daemon.start(daemon_config, tmp_path / "daemon.log")
+    running, ledger = daemon.start_and_wait(
+        daemon_config,
+        migration_id,
+        tmp_path / "daemon.log",
+        state="uploading",
+        min_bytes=8 * images.MIB,
+    )
     try:
-        daemon.wait_for(ledger, migration_id, state="uploading", min_bytes=8 * images.MIB)
         settings = load_settings(daemon_config)
         cancelled, ended = operations.cancel(settings, ledger, migration_id)
         assert not ended and cancelled.cancel_requested
