@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.table import Table
 
 from migratio import config, operations
+from migratio.daemon import Daemon
 from migratio.errors import ConfigError, MigratioError
 from migratio.ledger.database import make_engine, upgrade
 from migratio.ledger.store import Ledger
-from migratio.supervisor import Supervisor
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,31 +77,42 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 @pass_context
 @_one_line_errors
 def run(ctx: _Context, until_idle: bool) -> None:
-    """Run the daemon: claim and drive migrations until SIGTERM/SIGINT."""
+    """Run the daemon: take Redis jobs, drive migrations, send feedback until SIGTERM/SIGINT."""
     settings = ctx.settings
     logging.basicConfig(
         level=settings.daemon.log_level,
         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
     )
-    supervisor = Supervisor(settings, ctx.ledger())
+    daemon = Daemon(settings, ctx.ledger())
 
     def _stop(signum: int, _frame: Any) -> None:
         logging.getLogger("migratio").info("signal %d: stopping at the next checkpoint", signum)
-        supervisor.stop()
+        daemon.stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    supervisor.run(until_idle=until_idle)
+    daemon.run(until_idle=until_idle)
 
 
 @main.command()
 @click.option("--image", "image_id", required=True, help="source image id")
-@click.option("--from", "source", required=True, help="source site id")
+@click.option("--from", "source", help="source site id (default: the daemon's name)")
 @click.option("--to", "destination", required=True, help="destination site id")
+@click.option(
+    "--via-redis",
+    is_flag=True,
+    help="push a job onto the source site's Redis queue instead; prints the job id",
+)
 @pass_context
 @_one_line_errors
-def submit(ctx: _Context, image_id: str, source: str, destination: str) -> None:
+def submit(
+    ctx: _Context, image_id: str, source: str | None, destination: str, via_redis: bool
+) -> None:
     """Queue a migration and print its id."""
+    source = source or ctx.settings.daemon.name
+    if via_redis:
+        click.echo(operations.submit_via_redis(ctx.settings, image_id, source, destination))
+        return
     migration = operations.submit(ctx.settings, ctx.ledger(), image_id, source, destination)
     click.echo(migration.id)
 

@@ -138,7 +138,17 @@ class DaemonConfig(_Strict):
     sites_dir: Path = Path("sites")
     redis_url: str = "redis://127.0.0.1:6379/0"
     namespace: str = "atmosphere"
+    # Take Sidekiq jobs from <namespace>:queue:migration_<name> into the ledger.
+    intake: bool = True
+    # Jobs moved and recorded per round (one ledger transaction, one Redis round trip).
+    intake_batch: int = Field(default=50, ge=1, le=1000)
+    # A consumer silent this long is dead: its unrecorded jobs go back to the queue.
+    intake_heartbeat_seconds: float = Field(default=15.0, ge=1)
+    # Push a status job to <namespace>:queue:feedback on every transition.
     feedback: bool = True
+    # Drive migrations; false runs only intake and feedback (a front end for
+    # daemons sharing a PostgreSQL ledger).
+    migrate: bool = True
     lease_seconds: float = Field(default=20.0, ge=2)
     poll_seconds: float = Field(default=1.0, gt=0)
     retry: RetryPolicy = RetryPolicy()
@@ -149,6 +159,13 @@ class DaemonConfig(_Strict):
     def _site_id(cls, value: str) -> str:
         if not SITE_ID.match(value):
             raise ValueError("must be a site id (letters, digits, '.', '_', '-')")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
     @property

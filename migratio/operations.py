@@ -7,20 +7,29 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from migratio import config
+import redis
+
+from migratio import config, sidekiq
 from migratio.errors import IllegalTransition, MigratioError
+from migratio.feedback.outbox import Outbox
+from migratio.intake.jobs import BadJob, native_job, parse
 from migratio.ledger.database import make_engine, upgrade
 from migratio.ledger.store import Ledger, Migration, utcnow
 from migratio.machine import TERMINAL, Trigger
+from migratio.redis_link import redacted
 from migratio.supervisor import Supervisor
 
 
 def open_ledger(settings: config.Settings, *, migrate: bool = True) -> Ledger:
-    """The ledger the config names, its schema brought up to date."""
+    """The ledger the config names, its schema brought up to date.
+
+    With feedback on, every change queues its status message in the ledger's outbox.
+    """
     engine = make_engine(settings.daemon.ledger_url)
     if migrate:
         upgrade(engine)
-    return Ledger(engine)
+    on_change = Outbox(engine).record if settings.daemon.feedback else None
+    return Ledger(engine, on_change=on_change)
 
 
 def submit(
@@ -34,6 +43,35 @@ def submit(
     if source == destination:
         raise MigratioError("source and destination are the same site")
     return ledger.create(source, destination, image_id, message=f"submitted by pid {os.getpid()}")
+
+
+def submit_via_redis(
+    settings: config.Settings, image_id: str, source: str, destination: str
+) -> str:
+    """Push a native job onto the source site's intake queue; return its job id.
+
+    The job is checked as the daemon will check it, so a bad one is refused here.
+    """
+    daemon = settings.daemon
+    queue = f"migration_{source}"
+    jid = sidekiq.new_jid()
+    job = native_job(image_id, destination, source, jid)
+    try:
+        parse(job, own_site=source, sites=settings.sites, origin="submit")
+    except BadJob as exc:
+        raise MigratioError(exc.reason) from None
+    client = redis.Redis.from_url(daemon.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.sadd(sidekiq.key(daemon.namespace, "queues"), queue)
+            pipe.lpush(sidekiq.queue_key(daemon.namespace, queue), job)
+            pipe.execute()
+    except redis.RedisError as exc:
+        where = redacted(daemon.redis_url)
+        raise MigratioError(f"cannot push to redis at {where}: {exc}") from None
+    finally:
+        client.close()
+    return jid
 
 
 def retry(ledger: Ledger, migration_id: str) -> Migration:

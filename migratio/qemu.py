@@ -60,6 +60,11 @@ _QEMU_FORMATS = {
 # VMDK kinds that keep their data inside the one file (Nova's vmdk_allowed_types).
 _SELF_CONTAINED_VMDK = frozenset({"monolithicSparse", "streamOptimized"})
 
+# Output options by target format. A VMDK is written stream-optimized: one
+# self-contained file holding only allocated data, compressed -- the only VMDK
+# kind AWS VM Import takes.
+_TARGET_OPTIONS = {"vmdk": ["-o", "subformat=streamOptimized"]}
+
 _MESSAGE_LIMIT = 500
 
 
@@ -130,6 +135,7 @@ def convert(source: Path, source_format: str, target: Path, target_format: str) 
         _qemu_format(source_format),
         "-O",
         _qemu_format(target_format),
+        *_TARGET_OPTIONS.get(_qemu_format(target_format), []),
         "-S",
         "4k",
         _file_argument(source),

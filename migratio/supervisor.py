@@ -73,7 +73,13 @@ class Supervisor:
         self.signals.shutting_down.set()
         self._wake.set()
 
-    def run(self, *, until_idle: bool = False) -> None:
+    def wake(self) -> None:
+        """Look for due migrations now (new ones were just recorded)."""
+        self._wake.set()
+
+    def run(self, *, until_idle: bool = False, busy: Callable[[], bool] = lambda: False) -> None:
+        """Drive migrations until stopped; ``until_idle``: until none is left and
+        ``busy()`` (e.g. the intake still holding jobs) says nothing more comes."""
         log.info("supervisor %s starting (concurrency %d)", self.owner, self.daemon.concurrency)
         self.daemon.work_dir.mkdir(parents=True, exist_ok=True)
         self.sweep()
@@ -84,7 +90,12 @@ class Supervisor:
                 try:
                     self._reap()
                     self._fill(pool)
-                    if until_idle and not self._running and self.ledger.count_active() == 0:
+                    if (
+                        until_idle
+                        and not self._running
+                        and self.ledger.count_active() == 0
+                        and not busy()
+                    ):
                         break
                 except SQLAlchemyError as exc:
                     # The ledger is down (PostgreSQL restart, full disk): keep running,

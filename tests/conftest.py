@@ -63,6 +63,9 @@ def write_daemon_config(directory: Path, sites_dir: Path, **overrides: object) -
         "poll_seconds": 0.2,
         "retry": {"max_attempts": 3, "base_delay": 0.2, "max_delay": 1.0},
     }
+    if bed_redis := os.environ.get("MIGRATIO_REDIS_URL"):
+        # The bed's private Redis: a test daemon never touches the machine's.
+        settings["redis_url"] = bed_redis
     settings.update(overrides)
     path = directory / "migratio.yml"
     path.write_text(yaml.safe_dump(settings), encoding="utf-8")

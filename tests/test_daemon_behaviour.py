@@ -94,7 +94,10 @@ def test_two_daemons_share_a_postgresql_ledger(
     engine = make_engine(postgres_url)
     with engine.begin() as connection:
         connection.execute(
-            text("DROP TABLE IF EXISTS artifacts, transitions, migrations, alembic_version CASCADE")
+            text(
+                "DROP TABLE IF EXISTS feedback_outbox, jobs, artifacts, transitions, migrations, "
+                "alembic_version CASCADE"
+            )
         )
     engine.dispose()
     bed_dir = testbed.dir

@@ -26,13 +26,13 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
         with engine.begin() as connection:
             connection.execute(
                 text(
-                    "DROP TABLE IF EXISTS artifacts, transitions, migrations, "
-                    "alembic_version CASCADE"
+                    "DROP TABLE IF EXISTS feedback_outbox, jobs, artifacts, transitions, "
+                    "migrations, alembic_version CASCADE"
                 )
             )
     upgrade(engine)
     upgrade(engine)  # idempotent
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     yield Ledger(engine)
     engine.dispose()
 

@@ -24,8 +24,28 @@ def _openstack(site: config.Site) -> Site:
     return OpenStackSiteDriver(site.id, site.settings)
 
 
+def _openstack_ssh(site: config.Site) -> Site:
+    from migratio.drivers.ssh import OpenStackSshSiteDriver
+
+    if not isinstance(site.settings, config.OpenStackSshSite):
+        raise ConfigError(site.id, "type", "is not an OpenStack-over-SSH site")
+    return OpenStackSshSiteDriver(site.id, site.settings)
+
+
+def _aws(site: config.Site) -> Site:
+    # Imported here: boto3 is slow to import and only AWS sites need it.
+    from migratio.drivers.aws import AwsSiteDriver, check_region
+
+    if not isinstance(site.settings, config.AwsSite):
+        raise ConfigError(site.id, "type", "is not an AWS site")
+    check_region(site.id, site.settings)
+    return AwsSiteDriver(site.id, site.settings)
+
+
 DRIVERS: dict[str, SiteFactory] = {
     "openstack": _openstack,
+    "openstack-ssh": _openstack_ssh,
+    "aws": _aws,
 }
 
 

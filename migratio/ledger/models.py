@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Double, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -81,3 +81,40 @@ class ArtifactRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="present")
     created_at: Mapped[datetime] = mapped_column(DateTime)
     settled_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class JobRow(Base):
+    """A Redis job (by its Sidekiq ``jid``) and the migration it created or joined.
+
+    A job seen again (redelivered after a crash) finds its row and is not recorded twice.
+    """
+
+    __tablename__ = "jobs"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    migration_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("migrations.id", ondelete="CASCADE"), index=True
+    )
+    outcome: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class FeedbackRow(Base):
+    """One Sidekiq feedback job, written with the transition it reports and sent later.
+
+    ``created_at`` is the epoch float Sidekiq puts in the payload; ``delivered_at``
+    stays empty until the job is in Redis.
+    """
+
+    __tablename__ = "feedback_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    migration_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    jid: Mapped[str] = mapped_column(String(24))
+    queue: Mapped[str] = mapped_column(String(255))
+    worker_class: Mapped[str] = mapped_column(String(255))
+    args: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Double)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    __table_args__ = (Index("ix_feedback_outbox_pending", "delivered_at", "id"),)

@@ -7,20 +7,23 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import CursorResult, Engine, Executable, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from migratio.errors import LeaseLost, UnknownMigration
-from migratio.ledger.models import ArtifactRow, MigrationRow, TransitionRow
+from migratio.ledger.models import ArtifactRow, JobRow, MigrationRow, TransitionRow
 from migratio.machine import ACTIVE, TERMINAL, State, next_state
 
 HOST = socket.gethostname()
+# Any constant shared by every migratio process: the intake's advisory lock.
+_INTAKE_LOCK_KEY = 0x6D696769  # "migi"
 
 
 def utcnow() -> datetime:
@@ -83,6 +86,52 @@ class Artifact:
     status: str
 
 
+@dataclass(frozen=True)
+class Change:
+    """A migration created, moved to another state, or joined by another job.
+
+    The ledger hands it to its change hook inside the transaction that makes the
+    change, so whatever the hook writes (the feedback outbox) commits with it.
+    ``from_state`` is None for a new migration; ``joined_by`` names a job that
+    attached itself to this migration (no state change).
+    """
+
+    migration: Migration
+    from_state: str | None
+    message: str
+    joined_by: str | None = None
+
+
+ChangeHook = Callable[[Session, Change], None]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A job from the intake: migrate ``image_id`` from ``source_site`` to ``dest_site``.
+
+    ``origin`` says where it came from, for the audit trail (e.g. the Redis queue).
+    """
+
+    job_id: str
+    source_site: str
+    dest_site: str
+    image_id: str
+    origin: str
+
+
+class JobOutcome(StrEnum):
+    CREATED = "created"  # a new migration
+    ATTACHED = "attached"  # joined a migration of the same image and sites under way
+    DUPLICATE = "duplicate"  # this job id is already in the ledger: nothing recorded
+
+
+@dataclass(frozen=True)
+class JobRecorded:
+    job: JobRequest
+    outcome: JobOutcome
+    migration_id: str
+
+
 # Fields a worker may record on its migration; anything else goes through transitions.
 RECORDABLE = frozenset(
     {
@@ -103,9 +152,10 @@ RECORDABLE = frozenset(
 class Ledger:
     """The persistent truth about every migration."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, on_change: ChangeHook | None = None) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._on_change = on_change
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -123,26 +173,90 @@ class Ledger:
         job_id: str | None = None,
         message: str = "submitted",
     ) -> Migration:
-        now = utcnow()
-        row = MigrationRow(
-            id=str(uuid.uuid4()),
-            source_site=source_site,
-            dest_site=dest_site,
-            image_id=image_id,
-            state=State.QUEUED.value,
-            attempt=0,
-            next_attempt_at=now,
-            cancel_requested=False,
-            bytes_done=0,
-            job_id=job_id,
-            created_at=now,
-            updated_at=now,
-        )
+        row = _new_migration(source_site, dest_site, image_id, job_id)
         with self._tx() as session:
             session.add(row)
             session.flush()
-            session.add(_audit(row.id, None, State.QUEUED, now, message))
+            self._created(session, row, message)
         return Migration.of(row)
+
+    def accept_jobs(self, jobs: Sequence[JobRequest]) -> list[JobRecorded]:
+        """Record intake jobs in one transaction, each job id at most once.
+
+        A job for an image and pair of sites that already has a migration under
+        way joins it instead of starting a second one.
+        """
+        with self._tx() as session:
+            if self.engine.dialect.name == "postgresql":
+                # Two daemons taking jobs for the same image at once must not both
+                # start a migration: intake transactions take turns (they last
+                # milliseconds). SQLite's BEGIN IMMEDIATE serialises them already.
+                session.execute(select(func.pg_advisory_xact_lock(_INTAKE_LOCK_KEY)))
+            return self._accept(session, jobs)
+
+    def _accept(self, session: Session, jobs: Sequence[JobRequest]) -> list[JobRecorded]:
+        # Set-based, so a batch costs a handful of statements, not a handful per job.
+        seen = select(JobRow.job_id, JobRow.migration_id).where(
+            JobRow.job_id.in_({job.job_id for job in jobs})
+        )
+        known = {job_id: migration_id for job_id, migration_id in session.execute(seen)}
+        running: dict[tuple[str, str, str], MigrationRow] = {}
+        under_way = (
+            select(MigrationRow)
+            .where(
+                MigrationRow.image_id.in_({job.image_id for job in jobs}),
+                MigrationRow.state.in_([s.value for s in ACTIVE]),
+            )
+            .order_by(MigrationRow.created_at.desc())
+        )
+        for row in session.scalars(under_way):  # newest first, so the oldest wins
+            running[(row.image_id, row.source_site, row.dest_site)] = row
+        taken: list[tuple[JobRecorded, MigrationRow]] = []
+        results: list[JobRecorded] = []
+        for job in jobs:
+            if job.job_id in known:
+                results.append(JobRecorded(job, JobOutcome.DUPLICATE, known[job.job_id]))
+                continue
+            key = (job.image_id, job.source_site, job.dest_site)
+            outcome = JobOutcome.ATTACHED
+            if key not in running:
+                running[key] = _new_migration(
+                    job.source_site, job.dest_site, job.image_id, job.job_id
+                )
+                session.add(running[key])
+                outcome = JobOutcome.CREATED
+            row = running[key]
+            known[job.job_id] = row.id
+            taken.append((JobRecorded(job, outcome, row.id), row))
+            results.append(taken[-1][0])
+        session.flush()  # the new migrations first: the rows below refer to them
+        now = utcnow()
+        for result, row in taken:
+            origin = f"job {result.job.job_id} from {result.job.origin}"
+            if result.outcome is JobOutcome.CREATED:
+                self._created(session, row, origin)
+            else:
+                message = f"{origin} joined this migration"
+                session.add(_audit(row.id, row.state, row.state, now, message))
+                change = Change(Migration.of(row), row.state, message, result.job.job_id)
+                self._changed(session, change)
+            session.add(
+                JobRow(
+                    job_id=result.job.job_id,
+                    migration_id=row.id,
+                    outcome=result.outcome.value,
+                    received_at=now,
+                )
+            )
+        return results
+
+    def _created(self, session: Session, row: MigrationRow, message: str) -> None:
+        session.add(_audit(row.id, None, State.QUEUED, row.created_at, message))
+        self._changed(session, Change(Migration.of(row), None, message))
+
+    def _changed(self, session: Session, change: Change) -> None:
+        if self._on_change is not None:
+            self._on_change(session, change)
 
     def get(self, migration_id: str) -> Migration:
         with self._tx() as session:
@@ -315,7 +429,9 @@ class Ledger:
             session.add(_audit(migration_id, old_state, new_state, now, message))
             session.flush()
             session.refresh(row)
-            return Migration.of(row)
+            moved = Migration.of(row)
+            self._changed(session, Change(moved, old_state, message))
+            return moved
 
     def record(self, migration_id: str, owner: str, **fields: Any) -> None:
         _check_fields(fields)
@@ -485,6 +601,26 @@ def _check_fields(fields: dict[str, Any]) -> None:
     unknown = set(fields) - RECORDABLE
     if unknown:
         raise ValueError(f"not recordable: {sorted(unknown)}")
+
+
+def _new_migration(
+    source_site: str, dest_site: str, image_id: str, job_id: str | None
+) -> MigrationRow:
+    now = utcnow()
+    return MigrationRow(
+        id=str(uuid.uuid4()),
+        source_site=source_site,
+        dest_site=dest_site,
+        image_id=image_id,
+        state=State.QUEUED.value,
+        attempt=0,
+        next_attempt_at=now,
+        cancel_requested=False,
+        bytes_done=0,
+        job_id=job_id,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def _audit(

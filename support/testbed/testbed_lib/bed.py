@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-from . import clients, glance, keystone, pidfile, processes
+from . import clients, glance, keystone, moto_server, pidfile, processes, redis_server, sshd
 from .packages import ensure_packages
 from .ports import free_ports
 from .postgres import stop_postgres
@@ -39,6 +39,8 @@ class Bed:
     logs_dir: Path
     work_dir: Path
     sites_dir: Path
+    redis_url: str = ""
+    moto_url: str = ""
     reused: bool = field(default=False, compare=False)
 
 
@@ -98,20 +100,26 @@ def load(directory: Path) -> Bed | None:
         logs_dir=Path(record["logs_dir"]),
         work_dir=Path(record["work_dir"]),
         sites_dir=Path(record["sites_dir"]),
+        redis_url=record.get("redis_url", ""),
+        moto_url=record.get("moto_url", ""),
     )
 
 
 def _build(directory: Path, timeout: float) -> Bed:
     (directory / BED_FILE).unlink(missing_ok=True)
     logs = directory / "logs"
-    for stale in (logs, directory / "keystone", *(directory / f"glance-{s}" for s in SITES)):
+    stale_dirs = ("keystone", "sshd", *(f"glance-{s}" for s in SITES))
+    for stale in (logs, *(directory / name for name in stale_dirs)):
         shutil.rmtree(stale, ignore_errors=True)
     logs.mkdir()
     mark = str(directory)
     admin_password = secrets.token_urlsafe(24)
     glance_password = secrets.token_urlsafe(24)
 
-    keystone_port, *glance_ports = free_ports(1 + len(SITES))
+    keystone_port, redis_port, ssh_port, moto_port, *glance_ports = free_ports(4 + len(SITES))
+    moto = moto_server.MotoLayout(directory / "moto", logs, moto_port)
+    ssh = sshd.SshdLayout(directory / "sshd", logs, ssh_port)
+    redis = redis_server.RedisLayout(directory / "redis", logs, redis_port)
     ks = keystone.KeystoneLayout(directory / "keystone", logs, keystone_port)
     sites = [
         glance.GlanceLayout(site, directory / f"glance-{site}", logs, port)
@@ -137,9 +145,27 @@ def _build(directory: Path, timeout: float) -> Bed:
         pidfile.record(directory, server)
         processes.wait_http(server, f"{site.url}/healthcheck", timeout)
 
+    def start_sshd() -> None:
+        sshd.configure(ssh, directory / "clouds.yaml")
+        pidfile.record(directory, sshd.start(ssh, mark))
+
+    def start_redis() -> None:
+        pidfile.record(directory, redis_server.start_redis(redis, mark))
+
+    def start_moto() -> None:
+        pidfile.record(directory, moto_server.start_moto(moto, mark))
+
     # Keystone (bootstrap, then provisioning) is the long pole; the Glance
-    # sites start meanwhile.
-    _run_parallel([start_keystone, *(partial(start_glance, site) for site in sites)])
+    # sites, Redis and sshd start meanwhile.
+    _run_parallel(
+        [
+            start_keystone,
+            start_redis,
+            start_sshd,
+            start_moto,
+            *(partial(start_glance, site) for site in sites),
+        ]
+    )
 
     token = keystone.issue_token(ks, admin_password)
     _run_parallel([partial(glance.check_token, site, token) for site in sites])
@@ -151,7 +177,10 @@ def _build(directory: Path, timeout: float) -> Bed:
         admin_user=keystone.ADMIN_USER,
         admin_project=keystone.ADMIN_PROJECT,
         admin_password=admin_password,
+        redis_url=redis.url,
+        extra_env=moto_server.write_aws_files(directory, directory / "sites", moto.url),
     )
+    sshd.write_site_file(ssh, written.sites_dir)
     result = Bed(
         dir=directory,
         env=written.env,
@@ -162,6 +191,8 @@ def _build(directory: Path, timeout: float) -> Bed:
         logs_dir=logs,
         work_dir=written.work_dir,
         sites_dir=written.sites_dir,
+        redis_url=redis.url,
+        moto_url=moto.url,
     )
     _save(result)
     return result
@@ -199,6 +230,8 @@ def _save(bed: Bed) -> None:
         "logs_dir": str(bed.logs_dir),
         "work_dir": str(bed.work_dir),
         "sites_dir": str(bed.sites_dir),
+        "redis_url": bed.redis_url,
+        "moto_url": bed.moto_url,
     }
     (bed.dir / BED_FILE).write_text(json.dumps(record, indent=2) + "\n")
 

@@ -47,6 +47,8 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"  keystone  {bed.keystone_url}")
             for site, url in bed.glance_urls.items():
                 print(f"  glance    {url}  ({site})")
+            if bed.moto_url:
+                print(f"  moto      {bed.moto_url}  (aws-a)")
             print(f"  source {bed.dir / 'env'}")
         elif args.command == "down":
             down(args.dir)
@@ -68,6 +70,7 @@ def _print_status(directory: Path) -> int:
     urls = {"keystone": bed.keystone_url} if bed else {}
     if bed:
         urls |= {f"glance-{site}": url for site, url in bed.glance_urls.items()}
+        urls["moto"] = bed.moto_url
     for name, running in servers.items():
         state = "running" if running else "stopped"
         print(f"{name:<15} {state:<8} {urls.get(name, '')}".rstrip())

@@ -10,7 +10,6 @@ from . import files
 DAEMON_SETTINGS = {
     "concurrency": 2,
     "lease_seconds": 15,
-    "redis_url": "redis://127.0.0.1:6379/0",
     "namespace": "atmosphere",
 }
 
@@ -34,6 +33,8 @@ def write_client_files(
     admin_user: str,
     admin_project: str,
     admin_password: str,
+    redis_url: str,
+    extra_env: Mapping[str, str] | None = None,
 ) -> ClientFiles:
     """Write every client-facing file for a bed whose services are up."""
     clouds_yaml = directory / "clouds.yaml"
@@ -68,6 +69,7 @@ def write_client_files(
             "name": first_site,
             "work_dir": str(work_dir),
             "sites_dir": str(sites_dir),
+            "redis_url": redis_url,
             **DAEMON_SETTINGS,
         },
     )
@@ -85,6 +87,8 @@ def write_client_files(
         "OS_CLIENT_CONFIG_FILE": str(clouds_yaml),
         "MIGRATIO_TESTBED_DIR": str(directory),
         "MIGRATIO_KEYSTONE_URL": keystone_url,
+        "MIGRATIO_REDIS_URL": redis_url,
+        **(extra_env or {}),
     }
     for site, url in glance_urls.items():
         env[f"MIGRATIO_GLANCE_{site.upper().replace('-', '_')}_URL"] = url

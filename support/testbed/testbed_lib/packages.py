@@ -15,6 +15,10 @@ TESTBED_PACKAGES: tuple[str, ...] = (
     "uwsgi-plugin-python3",
     "qemu-utils",
     "postgresql",
+    # The SSH site: a private sshd, and the `openstack` CLI its user runs.
+    "openssh-server",
+    "openssh-client",
+    "python3-openstackclient",
 )
 
 

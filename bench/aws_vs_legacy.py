@@ -1,0 +1,217 @@
+"""Benchmark: OpenStack → AWS by ebs-direct versus the legacy path, same image, same run.
+
+The image is a qcow2 of 1 GiB virtual size with ~40 MiB of random data at
+scattered offsets (tests/aws_peer.py). Both paths start from the image in the
+test bed's Glance site-a and end at the bed's moto:
+
+- ebs-direct: a real migration by the daemon to site ``aws-a`` (download,
+  safety check, convert to a sparse raw, sha512, PutSnapshotBlock of the
+  non-zero blocks, RegisterImage). Time: the ledger's exporting → done.
+- legacy: what the Ruby tool did before its ec2-import-instance: download,
+  ``qemu-img convert -O raw``, then upload the whole raw file to S3 with boto3
+  (multipart, 10 threads). moto assembles every completed S3 object in RAM
+  (~2.5x its size), so the 1 GiB raw goes up as four 256 MiB objects: the same
+  bytes and the same part requests, three more CompleteMultipartUpload calls.
+
+Bytes sent are payload bytes (HTTP framing not counted): blocks PUT x 512 KiB
+from the migration's journal, and the raw file's size. Goals: ebs-direct
+<= 0.5x the legacy wall time, <= 1.05x the non-zero 512 KiB blocks' bytes.
+
+    python3 bench/aws_vs_legacy.py [--rounds 3]
+
+Uses $MIGRATIO_TESTBED_DIR when it points at a running test bed, else starts one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "support" / "testbed"))
+
+import testbed_lib  # noqa: E402
+from boto3.s3.transfer import TransferConfig  # noqa: E402
+
+from tests import aws_peer, daemon, glance, images  # noqa: E402
+from tests.conftest import write_daemon_config  # noqa: E402
+
+MIB = aws_peer.MIB
+OBJECT_LIMIT = 256 * MIB  # see the module docstring: moto's RAM
+BUCKET = "migratio-bench-legacy"
+
+
+def legacy(source_id: str, moto_url: str, workdir: Path) -> dict[str, float]:
+    """Download, convert to raw, upload the whole raw file to S3."""
+    s3 = aws_peer.client("s3", moto_url)
+    site_a = glance.connect("site-a")
+    source = workdir / "legacy.qcow2"
+    raw = workdir / "legacy.raw"
+    started = time.monotonic()
+    with source.open("wb") as out:
+        for chunk in glance.chunks_of(site_a, source_id):
+            out.write(chunk)
+    downloaded = time.monotonic()
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(source), str(raw)], check=True
+    )
+    converted = time.monotonic()
+    size = raw.stat().st_size
+    config = TransferConfig(multipart_chunksize=16 * MIB, max_concurrency=10)
+    keys = []
+    with raw.open("rb") as handle:
+        for offset in range(0, size, OBJECT_LIMIT):
+            key = f"legacy/{source_id}/{offset // OBJECT_LIMIT}.raw"
+            piece = _Slice(handle, offset, min(OBJECT_LIMIT, size - offset))
+            s3.upload_fileobj(piece, BUCKET, key, Config=config)
+            keys.append(key)
+    uploaded = time.monotonic()
+    for key in keys:
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    source.unlink()
+    raw.unlink()
+    return {
+        "legacy_seconds": uploaded - started,
+        "legacy_download_seconds": downloaded - started,
+        "legacy_convert_seconds": converted - downloaded,
+        "legacy_upload_seconds": uploaded - converted,
+        "legacy_bytes_sent": size,
+    }
+
+
+class _Slice:
+    """A read-only window of a file, for one S3 object."""
+
+    def __init__(self, handle: Any, offset: int, length: int) -> None:
+        self._handle, self._offset, self._length, self._at = handle, offset, length, 0
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._length - self._at
+        size = left if size < 0 else min(size, left)
+        data = os.pread(self._handle.fileno(), size, self._offset + self._at)
+        self._at += len(data)
+        return data
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._at, 2: self._length}[whence]
+        self._at = max(0, min(self._length, base + position))
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+
+def ebs_direct(source_id: str, moto_url: str, workdir: Path, sites: Path) -> dict[str, float]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = write_daemon_config(workdir, sites, concurrency=1)
+    migration_id = daemon.submit(config, source_id, dest="aws-a")
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "migratio", "--config", str(config), "run", "--until-idle"],
+        stderr=subprocess.DEVNULL,
+    )
+    peak_kib = 0
+    while process.poll() is None:
+        # The daemon's own high-water mark (wait4's ru_maxrss would also count
+        # this benchmark's RSS at fork time, which the legacy run inflates).
+        peak_kib = max(peak_kib, _vm_hwm_kib(process.pid))
+        time.sleep(0.01)
+    process_seconds = time.monotonic() - started
+    assert process.returncode == 0
+    shown = daemon.show(config, migration_id)
+    assert shown["state"] == "done", shown["error"]
+    assert [row["to"] for row in shown["history"]][-2:] == ["registering", "done"], "deduplicated?"
+    stamps = {row["to"]: datetime.fromisoformat(row["at"].rstrip("Z")) for row in shown["history"]}
+    journal = shown["transfer_state"]
+    # The next round must not find this AMI (dedup would skip the copy).
+    ec2 = aws_peer.client("ec2", moto_url)
+    ec2.deregister_image(ImageId=shown["dest_image_id"])
+    ec2.delete_snapshot(SnapshotId=journal["snapshot_id"])
+    return {
+        "ebs_seconds": (stamps["done"] - stamps["exporting"]).total_seconds(),
+        "ebs_uploading_seconds": (stamps["registering"] - stamps["uploading"]).total_seconds(),
+        "ebs_process_seconds": process_seconds,
+        "ebs_peak_rss_mib": peak_kib / 1024,
+        "ebs_blocks_put": journal["blocks_put"],
+        "ebs_bytes_sent": journal["blocks_put"] * aws_peer.BLOCK,
+    }
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="migratio-bench-") as scratch:
+        scratch_dir = Path(scratch)
+        reuse = os.environ.get("MIGRATIO_TESTBED_DIR")
+        bed = testbed_lib.up(Path(reuse) if reuse else scratch_dir / "bed")
+        os.environ.update(bed.env)
+        moto_url = bed.env["MIGRATIO_MOTO_URL"]
+        s3 = aws_peer.client("s3", moto_url)
+        s3.create_bucket(
+            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": aws_peer.REGION}
+        )
+        try:
+            image = aws_peer.scattered_qcow2(scratch_dir / "bench.qcow2")
+            raw = images.as_raw(image, scratch_dir / "bench.raw")
+            nonzero = aws_peer.nonzero_blocks(raw)
+            raw.unlink()
+            site_a = glance.connect("site-a")
+            source_id = glance.upload(site_a, image, name="bench-aws", architecture="x86_64")
+            results = []
+            for round_number in range(args.rounds):
+                measured = {
+                    **legacy(source_id, moto_url, scratch_dir),
+                    **ebs_direct(
+                        source_id, moto_url, scratch_dir / f"run{round_number}", bed.dir / "sites"
+                    ),
+                }
+                measured["time_ratio"] = measured["ebs_seconds"] / measured["legacy_seconds"]
+                measured["bytes_vs_nonzero"] = measured["ebs_blocks_put"] / nonzero
+                results.append(measured)
+                print(json.dumps({k: round(v, 3) for k, v in measured.items()}), flush=True)
+            glance.delete(site_a, source_id)
+            ratios = sorted(r["time_ratio"] for r in results)
+            median = ratios[len(ratios) // 2]
+            legacy_median = sorted(r["legacy_seconds"] for r in results)[len(results) // 2]
+            ebs_median = sorted(r["ebs_seconds"] for r in results)[len(results) // 2]
+            print(
+                f"1 GiB virtual, {nonzero} non-zero 512 KiB blocks "
+                f"({nonzero * aws_peer.BLOCK / MIB:.1f} MiB), {len(results)} rounds:\n"
+                f"  ebs-direct: {ebs_median:.2f} s median, "
+                f"{max(r['ebs_bytes_sent'] for r in results) / MIB:.1f} MiB sent "
+                f"({max(r['bytes_vs_nonzero'] for r in results):.3f}x the non-zero blocks), "
+                f"peak RSS {max(r['ebs_peak_rss_mib'] for r in results):.0f} MiB\n"
+                f"  legacy:     {legacy_median:.2f} s median, "
+                f"{results[0]['legacy_bytes_sent'] / MIB:.0f} MiB sent\n"
+                f"  time ratio ebs-direct/legacy: median {median:.3f} "
+                f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f})"
+            )
+        finally:
+            aws_peer.reset(moto_url)
+            if not reuse:
+                testbed_lib.down(bed.dir)
+
+
+if __name__ == "__main__":
+    main()

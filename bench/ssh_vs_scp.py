@@ -1,0 +1,162 @@
+"""Benchmark: the SSH site's upload path versus `scp` of the same file to the same sshd.
+
+Both send one local file to the test bed's sshd (the "external host" of
+``site-b-ssh``), in the same run, alternating, so the ratio is what matters:
+- ``receive``: ``OpenStackSshSiteDriver.receive`` as the uploading state calls it:
+  paramiko SFTP with the block journal, then the sha512 check on the host;
+- ``scp``: OpenSSH's own client (SFTP protocol, its default cipher), nothing checked.
+
+With ``--migrate``, also one whole migration site-a → site-b-ssh of a qcow2 of
+the same size through the daemon, with the time spent in each state.
+
+    python3 bench/ssh_vs_scp.py [--size-mib 1024] [--rounds 3] [--migrate]
+
+Uses $MIGRATIO_TESTBED_DIR when it points at a running test bed, else starts one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "support" / "testbed"))
+
+import testbed_lib  # noqa: E402
+
+from migratio.config import OpenStackSshSite  # noqa: E402
+from migratio.drivers.base import RecordSpec  # noqa: E402
+from migratio.drivers.ssh import OpenStackSshSiteDriver  # noqa: E402
+from tests import glance, images  # noqa: E402
+from tests.conftest import write_daemon_config  # noqa: E402
+from tests.payloads import Payload  # noqa: E402
+
+MiB = 1024 * 1024
+SITE = "site-b-ssh"
+
+
+def scp_copy(settings: OpenStackSshSite, source: Path, target: str) -> float:
+    argv = [
+        "scp", "-q", "-B",
+        "-P", str(settings.port),
+        "-i", str(settings.key_file),
+        "-o", f"UserKnownHostsFile={settings.known_hosts}",
+        "-o", "StrictHostKeyChecking=yes",
+        str(source),
+        f"{settings.user}@{settings.host}:{target}",
+    ]  # fmt: skip
+    started = time.monotonic()
+    subprocess.run(argv, check=True)
+    return time.monotonic() - started
+
+
+def receive_copy(settings: OpenStackSshSite, source: Path, sha512: str) -> float:
+    driver = OpenStackSshSiteDriver(SITE, settings)
+    try:
+        record = driver.create_record(RecordSpec(str(uuid.uuid4()), "bench", "raw", "bare"))
+        started = time.monotonic()
+        verified = driver.receive(record.id, Payload(path=source, sha512=sha512, size=None))
+        elapsed = time.monotonic() - started
+        assert verified == sha512
+        driver.remove(record.id)
+        return elapsed
+    finally:
+        driver.close()
+
+
+def migrate(bed: testbed_lib.Bed, size_mib: int, workdir: Path) -> dict[str, float]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    image = images.random_qcow2(workdir / "migrate.qcow2", size_mib)
+    site_a = glance.connect("site-a")
+    source_id = glance.upload(site_a, image, name="bench-ssh")
+    image.unlink()
+    config = write_daemon_config(workdir, bed.sites_dir, concurrency=1)
+    base = [sys.executable, "-m", "migratio", "--config", str(config)]
+    submit = [*base, "submit", "--image", source_id, "--from", "site-a", "--to", SITE]
+    migration_id = subprocess.run(submit, check=True, capture_output=True, text=True).stdout
+    subprocess.run([*base, "run", "--until-idle"], check=True, stderr=subprocess.DEVNULL)
+    shown = json.loads(
+        subprocess.run(
+            [*base, "show", "--json", migration_id.strip()],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    assert shown["state"] == "done", shown["error"]
+    glance.delete(glance.connect("site-b"), shown["dest_image_id"])
+    glance.delete(site_a, source_id)
+    stamps = [
+        (row["to"], datetime.fromisoformat(row["at"].rstrip("Z"))) for row in shown["history"]
+    ]
+    spent = {
+        f"{state}_seconds": (stamps[i + 1][1] - at).total_seconds()
+        for i, (state, at) in enumerate(stamps[:-1])
+    }
+    spent["migration_seconds"] = (stamps[-1][1] - stamps[1][1]).total_seconds()
+    return spent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--migrate", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="migratio-bench-") as scratch:
+        scratch_dir = Path(scratch)
+        reuse = os.environ.get("MIGRATIO_TESTBED_DIR")
+        bed = testbed_lib.up(Path(reuse) if reuse else scratch_dir / "bed")
+        os.environ.update(bed.env)
+        try:
+            raw = yaml.safe_load((bed.sites_dir / f"{SITE}.yml").read_text())
+            raw["staging_dir"] = str(scratch_dir / "staging")
+            settings = OpenStackSshSite.model_validate(raw)
+            source = images.random_raw(scratch_dir / "payload", args.size_mib)
+            sha512 = hashlib.sha512(source.read_bytes()).hexdigest()
+            size = source.stat().st_size
+            target = scratch_dir / "scp-target"
+            results = []
+            for _ in range(args.rounds):
+                scp_seconds = scp_copy(settings, source, str(target))
+                target.unlink()
+                receive_seconds = receive_copy(settings, source, sha512)
+                results.append(
+                    {
+                        "scp_seconds": round(scp_seconds, 3),
+                        "receive_seconds": round(receive_seconds, 3),
+                        "scp_mib_s": round(size / MiB / scp_seconds, 1),
+                        "receive_mib_s": round(size / MiB / receive_seconds, 1),
+                        "ratio": round(receive_seconds / scp_seconds, 3),
+                    }
+                )
+                print(json.dumps(results[-1]), flush=True)
+            ratios = sorted(r["ratio"] for r in results)
+            print(
+                f"size {size / MiB:.0f} MiB, {len(results)} rounds: time ratio receive/scp "
+                f"median {ratios[len(ratios) // 2]:.3f} "
+                f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f})",
+                flush=True,
+            )
+            source.unlink()
+            if args.migrate:
+                print(json.dumps(migrate(bed, args.size_mib, scratch_dir / "migrate")))
+        finally:
+            if not reuse:
+                testbed_lib.down(bed.dir)
+
+
+if __name__ == "__main__":
+    main()

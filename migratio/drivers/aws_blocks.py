@@ -1,0 +1,177 @@
+"""A raw disk image as EBS sees it: 512 KiB blocks, most of them never written.
+
+``scan`` walks a sparse raw file in block order and yields only blocks holding a
+non-zero byte. Holes are found with SEEK_DATA/SEEK_HOLE and never read (on a
+filesystem without hole support every block is read and zero blocks are
+dropped after reading). Every byte of the file, holes as zeros, still goes
+through a caller's hash, so the set of blocks sent is proven to be the file.
+
+``BlockSet`` is the resume journal's record of blocks already sent: sorted
+``[start, end)`` index ranges, small in JSON however many blocks there are.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import errno
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+# EBS direct's block size. moto reports BlockSize 512 in its answers; AWS reports
+# 524288 and accepts nothing else, so the size is fixed here, not read back.
+BLOCK_SIZE = 512 * 1024
+GIB = 1 << 30
+
+_ZEROS = bytes(BLOCK_SIZE)
+# Holes are hashed in large pieces: one update per 8 MiB instead of per block.
+_ZERO_RUN = bytes(16 * BLOCK_SIZE)
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+
+@dataclass(frozen=True)
+class Block:
+    """One non-zero block, padded to BLOCK_SIZE, with its SHA256."""
+
+    index: int
+    data: bytes
+    sha256: bytes
+
+    @property
+    def checksum(self) -> str:
+        """The base64 SHA256 that PutSnapshotBlock carries."""
+        return base64.b64encode(self.sha256).decode("ascii")
+
+
+def volume_size_gib(size: int) -> int:
+    """EBS volumes come in whole GiB, at least one."""
+    return max(1, -(-size // GIB))
+
+
+def scan(fd: int, size: int, hasher: Hasher | None = None) -> Iterator[Block]:
+    """The non-zero blocks of the first ``size`` bytes of ``fd``, in index order.
+
+    ``hasher`` receives every byte of the file in order, holes as zeros: a block
+    wrongly taken for a hole would change the hash.
+    """
+    position = 0  # how far the file has been hashed; always a block boundary or size
+    for start, end in data_extents(fd, size):
+        first = max(start // BLOCK_SIZE, -(-position // BLOCK_SIZE))
+        for index in range(first, -(-end // BLOCK_SIZE)):
+            offset = index * BLOCK_SIZE
+            length = min(BLOCK_SIZE, size - offset)
+            data = os.pread(fd, length, offset)
+            if len(data) != length:
+                raise OSError(errno.EIO, f"short read at offset {offset}")
+            if hasher is not None:
+                _hash_zeros(hasher, offset - position)
+                hasher.update(data)
+            position = offset + length
+            if data == _ZEROS[:length]:
+                continue
+            if length < BLOCK_SIZE:
+                data += _ZEROS[length:]
+            yield Block(index, data, hashlib.sha256(data).digest())
+    if hasher is not None:
+        _hash_zeros(hasher, size - position)
+
+
+def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """Byte ranges ``[start, end)`` that may hold data, per SEEK_DATA/SEEK_HOLE."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole from here to the end
+                return
+            if exc.errno == errno.EINVAL:  # no hole support: all of it may be data
+                yield offset, size
+                return
+            raise
+        if start >= size:
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        offset = end
+
+
+def linear_checksum(digests: Iterable[bytes]) -> str:
+    """CompleteSnapshot's LINEAR aggregate: SHA256 over the blocks' SHA256s in
+    index order, base64."""
+    total = hashlib.sha256()
+    for digest in digests:
+        total.update(digest)
+    return base64.b64encode(total.digest()).decode("ascii")
+
+
+def _hash_zeros(hasher: Hasher, count: int) -> None:
+    while count > 0:
+        piece = min(count, len(_ZERO_RUN))
+        hasher.update(_ZERO_RUN[:piece] if piece < len(_ZERO_RUN) else _ZERO_RUN)
+        count -= piece
+
+
+class BlockSet:
+    """A set of block indices kept as sorted, disjoint ``[start, end)`` ranges."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def __contains__(self, index: object) -> bool:
+        if not isinstance(index, int):
+            return False
+        at = bisect.bisect_right(self._starts, index) - 1
+        return at >= 0 and index < self._ends[at]
+
+    def __len__(self) -> int:
+        return sum(end - start for start, end in zip(self._starts, self._ends, strict=True))
+
+    def __iter__(self) -> Iterator[int]:
+        for start, end in zip(self._starts, self._ends, strict=True):
+            yield from range(start, end)
+
+    def add(self, index: int) -> None:
+        at = bisect.bisect_right(self._starts, index) - 1
+        if at >= 0 and index < self._ends[at]:
+            return
+        joins_left = at >= 0 and self._ends[at] == index
+        joins_right = at + 1 < len(self._starts) and self._starts[at + 1] == index + 1
+        if joins_left and joins_right:
+            self._ends[at] = self._ends[at + 1]
+            del self._starts[at + 1], self._ends[at + 1]
+        elif joins_left:
+            self._ends[at] = index + 1
+        elif joins_right:
+            self._starts[at + 1] = index
+        else:
+            self._starts.insert(at + 1, index)
+            self._ends.insert(at + 1, index + 1)
+
+    def to_json(self) -> list[list[int]]:
+        return [[start, end] for start, end in zip(self._starts, self._ends, strict=True)]
+
+    @classmethod
+    def from_json(cls, value: Any) -> BlockSet:
+        """Ranges as ``to_json`` wrote them; anything malformed counts as nothing sent."""
+        blocks = cls()
+        if not isinstance(value, list):
+            return blocks
+        for item in value:
+            if not (isinstance(item, list) and len(item) == 2):
+                return cls()
+            start, end = item
+            if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end):
+                return cls()
+            if blocks._ends and start <= blocks._ends[-1]:
+                return cls()
+            blocks._starts.append(start)
+            blocks._ends.append(end)
+        return blocks

@@ -1,0 +1,93 @@
+"""Connections to one AWS site: a boto3 session and its EC2, EBS and S3 clients.
+
+Credentials come from boto3's default chain or the site's named ``profile``
+(``AWS_SHARED_CREDENTIALS_FILE``/``AWS_CONFIG_FILE`` say where those files
+are); migratio's own files never hold keys. Clients are made on first use, so a
+driver for an unreachable site can still be built, and shared by the upload
+threads (boto3 clients are thread-safe; sessions are not, hence the lock).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import boto3
+import botocore.config
+
+from migratio import __version__
+from migratio.config import AwsSite
+from migratio.drivers.aws_errors import translated
+
+# botocore's "standard" retries (with backoff) cover throttling and 5xx of one
+# request, which AWS asks every client of the EBS direct APIs to retry; every
+# call made here is safe to repeat. Longer outages are migratio's retry policy's.
+REQUEST_ATTEMPTS = 3
+
+
+class AwsClients:
+    """The clients of one site; ``ec2``, ``ebs`` and ``s3`` connect lazily.
+
+    site_id: named in error messages.
+    settings: region, profile, endpoint_url (emulators), timeout per socket
+        operation and ``workers`` (the connection pool holds one per upload thread).
+    """
+
+    def __init__(self, site_id: str, settings: AwsSite) -> None:
+        self.site_id = site_id
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._session: boto3.session.Session | None = None
+        self._clients: dict[str, Any] = {}
+
+    @property
+    def ec2(self) -> Any:
+        return self._client("ec2")
+
+    @property
+    def ebs(self) -> Any:
+        return self._client("ebs")
+
+    @property
+    def s3(self) -> Any:
+        return self._client("s3")
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = self._clients, {}
+            self._session = None
+        for client in clients.values():
+            client.close()
+
+    def _client(self, service: str) -> Any:
+        with self._lock:
+            client = self._clients.get(service)
+            if client is None:
+                with translated(self.site_id, f"connect to {service}"):
+                    if self._session is None:
+                        self._session = boto3.session.Session(
+                            profile_name=self.settings.profile,
+                            region_name=self.settings.region,
+                        )
+                    client = self._session.client(
+                        service,
+                        endpoint_url=self.settings.endpoint_url,
+                        config=self._config(service),
+                    )
+                self._clients[service] = client
+            return client
+
+    def _config(self, service: str) -> botocore.config.Config:
+        settings = self.settings
+        options: dict[str, Any] = {
+            "region_name": settings.region,
+            "connect_timeout": settings.timeout,
+            "read_timeout": settings.timeout,
+            "retries": {"mode": "standard", "total_max_attempts": REQUEST_ATTEMPTS},
+            "max_pool_connections": settings.workers + 4,
+            "user_agent_extra": f"migratio/{__version__}",
+        }
+        if service == "s3" and settings.endpoint_url:
+            # An emulator on an IP address has no per-bucket host names.
+            options["s3"] = {"addressing_style": "path"}
+        return botocore.config.Config(**options)

@@ -1,0 +1,248 @@
+"""The staging area on an SSH site's external host: a file per migration, written
+over SFTP and resumable after a crash.
+
+While bytes flow, the sha256 of every complete block sent is kept in the
+migration's transfer state (saved about once a second). A resumed upload asks
+the host for the hashes of the blocks it holds, continues after the last block
+that matches, and truncates the rest; anything else starts over. The journal is
+only a claim: the remote hashes are the truth. At the end, the sha512 of the
+whole staged file, computed on the host while it was written, must equal the
+payload's; only then is the file renamed to its verified name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+import re
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from migratio.drivers.base import Transfer
+from migratio.drivers.ssh_hashes import Digest, Journal, RemoteHashes
+from migratio.drivers.ssh_remote import RemoteHost
+from migratio.errors import IntegrityError, TransientError
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+SAVE_INTERVAL_SECONDS = 1.0
+SHA512_HEX = re.compile(r"[0-9a-f]{128}")
+# Hashing on the host reads the file; allow 20 MiB/s on a slow host's disk.
+HASH_RATE = 20 * MiB
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A migration's file in the staging area: ``sha512`` is set once the whole
+    file was verified (it is then named ``<migration id>.<sha512>``)."""
+
+    path: str
+    size: int
+    sha512: str | None
+
+
+class StagingArea:
+    """The site's ``staging_dir`` on the external host (relative to the login
+    user's home unless absolute), created on first use, mode 0700.
+
+    A migration's upload is ``<migration id>.part`` until its sha512 has been
+    checked on the host; then it is renamed to ``<migration id>.<sha512>``, so
+    registering (and a resumed run) knows it is complete without hashing it again.
+    """
+
+    def __init__(self, host: RemoteHost, staging_dir: str) -> None:
+        self.host = host
+        self.staging_dir = staging_dir
+        self.hashes = RemoteHashes(host)
+        self._directory: str | None = None
+
+    def find(self, migration_id: str) -> Staged | None:
+        """The migration's staged file, verified one first; None if there is none."""
+        found = self._files(migration_id)
+        found.sort(key=lambda staged: staged.sha512 is None)
+        return found[0] if found else None
+
+    def remove(self, migration_id: str) -> None:
+        """Remove the migration's staged files; already gone is fine."""
+        sftp = self.host.sftp()
+        for staged in self._files(migration_id):
+            with self.host.translated(f"remove {staged.path}"), suppress(FileNotFoundError):
+                sftp.remove(staged.path)
+
+    def prepare(self) -> str:
+        """Make sure the staging directory exists; return its absolute path."""
+        return self._ensure_directory()
+
+    def upload(self, migration_id: str, transfer: Transfer) -> str:
+        """Stage the payload, resuming an interrupted upload where the host's bytes
+        still match; return the staged file's sha512, computed on the host."""
+        staged = self.find(migration_id)
+        if staged is not None and staged.sha512:
+            if transfer.sha512 in (None, staged.sha512):
+                return staged.sha512
+            self.remove(migration_id)
+        path = self._path(f"{migration_id}.part")
+        journal = Journal.load(transfer.load_state(), path, transfer.size)
+        # Without the payload's sha512 only an upload from byte 0 can be checked
+        # (this side hashes what it sends).
+        offset = self._resume_point(journal) if transfer.sha512 else 0
+        if offset == 0:
+            journal.keep(0)
+        journal.attempts.append(offset)
+        if offset:
+            log.info("resuming the upload to %s at byte %d", path, offset)
+        local = hashlib.sha512() if transfer.sha512 is None else None
+        length, digest = self._write(journal, transfer, offset, local)
+        transfer.save_state(journal.state())
+
+        expected = transfer.sha512 or (local.hexdigest() if local else None)
+        if digest is None or (digest.size, digest.hashed, digest.sha512) != (
+            length,
+            length,
+            expected,
+        ):
+            self.remove(migration_id)
+            transfer.save_state({})
+            held = "nothing" if digest is None else f"{digest.size} bytes of another sha512"
+            problem = f"{path} holds {held} after {length} bytes were sent; removed"
+            # From byte 0 the payload was verified on this side: the host changed it.
+            kind = TransientError if offset else IntegrityError
+            raise kind(self.host.message("verify the upload", problem))
+        final = self._path(f"{migration_id}.{digest.sha512}")
+        sftp = self.host.sftp()
+        with self.host.translated(f"rename {path}"):
+            sftp.posix_rename(path, final)
+        return digest.sha512
+
+    # -- parts ----------------------------------------------------------------
+
+    def _write(
+        self, journal: Journal, transfer: Transfer, offset: int, local: Any | None
+    ) -> tuple[int, Digest | None]:
+        """Send the payload from ``offset``; return the file's length and what the
+        host's hasher, which followed the file as it grew, found."""
+        path = journal.path
+        sftp = self.host.sftp()
+        action = f"upload to {path}"
+        with self.host.translated(action):
+            remote = sftp.open(path, "r+b" if offset else "wb", bufsize=0)
+        follower = None
+        try:
+            with self.host.translated(action):
+                if not offset:
+                    remote.chmod(0o600)
+                remote.MAX_REQUEST_SIZE = self.host.write_size
+                remote.set_pipelined(True)
+                remote.seek(offset)
+            # Started once the file exists at its new length, so it never reads
+            # what an earlier attempt left beyond the resume point.
+            follower = self.hashes.follow(path)
+            saved = time.monotonic()
+            done = offset
+            for chunk in transfer.chunks(offset):
+                with self.host.translated(action):
+                    remote.write(chunk)
+                journal.add(chunk)
+                done += len(chunk)
+                if local is not None:
+                    local.update(chunk)
+                now = time.monotonic()
+                if now - saved >= SAVE_INTERVAL_SECONDS:
+                    saved = now
+                    transfer.save_state(journal.state())
+                    transfer.progress(done)
+            with self.host.translated(action):
+                remote.close()  # returns once every pipelined write has landed
+            journal.settle()
+            timeout = self.host.settings.timeout + done / HASH_RATE
+            return done, self.hashes.finished(follower, path, done, timeout)
+        except BaseException:
+            # Stopped (shutdown, cancel, a failed read or write): what was sent is
+            # claimed for the next run, which checks the claim against the host.
+            with suppress(Exception):
+                remote.close()
+            with suppress(Exception):
+                journal.settle()
+                transfer.save_state(journal.state())
+            raise
+        finally:
+            if follower is not None:
+                follower.close()
+
+    def _resume_point(self, journal: Journal) -> int:
+        """Where to continue: after the last recorded block the host still holds."""
+        if not journal.blocks:
+            return 0
+        held = self.hashes.blocks(
+            journal.path,
+            journal.block_size,
+            len(journal.blocks),
+            timeout=self.host.settings.timeout
+            + len(journal.blocks) * journal.block_size / HASH_RATE,
+        )
+        if held is None:
+            return 0
+        size, remote = held
+        matched = 0
+        for mine, theirs in zip(journal.blocks, remote, strict=False):
+            if mine != theirs:
+                break
+            matched += 1
+        journal.keep(matched)
+        offset = matched * journal.block_size
+        if offset and size != offset:
+            sftp = self.host.sftp()
+            with self.host.translated(f"truncate {journal.path}"):
+                sftp.truncate(journal.path, offset)
+        return offset
+
+    def _files(self, migration_id: str) -> list[Staged]:
+        """The migration's files; a lookup creates nothing on the host."""
+        sftp = self.host.sftp()
+        prefix = f"{migration_id}."
+        found = []
+        with self.host.translated(f"list the staging directory {self.staging_dir!r}"):
+            try:
+                directory = self._directory or sftp.normalize(self.staging_dir)
+                entries = sftp.listdir_attr(directory)
+            except FileNotFoundError:
+                return []
+            for entry in entries:
+                name = entry.filename
+                if not name.startswith(prefix):
+                    continue
+                suffix = name[len(prefix) :]
+                sha512 = suffix if SHA512_HEX.fullmatch(suffix) else None
+                if sha512 is None and suffix != "part":
+                    continue
+                found.append(Staged(posixpath.join(directory, name), entry.st_size or 0, sha512))
+        return found
+
+    def _path(self, name: str) -> str:
+        return posixpath.join(self._ensure_directory(), name)
+
+    def _ensure_directory(self) -> str:
+        if self._directory is not None:
+            return self._directory
+        sftp = self.host.sftp()
+        with self.host.translated(f"create the staging directory {self.staging_dir!r}"):
+            for prefix in _prefixes(self.staging_dir):
+                try:
+                    sftp.stat(prefix)
+                except FileNotFoundError:
+                    sftp.mkdir(prefix, 0o700)
+            self._directory = sftp.normalize(self.staging_dir)
+        return self._directory
+
+
+def _prefixes(path: str) -> Iterator[str]:
+    """``a/b/c`` → ``a``, ``a/b``, ``a/b/c`` (absolute paths keep their root)."""
+    parts = [part for part in path.split("/") if part and part != "."]
+    root = "/" if path.startswith("/") else ""
+    for index in range(1, len(parts) + 1):
+        yield root + "/".join(parts[:index])

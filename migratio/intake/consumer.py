@@ -1,0 +1,295 @@
+"""The intake of ``migratio run``: jobs from this site's Redis queue become ledger migrations.
+
+One round: move up to ``intake_batch`` jobs into our processing list, read
+them, record the good ones in one ledger transaction, then acknowledge all of
+them (bad ones go to the dead-letter list in the same Redis transaction). A
+crash anywhere leaves the jobs in the processing list, from where they return
+to the queue; the ledger knows every job id it recorded, so none is recorded
+twice. A job that cannot be a migration never stops the consumer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+
+from migratio import config
+from migratio.feedback.outbox import Outbox
+from migratio.intake.jobs import BadJob, parse
+from migratio.intake.reliable_queue import ReliableQueue
+from migratio.ledger.store import JobOutcome, JobRecorded, JobRequest, Ledger
+from migratio.redis_link import UNAVAILABLE, RedisLink
+
+log = logging.getLogger(__name__)
+
+# Longest wait for a job in one BLMOVE; bounds how long a stop takes.
+WAIT_SECONDS = 0.5
+# Test-only: seconds to sleep between moving jobs into the processing list and
+# recording them, so a test can SIGKILL the daemon in that window. Never set it
+# in production.
+TEST_PAUSE_VARIABLE = "MIGRATIO_TEST_PAUSE_AFTER_MOVE"
+
+
+class Stopping(Exception):
+    """The daemon is stopping while a round waits for the ledger."""
+
+
+class Consumer:
+    """Takes jobs from ``<namespace>:queue:migration_<name>`` into the ledger.
+
+    ``consumer_id`` names this process in Redis (the supervisor's lease owner,
+    so operators can match the two). ``outbox`` is None when feedback is off.
+    ``on_created`` is called after a round that created migrations (to wake the
+    supervisor).
+    """
+
+    def __init__(
+        self,
+        settings: config.Settings,
+        ledger: Ledger,
+        link: RedisLink,
+        consumer_id: str,
+        *,
+        outbox: Outbox | None = None,
+        on_created: Callable[[], None] = lambda: None,
+    ) -> None:
+        daemon = settings.daemon
+        self.settings = settings
+        self.ledger = ledger
+        self.link = link
+        self.outbox = outbox
+        self.on_created = on_created
+        self.batch = daemon.intake_batch
+        self.queue = ReliableQueue(
+            link.client,
+            namespace=daemon.namespace,
+            queue=f"migration_{daemon.name}",
+            consumer=consumer_id,
+            heartbeat_seconds=daemon.intake_heartbeat_seconds,
+        )
+        self._stopping = threading.Event()
+        self._idle = False
+        self._unsure = False
+        self._threads = [
+            threading.Thread(target=self._run, name="intake", daemon=True),
+            threading.Thread(target=self._keep_alive, name="intake-heartbeat", daemon=True),
+        ]
+
+    @property
+    def idle(self) -> bool:
+        """True once the queue was found empty (or Redis unreachable) with nothing held."""
+        return self._idle
+
+    def start(self) -> None:
+        """Beat, hand back dead consumers' jobs, then start consuming."""
+        log.info("intake: consuming %s as %s", self.queue.queue_key, self.queue.consumer)
+        try:
+            self._beat_and_recover()
+        except UNAVAILABLE as exc:
+            self.link.failed(exc)
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+    # ---- the consuming thread --------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._round()
+            except Stopping:
+                break
+            except UNAVAILABLE as exc:
+                # A move may have happened without our seeing its reply.
+                self._unsure = True
+                self._idle = True
+                self._stopping.wait(self.link.failed(exc))
+            except Exception:
+                log.exception("intake: unexpected error; going on")
+                # What we hold goes back to the queue; the ledger knows what it took.
+                self._unsure = True
+                self._stopping.wait(1.0)
+        self._retire()
+
+    def _round(self) -> None:
+        if self._unsure:
+            if returned := self.queue.return_own():
+                log.info("intake: put %d unacknowledged jobs back on the queue", returned)
+            self._unsure = False
+        jobs = self.queue.take(self.batch, 0)
+        self.link.succeeded()
+        if not jobs:
+            self._idle = True
+            jobs = self.queue.take(self.batch, WAIT_SECONDS)
+            if not jobs:
+                return
+        self._idle = False
+        _test_pause(self._stopping)
+        self._handle(jobs)
+
+    def _handle(self, raws: Sequence[bytes]) -> None:
+        good: list[tuple[bytes, JobRequest]] = []
+        bad: list[tuple[bytes, BadJob]] = []
+        for raw in raws:
+            try:
+                good.append((raw, self._parse(raw)))
+            except BadJob as exc:
+                bad.append((raw, exc))
+        recorded, refused = self._record([job for _, job in good])
+        bad += [(raw, BadJob(refused[job.job_id])) for raw, job in good if job.job_id in refused]
+        for _, problem in bad:
+            self._report(problem)
+        letters = [dead_letter(raw, problem.reason, self.queue.queue_key) for raw, problem in bad]
+        self._ack(raws, letters)
+        for result in recorded:
+            log.info(
+                "intake: job %s: %s %s -> %s: %s migration %s",
+                result.job.job_id,
+                result.job.image_id,
+                result.job.source_site,
+                result.job.dest_site,
+                result.outcome.value,
+                result.migration_id,
+            )
+        for _, problem in bad:
+            log.warning("intake: job dead-lettered to %s: %s", self.queue.dead_key, problem.reason)
+        if any(result.outcome is JobOutcome.CREATED for result in recorded):
+            self.on_created()
+
+    def _parse(self, raw: bytes) -> JobRequest:
+        return parse(
+            raw,
+            own_site=self.settings.daemon.name,
+            sites=self.settings.sites,
+            origin=self.queue.queue_key,
+        )
+
+    def _record(self, jobs: list[JobRequest]) -> tuple[list[JobRecorded], dict[str, str]]:
+        """Record jobs in the ledger: what it took, and why it refused any (by job id).
+
+        Waits out a ledger that is unreachable (the jobs stay ours meanwhile).
+        """
+        if not jobs:
+            return [], {}
+        for attempt in range(1, 4):
+            try:
+                return self._ledger_call(partial(self.ledger.accept_jobs, jobs)), {}
+            except IntegrityError:
+                # Another consumer recorded one of these job ids at the same moment:
+                # try again, and the ledger finds it.
+                log.info("intake: job id recorded concurrently (attempt %d); retrying", attempt)
+            except SQLAlchemyError:
+                break
+        # Something in the batch the ledger will not take: find it, keep the rest.
+        recorded: list[JobRecorded] = []
+        refused: dict[str, str] = {}
+        for job in jobs:
+            try:
+                recorded += self._ledger_call(partial(self.ledger.accept_jobs, [job]))
+            except SQLAlchemyError as exc:
+                why = _one_line(getattr(exc, "orig", None) or exc)
+                refused[job.job_id] = f"the ledger refused it: {why}"
+        return recorded, refused
+
+    def _ledger_call(self, call: Callable[[], list[JobRecorded]]) -> list[JobRecorded]:
+        delay = 0.5
+        while True:
+            try:
+                return call()
+            except (OperationalError, InterfaceError) as exc:
+                log.warning("intake: ledger unavailable (%s); retrying in %.1f s", exc.orig, delay)
+            if self._stopping.wait(delay):
+                raise Stopping
+            delay = min(delay * 2, 10.0)
+
+    def _report(self, problem: BadJob) -> None:
+        if self.outbox is None or problem.image_id is None or problem.dest_site is None:
+            return
+        try:
+            self.outbox.report_failure(
+                problem.image_id, self.settings.daemon.name, problem.dest_site, problem.reason
+            )
+        except SQLAlchemyError as exc:
+            log.warning("intake: cannot queue failure feedback: %s", _one_line(exc))
+
+    def _ack(self, raws: Sequence[bytes], letters: Sequence[bytes]) -> None:
+        """Acknowledge, however long Redis takes to come back: the ledger already has them."""
+        while True:
+            try:
+                self.queue.ack(raws, letters)
+                self.link.succeeded()
+                return
+            except UNAVAILABLE as exc:
+                if self._stopping.wait(self.link.failed(exc)):
+                    # Still in our processing list: they come back to the queue after
+                    # our heartbeat expires, and the ledger knows their job ids.
+                    raise Stopping from None
+
+    def _retire(self) -> None:
+        try:
+            returned = self.queue.retire()
+        except UNAVAILABLE as exc:
+            log.warning("intake: cannot hand back held jobs on stop (%s)", _one_line(exc))
+            return
+        if returned:
+            log.info("intake: put %d jobs back on the queue on stop", returned)
+
+    # ---- the heartbeat thread --------------------------------------------------
+
+    def _keep_alive(self) -> None:
+        """Beat three times per heartbeat lifetime; hand back dead consumers' jobs once per."""
+        lifetime = self.queue.heartbeat_seconds
+        next_recovery = time.monotonic() + lifetime
+        while not self._stopping.wait(lifetime / 3):
+            try:
+                if time.monotonic() < next_recovery:
+                    self.queue.beat()
+                    continue
+                next_recovery = time.monotonic() + lifetime
+                self._beat_and_recover()
+            except UNAVAILABLE:
+                pass  # the consuming thread reports the outage
+
+    def _beat_and_recover(self) -> None:
+        self.queue.beat()
+        if moved := self.queue.recover():
+            log.warning(
+                "intake: %d jobs of consumers without heartbeat back on %s",
+                moved,
+                self.queue.queue_key,
+            )
+
+
+def dead_letter(raw: bytes, reason: str, queue_key: str) -> bytes:
+    """What goes to the dead-letter list: the reason, the job as sent, where and when."""
+    letter = {
+        "reason": reason,
+        "payload": raw.decode("utf-8", errors="backslashreplace"),
+        "queue": queue_key,
+        "at": time.time(),
+    }
+    return json.dumps(letter, ensure_ascii=False).encode()
+
+
+def _test_pause(stopping: threading.Event) -> None:
+    seconds = float(os.environ.get(TEST_PAUSE_VARIABLE) or 0)
+    if seconds > 0:
+        log.warning("intake: %s set: pausing %.1f s after the move", TEST_PAUSE_VARIABLE, seconds)
+        stopping.wait(seconds)
+
+
+def _one_line(exc: object) -> str:
+    return " ".join(str(exc).split())

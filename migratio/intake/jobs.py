@@ -1,0 +1,156 @@
+"""The jobs the intake queue carries, and how one is read into a ledger request.
+
+Two formats share the queue ``<namespace>:queue:migration_<name>``:
+
+* **Sidekiq jobs, as the Atmosphere platform pushes them**::
+
+    {"retry":true,"queue":"migration_site-a",
+     "class":"Migratio::Worker::OpenstackOpenstackMigrator",
+     "args":["<source image uuid>","<destination site id>"],
+     "jid":"e53dcb704f3fd4e0ba51db83","created_at":1795618680.14,"enqueued_at":1795618680.15}
+
+  Classes ``Migratio::Worker::OpenstackOpenstackMigrator`` and
+  ``Migratio::Worker::OpenstackAmazonMigrator``; the source site is the
+  daemon's own ``name``. Extra fields are ignored.
+
+* **migratio's native job**::
+
+    {"class":"migratio","image":"<source image id>","to":"<destination site id>",
+     "from":"<source site id; default: the daemon's name>","jid":"<unique job id>"}
+
+A job is identified by its ``jid`` (at most 64 characters). A job without one is
+identified by the SHA-256 of its bytes, so the very same bytes pushed twice
+count as one job; give every job its own ``jid`` (``migratio submit --via-redis``
+does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from migratio.ledger.store import JobRequest
+
+SIDEKIQ_CLASSES = frozenset(
+    {
+        "Migratio::Worker::OpenstackOpenstackMigrator",
+        "Migratio::Worker::OpenstackAmazonMigrator",
+    }
+)
+NATIVE_CLASS = "migratio"
+
+# Column sizes in the ledger: a longer value is a bad job, not a failed transaction.
+MAX_IMAGE_ID = 255
+MAX_JOB_ID = 64
+
+
+class BadJob(Exception):
+    """A job that cannot become a migration.
+
+    ``image_id`` and ``dest_site`` are set when they could be read, so the
+    failure can be reported to the platform through feedback.
+    """
+
+    def __init__(
+        self, reason: str, image_id: str | None = None, dest_site: str | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.image_id = image_id
+        self.dest_site = dest_site
+
+
+def parse(raw: bytes, *, own_site: str, sites: Collection[str], origin: str) -> JobRequest:
+    """Read one raw job; BadJob with a one-line reason if it cannot be a migration."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadJob(f"not JSON: {_one_line(exc)}") from None
+    except RecursionError:
+        raise BadJob("not JSON: nested too deeply") from None
+    if not isinstance(body, dict):
+        raise BadJob(f"not a JSON object but {type(body).__name__}")
+    worker_class = body.get("class")
+    if worker_class in SIDEKIQ_CLASSES:
+        image_id, dest_site = _sidekiq_args(body)
+        source_site = own_site
+    elif worker_class == NATIVE_CLASS:
+        image_id = _text(body, "image", MAX_IMAGE_ID)
+        dest_site = _text(body, "to", MAX_IMAGE_ID)
+        source_site = _text(body, "from", MAX_IMAGE_ID) if "from" in body else own_site
+    elif "class" not in body:
+        raise BadJob("no 'class' field")
+    else:
+        raise BadJob(f"unknown class {_short(worker_class)}")
+    for role, site in (("destination", dest_site), ("source", source_site)):
+        if site not in sites:
+            raise BadJob(f"unknown {role} site {_short(site)}", image_id, dest_site)
+    if source_site == dest_site:
+        raise BadJob(
+            f"source and destination are the same site {source_site!r}", image_id, dest_site
+        )
+    return JobRequest(
+        job_id=_job_id(body, raw),
+        source_site=source_site,
+        dest_site=dest_site,
+        image_id=image_id,
+        origin=origin,
+    )
+
+
+def native_job(image_id: str, dest_site: str, source_site: str, jid: str) -> bytes:
+    """A native job as ``migratio submit --via-redis`` pushes it."""
+    body = {
+        "class": NATIVE_CLASS,
+        "image": image_id,
+        "to": dest_site,
+        "from": source_site,
+        "jid": jid,
+        "created_at": time.time(),
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _sidekiq_args(body: Mapping[str, Any]) -> tuple[str, str]:
+    args = body.get("args")
+    if not isinstance(args, list):
+        raise BadJob("args must be a list [source image uuid, destination site id]")
+    if len(args) != 2:
+        raise BadJob(f"expected 2 args [source image uuid, destination site id], got {len(args)}")
+    names = ("args[0] (source image uuid)", "args[1] (destination site id)")
+    for name, value in zip(names, args, strict=True):
+        if not isinstance(value, str) or not value.strip():
+            raise BadJob(f"{name} must be a non-empty string, got {_short(value)}")
+        if len(value) > MAX_IMAGE_ID:
+            raise BadJob(f"{name} is longer than {MAX_IMAGE_ID} characters")
+    return args[0], args[1]
+
+
+def _text(body: Mapping[str, Any], field: str, limit: int) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise BadJob(f"{field!r} must be a non-empty string, got {_short(value)}")
+    if len(value) > limit:
+        raise BadJob(f"{field!r} is longer than {limit} characters")
+    return value
+
+
+def _job_id(body: Mapping[str, Any], raw: bytes) -> str:
+    jid = body.get("jid")
+    if jid is None:
+        return hashlib.sha256(raw).hexdigest()[:24]
+    if not isinstance(jid, str) or not jid.strip() or len(jid) > MAX_JOB_ID:
+        raise BadJob(f"jid must be a non-empty string of at most {MAX_JOB_ID} characters")
+    return jid
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

@@ -1,0 +1,151 @@
+"""Feedback: status jobs written with each transition, delivered in order once Redis is up."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import text
+
+from migratio.config import load_settings
+from migratio.feedback.deliverer import Deliverer
+from migratio.feedback.outbox import Outbox
+from migratio.ledger.database import make_engine, upgrade
+from migratio.ledger.store import JobRequest, Ledger
+from migratio.operations import open_ledger
+from migratio.redis_link import RedisLink
+from tests.redis_peer import PrivateRedis
+
+FEEDBACK = "atmosphere:queue:feedback"
+WORKER = "Atmosphere::UpdateMigrationJobStatusWorker"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "DROP TABLE IF EXISTS feedback_outbox, jobs, artifacts, transitions, migrations, "
+                "alembic_version CASCADE"
+            )
+        )
+    engine.dispose()
+    yield url
+
+
+def test_feedback_waits_in_the_ledger_while_redis_is_down_then_arrives_in_order(
+    tmp_path: Path, ledger_url: str
+) -> None:
+    engine = make_engine(ledger_url)
+    upgrade(engine)
+    outbox = Outbox(engine)
+    ledger = Ledger(engine, on_change=outbox.record)
+    peer = PrivateRedis(tmp_path / "redis")  # down for now
+    link = RedisLink(peer.url)
+    deliverer = Deliverer(outbox, link, "atmosphere", poll_seconds=0.05)
+    deliverer.start()
+    try:
+        done = ledger.create("site-a", "site-b", "img-ok")
+        assert ledger.claim("d1", 30) is not None
+        for trigger in ("start", "exported", "converted", "uploaded"):
+            ledger.transition(done.id, "d1", trigger, trigger)
+        ledger.transition(done.id, "d1", "registered", "registered", dest_image_id="dest-42")
+        [joined] = ledger.accept_jobs([JobRequest("j" * 24, "site-a", "site-b", "img-x", "q")])
+        assert ledger.claim("d1", 30) is not None
+        ledger.transition(
+            joined.migration_id, "d1", "fail", "no such image", last_error="no such image"
+        )
+        time.sleep(0.5)
+        assert outbox.pending() == 8
+
+        peer.start()
+        deadline = time.monotonic() + 30
+        while outbox.pending():
+            assert time.monotonic() < deadline, "feedback never delivered"
+            time.sleep(0.05)
+        raw_jobs = list(reversed(peer.client.lrange(FEEDBACK, 0, -1)))
+    finally:
+        deliverer.stop(flush_seconds=0)
+        deliverer.join(10)
+        link.close()
+        peer.stop()
+        engine.dispose()
+
+    jobs = [json.loads(raw) for raw in raw_jobs]
+    assert [job["args"] for job in jobs] == [
+        ["img-ok", "site-a", "site-b", "Migration started"],
+        ["img-ok", "site-a", "site-b", "Reading image img-ok at site-a"],
+        ["img-ok", "site-a", "site-b", "Image checked; preparing it for site-b"],
+        ["img-ok", "site-a", "site-b", "Uploading image to site-b"],
+        ["img-ok", "site-a", "site-b", "Registering image at site-b"],
+        ["img-ok", "site-a", "site-b", "Migration done: image dest-42 at site-b"],
+        ["img-x", "site-a", "site-b", "Migration started"],
+        ["img-x", "site-a", "site-b", "Migration failed: no such image"],
+    ]
+    for raw, job in zip(raw_jobs, jobs, strict=True):
+        # Sidekiq's field order, byte for byte at the start of the payload.
+        assert raw.startswith(b'{"retry":false,"queue":"feedback","class":"' + WORKER.encode())
+        assert list(job) == [
+            "retry",
+            "queue",
+            "class",
+            "args",
+            "jid",
+            "created_at",
+            "enqueued_at",
+        ]
+        assert re.fullmatch(r"[0-9a-f]{24}", job["jid"])
+        assert isinstance(job["created_at"], float) and isinstance(job["enqueued_at"], float)
+        assert job["created_at"] <= job["enqueued_at"]
+    assert len({job["jid"] for job in jobs}) == len(jobs)
+
+
+def test_status_text_passes_utf8_and_newlines_unchanged(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    upgrade(engine)
+    outbox = Outbox(engine)
+    ledger = Ledger(engine, on_change=outbox.record)
+    migration = ledger.create("site-a", "site-b", "obraz-żółw")
+    ledger.claim("d1", 30)
+    reason = "źródło niedostępne\nsecond line"
+    ledger.transition(migration.id, "d1", "fail", reason, last_error=reason)
+    sent: list[str] = []
+    outbox.deliver(lambda jobs: sent.extend(job.payload(time.time()) for job in jobs))
+    assert json.loads(sent[-1])["args"] == [
+        "obraz-żółw",
+        "site-a",
+        "site-b",
+        "Migration failed: źródło niedostępne\nsecond line",
+    ]
+    assert "żółw" in sent[-1]  # UTF-8 as is, not \u escapes
+    assert outbox.pending() == 0
+    engine.dispose()
+
+
+def test_feedback_off_writes_no_outbox_rows(tmp_path: Path) -> None:
+    (tmp_path / "sites").mkdir()
+    for site in ("site-a", "site-b"):
+        (tmp_path / "sites" / f"{site}.yml").write_text(f"type: openstack\ncloud: {site}\n")
+    config = tmp_path / "migratio.yml"
+    base = {"name": "site-a", "work_dir": str(tmp_path / "work"), "sites_dir": "sites"}
+    for feedback, rows in ((False, 0), (True, 1)):
+        config.write_text(yaml.safe_dump({**base, "feedback": feedback}))
+        ledger = open_ledger(load_settings(config))
+        ledger.create("site-a", "site-b", f"img-{feedback}")
+        with ledger.engine.connect() as connection:
+            count = connection.execute(
+                text("SELECT count(*) FROM feedback_outbox WHERE args LIKE :image"),
+                {"image": f'["img-{feedback}"%'},
+            ).scalar()
+        assert count == rows
+        ledger.engine.dispose()
