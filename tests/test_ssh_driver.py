@@ -153,6 +153,14 @@ def test_an_unknown_host_key_is_refused_before_anything_is_sent(
     assert not staging.exists()
     assert known_hosts.read_text() == ""
 
+    missing = tmp_path / "no_known_hosts"
+    driver = OpenStackSshSiteDriver(
+        "site-b-ssh", bed_settings(testbed, staging_dir=str(staging), known_hosts=str(missing))
+    )
+    with pytest.raises(PermanentError, match=f"known_hosts {missing} does not exist"):
+        driver.create_record(spec)
+    assert not staging.exists() and not missing.exists()
+
 
 def test_a_changed_host_key_is_refused_even_when_unknown_keys_are_accepted(
     testbed: Any, staging: Path, tmp_path: Path
