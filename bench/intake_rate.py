@@ -37,23 +37,16 @@ from testbed_lib import processes, redis_server  # noqa: E402
 from testbed_lib.ports import free_ports  # noqa: E402
 
 from migratio.intake.reliable_queue import ReliableQueue  # noqa: E402
-from migratio.ledger.database import make_engine, upgrade  # noqa: E402
+from migratio.ledger.database import upgrade  # noqa: E402
 from tests.conftest import write_daemon_config  # noqa: E402
+from tests.ledgers import empty_ledger_engine  # noqa: E402
 from tests.redis_peer import sidekiq_job  # noqa: E402
 
 QUEUE = "atmosphere:queue:migration_site-a"
 
 
 def fresh_ledger(url: str) -> Engine:
-    engine = make_engine(url)
-    if engine.dialect.name == "postgresql":
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "DROP TABLE IF EXISTS feedback_outbox, jobs, artifacts, transitions, "
-                    "migrations, alembic_version CASCADE"
-                )
-            )
+    engine = empty_ledger_engine(url)
     upgrade(engine)
     return engine
 

@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
 import testbed_lib  # noqa: E402
+from openstack.connection import Connection  # noqa: E402
+
+from tests import glance, images  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +48,23 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = testbed_lib.start_postgres(directory)
     yield url
     testbed_lib.stop_postgres(directory)
+
+
+@pytest.fixture(scope="session")
+def site_a(testbed: testbed_lib.Bed) -> Connection:
+    """Direct Glance access to site-a, independent of migratio's driver."""
+    return glance.connect("site-a")
+
+
+@pytest.fixture(scope="session")
+def site_b(testbed: testbed_lib.Bed) -> Connection:
+    return glance.connect("site-b")
+
+
+@pytest.fixture(scope="module")
+def qcow2_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64 MiB qcow2 of random data, one per test module (dedup is per module)."""
+    return images.random_qcow2(tmp_path_factory.mktemp("img") / "random64.qcow2", 64)
 
 
 @pytest.fixture

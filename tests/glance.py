@@ -47,6 +47,21 @@ def upload(
     return str(image.id)
 
 
+# What a real template carries; migrations must copy all of it.
+TEMPLATE_PROPERTIES = {
+    "hw_disk_bus": "scsi",
+    "hw_scsi_model": "virtio-scsi",
+    "os_distro": "ubuntu",
+    "os_version": "24.04",
+}
+TEMPLATE_FIELDS = {"architecture": "x86_64", "min_disk": 1, "min_ram": 512}
+
+
+def upload_template(conn: Connection, path: Path, name: str) -> str:
+    """An image with a template's fields and hw_*/os_* properties."""
+    return upload(conn, path, name=name, **TEMPLATE_FIELDS, **TEMPLATE_PROPERTIES)
+
+
 def wait_active(conn: Connection, image_id: str, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -67,11 +67,6 @@ def ec2(moto_url: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def site_a(testbed: Any) -> Connection:
-    return glance.connect("site-a")
-
-
-@pytest.fixture(scope="module")
 def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """128 MiB virtual, ~20 MiB of random data at scattered offsets."""
     directory = tmp_path_factory.mktemp("img")

@@ -48,11 +48,6 @@ def ebs(moto_url: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def site_a(testbed: Any) -> Connection:
-    return glance.connect("site-a")
-
-
-@pytest.fixture(scope="module")
 def scattered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1 GiB virtual, ~40 MiB of random data at scattered offsets."""
     return aws_peer.scattered_qcow2(tmp_path_factory.mktemp("img") / "scattered.qcow2")

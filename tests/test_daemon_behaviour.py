@@ -12,23 +12,12 @@ import pytest
 import testbed_lib
 import yaml
 from openstack.connection import Connection
-from sqlalchemy import text
 
-from migratio.ledger.database import make_engine
 from tests import daemon, glance, images
 from tests.conftest import write_daemon_config
+from tests.ledgers import empty_ledger_engine
 
 pytestmark = pytest.mark.testbed
-
-
-@pytest.fixture(scope="module")
-def site_a(testbed: testbed_lib.Bed) -> Connection:
-    return glance.connect("site-a")
-
-
-@pytest.fixture(scope="module")
-def site_b(testbed: testbed_lib.Bed) -> Connection:
-    return glance.connect("site-b")
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +80,7 @@ def test_two_daemons_share_a_postgresql_ledger(
     site_a: Connection,
     site_b: Connection,
 ) -> None:
-    engine = make_engine(postgres_url)
-    with engine.begin() as connection:
-        connection.execute(
-            text(
-                "DROP TABLE IF EXISTS feedback_outbox, jobs, artifacts, transitions, migrations, "
-                "alembic_version CASCADE"
-            )
-        )
-    engine.dispose()
+    empty_ledger_engine(postgres_url).dispose()
     bed_dir = testbed.dir
     sources = [
         glance.upload(site_a, images.random_qcow2(tmp_path / f"pg{n}.qcow2", 24), name=f"pg-{n}")

@@ -19,6 +19,7 @@ from migratio.ledger.database import make_engine, upgrade
 from migratio.ledger.store import JobRequest, Ledger
 from migratio.operations import open_ledger
 from migratio.redis_link import RedisLink
+from tests.ledgers import empty_ledger_engine
 from tests.redis_peer import PrivateRedis
 
 FEEDBACK = "atmosphere:queue:feedback"
@@ -31,15 +32,7 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'ledger.sqlite'}"
         return
     url: str = request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
-    with engine.begin() as connection:
-        connection.execute(
-            text(
-                "DROP TABLE IF EXISTS feedback_outbox, jobs, artifacts, transitions, migrations, "
-                "alembic_version CASCADE"
-            )
-        )
-    engine.dispose()
+    empty_ledger_engine(url).dispose()
     yield url
 
 

@@ -37,16 +37,6 @@ def ruby_sidekiq() -> None:
     testbed_lib.ensure_packages(RUBY_PACKAGES)
 
 
-@pytest.fixture(scope="module")
-def site_a(testbed: testbed_lib.Bed) -> Connection:
-    return glance.connect("site-a")
-
-
-@pytest.fixture(scope="module")
-def site_b(testbed: testbed_lib.Bed) -> Connection:
-    return glance.connect("site-b")
-
-
 @pytest.fixture
 def source_image(site_a: Connection, tmp_path: Path) -> str:
     """A fresh 4 MiB template at site-a, so its copies at site-b can be counted."""

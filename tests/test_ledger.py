@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
 from migratio.errors import IllegalTransition, LeaseLost
-from migratio.ledger.database import current_revision, make_engine, upgrade
+from migratio.ledger.database import current_revision, upgrade
 from migratio.ledger.store import Ledger
+from tests.ledgers import empty_ledger_engine
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -21,15 +21,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
         url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     else:
         url = request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
-    if request.param == "postgresql":
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "DROP TABLE IF EXISTS feedback_outbox, jobs, artifacts, transitions, "
-                    "migrations, alembic_version CASCADE"
-                )
-            )
+    engine = empty_ledger_engine(url)
     upgrade(engine)
     upgrade(engine)  # idempotent
     assert current_revision(engine) == "0003"

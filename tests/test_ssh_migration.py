@@ -22,22 +22,7 @@ from tests.conftest import write_daemon_config
 pytestmark = pytest.mark.testbed
 
 SSH_SITE = "site-b-ssh"
-PROPERTIES = {
-    "hw_disk_bus": "scsi",
-    "hw_scsi_model": "virtio-scsi",
-    "os_distro": "ubuntu",
-    "os_version": "24.04",
-}
-
-
-@pytest.fixture(scope="module")
-def site_a(testbed: object) -> Connection:
-    return glance.connect("site-a")
-
-
-@pytest.fixture(scope="module")
-def site_b(testbed: object) -> Connection:
-    return glance.connect("site-b")
+PROPERTIES = glance.TEMPLATE_PROPERTIES
 
 
 @pytest.fixture(scope="module")
@@ -47,21 +32,8 @@ def staging_dir(testbed: Any) -> Path:
 
 
 @pytest.fixture(scope="module")
-def qcow2_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return images.random_qcow2(tmp_path_factory.mktemp("img") / "random64.qcow2", 64)
-
-
-@pytest.fixture(scope="module")
 def source_64(site_a: Connection, qcow2_64: Path) -> str:
-    return glance.upload(
-        site_a,
-        qcow2_64,
-        name="template-64-over-ssh",
-        architecture="x86_64",
-        min_disk=1,
-        min_ram=512,
-        **PROPERTIES,
-    )
+    return glance.upload_template(site_a, qcow2_64, "template-64-over-ssh")
 
 
 def staged(staging_dir: Path, migration_id: str) -> list[Path]:

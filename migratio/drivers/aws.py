@@ -130,11 +130,7 @@ class AwsSiteDriver:
 
     def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
         """An available AMI tagged with this source's uuid, site and sha512."""
-        wanted = {
-            SOURCE_UUID: provenance.source_uuid,
-            SOURCE_T: provenance.source_site,
-            SOURCE_SHA512: provenance.source_sha512,
-        }
+        wanted = provenance.as_properties()
         for image in self._images(wanted, "find an earlier copy"):
             # Re-checked here: a filter the endpoint did not apply must not match.
             if image.get("State") == "available" and _tags(image).items() >= wanted.items():

@@ -49,6 +49,14 @@ class Provenance:
     source_site: str
     source_sha512: str
 
+    def as_properties(self) -> dict[str, str]:
+        """The properties (or tags) a copy with this provenance carries and is found by."""
+        return {
+            SOURCE_UUID: self.source_uuid,
+            SOURCE_T: self.source_site,
+            SOURCE_SHA512: self.source_sha512,
+        }
+
 
 @dataclass(frozen=True)
 class RecordSpec:

@@ -28,9 +28,6 @@ from keystoneauth1 import exceptions as ksa
 from migratio.config import OpenStackSite
 from migratio.drivers.base import (
     MIGRATION_ID,
-    SOURCE_SHA512,
-    SOURCE_T,
-    SOURCE_UUID,
     DestinationImage,
     Provenance,
     RecordSpec,
@@ -153,9 +150,7 @@ class OpenStackSiteDriver:
     def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
         """Filters on the server (Glance matches custom properties exactly)."""
         wanted = {
-            SOURCE_UUID: provenance.source_uuid,
-            SOURCE_T: provenance.source_site,
-            SOURCE_SHA512: provenance.source_sha512,
+            **provenance.as_properties(),
             "disk_format": disk_format,
             "status": "active",
         }

@@ -24,9 +24,6 @@ from contextlib import contextmanager
 from migratio.config import OpenStackSshSite
 from migratio.drivers.base import (
     MIGRATION_ID,
-    SOURCE_SHA512,
-    SOURCE_T,
-    SOURCE_UUID,
     DestinationImage,
     Provenance,
     RecordSpec,
@@ -80,11 +77,7 @@ class OpenStackSshSiteDriver:
         return False
 
     def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
-        wanted = {
-            SOURCE_UUID: provenance.source_uuid,
-            SOURCE_T: provenance.source_site,
-            SOURCE_SHA512: provenance.source_sha512,
-        }
+        wanted = provenance.as_properties()
         for image_id in self.glance.images(wanted, status="active"):
             shown = self.glance.show(image_id)
             if shown is None or shown.get("disk_format") != disk_format:
