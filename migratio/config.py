@@ -151,6 +151,8 @@ class DaemonConfig(_Strict):
     migrate: bool = True
     lease_seconds: float = Field(default=20.0, ge=2)
     poll_seconds: float = Field(default=1.0, gt=0)
+    # How often a running transfer records its progress (and checks for a cancel).
+    progress_seconds: float = Field(default=1.0, gt=0)
     retry: RetryPolicy = RetryPolicy()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

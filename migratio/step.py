@@ -51,6 +51,7 @@ class Step:
         destination: DestinationSite,
         work_dir: Path,
         signals: Signals,
+        progress_seconds: float = PROGRESS_INTERVAL_SECONDS,
     ) -> None:
         self.migration = migration
         self.ledger = ledger
@@ -59,6 +60,7 @@ class Step:
         self.destination = destination
         self.work_dir = work_dir
         self.signals = signals
+        self._progress_seconds = progress_seconds
         self._last_progress = 0.0
 
     @property
@@ -123,7 +125,7 @@ class Step:
             raise ShuttingDown("daemon stopping")
         now = time.monotonic()
         if bytes_done is not None and (
-            force or now - self._last_progress >= PROGRESS_INTERVAL_SECONDS
+            force or now - self._last_progress >= self._progress_seconds
         ):
             self._last_progress = now
             self.record(bytes_done=bytes_done)

@@ -214,6 +214,7 @@ class Supervisor:
                 destination=destination,
                 work_dir=self.daemon.work_dir,
                 signals=self.signals,
+                progress_seconds=self.daemon.progress_seconds,
             )
             if not self._advance_one(step):
                 return

@@ -81,6 +81,7 @@ def write_daemon_config(directory: Path, sites_dir: Path, **overrides: object) -
         "concurrency": 2,
         "lease_seconds": 6,
         "poll_seconds": 0.2,
+        "progress_seconds": 0.1,
         "retry": {"max_attempts": 3, "base_delay": 0.2, "max_delay": 1.0},
     }
     if bed_redis := os.environ.get("MIGRATIO_REDIS_URL"):

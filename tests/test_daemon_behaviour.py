@@ -13,6 +13,8 @@ import testbed_lib
 import yaml
 from openstack.connection import Connection
 
+from migratio import operations
+from migratio.config import load_settings
 from tests import daemon, glance, images
 from tests.conftest import write_daemon_config
 from tests.ledgers import empty_ledger_engine
@@ -84,11 +86,11 @@ def test_two_daemons_share_a_postgresql_ledger(
     bed_dir = testbed.dir
     sources = [
         glance.upload(site_a, images.random_qcow2(tmp_path / f"pg{n}.qcow2", 24), name=f"pg-{n}")
-        for n in range(4)
+        for n in range(6)
     ]
     configs = [
         write_daemon_config(
-            tmp_path / f"host{n}", bed_dir / "sites", database_url=postgres_url, concurrency=2
+            tmp_path / f"host{n}", bed_dir / "sites", database_url=postgres_url, concurrency=1
         )
         for n in range(2)
         if (tmp_path / f"host{n}").mkdir() is None
@@ -97,8 +99,10 @@ def test_two_daemons_share_a_postgresql_ledger(
     try:
         for config in configs:
             _wait_for_log(config.parent / "daemon.log", "starting")
-        ids = [daemon.submit(configs[n % 2], source) for n, source in enumerate(sources)]
+        # Submitted in-process, all at once, so both daemons find work waiting.
         ledger = daemon.ledger_of(configs[0])
+        settings = load_settings(configs[0])
+        ids = [operations.submit(settings, ledger, s, "site-a", "site-b").id for s in sources]
         for migration_id in ids:
             daemon.wait_for(ledger, migration_id, state="done", timeout=300)
     finally:
@@ -116,5 +120,5 @@ def test_two_daemons_share_a_postgresql_ledger(
         assert [c["id"] for c in glance.find(site_b, source_uuid=source)] == [
             shown["dest_image_id"]
         ]
-    assert len(ledger.migrations()) == 4
+    assert len(ledger.migrations()) == len(sources)
     assert len(hosts_seen) == 2, "both daemons should have taken work"

@@ -45,7 +45,8 @@ def _reusable_record(step: Step) -> DestinationImage | None:
     step.add_artifact("dest_image", record.id, migration.dest_site)
     if migration.dest_image_id != record.id:
         step.record(dest_image_id=record.id)
-    complete = record.is_active and record.sha512 == migration.payload_sha512
+    expected = migration.payload_sha512
+    complete = record.is_active and (expected is None or record.sha512 == expected)
     if complete or record.status in ("queued", "pending"):
         return record
     step.remove_record(record.id)
