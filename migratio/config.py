@@ -41,16 +41,25 @@ class RetryPolicy(_Strict):
     max_delay: float = Field(default=300.0, gt=0)
 
 
-class OpenStackSite(_Strict):
+class _DiskFormatChoice(_Strict):
+    """A destination that may require a disk format (``keep``: the source's)."""
+
+    disk_format: Literal["keep", "raw", "qcow2"] = "keep"
+
+    @property
+    def required_disk_format(self) -> str | None:
+        return None if self.disk_format == "keep" else self.disk_format
+
+
+class OpenStackSite(_DiskFormatChoice):
     """A site reached through its Image API (Glance v2)."""
 
     type: Literal["openstack"]
     cloud: str = Field(min_length=1)
-    disk_format: Literal["keep", "raw", "qcow2"] = "keep"
     timeout: float = Field(default=60.0, gt=0)
 
 
-class OpenStackSshSite(_Strict):
+class OpenStackSshSite(_DiskFormatChoice):
     """An OpenStack site reached by SSH to an external host that runs the ``openstack`` CLI.
 
     Host keys are always verified against ``known_hosts``; an unknown key is
@@ -67,7 +76,6 @@ class OpenStackSshSite(_Strict):
     cloud: str = Field(min_length=1)
     staging_dir: str = "migratio-staging"  # on the external host, relative to its home
     openstack_command: str = "openstack"
-    disk_format: Literal["keep", "raw", "qcow2"] = "keep"
     timeout: float = Field(default=60.0, gt=0)
 
 

@@ -16,7 +16,10 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 import testbed_lib  # noqa: E402
 from openstack.connection import Connection  # noqa: E402
 
+from migratio.ledger.database import upgrade  # noqa: E402
+from migratio.ledger.store import Ledger  # noqa: E402
 from tests import glance, images  # noqa: E402
+from tests.ledgers import empty_ledger_engine  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +68,19 @@ def site_b(testbed: testbed_lib.Bed) -> Connection:
 def qcow2_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 64 MiB qcow2 of random data, one per test module (dedup is per module)."""
     return images.random_qcow2(tmp_path_factory.mktemp("img") / "random64.qcow2", 64)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """A fresh ledger at the newest schema, on SQLite and on a real PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    engine = empty_ledger_engine(url)
+    upgrade(engine)
+    yield Ledger(engine)
+    engine.dispose()
 
 
 @pytest.fixture

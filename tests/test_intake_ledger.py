@@ -5,27 +5,8 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from migratio.ledger.database import current_revision, upgrade
 from migratio.ledger.store import JobOutcome, JobRecorded, JobRequest, Ledger
-from tests.ledgers import empty_ledger_engine
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = empty_ledger_engine(url)
-    upgrade(engine)
-    assert current_revision(engine) == "0003"
-    yield Ledger(engine)
-    engine.dispose()
 
 
 def test_racing_consumers_record_each_job_once_and_one_migration_per_image(

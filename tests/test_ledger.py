@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from migratio.errors import IllegalTransition, LeaseLost
 from migratio.ledger.database import current_revision, upgrade
 from migratio.ledger.store import Ledger
-from tests.ledgers import empty_ledger_engine
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = empty_ledger_engine(url)
-    upgrade(engine)
-    upgrade(engine)  # idempotent
-    assert current_revision(engine) == "0003"
-    yield Ledger(engine)
-    engine.dispose()
+def test_schema_upgrade_is_idempotent(ledger: Ledger) -> None:
+    upgrade(ledger.engine)
+    assert current_revision(ledger.engine) == "0003"
 
 
 def test_every_transition_has_its_audit_row(ledger: Ledger) -> None:

@@ -140,8 +140,7 @@ class OpenStackSiteDriver:
 
     @property
     def required_disk_format(self) -> str | None:
-        fmt = self.settings.disk_format
-        return None if fmt == "keep" else fmt
+        return self.settings.required_disk_format
 
     @property
     def wants_file(self) -> bool:

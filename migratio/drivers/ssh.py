@@ -69,8 +69,7 @@ class OpenStackSshSiteDriver:
 
     @property
     def required_disk_format(self) -> str | None:
-        fmt = self.settings.disk_format
-        return None if fmt == "keep" else fmt
+        return self.settings.required_disk_format
 
     @property
     def wants_file(self) -> bool:
