@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from openstack.connection import Connection
 
 from migratio import operations
 from migratio.config import load_settings
+from migratio.ledger.store import Ledger
 from tests import daemon, glance, images
 
 pytestmark = pytest.mark.testbed
@@ -21,6 +24,33 @@ PROPERTIES = glance.TEMPLATE_PROPERTIES
 @pytest.fixture(scope="module")
 def source_64(site_a: Connection, qcow2_64: Path) -> str:
     return glance.upload_template(site_a, qcow2_64, "template-64")
+
+
+@dataclass(frozen=True)
+class _Uploading:
+    file: Path
+    source_id: str
+    migration_id: str
+    daemon: subprocess.Popen[bytes]
+    ledger: Ledger
+
+
+def _uploading(
+    config: Path, site_a: Connection, tmp_path: Path, size_mib: int, name: str, min_mib: int
+) -> _Uploading:
+    """A random image of ``size_mib`` on site-a, its migration submitted and a daemon
+    running it, caught once ``min_mib`` have been uploaded: a place to interrupt it."""
+    source_file = images.random_qcow2(tmp_path / f"random{size_mib}.qcow2", size_mib)
+    source_id = glance.upload(site_a, source_file, name=name)
+    migration_id = daemon.submit(config, source_id)
+    running, ledger = daemon.start_and_wait(
+        config,
+        migration_id,
+        tmp_path / "daemon.log",
+        state="uploading",
+        min_bytes=min_mib * images.MIB,
+    )
+    return _Uploading(source_file, source_id, migration_id, running, ledger)
 
 
 def _leftovers(config: Path, migration_id: str) -> list[Path]:
@@ -128,16 +158,9 @@ def test_qcow2_to_a_raw_site_is_converted(
 def test_sigkill_while_uploading_resumes_to_one_image(
     daemon_config: Path, site_a: Connection, site_b: Connection, tmp_path: Path
 ) -> None:
-    source_file = images.random_qcow2(tmp_path / "random256.qcow2", 256)
-    source_id = glance.upload(site_a, source_file, name="template-256")
-    migration_id = daemon.submit(daemon_config, source_id)
-    first, ledger = daemon.start_and_wait(
-        daemon_config,
-        migration_id,
-        tmp_path / "daemon1.log",
-        state="uploading",
-        min_bytes=32 * images.MIB,
-    )
+    upload = _uploading(daemon_config, site_a, tmp_path, 256, "template-256", 32)
+    source_file, source_id, migration_id = upload.file, upload.source_id, upload.migration_id
+    first, ledger = upload.daemon, upload.ledger
     first.send_signal(signal.SIGKILL)
     first.wait(30)
     interrupted = ledger.get(migration_id)
@@ -160,16 +183,9 @@ def test_sigkill_while_uploading_resumes_to_one_image(
 def test_sigterm_pauses_at_a_checkpoint_and_exits_zero(
     daemon_config: Path, site_a: Connection, site_b: Connection, tmp_path: Path
 ) -> None:
-    source_file = images.random_qcow2(tmp_path / "random384.qcow2", 384)
-    source_id = glance.upload(site_a, source_file, name="template-sigterm")
-    migration_id = daemon.submit(daemon_config, source_id)
-    running, ledger = daemon.start_and_wait(
-        daemon_config,
-        migration_id,
-        tmp_path / "daemon.log",
-        state="uploading",
-        min_bytes=16 * images.MIB,
-    )
+    upload = _uploading(daemon_config, site_a, tmp_path, 384, "template-sigterm", 16)
+    migration_id = upload.migration_id
+    running, ledger = upload.daemon, upload.ledger
     started = time.monotonic()
     running.send_signal(signal.SIGTERM)
     assert running.wait(30) == 0
@@ -259,16 +275,9 @@ def test_cancel_then_retry(daemon_config: Path, source_64: str, site_b: Connecti
 def test_cancel_while_uploading_removes_the_partial_copy(
     daemon_config: Path, site_a: Connection, site_b: Connection, tmp_path: Path
 ) -> None:
-    source_file = images.random_qcow2(tmp_path / "random384.qcow2", 384)
-    source_id = glance.upload(site_a, source_file, name="template-cancel")
-    migration_id = daemon.submit(daemon_config, source_id)
-    running, ledger = daemon.start_and_wait(
-        daemon_config,
-        migration_id,
-        tmp_path / "daemon.log",
-        state="uploading",
-        min_bytes=8 * images.MIB,
-    )
+    upload = _uploading(daemon_config, site_a, tmp_path, 384, "template-cancel", 8)
+    migration_id = upload.migration_id
+    running, ledger = upload.daemon, upload.ledger
     try:
         settings = load_settings(daemon_config)
         cancelled, ended = operations.cancel(settings, ledger, migration_id)
