@@ -4,6 +4,11 @@ Runs when a migration ends, whatever the end. What became the result was settled
 as ``kept`` by the registering state; every other artifact still ``present`` is
 removed, newest first (an AMI goes before the snapshot it uses). Each removal is
 settled in the ledger as it happens, so an interrupted cleanup resumes where it was.
+
+A removal that fails (a destination that is down, a read-only work dir) never
+stops the migration from ending: the artifact stays ``present`` with the reason,
+and the supervisor's janitor tries again on the retry policy's backoff, logging
+only the attempts numbered by a power of two.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ import logging
 import shutil
 from pathlib import Path
 
+from migratio.config import RetryPolicy
 from migratio.drivers.base import DestinationSite
 from migratio.errors import MigratioError
-from migratio.ledger.store import Ledger, Migration
+from migratio.ledger.store import Artifact, ArtifactStatus, Ledger, Migration
+from migratio.retry import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -26,33 +33,69 @@ def clean_up(
     work_dir: Path,
     *,
     succeeded: bool,
+    policy: RetryPolicy,
 ) -> bool:
-    """Remove the migration's leftovers; True when nothing is left to remove."""
+    """Remove the migration's leftovers that are due; True when nothing is left to remove."""
     complete = True
-    for artifact in reversed(ledger.artifacts(migration.id)):
-        if artifact.kind == "file":
-            Path(artifact.ref).unlink(missing_ok=True)
-        elif destination is None:
+    for artifact in reversed(ledger.artifacts(migration.id, due_only=True)):
+        if artifact.kind != "file" and destination is None:
             complete = False
             continue
-        else:
-            try:
-                destination.remove(artifact.ref)
-            except MigratioError as exc:
-                log.warning(
-                    "migration %s: cannot remove %s %s yet: %s",
-                    migration.id,
-                    artifact.kind,
-                    artifact.ref,
-                    exc,
-                )
-                complete = False
-                continue
-        ledger.settle_artifact(artifact.id, "removed")
+        try:
+            _remove(artifact, destination)
+        except Exception as exc:  # recorded and retried later: a cleanup must never spin
+            _defer(ledger, migration, artifact, exc, policy)
+            complete = False
+            continue
+        if artifact.attempts:
+            log.info("migration %s: removed %s %s", migration.id, artifact.kind, artifact.ref)
+        ledger.settle_artifact(artifact.id, ArtifactStatus.REMOVED)
+    if complete and ledger.artifacts(migration.id):
+        complete = False  # some wait for their retry
     if not succeeded and destination is not None and complete:
         complete = _remove_untracked_record(migration, destination)
     shutil.rmtree(work_dir / migration.id, ignore_errors=True)
     return complete
+
+
+def _remove(artifact: Artifact, destination: DestinationSite | None) -> None:
+    if artifact.kind == "file":
+        path = Path(artifact.ref)
+        # Checked first: on a read-only file system unlink fails even for a missing file.
+        if path.is_symlink() or path.exists():
+            path.unlink(missing_ok=True)
+    elif destination is not None:
+        destination.remove(artifact.ref)
+
+
+def _defer(
+    ledger: Ledger,
+    migration: Migration,
+    artifact: Artifact,
+    exc: Exception,
+    policy: RetryPolicy,
+) -> None:
+    attempt = artifact.attempts + 1
+    delay = backoff_delay(policy, attempt)
+    reason = _reason(exc)
+    ledger.defer_artifact(artifact.id, reason, delay)
+    if attempt & (attempt - 1) == 0:  # 1, 2, 4, 8...: a few lines, however long it lasts
+        log.warning(
+            "migration %s: cannot remove %s %s (attempt %d; next in %.0f s): %s",
+            migration.id,
+            artifact.kind,
+            artifact.ref,
+            attempt,
+            delay,
+            reason,
+        )
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} (errno {exc.errno})"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, MigratioError) else f"{type(exc).__name__}: {text}"
 
 
 def _remove_untracked_record(migration: Migration, destination: DestinationSite) -> bool:

@@ -13,12 +13,15 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from sqlalchemy.exc import SQLAlchemyError
 
 from migratio import config, operations
 from migratio.daemon import Daemon
-from migratio.errors import ConfigError, MigratioError
-from migratio.ledger.database import make_engine, upgrade
+from migratio.errors import ConfigError, MigratioError, UsageError
 from migratio.ledger.store import Ledger
+from migratio.machine import State
+from migratio.text import one_line, printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,10 +34,17 @@ def _one_line_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
-            click.echo(f"migratio: config error: {exc}", err=True)
+            click.echo(f"migratio: config error: {printable(exc)}", err=True)
+            sys.exit(2)
+        except UsageError as exc:
+            click.echo(f"migratio: usage error: {printable(exc)}", err=True)
             sys.exit(2)
         except MigratioError as exc:
-            click.echo(f"migratio: {exc}", err=True)
+            click.echo(f"migratio: {printable(exc)}", err=True)
+            sys.exit(1)
+        except SQLAlchemyError as exc:  # the ledger went away mid-command
+            reason = one_line(getattr(exc, "orig", None) or exc, 300)
+            click.echo(f"migratio: ledger error: {printable(reason)}", err=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -53,6 +63,10 @@ class _Context:
 
     def ledger(self) -> Ledger:
         return operations.open_ledger(self.settings)
+
+    def existing_ledger(self) -> Ledger:
+        """For read-only commands: never creates a ledger nor changes its schema."""
+        return operations.open_ledger(self.settings, migrate=False)
 
 
 pass_context = click.make_pass_decorator(_Context)
@@ -110,6 +124,7 @@ def submit(
 ) -> None:
     """Queue a migration and print its id."""
     source = source or ctx.settings.daemon.name
+    operations.check_sites(ctx.settings, source, destination)
     if via_redis:
         click.echo(operations.submit_via_redis(ctx.settings, image_id, source, destination))
         return
@@ -119,12 +134,18 @@ def submit(
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.option("--state", "states", multiple=True, help="only these states (repeatable)")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([state.value for state in State]),
+    help="only these states (repeatable)",
+)
 @pass_context
 @_one_line_errors
 def status(ctx: _Context, as_json: bool, states: tuple[str, ...]) -> None:
     """List migrations, newest first."""
-    rows = [operations.summary(m) for m in ctx.ledger().migrations(states or None)]
+    rows = [operations.summary(m) for m in ctx.existing_ledger().migrations(states or None)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -132,13 +153,19 @@ def status(ctx: _Context, as_json: bool, states: tuple[str, ...]) -> None:
     for column in ("ID", "IMAGE", "FROM → TO", "STATE", "PROGRESS", "AGE"):
         table.add_column(column)
     for row in rows:
+        # Text, not str: rich would read "[...]" in an image id as markup.
         table.add_row(
-            row["id"][:8],
-            row["image"],
-            f"{row['source_site']} → {row['dest_site']}",
-            row["state"],
-            _progress_text(row["progress"]),
-            _age_text(row["age_seconds"]),
+            *(
+                Text(printable(cell))
+                for cell in (
+                    row["id"][:8],
+                    row["image"],
+                    f"{row['source_site']} → {row['dest_site']}",
+                    row["state"],
+                    _progress_text(row["progress"]),
+                    _age_text(row["age_seconds"]),
+                )
+            )
         )
     Console(width=max(100, Console().width)).print(table)
 
@@ -150,24 +177,31 @@ def status(ctx: _Context, as_json: bool, states: tuple[str, ...]) -> None:
 @_one_line_errors
 def show(ctx: _Context, migration_id: str, as_json: bool) -> None:
     """Every field of one migration and its full transition history."""
-    ledger = ctx.ledger()
+    ledger = ctx.existing_ledger()
     details = operations.describe(ledger, ledger.find(migration_id))
     if as_json:
         click.echo(json.dumps(details, indent=2, ensure_ascii=False))
         return
+    # Every line goes through printable(): ids, names and messages come from jobs
+    # and clouds, and must not recolour the terminal or forge a line.
     for key, value in details.items():
         if key not in ("history", "artifacts", "error"):
             shown = json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value
-            click.echo(f"{key:17} {shown}")
+            click.echo(printable(f"{key:17} {shown}"))
     click.echo("history:")
     for row in details["history"]:
         click.echo(
-            f"  {row['at']}  {row['from'] or '-':>11} → {row['to']:<11} "
-            f"{row['host']}:{row['pid']}  {row['message']}"
+            printable(
+                f"  {row['at']}  {row['from'] or '-':>11} → {row['to']:<11} "
+                f"{row['host']}:{row['pid']}  {row['message']}"
+            )
         )
     click.echo("artifacts:")
     for artifact in details["artifacts"]:
-        click.echo(f"  {artifact['kind']:10} {artifact['status']:8} {artifact['ref']}")
+        line = f"  {artifact['kind']:10} {artifact['status']:8} {artifact['ref']}"
+        if artifact["status"] == "present" and artifact["last_error"]:
+            line += f"  (cannot remove yet: {artifact['last_error']})"
+        click.echo(printable(line))
 
 
 @main.command()
@@ -206,7 +240,7 @@ def db() -> None:
 @_one_line_errors
 def db_upgrade(ctx: _Context) -> None:
     """Bring the ledger schema to the newest revision."""
-    upgrade(make_engine(ctx.settings.daemon.ledger_url))
+    ctx.ledger().engine.dispose()
     click.echo("ledger schema is up to date")
 
 

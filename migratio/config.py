@@ -152,6 +152,8 @@ class DaemonConfig(_Strict):
     intake_batch: int = Field(default=50, ge=1, le=1000)
     # A consumer silent this long is dead: its unrecorded jobs go back to the queue.
     intake_heartbeat_seconds: float = Field(default=15.0, ge=1)
+    # Dead letters kept in <namespace>:migratio:dead; the oldest go first.
+    dead_letters_max: int = Field(default=10_000, ge=1)
     # Push a status job to <namespace>:queue:feedback on every transition.
     feedback: bool = True
     # Drive migrations; false runs only intake and feedback (a front end for
@@ -171,6 +173,11 @@ class DaemonConfig(_Strict):
             raise ValueError("must be a site id (letters, digits, '.', '_', '-')")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        return ledger_url(value) if value else value
+
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, value: str) -> str:
@@ -182,6 +189,33 @@ class DaemonConfig(_Strict):
     def ledger_url(self) -> str:
         """The configured database URL, or the embedded SQLite ledger in the work dir."""
         return self.database_url or f"sqlite:///{self.work_dir / 'ledger.sqlite'}"
+
+
+# SQLAlchemy's PostgreSQL default driver is psycopg2, which migratio does not
+# install; the common spellings of a PostgreSQL URL all mean psycopg 3.
+_POSTGRES_SCHEMES = ("postgres://", "postgresql://", "postgresql+psycopg2://")
+
+
+def ledger_url(value: str) -> str:
+    """A database URL the ledger can use (SQLite or PostgreSQL), or ValueError."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    for scheme in _POSTGRES_SCHEMES:
+        if value.startswith(scheme):
+            value = "postgresql+psycopg://" + value[len(scheme) :]
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(
+            "is not a database URL (sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
+        ) from None
+    if url.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        raise ValueError(
+            f"database {url.drivername!r} is not supported: use sqlite:///PATH "
+            "or postgresql+psycopg://USER@HOST/DB"
+        )
+    return value
 
 
 class Settings:
@@ -219,6 +253,8 @@ def load_settings(path: Path) -> Settings:
             "sites_dir": _resolve(base, daemon.sites_dir),
         }
     )
+    if daemon.work_dir.exists() and not daemon.work_dir.is_dir():
+        raise ConfigError(str(path), "work_dir", f"{daemon.work_dir} is not a directory")
     return Settings(path, daemon, load_sites(daemon.sites_dir))
 
 
@@ -251,6 +287,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            str(path), "", f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start})"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -18,12 +18,24 @@ class ConfigError(MigratioError):
         super().__init__(f"{where}: {problem}")
 
 
+class UsageError(MigratioError):
+    """The command line asks for what cannot be: an unknown site, a malformed id."""
+
+
+class LedgerUnavailable(MigratioError):
+    """The ledger cannot be opened or reached (no file yet, a database that is down)."""
+
+
 class MigrationError(MigratioError):
     """A step of a migration could not be completed."""
 
 
 class TransientError(MigrationError):
     """Worth retrying later: connection refused, timeouts, HTTP 5xx."""
+
+
+class WorkDirFull(TransientError):
+    """The work dir ran out of space (or quota) while writing; space may free up."""
 
 
 class PermanentError(MigrationError):

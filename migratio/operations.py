@@ -8,26 +8,38 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from sqlalchemy.exc import SQLAlchemyError
 
 from migratio import config, sidekiq
-from migratio.errors import IllegalTransition, MigratioError
+from migratio.errors import IllegalTransition, LedgerUnavailable, MigratioError, UsageError
 from migratio.feedback.outbox import Outbox
 from migratio.intake.jobs import BadJob, native_job, parse
-from migratio.ledger.database import make_engine, upgrade
+from migratio.ledger.database import check_current, describe_url, make_engine, upgrade
 from migratio.ledger.store import Ledger, Migration, utcnow
 from migratio.machine import TERMINAL, Trigger
 from migratio.redis_link import redacted
 from migratio.supervisor import Supervisor
+from migratio.text import one_line
 
 
 def open_ledger(settings: config.Settings, *, migrate: bool = True) -> Ledger:
-    """The ledger the config names, its schema brought up to date.
+    """The ledger the config names, its schema brought up to date (``migrate``),
+    else as it is: it must exist, at the newest schema (read-only commands).
 
     With feedback on, every change queues its status message in the ledger's outbox.
     """
-    engine = make_engine(settings.daemon.ledger_url)
-    if migrate:
-        upgrade(engine)
+    url = settings.daemon.ledger_url
+    engine = make_engine(url, create=migrate)
+    try:
+        if migrate:
+            upgrade(engine)
+        else:
+            check_current(engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        reason = one_line(getattr(exc, "orig", None) or exc, 300)
+        where = describe_url(url)
+        raise LedgerUnavailable(f"cannot open the ledger at {where}: {reason}") from None
     on_change = Outbox(engine).record if settings.daemon.feedback else None
     return Ledger(engine, on_change=on_change)
 
@@ -37,12 +49,19 @@ def submit(
 ) -> Migration:
     """Queue a migration; both sites must be configured."""
     if not image_id.strip():
-        raise MigratioError("image id must not be empty")
-    settings.site(source)
-    settings.site(destination)
-    if source == destination:
-        raise MigratioError("source and destination are the same site")
+        raise UsageError("image id must not be empty")
+    check_sites(settings, source, destination)
     return ledger.create(source, destination, image_id, message=f"submitted by pid {os.getpid()}")
+
+
+def check_sites(settings: config.Settings, source: str, destination: str) -> None:
+    """UsageError unless both sites are configured and differ."""
+    for option, site in (("--from", source), ("--to", destination)):
+        if site not in settings.sites:
+            known = ", ".join(sorted(settings.sites)) or "none"
+            raise UsageError(f"{option}: unknown site {site!r} (known: {known})")
+    if source == destination:
+        raise UsageError("source and destination are the same site")
 
 
 def submit_via_redis(
@@ -54,12 +73,13 @@ def submit_via_redis(
     """
     daemon = settings.daemon
     queue = f"migration_{source}"
+    check_sites(settings, source, destination)
     jid = sidekiq.new_jid()
     job = native_job(image_id, destination, source, jid)
     try:
         parse(job, own_site=source, sites=settings.sites, origin="submit")
     except BadJob as exc:
-        raise MigratioError(exc.reason) from None
+        raise UsageError(exc.reason) from None
     client = redis.Redis.from_url(daemon.redis_url, socket_connect_timeout=5, socket_timeout=5)
     try:
         with client.pipeline(transaction=True) as pipe:
@@ -114,7 +134,14 @@ def describe(ledger: Ledger, migration: Migration) -> dict[str, Any]:
         for row in ledger.history(migration.id)
     ]
     artifacts = [
-        {"kind": a.kind, "site": a.site, "ref": a.ref, "status": a.status}
+        {
+            "kind": a.kind,
+            "site": a.site,
+            "ref": a.ref,
+            "status": a.status,
+            "last_error": a.last_error,
+            "attempts": a.attempts,
+        }
         for a in ledger.artifacts(migration.id, status=None)
     ]
     return {**fields, "error": migration.last_error, "history": history, "artifacts": artifacts}

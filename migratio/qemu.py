@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from migratio.errors import PermanentError, TransientError, UnsafeImage
+from migratio.workspace import filling, work_dir_full
 
 GIB = 1 << 30
 
@@ -57,6 +58,11 @@ _QEMU_FORMATS = {
     "aki": "raw",
 }
 
+# Of those, the disk images a conversion can start from: an ISO is a CD image and
+# aki/ari are a kernel and a ramdisk; converting their bytes to another disk
+# format would only relabel them (and the format check would refuse the result).
+CONVERTIBLE = frozenset({"raw", "qcow2", "vmdk", "vhd", "vpc", "vhdx", "vdi", "gpt", "ami"})
+
 # VMDK kinds that keep their data inside the one file (Nova's vmdk_allowed_types).
 _SELF_CONTAINED_VMDK = frozenset({"monolithicSparse", "streamOptimized"})
 
@@ -66,6 +72,12 @@ _SELF_CONTAINED_VMDK = frozenset({"monolithicSparse", "streamOptimized"})
 _TARGET_OPTIONS = {"vmdk": ["-o", "subformat=streamOptimized"]}
 
 _MESSAGE_LIMIT = 500
+# strerror(ENOSPC) and strerror(EDQUOT) in qemu-img's messages (run with LC_ALL=C).
+_NO_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+class _NoSpace(TransientError):
+    """qemu-img ran out of space; ``convert`` names the file and the bytes it needs."""
 
 
 def info(path: Path, fmt: str) -> dict[str, Any]:
@@ -143,9 +155,13 @@ def convert(source: Path, source_format: str, target: Path, target_format: str) 
     ]
     try:
         partial.unlink(missing_ok=True)
-        _run(argv, "convert", cpu_seconds, cpu_seconds * CONVERT_WALL_PER_CPU)
-        _fsync(partial)
-        partial.replace(target)
+        with filling(partial, virtual_size):
+            _run(argv, "convert", cpu_seconds, cpu_seconds * CONVERT_WALL_PER_CPU)
+            _fsync(partial)
+            partial.replace(target)
+    except _NoSpace:
+        partial.unlink(missing_ok=True)
+        raise work_dir_full(target, virtual_size) from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -198,6 +214,8 @@ def _run(argv: list[str], action: str, cpu_seconds: int, timeout: float) -> str:
     if done.returncode == 0:
         return done.stdout
     first_line = next((line.strip() for line in done.stderr.splitlines() if line.strip()), "")
+    if any(text in done.stderr for text in _NO_SPACE_TEXTS):
+        raise _NoSpace(first_line[:_MESSAGE_LIMIT])
     if first_line:
         raise PermanentError(first_line[:_MESSAGE_LIMIT])
     if done.returncode in (-signal.SIGKILL, -signal.SIGXCPU):

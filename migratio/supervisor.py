@@ -40,6 +40,8 @@ from migratio.step import Signals, Step
 log = logging.getLogger(__name__)
 
 SiteOpener = Callable[[config.Site], Site]
+# The janitor looks for leftovers due for another removal attempt every this many polls.
+JANITOR_POLLS = 5
 
 
 def make_owner() -> str:
@@ -85,6 +87,8 @@ class Supervisor:
         self.sweep()
         heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         heartbeat.start()
+        janitor = threading.Thread(target=self._janitor, name="janitor", daemon=True)
+        janitor.start()
         with ThreadPoolExecutor(self.daemon.concurrency, thread_name_prefix="migration") as pool:
             while not self.signals.shutting_down.is_set():
                 try:
@@ -107,21 +111,17 @@ class Supervisor:
             self._reap()
         self.signals.shutting_down.set()
         heartbeat.join(timeout=5)
+        janitor.join(timeout=5)
         log.info("supervisor %s stopped", self.owner)
 
     def sweep(self) -> None:
-        """Finish cleanups that a crash interrupted after a migration had ended."""
+        """Finish cleanups of ended migrations: interrupted by a crash, or waiting
+        for a retry after a removal failed (a destination that was down)."""
         for migration_id in self.ledger.unsettled_terminal():
             migration = self.ledger.get(migration_id)
             with ExitStack() as stack:
                 destination = self._site_or_none(migration.dest_site, stack)
-                clean_up(
-                    self.ledger,
-                    migration,
-                    destination,
-                    self.daemon.work_dir,
-                    succeeded=migration.state == "done",
-                )
+                self._clean_up(migration, destination, succeeded=migration.state == "done")
 
     def end_now(self, migration_id: str, trigger: Trigger, reason: str) -> bool:
         """Fail or cancel a migration no daemon holds; False if one does."""
@@ -165,6 +165,14 @@ class Supervisor:
         self._wake.wait(self.daemon.poll_seconds)
         self._wake.clear()
 
+    def _janitor(self) -> None:
+        """Retry removals that failed, each on its own backoff (kept in the ledger)."""
+        while not self.signals.shutting_down.wait(self.daemon.poll_seconds * JANITOR_POLLS):
+            try:
+                self.sweep()
+            except Exception as exc:
+                log.warning("janitor: cannot sweep leftovers now: %s", _one_line(exc))
+
     def _heartbeat(self) -> None:
         interval = self.daemon.lease_seconds / 3
         while not self.signals.shutting_down.wait(interval):
@@ -188,9 +196,11 @@ class Supervisor:
                 self._advance_all(migration, sites)
         except LeaseLost as exc:
             log.warning("migration %s: %s", migration.id, exc)
-        except Exception:
+        except Exception as exc:
+            # Never hand it straight back: a fault that repeats would be re-claimed
+            # at once, forever. The retry schedule spaces the attempts out.
             log.exception("migration %s: unexpected error", migration.id)
-            self._release(migration.id)
+            self._postpone(migration.id, _one_line(exc))
 
     def _advance_all(self, migration: Migration, sites: ExitStack) -> None:
         try:
@@ -253,7 +263,7 @@ class Supervisor:
                 advance.message,
             )
             if is_terminal(moved.state):
-                clean_up(self.ledger, moved, step.destination, self.daemon.work_dir, succeeded=True)
+                self._clean_up(moved, step.destination, succeeded=True)
                 return False
             return True
         return False
@@ -287,11 +297,23 @@ class Supervisor:
         destination: DestinationSite | None,
     ) -> None:
         """Fail or cancel: clean up first, so an ended migration leaves nothing behind."""
-        clean_up(self.ledger, migration, destination, self.daemon.work_dir, succeeded=False)
+        self._clean_up(migration, destination, succeeded=False)
         self.ledger.transition(migration.id, self.owner, trigger, reason, last_error=reason)
         log.warning("migration %s: %s: %s", migration.id, trigger.value, reason)
 
     # ---- helpers ---------------------------------------------------------------
+
+    def _clean_up(
+        self, migration: Migration, destination: DestinationSite | None, *, succeeded: bool
+    ) -> None:
+        clean_up(
+            self.ledger,
+            migration,
+            destination,
+            self.daemon.work_dir,
+            succeeded=succeeded,
+            policy=self.daemon.retry,
+        )
 
     def _site(self, site_id: str, stack: ExitStack) -> Site:
         site = self._open_site(self.settings.site(site_id))
@@ -304,6 +326,18 @@ class Supervisor:
         except ConfigError as exc:
             log.warning("cannot open site %s for cleanup: %s", site_id, exc)
             return None
+
+    def _postpone(self, migration_id: str, reason: str) -> None:
+        """Schedule the next attempt with backoff; if even that fails, the lease
+        simply expires (no sooner than ``lease_seconds``)."""
+        try:
+            migration = self.ledger.get(migration_id)
+            if migration.lease_owner == self.owner and not is_terminal(migration.state):
+                self._retry_or_fail(migration, reason, None)
+            elif migration.lease_owner == self.owner:
+                self._release(migration_id)
+        except Exception as exc:
+            log.warning("migration %s: cannot schedule a retry: %s", migration_id, exc)
 
     def _release(self, migration_id: str) -> None:
         try:

@@ -6,6 +6,7 @@ cloud is needed and a thousand jobs take seconds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import time
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from migratio.intake.consumer import DEAD_PAYLOAD_BYTES
 from migratio.ledger.database import make_engine
 from tests import daemon
 from tests.conftest import write_daemon_config
@@ -97,6 +99,15 @@ BAD_JOBS: list[tuple[bytes, str]] = [
     (sidekiq_job(["img-y", "site-a"]), "source and destination are the same site 'site-a'"),
     (b'{"class": "migratio", "image": "img-1"}', "'to' must be a non-empty string, got null"),
     (b'{"class": "migratio", "image": "i", "to": "site-b", "jid": 7}', "jid must be"),
+    # Poison that once stopped the whole intake: a class that is not a string
+    # (unhashable), and lone surrogates that cannot be stored as UTF-8.
+    (b'{"class": ["x"], "args": ["img-1", "site-b"]}', "'class' must be a string, got [\"x\"]"),
+    (b'{"class": {"a": 1}, "args": ["img-1", "site-b"]}', "'class' must be a string"),
+    (sidekiq_job(["\ud800", "site-b"]), "args[0] (source image uuid) holds control or invalid"),
+    (sidekiq_job(["img-1", "site-\udfff"]), "args[1] (destination site id) holds control or"),
+    (sidekiq_job(["img-1", "site-b"], jid="\ud800" * 3), "jid holds control or invalid"),
+    (b'{"class": "migratio", "image": "i\\u0000x", "to": "site-b"}', "'image' holds control"),
+    (sidekiq_job(["img\x1b[31m\u202e\n", "site-b"]), "args[0] (source image uuid) holds"),
 ]
 
 
@@ -117,7 +128,9 @@ def test_bad_jobs_are_dead_lettered_with_their_reason_and_the_consumer_goes_on(
     for letter, (raw, reason) in zip(letters, BAD_JOBS, strict=True):
         assert letter["reason"].startswith(reason), letter
         assert "\n" not in letter["reason"]
-        assert letter["payload"] == raw.decode("utf-8", errors="backslashreplace")
+        assert letter["payload"] == raw[:DEAD_PAYLOAD_BYTES].decode(
+            "utf-8", errors="backslashreplace"
+        )
         assert letter["queue"] == QUEUE
         assert isinstance(letter["at"], float)
         assert f"dead-lettered to {DEAD}: {letter['reason']}" in result.stderr
@@ -138,6 +151,68 @@ def test_bad_jobs_are_dead_lettered_with_their_reason_and_the_consumer_goes_on(
             "Migration failed: source and destination are the same site 'site-a'",
         ],
     ]
+
+
+def test_one_poison_job_in_a_batch_of_20_is_dead_lettered_alone_and_intake_never_stalls(
+    tmp_path: Path, redis_peer: PrivateRedis
+) -> None:
+    config = intake_config(tmp_path, redis_peer.url)
+    poison = b'{"class": ["x"], "args": ["img-poison", "site-b"]}'
+    batch = [sidekiq_job([f"img-{n}", "site-b"], jid=f"{n:024d}") for n in range(19)]
+    batch.insert(7, poison)
+    for raw in batch:
+        redis_peer.client.lpush(QUEUE, raw)
+    log = tmp_path / "daemon.log"
+    running = daemon.start(config, log)
+    try:
+        wait_until(lambda: migration_count(config) == 19, what="the 19 good jobs")
+        pushed = time.monotonic()
+        redis_peer.client.lpush(QUEUE, sidekiq_job(["img-after", "site-b"], jid="f" * 24))
+        wait_until(lambda: migration_count(config) == 20, timeout=5, what="the job after")
+        took = time.monotonic() - pushed
+    finally:
+        running.send_signal(signal.SIGTERM)
+        assert running.wait(30) == 0
+    assert took < 1.0, f"a job pushed after the poison took {took:.2f} s"
+    letters = [json.loads(raw) for raw in redis_peer.client.lrange(DEAD, 0, -1)]
+    assert [(letter["reason"], letter["payload"]) for letter in letters] == [
+        ("'class' must be a string, got [\"x\"]", poison.decode())
+    ]
+    images = {row[0] for row in ledger_rows(config, "SELECT image_id FROM migrations")}
+    assert images == {f"img-{n}" for n in range(19)} | {"img-after"}
+    assert redis_peer.client.llen(QUEUE) == 0 and processing_lists(redis_peer) == []
+    assert "unexpected error" not in log.read_text()
+
+
+def test_dead_letters_keep_a_bounded_prefix_and_the_list_is_trimmed(
+    tmp_path: Path, redis_peer: PrivateRedis
+) -> None:
+    config = intake_config(tmp_path, redis_peer.url, dead_letters_max=3)
+    huge = [json.dumps({"class": "nope", "junk": str(n) * 10_000_000}).encode() for n in range(2)]
+    small = [json.dumps({"class": f"nope-{n}"}).encode() for n in range(3)]
+    for raw in (*huge, *small):
+        redis_peer.client.lpush(QUEUE, raw)
+    daemon.run_until_idle(config, timeout=60)
+
+    letters = [json.loads(raw) for raw in redis_peer.client.lrange(DEAD, 0, -1)]
+    assert [letter["reason"] for letter in letters] == [
+        "unknown class 'nope-2'",
+        "unknown class 'nope-1'",
+        "unknown class 'nope-0'",
+    ]
+    redis_peer.client.delete(DEAD)
+    config = intake_config(tmp_path / "big", redis_peer.url)
+    for raw in huge:
+        redis_peer.client.lpush(QUEUE, raw)
+    daemon.run_until_idle(config, timeout=60)
+    stored = redis_peer.client.lrange(DEAD, 0, -1)
+    assert len(stored) == 2
+    for raw, letter_bytes in zip(reversed(huge), stored, strict=True):
+        assert len(letter_bytes) < DEAD_PAYLOAD_BYTES + 1024
+        letter = json.loads(letter_bytes)
+        assert letter["truncated"] is True and letter["payload_bytes"] == len(raw)
+        assert letter["payload_sha256"] == hashlib.sha256(raw).hexdigest()
+        assert letter["payload"] == raw[:DEAD_PAYLOAD_BYTES].decode()
 
 
 def test_a_job_is_recorded_once_and_jobs_for_a_running_migration_join_it(
@@ -223,8 +298,10 @@ def test_submit_via_redis_pushes_a_native_job_the_daemon_takes(
     refused = daemon.cli(
         config, "submit", "--via-redis", "--image", "x", "--to", "nowhere", check=False
     )
-    assert refused.returncode == 1
-    assert refused.stderr.strip() == "migratio: unknown destination site 'nowhere'"
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "migratio: usage error: --to: unknown site 'nowhere' (known: site-a, site-b)"
+    )
     assert redis_peer.client.llen(QUEUE) == 1
 
     daemon.run_until_idle(config, timeout=60)

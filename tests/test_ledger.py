@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from migratio.errors import IllegalTransition, LeaseLost
+from migratio.errors import IllegalTransition, LeaseLost, UsageError
 from migratio.ledger.database import current_revision, upgrade
 from migratio.ledger.store import Ledger
 
@@ -117,3 +117,12 @@ def test_artifacts_are_recorded_once_and_settled(ledger: Ledger) -> None:
     ledger.settle_artifact(present[0].id, "removed")
     assert [a.ref for a in ledger.artifacts(migration.id)] == ["abc"]
     assert [a.status for a in ledger.artifacts(migration.id, status=None)] == ["removed", "present"]
+
+
+def test_find_matches_id_prefixes_literally(ledger: Ledger) -> None:
+    migration = ledger.create("site-a", "site-b", "img")
+    assert ledger.find(migration.id[:6]).id == migration.id
+    assert ledger.find(migration.id).id == migration.id
+    for pattern in (migration.id[:6] + "_", "%", "ABC", "a\\", "", "x" * 37):
+        with pytest.raises(UsageError):
+            ledger.find(pattern)

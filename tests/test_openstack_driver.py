@@ -8,6 +8,7 @@ environment). Images made here are removed again.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import testbed_lib
 import yaml
 
 from migratio.config import OpenStackSite, load_sites
@@ -202,7 +204,37 @@ class _Answering(BaseHTTPRequestHandler):
 
 @contextmanager
 def _answering(status: int) -> Iterator[str]:
-    handler = type("Handler", (_Answering,), {"status": status})
+    with _serving(type("Handler", (_Answering,), {"status": status})) as endpoint:
+        yield endpoint
+
+
+class _NotGlance(_Answering):
+    """Something else behind the image endpoint: every answer is a version document."""
+
+    def _answer(self) -> None:
+        port = self.server.server_address[1]
+        body = json.dumps(
+            {
+                "versions": [
+                    {
+                        "id": "v1.0",
+                        "status": "DEPRECATED",
+                        "links": [{"rel": "self", "href": f"http://127.0.0.1:{port}/v1/"}],
+                    }
+                ]
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+
+@contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -642,6 +674,37 @@ def test_an_unreachable_glance_is_transient(
             driver.create_record(RecordSpec("m", "n", "raw", "bare"))
     finally:
         driver.close()
+
+
+def test_a_stopped_glance_behind_the_catalog_is_transient(testbed: Any) -> None:
+    """Version discovery of a catalog endpoint that is down makes openstacksdk raise
+    NotSupported ("exists but does not have any supported versions"), which was
+    once taken for a permanent error and failed migrations in a Glance restart."""
+    testbed_lib.stop_service(testbed.dir, "glance-site-b")
+    try:
+        driver = open_site(load_sites(testbed.dir / "sites")["site-b"])
+        try:
+            with pytest.raises(TransientError) as caught:
+                driver.describe(str(uuid.uuid4()))
+        finally:
+            driver.close()
+    finally:
+        testbed_lib.start_service(testbed.dir, "glance-site-b")
+    _one_line(caught.value, "site-b")
+
+
+def test_an_answer_that_is_not_an_image_is_transient(
+    testbed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _serving(_NotGlance) as endpoint:
+        cloud = _cloud_variant(testbed, tmp_path, monkeypatch, image_endpoint_override=endpoint)
+        driver = OpenStackSiteDriver("site-x", _settings(cloud, timeout=5))
+        try:
+            with pytest.raises(TransientError) as caught:
+                driver.describe(str(uuid.uuid4()))
+        finally:
+            driver.close()
+    _one_line(caught.value, "site-x", "not an image")
 
 
 def test_an_unreachable_keystone_is_transient(

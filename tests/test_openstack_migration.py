@@ -230,6 +230,25 @@ def test_declared_raw_that_is_qcow2_is_refused_on_the_streamed_path(
     assert glance.find(site_b, migratio_migration_id=migration_id) == []
 
 
+def test_an_iso_to_a_site_that_requires_raw_is_refused_before_any_byte_moves(
+    daemon_config: Path, site_a: Connection, site_b: Connection, tmp_path: Path
+) -> None:
+    iso = tmp_path / "cd.iso"
+    iso.write_bytes(b"\0" * 0x8001 + b"CD001\x01" + b"\0" * (64 * 1024 - 0x8007))
+    source_id = glance.upload(site_a, iso, name="install-cd", disk_format="iso")
+    migration_id = daemon.submit(daemon_config, source_id, dest="site-b-raw")
+    daemon.run_until_idle(daemon_config)
+    shown = daemon.show(daemon_config, migration_id)
+    assert shown["state"] == "failed"
+    assert shown["error"] == (
+        f"source image {source_id} is declared 'iso', not a disk image that can be "
+        "converted to the raw site-b-raw requires"
+    )
+    assert [row["to"] for row in shown["history"]] == ["queued", "exporting", "failed"]
+    assert shown["artifacts"] == []
+    assert glance.find(site_b, source_uuid=source_id) == []
+
+
 def test_nonexistent_image_fails_with_a_clear_reason(daemon_config: Path) -> None:
     missing = "00000000-0000-4000-8000-000000000000"
     migration_id = daemon.submit(daemon_config, missing)

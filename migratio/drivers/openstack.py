@@ -107,11 +107,17 @@ class OpenStackSiteDriver:
 
     def describe(self, image_id: str) -> SourceImage:
         """The image's metadata; its status is reported as is."""
+        action = "describe image"
         try:
-            image = self._json("GET", self._path(image_id), "describe image")
+            image = self._json("GET", self._path(image_id), action)
         except _Missing:
             raise self._not_found(image_id) from None
-        return _source_image(image)
+        try:
+            return _source_image(image)
+        except (KeyError, TypeError, ValueError) as exc:
+            # Not what Glance answers: a site that does not answer properly (yet).
+            problem = f"the answer is not an image ({type(exc).__name__}: {exc})"
+            raise TransientError(self._message(action, problem)) from None
 
     @contextmanager
     def read(self, image_id: str, offset: int = 0) -> Iterator[Iterator[bytes]]:
@@ -346,10 +352,14 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 # (keystoneauth's DiscoveryFailure, or the SDK's ServiceDiscoveryException when an
 # endpoint override is set). Retrying them means a misconfigured URL fails only
 # once the retry policy gives up, while a short outage does not fail a migration.
+# A Glance that is restarting can answer version discovery half-ready, and
+# openstacksdk then raises NotSupported ("exists but does not have any supported
+# versions"), seen in 20-60 s outages: a site that does not answer properly yet.
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     *TRANSPORT_ERRORS,
     ksa.DiscoveryFailure,
     openstack.exceptions.ServiceDiscoveryException,
+    openstack.exceptions.NotSupported,
 )
 
 

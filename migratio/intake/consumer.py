@@ -10,6 +10,7 @@ twice. A job that cannot be a migration never stops the consumer.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from redis.backoff import ExponentialBackoff
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from migratio import config
 from migratio.feedback.outbox import Outbox
@@ -35,6 +37,8 @@ WAIT_SECONDS = 0.5
 # recording them, so a test can SIGKILL the daemon in that window. Never set it
 # in production.
 TEST_PAUSE_VARIABLE = "MIGRATIO_TEST_PAUSE_AFTER_MOVE"
+# A dead letter keeps at most this much of its job's payload.
+DEAD_PAYLOAD_BYTES = 64 * 1024
 
 
 class Stopping(Exception):
@@ -73,6 +77,7 @@ class Consumer:
             queue=f"migration_{daemon.name}",
             consumer=consumer_id,
             heartbeat_seconds=daemon.intake_heartbeat_seconds,
+            dead_letters_max=daemon.dead_letters_max,
         )
         self._stopping = threading.Event()
         self._idle = False
@@ -107,6 +112,9 @@ class Consumer:
     # ---- the consuming thread --------------------------------------------------
 
     def _run(self) -> None:
+        # A fault that repeats costs one line per period, never a hot loop.
+        backoff = ExponentialBackoff(cap=60.0, base=1.0)
+        failures = 0
         while not self._stopping.is_set():
             try:
                 self._round()
@@ -118,10 +126,16 @@ class Consumer:
                 self._idle = True
                 self._stopping.wait(self.link.failed(exc))
             except Exception:
-                log.exception("intake: unexpected error; going on")
+                # Each job is judged alone (a bad one is dead-lettered), so this
+                # is a fault of our own or of the ledger.
+                delay = backoff.compute(failures)
+                log.exception("intake: unexpected error; retrying in %.0f s", delay)
                 # What we hold goes back to the queue; the ledger knows what it took.
                 self._unsure = True
-                self._stopping.wait(1.0)
+                self._stopping.wait(delay)
+                failures += 1
+            else:
+                failures = 0
         self._retire()
 
     def _round(self) -> None:
@@ -191,7 +205,7 @@ class Consumer:
                 # Another consumer recorded one of these job ids at the same moment:
                 # try again, and the ledger finds it.
                 log.info("intake: job id recorded concurrently (attempt %d); retrying", attempt)
-            except SQLAlchemyError:
+            except Exception:
                 break
         # Something in the batch the ledger will not take: find it, keep the rest.
         recorded: list[JobRecorded] = []
@@ -199,7 +213,9 @@ class Consumer:
         for job in jobs:
             try:
                 recorded += self._ledger_call(partial(self.ledger.accept_jobs, [job]))
-            except SQLAlchemyError as exc:
+            except Stopping:
+                raise
+            except Exception as exc:
                 why = _one_line(getattr(exc, "orig", None) or exc)
                 refused[job.job_id] = f"the ledger refused it: {why}"
         return recorded, refused
@@ -222,7 +238,7 @@ class Consumer:
             self.outbox.report_failure(
                 problem.image_id, self.settings.daemon.name, problem.dest_site, problem.reason
             )
-        except SQLAlchemyError as exc:
+        except Exception as exc:
             log.warning("intake: cannot queue failure feedback: %s", _one_line(exc))
 
     def _ack(self, raws: Sequence[bytes], letters: Sequence[bytes]) -> None:
@@ -274,14 +290,23 @@ class Consumer:
 
 
 def dead_letter(raw: bytes, reason: str, queue_key: str) -> bytes:
-    """What goes to the dead-letter list: the reason, the job as sent, where and when."""
-    letter = {
+    """What goes to the dead-letter list: the reason, the job as sent, where and when.
+
+    A payload longer than ``DEAD_PAYLOAD_BYTES`` keeps only its head, with its
+    full size and SHA-256 to recognise it: two 10 MB jobs must not put 20 MB
+    into Redis. ASCII-escaped JSON, so any bytes and any reason can be stored.
+    """
+    letter: dict[str, object] = {
         "reason": reason,
-        "payload": raw.decode("utf-8", errors="backslashreplace"),
+        "payload": raw[:DEAD_PAYLOAD_BYTES].decode("utf-8", errors="backslashreplace"),
         "queue": queue_key,
         "at": time.time(),
     }
-    return json.dumps(letter, ensure_ascii=False).encode()
+    if len(raw) > DEAD_PAYLOAD_BYTES:
+        letter.update(
+            truncated=True, payload_bytes=len(raw), payload_sha256=hashlib.sha256(raw).hexdigest()
+        )
+    return json.dumps(letter, ensure_ascii=True).encode()
 
 
 def _test_pause(stopping: threading.Event) -> None:
@@ -292,4 +317,4 @@ def _test_pause(stopping: threading.Event) -> None:
 
 
 def _one_line(exc: object) -> str:
-    return " ".join(str(exc).split())
+    return " ".join(ascii(str(exc))[1:-1].split())

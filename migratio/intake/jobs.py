@@ -33,6 +33,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from migratio.ledger.store import JobRequest
+from migratio.text import is_printable
 
 SIDEKIQ_CLASSES = frozenset(
     {
@@ -64,7 +65,21 @@ class BadJob(Exception):
 
 
 def parse(raw: bytes, *, own_site: str, sites: Collection[str], origin: str) -> JobRequest:
-    """Read one raw job; BadJob with a one-line reason if it cannot be a migration."""
+    """Read one raw job; BadJob with a one-line reason if it cannot be a migration.
+
+    Whatever a field holds (any JSON type, any code point), the answer is a
+    JobRequest or a BadJob: a job that cannot be understood must never stop the
+    intake, so even an unforeseen failure here becomes a BadJob.
+    """
+    try:
+        return _parse(raw, own_site=own_site, sites=sites, origin=origin)
+    except BadJob:
+        raise
+    except Exception as exc:
+        raise BadJob(f"cannot read the job: {type(exc).__name__}: {_one_line(exc)}") from None
+
+
+def _parse(raw: bytes, *, own_site: str, sites: Collection[str], origin: str) -> JobRequest:
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -74,6 +89,8 @@ def parse(raw: bytes, *, own_site: str, sites: Collection[str], origin: str) -> 
     if not isinstance(body, dict):
         raise BadJob(f"not a JSON object but {type(body).__name__}")
     worker_class = body.get("class")
+    if "class" in body and not isinstance(worker_class, str):
+        raise BadJob(f"'class' must be a string, got {_short(worker_class)}")
     if worker_class in SIDEKIQ_CLASSES:
         image_id, dest_site = _sidekiq_args(body)
         source_site = own_site
@@ -122,35 +139,43 @@ def _sidekiq_args(body: Mapping[str, Any]) -> tuple[str, str]:
         raise BadJob(f"expected 2 args [source image uuid, destination site id], got {len(args)}")
     names = ("args[0] (source image uuid)", "args[1] (destination site id)")
     for name, value in zip(names, args, strict=True):
-        if not isinstance(value, str) or not value.strip():
-            raise BadJob(f"{name} must be a non-empty string, got {_short(value)}")
-        if len(value) > MAX_IMAGE_ID:
-            raise BadJob(f"{name} is longer than {MAX_IMAGE_ID} characters")
+        _check_text(name, value, MAX_IMAGE_ID)
     return args[0], args[1]
 
 
 def _text(body: Mapping[str, Any], field: str, limit: int) -> str:
     value = body.get(field)
+    _check_text(repr(field), value, limit)
+    return str(value)
+
+
+def _check_text(name: str, value: Any, limit: int) -> None:
+    """A field the ledger stores and operators read: a short, printable, valid string.
+
+    A lone surrogate (JSON ``"\\ud800"``) cannot be stored as UTF-8, and NUL or
+    other control characters have no place in an id (PostgreSQL refuses NUL).
+    """
     if not isinstance(value, str) or not value.strip():
-        raise BadJob(f"{field!r} must be a non-empty string, got {_short(value)}")
+        raise BadJob(f"{name} must be a non-empty string, got {_short(value)}")
     if len(value) > limit:
-        raise BadJob(f"{field!r} is longer than {limit} characters")
-    return value
+        raise BadJob(f"{name} is longer than {limit} characters")
+    if not is_printable(value):
+        raise BadJob(f"{name} holds control or invalid characters: {_short(value)}")
 
 
 def _job_id(body: Mapping[str, Any], raw: bytes) -> str:
     jid = body.get("jid")
     if jid is None:
         return hashlib.sha256(raw).hexdigest()[:24]
-    if not isinstance(jid, str) or not jid.strip() or len(jid) > MAX_JOB_ID:
-        raise BadJob(f"jid must be a non-empty string of at most {MAX_JOB_ID} characters")
-    return jid
+    _check_text("jid", jid, MAX_JOB_ID)
+    return str(jid)
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    """A value quoted for a reason: ASCII-escaped, so any content is safe to store and print."""
+    text = ascii(value) if isinstance(value, str) else json.dumps(value, ensure_ascii=True)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    return " ".join(ascii(str(exc))[1:-1].split())

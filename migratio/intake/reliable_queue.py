@@ -33,6 +33,7 @@ class ReliableQueue:
 
     ``heartbeat_seconds`` is the heartbeat key's lifetime: the consumer must beat
     more often than that, and its jobs are handed to others that long after it died.
+    ``dead_letters_max`` bounds the dead-letter list: the oldest letters go first.
     """
 
     def __init__(
@@ -43,8 +44,10 @@ class ReliableQueue:
         queue: str,
         consumer: str,
         heartbeat_seconds: float,
+        dead_letters_max: int = 10_000,
     ) -> None:
         self.client = client
+        self.dead_letters_max = dead_letters_max
         self.consumer = consumer
         self.heartbeat_seconds = heartbeat_seconds
         self.queue_key = sidekiq.queue_key(namespace, queue)
@@ -79,6 +82,8 @@ class ReliableQueue:
         pipe = self.client.pipeline(transaction=True)
         for letter in dead_letters:
             pipe.lpush(self.dead_key, letter)
+        if dead_letters:
+            pipe.ltrim(self.dead_key, 0, self.dead_letters_max - 1)
         for job in jobs:
             # The job's exact bytes (which need not be UTF-8) name the entry to remove;
             # redis-py takes bytes although its annotation says str.

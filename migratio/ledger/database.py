@@ -12,6 +12,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
+from migratio.errors import LedgerUnavailable
+
 log = logging.getLogger(__name__)
 
 # Several daemon threads and the CLI write the same SQLite file: wait for the lock
@@ -19,12 +21,22 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the ledger; SQLite gets WAL and write-locking transactions."""
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for the ledger; SQLite gets WAL and write-locking transactions.
+
+    ``create`` False: a SQLite ledger must exist already (read-only commands
+    must not leave an empty ledger behind a typo in ``work_dir``).
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(parsed.database)
+            if not create and not path.is_file():
+                raise LedgerUnavailable(
+                    f"no ledger at {path}: start the daemon (migratio run) "
+                    "or run 'migratio db upgrade' first"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _tune_sqlite(engine)
         return engine
@@ -82,6 +94,28 @@ def upgrade(engine: Engine) -> None:
         finally:
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _UPGRADE_LOCK_KEY})
             connection.commit()
+
+
+def head_revision(engine: Engine) -> str | None:
+    """The newest schema revision this migratio knows."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+
+
+def check_current(engine: Engine) -> None:
+    """LedgerUnavailable unless the schema is at the newest revision (nothing is changed)."""
+    current, head = current_revision(engine), head_revision(engine)
+    if current != head:
+        raise LedgerUnavailable(
+            f"ledger schema is at revision {current or 'none'}, this migratio needs {head}: "
+            "run 'migratio db upgrade'"
+        )
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -81,6 +81,10 @@ class ArtifactRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="present")
     created_at: Mapped[datetime] = mapped_column(DateTime)
     settled_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Why the last removal failed, how many failed, and when to try again.
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class JobRow(Base):

@@ -5,6 +5,7 @@ by a worker is fenced by its lease, so a process that lost its lease changes not
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -17,11 +18,12 @@ from typing import Any
 from sqlalchemy import CursorResult, Engine, Executable, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from migratio.errors import LeaseLost, UnknownMigration
+from migratio.errors import LeaseLost, UnknownMigration, UsageError
 from migratio.ledger.models import ArtifactRow, JobRow, MigrationRow, TransitionRow
 from migratio.machine import ACTIVE, TERMINAL, State, next_state
 
 HOST = socket.gethostname()
+ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
 # Any constant shared by every migratio process: the intake's advisory lock.
 _INTAKE_LOCK_KEY = 0x6D696769  # "migi"
 
@@ -76,14 +78,37 @@ class Transition:
     message: str
 
 
+class ArtifactStatus(StrEnum):
+    PRESENT = "present"  # exists, or may: cleanup removes it unless it is kept
+    KEPT = "kept"  # became (part of) the result
+    REMOVED = "removed"  # cleaned up
+
+
 @dataclass(frozen=True)
 class Artifact:
+    """Something a migration created; ``last_error`` says why removing it failed so far."""
+
     id: int
     migration_id: str
     kind: str
     site: str | None
     ref: str
     status: str
+    last_error: str | None = None
+    attempts: int = 0
+
+    @classmethod
+    def of(cls, row: ArtifactRow) -> Artifact:
+        return cls(
+            row.id,
+            row.migration_id,
+            row.kind,
+            row.site,
+            row.ref,
+            row.status,
+            row.last_error,
+            row.attempts or 0,
+        )
 
 
 @dataclass(frozen=True)
@@ -266,10 +291,20 @@ class Ledger:
             return Migration.of(row)
 
     def find(self, prefix: str) -> Migration:
-        """A migration by full id or unique id prefix (operators type short ids)."""
+        """A migration by full id or unique id prefix (operators type short ids).
+
+        Matched literally: only lowercase hex digits and '-' can be part of an
+        id, so no LIKE wildcard or case folding can widen the match.
+        """
+        if not ID_PREFIX.fullmatch(prefix):
+            raise UsageError(
+                f"{prefix!r} is not a migration id or id prefix (lowercase hex digits and '-')"
+            )
         with self._tx() as session:
             rows = session.scalars(
-                select(MigrationRow).where(MigrationRow.id.startswith(prefix)).limit(2)
+                select(MigrationRow)
+                .where(MigrationRow.id.startswith(prefix, autoescape=True))
+                .limit(2)
             ).all()
         if len(rows) != 1:
             problem = "no" if not rows else "more than one"
@@ -487,7 +522,7 @@ class Ledger:
                     ArtifactRow.migration_id == migration_id,
                     ArtifactRow.kind == kind,
                     ArtifactRow.ref == ref,
-                    ArtifactRow.status == "present",
+                    ArtifactRow.status == ArtifactStatus.PRESENT,
                 )
             )
             if exists is None:
@@ -497,12 +532,21 @@ class Ledger:
                         kind=kind,
                         site=site,
                         ref=ref,
-                        status="present",
+                        status=ArtifactStatus.PRESENT,
                         created_at=utcnow(),
+                        attempts=0,
                     )
                 )
 
-    def artifacts(self, migration_id: str, status: str | None = "present") -> list[Artifact]:
+    def artifacts(
+        self,
+        migration_id: str,
+        status: str | None = ArtifactStatus.PRESENT,
+        *,
+        due_only: bool = False,
+    ) -> list[Artifact]:
+        """The migration's artifacts, oldest first; ``due_only``: those whose
+        removal is not waiting for a retry."""
         query = (
             select(ArtifactRow)
             .where(ArtifactRow.migration_id == migration_id)
@@ -510,11 +554,10 @@ class Ledger:
         )
         if status is not None:
             query = query.where(ArtifactRow.status == status)
+        if due_only:
+            query = query.where(_removal_due(utcnow()))
         with self._tx() as session:
-            return [
-                Artifact(row.id, row.migration_id, row.kind, row.site, row.ref, row.status)
-                for row in session.scalars(query)
-            ]
+            return [Artifact.of(row) for row in session.scalars(query)]
 
     def settle_ref(self, migration_id: str, ref: str, status: str) -> None:
         """Settle every present artifact of the migration with that reference."""
@@ -524,9 +567,9 @@ class Ledger:
                 .where(
                     ArtifactRow.migration_id == migration_id,
                     ArtifactRow.ref == ref,
-                    ArtifactRow.status == "present",
+                    ArtifactRow.status == ArtifactStatus.PRESENT,
                 )
-                .values(status=status, settled_at=utcnow())
+                .values(status=status, settled_at=utcnow(), last_error=None, next_attempt_at=None)
             )
 
     def settle_artifact(self, artifact_id: int, status: str) -> None:
@@ -536,16 +579,32 @@ class Ledger:
                 session,
                 update(ArtifactRow)
                 .where(ArtifactRow.id == artifact_id)
-                .values(status=status, settled_at=utcnow()),
+                .values(status=status, settled_at=utcnow(), last_error=None, next_attempt_at=None),
+            )
+
+    def defer_artifact(self, artifact_id: int, error: str, delay: float) -> None:
+        """Removing the artifact failed: keep it present with the reason, retry after ``delay``."""
+        with self._tx() as session:
+            _rowcount(
+                session,
+                update(ArtifactRow)
+                .where(ArtifactRow.id == artifact_id)
+                .values(
+                    last_error=error,
+                    attempts=ArtifactRow.attempts + 1,
+                    next_attempt_at=utcnow() + timedelta(seconds=delay),
+                ),
             )
 
     def unsettled_terminal(self) -> list[str]:
-        """Finished migrations that still hold artifacts (a crash between steps)."""
+        """Finished migrations that still hold artifacts due for removal (a crash
+        between steps, or a removal that failed and waits for its retry)."""
         query = (
             select(ArtifactRow.migration_id)
             .join(MigrationRow, MigrationRow.id == ArtifactRow.migration_id)
             .where(
-                ArtifactRow.status == "present",
+                ArtifactRow.status == ArtifactStatus.PRESENT,
+                _removal_due(utcnow()),
                 MigrationRow.state.in_([s.value for s in TERMINAL]),
                 MigrationRow.lease_owner.is_(None),
             )
@@ -566,6 +625,10 @@ def _rowcount(session: Session, statement: Executable) -> int:
     return int(result.rowcount)
 
 
+def _removal_due(now: datetime) -> Any:
+    return or_(ArtifactRow.next_attempt_at.is_(None), ArtifactRow.next_attempt_at <= now)
+
+
 def _fenced_row(session: Session, migration_id: str, owner: str | None) -> MigrationRow:
     row = session.get(MigrationRow, migration_id)
     if row is None:
@@ -583,7 +646,14 @@ def _fenced_row(session: Session, migration_id: str, owner: str | None) -> Migra
 
 
 def _transition_values(new_state: State, now: datetime, fields: dict[str, Any]) -> dict[str, Any]:
-    values: dict[str, Any] = {"state": new_state.value, "updated_at": now, "attempt": 0, **fields}
+    # A step that succeeded ends the error streak: last_error is what is wrong now.
+    values: dict[str, Any] = {
+        "state": new_state.value,
+        "updated_at": now,
+        "attempt": 0,
+        "last_error": None,
+        **fields,
+    }
     if new_state in TERMINAL:
         values.update(finished_at=now, lease_owner=None, lease_expires_at=None)
     if new_state is State.QUEUED:

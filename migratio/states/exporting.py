@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from migratio import safety
+from migratio import qemu, safety
 from migratio.checksums import verified
 from migratio.drivers.base import Provenance, SourceImage
 from migratio.errors import PermanentError, TransientError
 from migratio.machine import Trigger
 from migratio.step import Advance, Step
+from migratio.workspace import filling
 
 # Glance states an image passes through on its way to `active`: worth waiting for.
 BECOMING_ACTIVE = frozenset({"queued", "saving", "importing", "uploading"})
@@ -29,6 +30,11 @@ def run(step: Step) -> Advance:
         source_md5=image.md5,
         source_sha512=image.sha512,
     )
+    if step.needs_conversion and image.disk_format.lower() not in qemu.CONVERTIBLE:
+        raise PermanentError(
+            f"source image {image.id} is declared {image.disk_format!r}, not a disk image "
+            f"that can be converted to the {step.target_format} {step.migration.dest_site} requires"
+        )
     if copy := _existing_copy(step, image):
         return copy
     if step.stages_payload:
@@ -78,7 +84,11 @@ def stage(step: Step, image: SourceImage) -> Path:
     partial = final.with_name(final.name + ".part")
     step.add_artifact("file", str(partial))
     step.add_artifact("file", str(final))
-    with step.source.read(image.id) as chunks, partial.open("wb") as out:
+    with (
+        filling(partial, image.size),
+        step.source.read(image.id) as chunks,
+        partial.open("wb") as out,
+    ):
         for chunk in step.tracked(verified(chunks, image.sha512, f"source image {image.id}")):
             out.write(chunk)
     partial.rename(final)

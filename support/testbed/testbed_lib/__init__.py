@@ -10,6 +10,7 @@ from .bed import Bed, down, load, status, up
 from .errors import TestbedError
 from .packages import TESTBED_PACKAGES, ensure_packages
 from .postgres import start_postgres, stop_postgres
+from .services import start_service, stop_service
 
 __all__ = [
     "TESTBED_PACKAGES",
@@ -19,7 +20,9 @@ __all__ = [
     "ensure_packages",
     "load",
     "start_postgres",
+    "start_service",
     "status",
     "stop_postgres",
+    "stop_service",
     "up",
 ]

@@ -1,4 +1,4 @@
-"""``testbed up|down|status DIR``: argument parsing and printing only."""
+"""``testbed up|down|status DIR``, ``testbed stop|start DIR SERVICE``: parsing and printing."""
 
 import argparse
 import os
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .bed import down, load, status, up
 from .errors import TestbedError
+from .services import start_service, stop_service
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,6 +34,13 @@ def _main(argv: Sequence[str] | None) -> int:
         ("status", "show whether DIR's servers run"),
     ):
         commands.add_parser(name, help=text).add_argument("dir", type=Path, metavar="DIR")
+    for name, text in (
+        ("stop", "stop one service of DIR's bed (state kept): keystone, glance-site-a, ..."),
+        ("start", "start a stopped service of DIR's bed again (returns when ready)"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("dir", type=Path, metavar="DIR")
+        command.add_argument("service", metavar="SERVICE")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -50,6 +58,12 @@ def _main(argv: Sequence[str] | None) -> int:
             if bed.moto_url:
                 print(f"  moto      {bed.moto_url}  (aws-a)")
             print(f"  source {bed.dir / 'env'}")
+        elif args.command == "stop":
+            stop_service(args.dir, args.service)
+            print(f"{args.service} stopped in {time.monotonic() - started:.1f} s")
+        elif args.command == "start":
+            start_service(args.dir, args.service)
+            print(f"{args.service} started in {time.monotonic() - started:.1f} s")
         elif args.command == "down":
             down(args.dir)
             print(f"testbed down in {time.monotonic() - started:.1f} s: {args.dir.resolve()}")

@@ -1,0 +1,93 @@
+"""Take one server of a running bed down and bring it back: ``testbed stop|start DIR SERVICE``.
+
+Fault-injection tests stop a peer mid-run (a Glance restarting, Redis away) and
+start it again on the same port with the same state, as an operator's restart
+would. The names are those of ``testbed status``: keystone, glance-site-a,
+glance-site-b, redis, moto, sshd.
+"""
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from . import glance, keystone, moto_server, pidfile, processes, redis_server, sshd
+from .bed import READY_TIMEOUT, Bed, load
+from .errors import TestbedError
+from .processes import Server
+
+
+def stop_service(directory: Path, name: str) -> None:
+    """Stop one recorded server (SIGTERM, then SIGKILL); its state stays in DIR."""
+    processes.stop([_recorded(directory.resolve(), name)])
+
+
+def start_service(directory: Path, name: str, timeout: float = READY_TIMEOUT) -> Server:
+    """Start a stopped server again where it was; return once it answers."""
+    directory = directory.resolve()
+    old = _recorded(directory, name)
+    if processes.is_running(old):
+        return old
+    bed = load(directory)
+    if bed is None:
+        raise TestbedError(f"no testbed recorded in {directory}")
+    server = _starter(bed, name)(old.mark)
+    pidfile.record(directory, server)
+    return server
+
+
+def _starter(bed: Bed, name: str) -> Callable[[str], Server]:
+    logs = bed.logs_dir
+    if name == "keystone":
+        layout = keystone.KeystoneLayout(bed.dir / "keystone", logs, _port(bed.keystone_url))
+
+        def start_keystone(mark: str) -> Server:
+            server = keystone.start(layout, mark)
+            processes.wait_http(server, layout.url)
+            return server
+
+        return start_keystone
+    if name.startswith("glance-") and name[len("glance-") :] in bed.glance_urls:
+        site = name[len("glance-") :]
+        glance_layout = glance.GlanceLayout(
+            site, bed.dir / name, logs, _port(bed.glance_urls[site])
+        )
+
+        def start_glance(mark: str) -> Server:
+            server = glance.start(glance_layout, mark)
+            processes.wait_http(server, f"{glance_layout.url}/healthcheck")
+            return server
+
+        return start_glance
+    if name == "redis":
+        redis = redis_server.RedisLayout(bed.dir / "redis", logs, _port(bed.redis_url))
+        return lambda mark: redis_server.start_redis(redis, mark)
+    if name == "moto":
+        moto = moto_server.MotoLayout(bed.dir / "moto", logs, _port(bed.moto_url))
+        return lambda mark: moto_server.start_moto(moto, mark)
+    if name == "sshd":
+        ssh = sshd.SshdLayout(bed.dir / "sshd", logs, _sshd_port(bed))
+        return lambda mark: sshd.start(ssh, mark)
+    raise TestbedError(f"unknown service {name!r}")
+
+
+def _recorded(directory: Path, name: str) -> Server:
+    servers = {server.name: server for server in pidfile.load(directory)}
+    if name not in servers:
+        known = ", ".join(sorted(servers)) or "none"
+        raise TestbedError(f"no service {name!r} in {directory} (known: {known})")
+    return servers[name]
+
+
+def _port(url: str) -> int:
+    port = urlsplit(url).port
+    if port is None:
+        raise TestbedError(f"no port in {url!r}")
+    return port
+
+
+def _sshd_port(bed: Bed) -> int:
+    match = re.search(r"^Port (\d+)$", (bed.dir / "sshd" / "sshd_config").read_text(), re.M)
+    if match is None:
+        raise TestbedError("sshd_config names no port")
+    return int(match.group(1))
