@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 import testbed_lib  # noqa: E402
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 
-from tests import aws_peer, daemon, glance, images  # noqa: E402
 from tests.conftest import write_daemon_config  # noqa: E402
+from tests.support import aws_peer, glance_peer, images, migratio_cli  # noqa: E402
 
 MIB = aws_peer.MIB
 OBJECT_LIMIT = 256 * MIB  # see the module docstring: moto's RAM
@@ -53,12 +53,12 @@ BUCKET = "migratio-bench-legacy"
 def legacy(source_id: str, moto_url: str, workdir: Path) -> dict[str, float]:
     """Download, convert to raw, upload the whole raw file to S3."""
     s3 = aws_peer.client("s3", moto_url)
-    site_a = glance.connect("site-a")
+    site_a = glance_peer.connect("site-a")
     source = workdir / "legacy.qcow2"
     raw = workdir / "legacy.raw"
     started = time.monotonic()
     with source.open("wb") as out:
-        for chunk in glance.chunks_of(site_a, source_id):
+        for chunk in glance_peer.chunks_of(site_a, source_id):
             out.write(chunk)
     downloaded = time.monotonic()
     subprocess.run(
@@ -113,7 +113,7 @@ class _Slice:
 def ebs_direct(source_id: str, moto_url: str, workdir: Path, sites: Path) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_daemon_config(workdir, sites, concurrency=1)
-    migration_id = daemon.submit(config, source_id, dest="aws-a")
+    migration_id = migratio_cli.submit(config, source_id, dest="aws-a")
     started = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-m", "migratio", "--config", str(config), "run", "--until-idle"],
@@ -127,7 +127,7 @@ def ebs_direct(source_id: str, moto_url: str, workdir: Path, sites: Path) -> dic
         time.sleep(0.01)
     process_seconds = time.monotonic() - started
     assert process.returncode == 0
-    shown = daemon.show(config, migration_id)
+    shown = migratio_cli.show(config, migration_id)
     assert shown["state"] == "done", shown["error"]
     assert [row["to"] for row in shown["history"]][-2:] == ["registering", "done"], "deduplicated?"
     stamps = {row["to"]: datetime.fromisoformat(row["at"].rstrip("Z")) for row in shown["history"]}
@@ -176,8 +176,8 @@ def main() -> None:
             raw = images.as_raw(image, scratch_dir / "bench.raw")
             nonzero = aws_peer.nonzero_blocks(raw)
             raw.unlink()
-            site_a = glance.connect("site-a")
-            source_id = glance.upload(site_a, image, name="bench-aws", architecture="x86_64")
+            site_a = glance_peer.connect("site-a")
+            source_id = glance_peer.upload(site_a, image, name="bench-aws", architecture="x86_64")
             results = []
             for round_number in range(args.rounds):
                 measured = {
@@ -190,7 +190,7 @@ def main() -> None:
                 measured["bytes_vs_nonzero"] = measured["ebs_blocks_put"] / nonzero
                 results.append(measured)
                 print(json.dumps({k: round(v, 3) for k, v in measured.items()}), flush=True)
-            glance.delete(site_a, source_id)
+            glance_peer.delete(site_a, source_id)
             ratios = sorted(r["time_ratio"] for r in results)
             median = ratios[len(ratios) // 2]
             legacy_median = sorted(r["legacy_seconds"] for r in results)[len(results) // 2]

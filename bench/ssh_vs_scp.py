@@ -39,9 +39,9 @@ import testbed_lib  # noqa: E402
 from migratio.config import OpenStackSshSite  # noqa: E402
 from migratio.drivers.base import RecordSpec  # noqa: E402
 from migratio.drivers.ssh import OpenStackSshSiteDriver  # noqa: E402
-from tests import glance, images  # noqa: E402
 from tests.conftest import write_daemon_config  # noqa: E402
-from tests.payloads import Payload  # noqa: E402
+from tests.support import glance_peer, images  # noqa: E402
+from tests.support.payloads import Payload  # noqa: E402
 
 MiB = 1024 * 1024
 SITE = "site-b-ssh"
@@ -79,8 +79,8 @@ def receive_copy(settings: OpenStackSshSite, source: Path, sha512: str) -> float
 def migrate(bed: testbed_lib.Bed, size_mib: int, workdir: Path) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     image = images.random_qcow2(workdir / "migrate.qcow2", size_mib)
-    site_a = glance.connect("site-a")
-    source_id = glance.upload(site_a, image, name="bench-ssh")
+    site_a = glance_peer.connect("site-a")
+    source_id = glance_peer.upload(site_a, image, name="bench-ssh")
     image.unlink()
     config = write_daemon_config(workdir, bed.sites_dir, concurrency=1)
     base = [sys.executable, "-m", "migratio", "--config", str(config)]
@@ -96,8 +96,8 @@ def migrate(bed: testbed_lib.Bed, size_mib: int, workdir: Path) -> dict[str, flo
         ).stdout
     )
     assert shown["state"] == "done", shown["error"]
-    glance.delete(glance.connect("site-b"), shown["dest_image_id"])
-    glance.delete(site_a, source_id)
+    glance_peer.delete(glance_peer.connect("site-b"), shown["dest_image_id"])
+    glance_peer.delete(site_a, source_id)
     stamps = [
         (row["to"], datetime.fromisoformat(row["at"].rstrip("Z"))) for row in shown["history"]
     ]

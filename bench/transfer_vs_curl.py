@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
 import testbed_lib  # noqa: E402
 
-from tests import glance, images  # noqa: E402
 from tests.conftest import write_daemon_config  # noqa: E402
+from tests.support import glance_peer, images  # noqa: E402
 
 
 def _image_api(conn: Connection) -> str:
@@ -47,7 +47,7 @@ def _token_header(workdir: Path, conn: Connection, name: str) -> Path:
 
 def curl_copy(source_id: str, size: int, workdir: Path) -> float:
     """The baseline: Glance A's download piped straight into Glance B's upload."""
-    site_a, site_b = glance.connect("site-a"), glance.connect("site-b")
+    site_a, site_b = glance_peer.connect("site-a"), glance_peer.connect("site-b")
     target = site_b.image.create_image(
         name="curl-baseline", disk_format="qcow2", container_format="bare", allow_duplicates=True
     )
@@ -65,9 +65,9 @@ def curl_copy(source_id: str, size: int, workdir: Path) -> float:
     writer = subprocess.run(upload, stdin=reader.stdout, check=True)
     assert reader.wait() == 0 and writer.returncode == 0
     elapsed = time.monotonic() - started
-    copied = glance.wait_active(site_b, str(target.id))
+    copied = glance_peer.wait_active(site_b, str(target.id))
     assert copied["size"] == size
-    glance.delete(site_b, str(target.id))
+    glance_peer.delete(site_b, str(target.id))
     return elapsed
 
 
@@ -121,7 +121,7 @@ def migratio_copy(source_id: str, workdir: Path, sites: Path) -> dict[str, float
     )
     assert shown["state"] == "done", shown["error"]
     stamps = {row["to"]: datetime.fromisoformat(row["at"].rstrip("Z")) for row in shown["history"]}
-    glance.delete(glance.connect("site-b"), shown["dest_image_id"])
+    glance_peer.delete(glance_peer.connect("site-b"), shown["dest_image_id"])
     return {
         "migration_seconds": (stamps["done"] - stamps["exporting"]).total_seconds(),
         "process_seconds": process_wall,
@@ -142,8 +142,8 @@ def main() -> None:
         try:
             image = images.random_qcow2(scratch_dir / "bench.qcow2", args.size_mib)
             size = image.stat().st_size
-            site_a = glance.connect("site-a")
-            source_id = glance.upload(site_a, image, name="bench")
+            site_a = glance_peer.connect("site-a")
+            source_id = glance_peer.upload(site_a, image, name="bench")
             image.unlink()
             results = []
             for round_number in range(args.rounds):
@@ -159,7 +159,7 @@ def main() -> None:
                     }
                 )
                 print(json.dumps(results[-1]), flush=True)
-            glance.delete(site_a, source_id)
+            glance_peer.delete(site_a, source_id)
             ratios = sorted(r["ratio"] for r in results)
             median = ratios[len(ratios) // 2]
             print(

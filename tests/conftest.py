@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "support" / "testbed"))
@@ -18,8 +17,9 @@ from openstack.connection import Connection  # noqa: E402
 
 from migratio.ledger.database import upgrade  # noqa: E402
 from migratio.ledger.store import Ledger  # noqa: E402
-from tests import glance, images  # noqa: E402
-from tests.ledgers import empty_ledger_engine  # noqa: E402
+from tests.support import glance_peer, images  # noqa: E402
+from tests.support.daemon_config import write_daemon_config  # noqa: E402
+from tests.support.ledgers import empty_ledger_engine  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -56,12 +56,12 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def site_a(testbed: testbed_lib.Bed) -> Connection:
     """Direct Glance access to site-a, independent of migratio's driver."""
-    return glance.connect("site-a")
+    return glance_peer.connect("site-a")
 
 
 @pytest.fixture(scope="session")
 def site_b(testbed: testbed_lib.Bed) -> Connection:
-    return glance.connect("site-b")
+    return glance_peer.connect("site-b")
 
 
 @pytest.fixture(scope="module")
@@ -87,23 +87,3 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
 def daemon_config(testbed: testbed_lib.Bed, tmp_path: Path) -> Path:
     """A daemon config of the test bed's sites with this test's own work dir and ledger."""
     return write_daemon_config(tmp_path, testbed.dir / "sites")
-
-
-def write_daemon_config(directory: Path, sites_dir: Path, **overrides: object) -> Path:
-    settings: dict[str, object] = {
-        "name": "site-a",
-        "work_dir": str(directory / "work"),
-        "sites_dir": str(sites_dir),
-        "concurrency": 2,
-        "lease_seconds": 6,
-        "poll_seconds": 0.2,
-        "progress_seconds": 0.1,
-        "retry": {"max_attempts": 3, "base_delay": 0.2, "max_delay": 1.0},
-    }
-    if bed_redis := os.environ.get("MIGRATIO_REDIS_URL"):
-        # The bed's private Redis: a test daemon never touches the machine's.
-        settings["redis_url"] = bed_redis
-    settings.update(overrides)
-    path = directory / "migratio.yml"
-    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
-    return path

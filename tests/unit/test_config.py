@@ -11,7 +11,7 @@ import pytest
 from migratio.config import load_settings
 from migratio.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(directory: Path, config: str, sites: dict[str, str]) -> Path:

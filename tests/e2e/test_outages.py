@@ -16,8 +16,8 @@ import testbed_lib
 from openstack.connection import Connection
 
 from migratio.ledger.store import Ledger
-from tests import daemon, glance, images
-from tests.conftest import write_daemon_config
+from tests.support import glance_peer, images, migratio_cli
+from tests.support.daemon_config import write_daemon_config
 
 pytestmark = pytest.mark.testbed
 
@@ -45,10 +45,14 @@ def _stop_glance_b_mid_upload(
     config: Path, site_a: Connection, tmp_path: Path, size_mib: int
 ) -> tuple[subprocess.Popen[bytes], Ledger, str, Path]:
     source_file = images.random_qcow2(tmp_path / "outage.qcow2", size_mib)
-    source_id = glance.upload(site_a, source_file, name="outage-template")
-    migration_id = daemon.submit(config, source_id)
-    running, ledger = daemon.start_and_wait(
-        config, migration_id, tmp_path / "daemon.log", state="uploading", min_bytes=8 * images.MIB
+    source_id = glance_peer.upload(site_a, source_file, name="outage-template")
+    migration_id = migratio_cli.submit(config, source_id)
+    running, ledger = migratio_cli.start_and_wait(
+        config,
+        migration_id,
+        tmp_path / "migratio_cli.log",
+        state="uploading",
+        min_bytes=8 * images.MIB,
     )
     return running, ledger, migration_id, source_file
 
@@ -71,17 +75,17 @@ def test_destination_glance_down_for_60_s_mid_upload_ends_done_with_one_image(
         assert ledger.get(migration_id).state not in ("done", "failed")
         testbed_lib.start_service(testbed.dir, "glance-site-b")
         outage = time.monotonic() - down_at
-        daemon.wait_for(ledger, migration_id, state="done", timeout=300)
+        migratio_cli.wait_for(ledger, migration_id, state="done", timeout=300)
     finally:
         running.send_signal(signal.SIGTERM)
         assert running.wait(60) == 0
 
     assert outage >= 60
-    shown = daemon.show(config, migration_id)
+    shown = migratio_cli.show(config, migration_id)
     assert shown["state"] == "done" and shown["error"] is None
     retries = [row for row in shown["history"] if "failed, retrying" in row["message"]]
     assert retries, "the outage should have cost at least one attempt"
-    tagged = glance.find(site_b, migratio_migration_id=migration_id)
+    tagged = glance_peer.find(site_b, migratio_migration_id=migration_id)
     assert [image["id"] for image in tagged] == [shown["dest_image_id"]]
     assert tagged[0]["status"] == "active"
     assert tagged[0]["os_hash_value"] == images.sha512_of(source_file)
@@ -100,7 +104,7 @@ def test_a_migration_failed_while_glance_was_down_leaves_no_record_once_it_is_ba
     running, ledger, migration_id, _ = _stop_glance_b_mid_upload(config, site_a, tmp_path, 384)
     try:
         testbed_lib.stop_service(testbed.dir, "glance-site-b")
-        daemon.wait_for(ledger, migration_id, state="failed", timeout=60)
+        migratio_cli.wait_for(ledger, migration_id, state="failed", timeout=60)
         pending = [a for a in ledger.artifacts(migration_id) if a.kind == "dest_image"]
         assert len(pending) == 1 and pending[0].last_error, pending
         testbed_lib.start_service(testbed.dir, "glance-site-b")
@@ -109,8 +113,8 @@ def test_a_migration_failed_while_glance_was_down_leaves_no_record_once_it_is_ba
     finally:
         running.send_signal(signal.SIGTERM)
         assert running.wait(60) == 0
-    assert glance.find(site_b, migratio_migration_id=migration_id) == []
-    shown = daemon.show(config, migration_id)
+    assert glance_peer.find(site_b, migratio_migration_id=migration_id) == []
+    shown = migratio_cli.show(config, migration_id)
     assert shown["state"] == "failed" and shown["error"].startswith("gave up after 2 attempts")
     removed = [a for a in shown["artifacts"] if a["kind"] == "dest_image"]
     assert [(a["status"], a["last_error"]) for a in removed] == [("removed", None)]
@@ -153,20 +157,20 @@ def test_an_unremovable_temp_file_is_recorded_and_retried_without_spinning(
     config = write_daemon_config(
         tmp_path, testbed.dir / "sites", work_dir=str(work), database_url=ledger_url
     )
-    source_id = glance.upload(
+    source_id = glance_peer.upload(
         site_a, images.random_qcow2(tmp_path / "s.qcow2", 2), name="read-only-work-dir"
     )
-    migration_id = daemon.submit(config, source_id, dest="site-b-raw")
+    migration_id = migratio_cli.submit(config, source_id, dest="site-b-raw")
     # A directory where the staging file goes, and the work dir remounted read-only:
     # neither the staging nor the cleanup can ever remove it.
     planted = work / migration_id / "source.qcow2.part"
     planted.mkdir(parents=True)
     _remount(work, "ro")
-    log = tmp_path / "daemon.log"
-    running = daemon.start(config, log)
+    log = tmp_path / "migratio_cli.log"
+    running = migratio_cli.start(config, log)
     try:
-        ledger = daemon.ledger_of(config)
-        daemon.wait_for(ledger, migration_id, state="failed", timeout=60)
+        ledger = migratio_cli.ledger_of(config)
+        migratio_cli.wait_for(ledger, migration_id, state="failed", timeout=60)
         _wait(lambda: _attempts(ledger, migration_id) >= 8, 60, "eight removal attempts")
         lines = [line for line in log.read_text().splitlines() if "cannot remove" in line]
         # One line per power of two: attempts 1, 2, 4 and 8 (and maybe 16).
@@ -175,7 +179,7 @@ def test_an_unremovable_temp_file_is_recorded_and_retried_without_spinning(
         assert log.read_text().count("Traceback") <= 3  # the three failed attempts
         [stuck] = ledger.artifacts(migration_id)
         assert stuck.ref == str(planted) and "Read-only file system" in (stuck.last_error or "")
-        shown = daemon.show(config, migration_id)
+        shown = migratio_cli.show(config, migration_id)
         assert shown["error"].startswith("gave up after 3 attempts")
         assert len(shown["artifacts"]) == 2  # not one more per attempt
 
@@ -185,7 +189,7 @@ def test_an_unremovable_temp_file_is_recorded_and_retried_without_spinning(
         running.send_signal(signal.SIGTERM)
         assert running.wait(60) == 0
     assert not (work / migration_id).exists()
-    shown = daemon.show(config, migration_id)
+    shown = migratio_cli.show(config, migration_id)
     assert [(a["status"], a["last_error"]) for a in shown["artifacts"]] == [
         ("removed", None),
         ("removed", None),
@@ -213,11 +217,11 @@ def test_a_full_work_dir_is_transient_and_the_migration_ends_done_once_space_fre
     )
     # 8 MiB of data: staged it fits in 12 MiB, converted beside it it does not.
     source_file = images.random_qcow2(tmp_path / "full.qcow2", 8)
-    source_id = glance.upload(site_a, source_file, name="work-dir-full")
-    migration_id = daemon.submit(config, source_id, dest="site-b-raw")
-    running = daemon.start(config, tmp_path / "daemon.log")
+    source_id = glance_peer.upload(site_a, source_file, name="work-dir-full")
+    migration_id = migratio_cli.submit(config, source_id, dest="site-b-raw")
+    running = migratio_cli.start(config, tmp_path / "migratio_cli.log")
     try:
-        ledger = daemon.ledger_of(config)
+        ledger = migratio_cli.ledger_of(config)
 
         def full() -> bool:
             return "work dir full" in (ledger.get(migration_id).last_error or "")
@@ -230,13 +234,13 @@ def test_a_full_work_dir_is_transient_and_the_migration_ends_done_once_space_fre
         # The half-written conversion is gone: only the staged source takes space.
         assert sorted(p.name for p in (work / migration_id).iterdir()) == ["source.qcow2"]
         _remount(work, "size=64m")
-        daemon.wait_for(ledger, migration_id, state="done", timeout=120)
+        migratio_cli.wait_for(ledger, migration_id, state="done", timeout=120)
     finally:
         running.send_signal(signal.SIGTERM)
         assert running.wait(60) == 0
-    shown = daemon.show(config, migration_id)
+    shown = migratio_cli.show(config, migration_id)
     assert any("work dir full" in row["message"] for row in shown["history"])
-    copy = glance.get(site_b, shown["dest_image_id"])
+    copy = glance_peer.get(site_b, shown["dest_image_id"])
     expected = images.sha512_of(images.as_raw(source_file, tmp_path / "expected.raw"))
     assert copy is not None and copy["os_hash_value"] == expected
     assert list(work.iterdir()) == []

@@ -20,11 +20,11 @@ from migratio.drivers.aws import AwsSiteDriver
 from migratio.drivers.aws_import import S3Object
 from migratio.drivers.base import RecordSpec
 from migratio.errors import PermanentError, ShuttingDown
-from tests import aws_peer, daemon, glance, images
-from tests.aws_transfer import FileTransfer
-from tests.conftest import write_daemon_config
-from tests.moto_front import MotoFront
-from tests.vm_import_emulation import UNSUPPORTED_VMDK, VmImportEmulation
+from tests.support import aws_peer, glance_peer, images, migratio_cli
+from tests.support.aws_transfer import FileTransfer
+from tests.support.daemon_config import write_daemon_config
+from tests.support.moto_front import MotoFront
+from tests.support.vm_import_emulation import UNSUPPORTED_VMDK, VmImportEmulation
 
 pytestmark = pytest.mark.testbed
 
@@ -101,10 +101,10 @@ def test_import_snapshot_end_to_end(
     ec2: Any,
     tmp_path: Path,
 ) -> None:
-    source_id = glance.upload(site_a, small_disk, name="arm template", architecture="aarch64")
-    migration_id = daemon.submit(config, source_id, dest="aws-import")
-    daemon.run_until_idle(config)
-    shown = daemon.show(config, migration_id)
+    source_id = glance_peer.upload(site_a, small_disk, name="arm template", architecture="aarch64")
+    migration_id = migratio_cli.submit(config, source_id, dest="aws-import")
+    migratio_cli.run_until_idle(config)
+    shown = migratio_cli.show(config, migration_id)
     assert shown["state"] == "done", shown["error"]
     assert "converted qcow2 to vmdk" in shown["history"][3]["message"]
 
@@ -153,11 +153,11 @@ def test_a_failed_import_task_fails_the_migration_with_aws_message(
     s3: Any,
     ec2: Any,
 ) -> None:
-    source_id = glance.upload(site_a, small_disk, name="doomed")
+    source_id = glance_peer.upload(site_a, small_disk, name="doomed")
     emulation.fail_next(UNSUPPORTED_VMDK)
-    migration_id = daemon.submit(config, source_id, dest="aws-import")
-    daemon.run_until_idle(config)
-    shown = daemon.show(config, migration_id)
+    migration_id = migratio_cli.submit(config, source_id, dest="aws-import")
+    migratio_cli.run_until_idle(config)
+    shown = migratio_cli.show(config, migration_id)
     assert shown["state"] == "failed"
     # Seen while AWS winds the task down (deleting) or after (deleted): a failure either way.
     assert re.search(

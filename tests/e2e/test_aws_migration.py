@@ -20,9 +20,9 @@ import pytest
 from openstack.connection import Connection
 
 from migratio.drivers.aws_blocks import BlockSet
-from tests import aws_peer, daemon, glance, images
-from tests.conftest import write_daemon_config
-from tests.moto_front import MotoFront
+from tests.support import aws_peer, glance_peer, images, migratio_cli
+from tests.support.daemon_config import write_daemon_config
+from tests.support.moto_front import MotoFront
 
 pytestmark = pytest.mark.testbed
 
@@ -64,9 +64,9 @@ def first_migration(
 ) -> tuple[Path, str, str]:
     """The scattered image migrated to the bed's ``aws-a`` once: (config, migration, source)."""
     config = write_daemon_config(tmp_path_factory.mktemp("first"), testbed.dir / "sites")
-    source_id = glance.upload(site_a, scattered, name="scattered 1G", architecture="x86_64")
-    migration_id = daemon.submit(config, source_id, dest="aws-a")
-    daemon.run_until_idle(config)
+    source_id = glance_peer.upload(site_a, scattered, name="scattered 1G", architecture="x86_64")
+    migration_id = migratio_cli.submit(config, source_id, dest="aws-a")
+    migratio_cli.run_until_idle(config)
     return config, migration_id, source_id
 
 
@@ -103,7 +103,7 @@ def test_scattered_qcow2_becomes_an_ami_by_ebs_direct(
     tmp_path: Path,
 ) -> None:
     config, migration_id, source_id = first_migration
-    shown = daemon.show(config, migration_id)
+    shown = migratio_cli.show(config, migration_id)
     assert shown["state"] == "done", shown["error"]
     assert [row["to"] for row in shown["history"]] == [
         "queued", "exporting", "converting", "uploading", "registering", "done",
@@ -151,10 +151,10 @@ def test_scattered_qcow2_becomes_an_ami_by_ebs_direct(
 
 def test_same_image_again_is_deduplicated(first_migration: tuple[Path, str, str], ec2: Any) -> None:
     config, first_id, source_id = first_migration
-    second_id = daemon.submit(config, source_id, dest="aws-a")
-    daemon.run_until_idle(config)
-    first = daemon.show(config, first_id)
-    second = daemon.show(config, second_id)
+    second_id = migratio_cli.submit(config, source_id, dest="aws-a")
+    migratio_cli.run_until_idle(config)
+    first = migratio_cli.show(config, first_id)
+    second = migratio_cli.show(config, second_id)
     assert second["state"] == "done", second["error"]
     assert [row["to"] for row in second["history"]] == ["queued", "exporting", "done"]
     assert "nothing copied" in second["history"][-1]["message"]
@@ -182,12 +182,12 @@ def test_sigkill_while_uploading_resumes_into_one_snapshot(
     aws_peer.write_site(sites, "aws-slow", front.url, workers=2)
     config = write_daemon_config(tmp_path, sites)
     # A new Glance image of the same bytes: the first one would be deduplicated.
-    source_id = glance.upload(site_a, scattered, name="scattered crash", architecture="x86_64")
-    migration_id = daemon.submit(config, source_id, dest="aws-slow")
-    ledger = daemon.ledger_of(config)
+    source_id = glance_peer.upload(site_a, scattered, name="scattered crash", architecture="x86_64")
+    migration_id = migratio_cli.submit(config, source_id, dest="aws-slow")
+    ledger = migratio_cli.ledger_of(config)
     front.block_delay = 0.1  # ~131 blocks, 2 at a time: ~6.5 s of upload
 
-    first = daemon.start(config, tmp_path / "daemon1.log")
+    first = migratio_cli.start(config, tmp_path / "daemon1.log")
     try:
         journal = _wait_for_journal(ledger, migration_id, blocks=20)
     finally:
@@ -203,8 +203,8 @@ def test_sigkill_while_uploading_resumes_into_one_snapshot(
     assert 0 < len(sent_before) < nonzero
 
     front.block_delay = 0.0
-    daemon.run_until_idle(config)
-    shown = daemon.show(config, migration_id)
+    migratio_cli.run_until_idle(config)
+    shown = migratio_cli.show(config, migration_id)
     assert shown["state"] == "done", shown["error"]
     assert any("taken over from" in row["message"] for row in shown["history"])
     assert shown["transfer_state"]["snapshot_id"] == snapshot_id  # reused, not restarted
@@ -278,19 +278,19 @@ def test_cancel_while_uploading_removes_the_snapshot(
     sites = private_sites(testbed, tmp_path)
     aws_peer.write_site(sites, "aws-slow", front.url, workers=2)
     config = write_daemon_config(tmp_path, sites)
-    source_id = glance.upload(site_a, scattered, name="scattered cancel")
-    migration_id = daemon.submit(config, source_id, dest="aws-slow")
-    ledger = daemon.ledger_of(config)
+    source_id = glance_peer.upload(site_a, scattered, name="scattered cancel")
+    migration_id = migratio_cli.submit(config, source_id, dest="aws-slow")
+    ledger = migratio_cli.ledger_of(config)
     front.block_delay = 0.1
-    running = daemon.start(config, tmp_path / "daemon.log")
+    running = migratio_cli.start(config, tmp_path / "migratio_cli.log")
     try:
         _wait_for_journal(ledger, migration_id, blocks=10)
         operations.cancel(load_settings(config), ledger, migration_id)
-        daemon.wait_for(ledger, migration_id, state="cancelled", timeout=60)
+        migratio_cli.wait_for(ledger, migration_id, state="cancelled", timeout=60)
     finally:
         running.send_signal(signal.SIGTERM)
         assert running.wait(30) == 0
-    shown = daemon.show(config, migration_id)
+    shown = migratio_cli.show(config, migration_id)
     assert shown["history"][-1]["from"] == "uploading"
     assert aws_peer.snapshots_of(ec2, migration_id) == []
     assert aws_peer.images_of(ec2, source_uuid=source_id) == []
@@ -305,10 +305,10 @@ def test_unsafe_qcow2_is_rejected_before_any_upload(
     daemon_config: Path, site_a: Connection, ec2: Any, tmp_path: Path
 ) -> None:
     evil = images.qcow2_with_backing_file(tmp_path / "evil.qcow2")
-    source_id = glance.upload(site_a, evil, name="evil")
-    migration_id = daemon.submit(daemon_config, source_id, dest="aws-a")
-    daemon.run_until_idle(daemon_config)
-    shown = daemon.show(daemon_config, migration_id)
+    source_id = glance_peer.upload(site_a, evil, name="evil")
+    migration_id = migratio_cli.submit(daemon_config, source_id, dest="aws-a")
+    migratio_cli.run_until_idle(daemon_config)
+    shown = migratio_cli.show(daemon_config, migration_id)
     assert shown["state"] == "failed"
     assert "backing file" in shown["error"]
     assert [row["to"] for row in shown["history"]] == ["queued", "exporting", "failed"]
@@ -326,10 +326,10 @@ def test_aws_down_is_retried_then_fails_with_a_clear_reason(
     aws_peer.write_site(sites, "aws-down", closed)
     config = write_daemon_config(tmp_path, sites)
     small = images.random_qcow2(tmp_path / "small.qcow2", 1)
-    source_id = glance.upload(site_a, small, name="small")
-    migration_id = daemon.submit(config, source_id, dest="aws-down")
-    daemon.run_until_idle(config)
-    shown = daemon.show(config, migration_id)
+    source_id = glance_peer.upload(site_a, small, name="small")
+    migration_id = migratio_cli.submit(config, source_id, dest="aws-down")
+    migratio_cli.run_until_idle(config)
+    shown = migratio_cli.show(config, migration_id)
     assert shown["state"] == "failed"
     assert shown["error"].startswith("gave up after 3 attempts: site aws-down: ")
     assert f'Could not connect to the endpoint URL: "{closed}' in shown["error"]
@@ -341,10 +341,12 @@ def test_unknown_region_is_refused(testbed: Any, site_a: Connection, tmp_path: P
     sites = private_sites(testbed, tmp_path)
     (sites / "aws-nowhere.yml").write_text("type: aws\nregion: xx-nowhere-9\n", encoding="utf-8")
     config = write_daemon_config(tmp_path, sites)
-    migration_id = daemon.submit(config, "00000000-0000-4000-8000-000000000000", dest="aws-nowhere")
+    migration_id = migratio_cli.submit(
+        config, "00000000-0000-4000-8000-000000000000", dest="aws-nowhere"
+    )
     started = time.monotonic()
-    daemon.run_until_idle(config)
-    shown = daemon.show(config, migration_id)
+    migratio_cli.run_until_idle(config)
+    shown = migratio_cli.show(config, migration_id)
     assert shown["state"] == "failed"
     assert "unknown AWS region 'xx-nowhere-9'" in shown["error"]
     assert [row["to"] for row in shown["history"]] == ["queued", "failed"]
@@ -356,7 +358,7 @@ def test_bad_endpoint_is_refused_at_start(testbed: Any, tmp_path: Path) -> None:
     bad = sites / "aws-bad.yml"
     bad.write_text("type: aws\nregion: eu-west-1\nendpoint_url: 127.0.0.1:4566\n", encoding="utf-8")
     config = write_daemon_config(tmp_path, sites)
-    result = daemon.cli(config, "run", "--until-idle", check=False)
+    result = migratio_cli.cli(config, "run", "--until-idle", check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"migratio: config error: {bad}: endpoint_url: Value error, must be an http(s) URL"

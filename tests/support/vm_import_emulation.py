@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from tests import aws_peer
-from tests.moto_front import FrontRequest, FrontResponse, MotoFront
+from tests.support import aws_peer
+from tests.support.moto_front import FrontRequest, FrontResponse, MotoFront
 
 EC2_NAMESPACE = "http://ec2.amazonaws.com/doc/2016-11-15/"
 ACTIONS = frozenset({"ImportSnapshot", "DescribeImportSnapshotTasks", "CancelImportTask"})

@@ -20,9 +20,9 @@ from sqlalchemy.exc import OperationalError
 
 from migratio.intake.consumer import DEAD_PAYLOAD_BYTES
 from migratio.ledger.database import make_engine
-from tests import daemon
-from tests.conftest import write_daemon_config
-from tests.redis_peer import PrivateRedis, sidekiq_job
+from tests.support import migratio_cli
+from tests.support.daemon_config import write_daemon_config
+from tests.support.redis_peer import PrivateRedis, sidekiq_job
 
 NS = "atmosphere"
 QUEUE = f"{NS}:queue:migration_site-a"
@@ -121,7 +121,7 @@ def test_bad_jobs_are_dead_lettered_with_their_reason_and_the_consumer_goes_on(
         redis_peer.client.lpush(QUEUE, raw)
     redis_peer.client.lpush(QUEUE, good)
 
-    result = daemon.run_until_idle(config, timeout=60)
+    result = migratio_cli.run_until_idle(config, timeout=60)
 
     letters = [json.loads(raw) for raw in reversed(redis_peer.client.lrange(DEAD, 0, -1))]
     assert len(letters) == len(BAD_JOBS)
@@ -162,8 +162,8 @@ def test_one_poison_job_in_a_batch_of_20_is_dead_lettered_alone_and_intake_never
     batch.insert(7, poison)
     for raw in batch:
         redis_peer.client.lpush(QUEUE, raw)
-    log = tmp_path / "daemon.log"
-    running = daemon.start(config, log)
+    log = tmp_path / "migratio_cli.log"
+    running = migratio_cli.start(config, log)
     try:
         wait_until(lambda: migration_count(config) == 19, what="the 19 good jobs")
         pushed = time.monotonic()
@@ -192,7 +192,7 @@ def test_dead_letters_keep_a_bounded_prefix_and_the_list_is_trimmed(
     small = [json.dumps({"class": f"nope-{n}"}).encode() for n in range(3)]
     for raw in (*huge, *small):
         redis_peer.client.lpush(QUEUE, raw)
-    daemon.run_until_idle(config, timeout=60)
+    migratio_cli.run_until_idle(config, timeout=60)
 
     letters = [json.loads(raw) for raw in redis_peer.client.lrange(DEAD, 0, -1)]
     assert [letter["reason"] for letter in letters] == [
@@ -204,7 +204,7 @@ def test_dead_letters_keep_a_bounded_prefix_and_the_list_is_trimmed(
     config = intake_config(tmp_path / "big", redis_peer.url)
     for raw in huge:
         redis_peer.client.lpush(QUEUE, raw)
-    daemon.run_until_idle(config, timeout=60)
+    migratio_cli.run_until_idle(config, timeout=60)
     stored = redis_peer.client.lrange(DEAD, 0, -1)
     assert len(stored) == 2
     for raw, letter_bytes in zip(reversed(huge), stored, strict=True):
@@ -230,10 +230,10 @@ def test_a_job_is_recorded_once_and_jobs_for_a_running_migration_join_it(
         b'{"class":"migratio","image":"img-3","to":"site-a","from":"site-b"}',
     ):
         redis_peer.client.lpush(QUEUE, raw)
-    daemon.run_until_idle(config, timeout=60)
+    migratio_cli.run_until_idle(config, timeout=60)
     # A redelivery after everything was recorded: still nothing new.
     redis_peer.client.lpush(QUEUE, first)
-    daemon.run_until_idle(config, timeout=60)
+    migratio_cli.run_until_idle(config, timeout=60)
 
     migrations = ledger_rows(
         config, "SELECT id, image_id, source_site, dest_site, job_id FROM migrations"
@@ -280,7 +280,7 @@ def test_jobs_held_by_a_dead_consumer_go_back_to_the_queue_at_start(
     redis_peer.client.lpush(prefix + "live-host:2:bbbbbb", sidekiq_job(["img-l", "site-b"]))
     redis_peer.client.set(f"{NS}:migratio:heartbeat:live-host:2:bbbbbb", "x", ex=60)
 
-    result = daemon.run_until_idle(config, timeout=60)
+    result = migratio_cli.run_until_idle(config, timeout=60)
 
     assert ledger_rows(config, "SELECT image_id FROM migrations") == [("img-d",)]
     assert "1 jobs of consumers without heartbeat back on" in result.stderr
@@ -291,11 +291,11 @@ def test_submit_via_redis_pushes_a_native_job_the_daemon_takes(
     tmp_path: Path, redis_peer: PrivateRedis
 ) -> None:
     config = intake_config(tmp_path, redis_peer.url)
-    jid = daemon.cli(config, "submit", "--via-redis", "--image", "img-9", "--to", "site-b")
+    jid = migratio_cli.cli(config, "submit", "--via-redis", "--image", "img-9", "--to", "site-b")
     jid_text = jid.stdout.strip()
     assert len(jid_text) == 24
     assert redis_peer.client.smembers(f"{NS}:queues") == {b"migration_site-a"}
-    refused = daemon.cli(
+    refused = migratio_cli.cli(
         config, "submit", "--via-redis", "--image", "x", "--to", "nowhere", check=False
     )
     assert refused.returncode == 2
@@ -304,7 +304,7 @@ def test_submit_via_redis_pushes_a_native_job_the_daemon_takes(
     )
     assert redis_peer.client.llen(QUEUE) == 1
 
-    daemon.run_until_idle(config, timeout=60)
+    migratio_cli.run_until_idle(config, timeout=60)
 
     assert ledger_rows(
         config, "SELECT image_id, source_site, dest_site, job_id FROM migrations"
@@ -316,8 +316,8 @@ def test_redis_down_at_start_is_logged_once_and_intake_begins_when_it_comes(
 ) -> None:
     peer = PrivateRedis(tmp_path / "redis")  # not started yet
     config = intake_config(tmp_path, peer.url, poll_seconds=0.2)
-    log = tmp_path / "daemon.log"
-    runner = daemon.start(config, log)
+    log = tmp_path / "migratio_cli.log"
+    runner = migratio_cli.start(config, log)
     try:
         wait_until(lambda: "unreachable" in log.read_text(), 30, "the outage to be logged")
         time.sleep(2)  # several reconnect attempts
@@ -346,8 +346,8 @@ def test_redis_killed_and_restarted_while_1000_jobs_are_consumed(tmp_path: Path)
         for n, jid in enumerate(jids):
             pipe.lpush(QUEUE, sidekiq_job([f"image-{n:04d}", "site-b"], jid=jid))
         pipe.execute()
-    log = tmp_path / "daemon.log"
-    runner = daemon.start(config, log)
+    log = tmp_path / "migratio_cli.log"
+    runner = migratio_cli.start(config, log)
     try:
         wait_until(lambda: migration_count(config) >= 150, 60, "150 jobs recorded")
         peer.kill()

@@ -21,13 +21,13 @@ from openstack.connection import Connection
 
 from migratio.intake.consumer import TEST_PAUSE_VARIABLE
 from migratio.ledger.store import Ledger
-from tests import daemon, glance, images
-from tests.conftest import write_daemon_config
-from tests.redis_peer import PrivateRedis, sidekiq_job
+from tests.support import glance_peer, images, migratio_cli
+from tests.support.daemon_config import write_daemon_config
+from tests.support.redis_peer import PrivateRedis, sidekiq_job
 
 pytestmark = pytest.mark.testbed
 
-RUBY = Path(__file__).resolve().parent / "ruby"
+RUBY = Path(__file__).resolve().parent.parent / "support" / "ruby"
 RUBY_PACKAGES = ["ruby", "ruby-sidekiq", "ruby-redis-namespace"]
 NS = "atmosphere"
 
@@ -41,7 +41,7 @@ def ruby_sidekiq() -> None:
 def source_image(site_a: Connection, tmp_path: Path) -> str:
     """A fresh 4 MiB template at site-a, so its copies at site-b can be counted."""
     path = images.random_qcow2(tmp_path / "template.qcow2", 4)
-    return glance.upload(site_a, path, name=f"sidekiq-{tmp_path.name}")
+    return glance_peer.upload(site_a, path, name=f"sidekiq-{tmp_path.name}")
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_atmosphere_sidekiq_job_migrates_and_every_status_reaches_its_worker(
     site_b: Connection,
 ) -> None:
     config = write_daemon_config(tmp_path, testbed.dir / "sites", redis_url=redis_peer.url)
-    runner = daemon.start(config, tmp_path / "daemon.log")
+    runner = migratio_cli.start(config, tmp_path / "migratio_cli.log")
     try:
         enqueued = subprocess.run(
             [
@@ -119,11 +119,11 @@ def test_atmosphere_sidekiq_job_migrates_and_every_status_reaches_its_worker(
             timeout=60,
         )
         jid = enqueued.stdout.strip()
-        ledger = daemon.ledger_of(config)
+        ledger = migratio_cli.ledger_of(config)
         _wait(lambda: _by_job(ledger, jid) is not None, 60, "the job to be recorded")
         migration_id = _by_job(ledger, jid)
         assert migration_id is not None
-        done = daemon.wait_for(ledger, migration_id, state="done", timeout=180)
+        done = migratio_cli.wait_for(ledger, migration_id, state="done", timeout=180)
         _wait(lambda: _done_received(feedback_server), 30, "the done message in Ruby")
     finally:
         runner.send_signal(signal.SIGTERM)
@@ -140,7 +140,9 @@ def test_atmosphere_sidekiq_job_migrates_and_every_status_reaches_its_worker(
         f"Migration done: image {done.dest_image_id} at site-b",
     ]
     assert len({line[0] for line in received}) == 6  # each message its own Sidekiq job
-    assert [c["id"] for c in glance.find(site_b, source_uuid=source_image)] == [done.dest_image_id]
+    assert [c["id"] for c in glance_peer.find(site_b, source_uuid=source_image)] == [
+        done.dest_image_id
+    ]
 
 
 def test_daemon_killed_between_move_and_ledger_commit_runs_the_job_exactly_once(
@@ -176,18 +178,18 @@ def test_daemon_killed_between_move_and_ledger_commit_runs_the_job_exactly_once(
     finally:
         first.kill()
         first.wait()
-    ledger = daemon.ledger_of(config)
+    ledger = migratio_cli.ledger_of(config)
     assert ledger.migrations() == []
 
     time.sleep(1.5)  # the dead daemon's heartbeat expires
-    daemon.run_until_idle(config, timeout=180)
-    daemon.run_until_idle(config, timeout=180)  # and nothing comes back a second time
+    migratio_cli.run_until_idle(config, timeout=180)
+    migratio_cli.run_until_idle(config, timeout=180)  # and nothing comes back a second time
 
     [migration] = ledger.migrations()
     assert (migration.image_id, migration.job_id, migration.state) == (source_image, jid, "done")
-    history = daemon.show(config, migration.id)["history"]
+    history = migratio_cli.show(config, migration.id)["history"]
     assert [row["to"] for row in history].count("exporting") == 1
-    assert [c["id"] for c in glance.find(site_b, source_uuid=source_image)] == [
+    assert [c["id"] for c in glance_peer.find(site_b, source_uuid=source_image)] == [
         migration.dest_image_id
     ]
     assert list(redis_peer.client.scan_iter(match=f"{NS}:migratio:processing:*")) == []

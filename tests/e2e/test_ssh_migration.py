@@ -16,13 +16,13 @@ import yaml
 from openstack.connection import Connection
 
 from migratio.drivers.ssh_hashes import STATE_KEY
-from tests import daemon, glance, images
-from tests.conftest import write_daemon_config
+from tests.support import glance_peer, images, migratio_cli
+from tests.support.daemon_config import write_daemon_config
 
 pytestmark = pytest.mark.testbed
 
 SSH_SITE = "site-b-ssh"
-PROPERTIES = glance.TEMPLATE_PROPERTIES
+PROPERTIES = glance_peer.TEMPLATE_PROPERTIES
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def staging_dir(testbed: Any) -> Path:
 
 @pytest.fixture(scope="module")
 def source_64(site_a: Connection, qcow2_64: Path) -> str:
-    return glance.upload_template(site_a, qcow2_64, "template-64-over-ssh")
+    return glance_peer.upload_template(site_a, qcow2_64, "template-64-over-ssh")
 
 
 def staged(staging_dir: Path, migration_id: str) -> list[Path]:
@@ -47,19 +47,19 @@ def test_qcow2_migrates_over_ssh_with_properties_then_deduplicates(
     qcow2_64: Path,
     staging_dir: Path,
 ) -> None:
-    migration_id = daemon.submit(daemon_config, source_64, dest=SSH_SITE)
-    daemon.run_until_idle(daemon_config)
-    shown = daemon.show(daemon_config, migration_id)
+    migration_id = migratio_cli.submit(daemon_config, source_64, dest=SSH_SITE)
+    migratio_cli.run_until_idle(daemon_config)
+    shown = migratio_cli.show(daemon_config, migration_id)
 
     assert shown["state"] == "done", shown["error"]
     assert [row["to"] for row in shown["history"]] == [
         "queued", "exporting", "converting", "uploading", "registering", "done",
     ]  # fmt: skip
-    copy = glance.get(site_b, shown["dest_image_id"])
+    copy = glance_peer.get(site_b, shown["dest_image_id"])
     assert copy is not None and copy["status"] == "active"
     source_sha512 = images.sha512_of(qcow2_64)
     assert copy["os_hash_value"] == source_sha512
-    assert glance.sha512_of_image(site_b, copy["id"]) == source_sha512
+    assert glance_peer.sha512_of_image(site_b, copy["id"]) == source_sha512
     assert shown["source_sha512"] == shown["dest_sha512"] == source_sha512
     expected = {
         "name": "template-64-over-ssh",
@@ -82,13 +82,13 @@ def test_qcow2_migrates_over_ssh_with_properties_then_deduplicates(
     ]
     assert staged(staging_dir, migration_id) == []
 
-    again = daemon.submit(daemon_config, source_64, dest=SSH_SITE)
-    daemon.run_until_idle(daemon_config)
-    second = daemon.show(daemon_config, again)
+    again = migratio_cli.submit(daemon_config, source_64, dest=SSH_SITE)
+    migratio_cli.run_until_idle(daemon_config)
+    second = migratio_cli.show(daemon_config, again)
     assert [row["to"] for row in second["history"]] == ["queued", "exporting", "done"]
     assert "nothing copied" in second["history"][-1]["message"]
     assert second["dest_image_id"] == copy["id"]
-    assert [c["id"] for c in glance.find(site_b, source_uuid=source_64)] == [copy["id"]]
+    assert [c["id"] for c in glance_peer.find(site_b, source_uuid=source_64)] == [copy["id"]]
 
 
 @pytest.mark.parametrize(
@@ -110,12 +110,12 @@ def test_a_name_that_is_a_shell_command_arrives_unchanged_and_runs_nothing(
     marker = Path(f"/tmp/pwned-{uuid.uuid4()}")
     name = template.format(marker=marker)
     small = images.random_qcow2(tmp_path / "small.qcow2", 2)
-    source_id = glance.upload(site_a, small, name=name, os_distro=f"x'; touch {marker}; '")
-    migration_id = daemon.submit(daemon_config, source_id, dest=SSH_SITE)
-    daemon.run_until_idle(daemon_config)
-    shown = daemon.show(daemon_config, migration_id)
+    source_id = glance_peer.upload(site_a, small, name=name, os_distro=f"x'; touch {marker}; '")
+    migration_id = migratio_cli.submit(daemon_config, source_id, dest=SSH_SITE)
+    migratio_cli.run_until_idle(daemon_config)
+    shown = migratio_cli.show(daemon_config, migration_id)
     assert shown["state"] == "done", shown["error"]
-    copy = glance.get(site_b, shown["dest_image_id"])
+    copy = glance_peer.get(site_b, shown["dest_image_id"])
     assert copy is not None
     assert copy["name"] == name
     assert copy["os_distro"] == f"x'; touch {marker}; '"
@@ -148,9 +148,9 @@ def test_a_host_that_cannot_be_trusted_or_entered_fails_clearly_and_gets_nothing
     (sites / f"{SSH_SITE}.yml").write_text(yaml.safe_dump(site))
     config = write_daemon_config(tmp_path, sites)
 
-    migration_id = daemon.submit(config, source_64, dest=SSH_SITE)
-    daemon.run_until_idle(config)
-    shown = daemon.show(config, migration_id)
+    migration_id = migratio_cli.submit(config, source_64, dest=SSH_SITE)
+    migratio_cli.run_until_idle(config)
+    shown = migratio_cli.show(config, migration_id)
     assert shown["state"] == "failed"
     assert expected in shown["error"] and "\n" not in shown["error"]
     assert [row["to"] for row in shown["history"]] == ["queued", "exporting", "failed"]
@@ -166,12 +166,12 @@ def test_sigkill_during_the_sftp_upload_resumes_and_resends_little(
 ) -> None:
     source_file = images.random_qcow2(tmp_path / "random256.qcow2", 256)
     size = source_file.stat().st_size
-    source_id = glance.upload(site_a, source_file, name="template-256-over-ssh")
-    migration_id = daemon.submit(daemon_config, source_id, dest=SSH_SITE)
-    ledger = daemon.ledger_of(daemon_config)
+    source_id = glance_peer.upload(site_a, source_file, name="template-256-over-ssh")
+    migration_id = migratio_cli.submit(daemon_config, source_id, dest=SSH_SITE)
+    ledger = migratio_cli.ledger_of(daemon_config)
     part = staging_dir / f"{migration_id}.part"
 
-    first = daemon.start(daemon_config, tmp_path / "daemon1.log")
+    first = migratio_cli.start(daemon_config, tmp_path / "daemon1.log")
     try:
         # Killed once the upload journal holds a block (it is saved about once a
         # second), so the restart has something to resume from.
@@ -187,8 +187,8 @@ def test_sigkill_during_the_sftp_upload_resumes_and_resends_little(
     on_host_at_kill = part.stat().st_size
     assert 0 < on_host_at_kill < size
 
-    daemon.run_until_idle(daemon_config, timeout=300)
-    shown = daemon.show(daemon_config, migration_id)
+    migratio_cli.run_until_idle(daemon_config, timeout=300)
+    shown = migratio_cli.show(daemon_config, migration_id)
     assert shown["state"] == "done", shown["error"]
     assert any("taken over from" in row["message"] for row in shown["history"])
 
@@ -201,11 +201,11 @@ def test_sigkill_during_the_sftp_upload_resumes_and_resends_little(
     # Sent over both attempts (the first one's count as of its last save).
     assert journal["sent"] - size <= 64 * images.MIB
 
-    tagged = glance.find(site_b, migratio_migration_id=migration_id)
+    tagged = glance_peer.find(site_b, migratio_migration_id=migration_id)
     assert [image["id"] for image in tagged] == [shown["dest_image_id"]]
     assert tagged[0]["status"] == "active"
     assert tagged[0]["os_hash_value"] == images.sha512_of(source_file)
-    assert len(glance.find(site_b, source_uuid=source_id)) == 1
+    assert len(glance_peer.find(site_b, source_uuid=source_id)) == 1
     assert staged(staging_dir, migration_id) == []
     assert all(a["status"] != "present" for a in shown["artifacts"])
 
@@ -218,9 +218,9 @@ def test_sigkill_while_registering_leaves_one_image(
     staging_dir: Path,
 ) -> None:
     source_file = images.random_qcow2(tmp_path / "random64.qcow2", 64)
-    source_id = glance.upload(site_a, source_file, name="template-register-crash")
-    migration_id = daemon.submit(daemon_config, source_id, dest=SSH_SITE)
-    first, ledger = daemon.start_and_wait(
+    source_id = glance_peer.upload(site_a, source_file, name="template-register-crash")
+    migration_id = migratio_cli.submit(daemon_config, source_id, dest=SSH_SITE)
+    first, ledger = migratio_cli.start_and_wait(
         daemon_config, migration_id, tmp_path / "daemon1.log", state="registering"
     )
     # Into `openstack image create`, which dies with the SSH session.
@@ -228,13 +228,13 @@ def test_sigkill_while_registering_leaves_one_image(
     first.send_signal(signal.SIGKILL)
     first.wait(30)
     assert ledger.get(migration_id).state == "registering"
-    left = glance.find(site_b, migratio_migration_id=migration_id)
+    left = glance_peer.find(site_b, migratio_migration_id=migration_id)
     print("left by the killed registration:", [image["status"] for image in left])
 
-    daemon.run_until_idle(daemon_config, timeout=300)
-    shown = daemon.show(daemon_config, migration_id)
+    migratio_cli.run_until_idle(daemon_config, timeout=300)
+    shown = migratio_cli.show(daemon_config, migration_id)
     assert shown["state"] == "done", shown["error"]
-    tagged = glance.find(site_b, migratio_migration_id=migration_id)
+    tagged = glance_peer.find(site_b, migratio_migration_id=migration_id)
     assert [(image["id"], image["status"]) for image in tagged] == [
         (shown["dest_image_id"], "active")
     ]
@@ -251,10 +251,10 @@ def test_cancel_after_a_crash_mid_upload_removes_the_staging_file(
     staging_dir: Path,
 ) -> None:
     source_file = images.random_qcow2(tmp_path / "random128.qcow2", 128)
-    source_id = glance.upload(site_a, source_file, name="template-cancel-over-ssh")
-    migration_id = daemon.submit(daemon_config, source_id, dest=SSH_SITE)
+    source_id = glance_peer.upload(site_a, source_file, name="template-cancel-over-ssh")
+    migration_id = migratio_cli.submit(daemon_config, source_id, dest=SSH_SITE)
     part = staging_dir / f"{migration_id}.part"
-    first = daemon.start(daemon_config, tmp_path / "daemon1.log")
+    first = migratio_cli.start(daemon_config, tmp_path / "daemon1.log")
     try:
         deadline = time.monotonic() + 120
         while not (part.exists() and part.stat().st_size >= 8 * images.MIB):
@@ -265,10 +265,10 @@ def test_cancel_after_a_crash_mid_upload_removes_the_staging_file(
         first.wait(30)
     assert staged(staging_dir, migration_id) == [part]
 
-    daemon.cli(daemon_config, "cancel", migration_id)
-    daemon.run_until_idle(daemon_config)
-    shown = daemon.show(daemon_config, migration_id)
+    migratio_cli.cli(daemon_config, "cancel", migration_id)
+    migratio_cli.run_until_idle(daemon_config)
+    shown = migratio_cli.show(daemon_config, migration_id)
     assert shown["state"] == "cancelled"
     assert staged(staging_dir, migration_id) == []
-    assert glance.find(site_b, migratio_migration_id=migration_id) == []
+    assert glance_peer.find(site_b, migratio_migration_id=migration_id) == []
     assert all(a["status"] != "present" for a in shown["artifacts"])

@@ -38,8 +38,8 @@ from migratio.drivers.ssh import OpenStackSshSiteDriver
 from migratio.drivers.ssh_hashes import BLOCK_SIZE, STATE_KEY
 from migratio.drivers.ssh_keys import ChangedHostKey, UnknownHostKey
 from migratio.errors import IntegrityError, PermanentError, ShuttingDown, TransientError
-from tests import glance
-from tests.payloads import Payload
+from tests.support import glance_peer
+from tests.support.payloads import Payload
 
 pytestmark = pytest.mark.testbed
 
@@ -66,7 +66,7 @@ def site(testbed: Any, staging: Path) -> Iterator[OpenStackSshSiteDriver]:
 
 @pytest.fixture
 def site_b(testbed: Any) -> Any:
-    return glance.connect("site-b")
+    return glance_peer.connect("site-b")
 
 
 class Made:
@@ -78,7 +78,7 @@ class Made:
 
     def cleanup(self) -> None:
         for image_id in self.ids:
-            glance.delete(self.site_b, image_id)
+            glance_peer.delete(self.site_b, image_id)
 
 
 @pytest.fixture
@@ -389,7 +389,7 @@ def test_record_lifecycle_register_find_copy_and_remove(
     assert registered.is_active and registered.sha512 == digest and registered.size == 2 * MiB
     assert staged_files(staging) == []
 
-    image = glance.get(site_b, registered.id)
+    image = glance_peer.get(site_b, registered.id)
     assert image is not None
     expected = {
         "name": "lifecycle",
@@ -420,7 +420,7 @@ def test_record_lifecycle_register_find_copy_and_remove(
     assert site.find_copy(Provenance(source_uuid, "site-c", digest), "raw") is None
 
     site.remove(registered.id)
-    assert glance.get(site_b, registered.id) is None
+    assert glance_peer.get(site_b, registered.id) is None
     site.remove(registered.id)  # already gone is fine
     assert site.get_record(registered.id) is None
 
@@ -444,8 +444,10 @@ def test_an_interrupted_registration_is_replaced_by_a_whole_one(
     registered = site.register(record.id, registration("whole"))
     made.ids.append(registered.id)
     assert registered.id != half.id and registered.sha512 == digest
-    assert glance.get(site_b, half.id) is None
-    assert [i["id"] for i in glance.find(site_b, **{MIGRATION_ID: migration_id})] == [registered.id]
+    assert glance_peer.get(site_b, half.id) is None
+    assert [i["id"] for i in glance_peer.find(site_b, **{MIGRATION_ID: migration_id})] == [
+        registered.id
+    ]
 
 
 def test_names_and_values_with_shell_metacharacters_reach_glance_as_they_are(
@@ -465,7 +467,7 @@ def test_names_and_values_with_shell_metacharacters_reach_glance_as_they_are(
         value = f"$(touch {marker});`touch {marker}`|touch {marker}&&x=y ✓"
         registered = site.register(record.id, registration(name, os_note=value))
         made.ids.append(registered.id)
-        image = glance.get(site_b, registered.id)
+        image = glance_peer.get(site_b, registered.id)
         assert image is not None
         assert (image["name"], image["os_note"]) == (name, value)
     assert not marker.exists()

@@ -15,9 +15,9 @@ from openstack.connection import Connection
 
 from migratio import operations
 from migratio.config import load_settings
-from tests import daemon, glance, images
-from tests.conftest import write_daemon_config
-from tests.ledgers import empty_ledger_engine
+from tests.support import glance_peer, images, migratio_cli
+from tests.support.daemon_config import write_daemon_config
+from tests.support.ledgers import empty_ledger_engine
 
 pytestmark = pytest.mark.testbed
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.testbed
 @pytest.fixture(scope="module")
 def small_source(site_a: Connection, tmp_path_factory: pytest.TempPathFactory) -> str:
     path = images.random_qcow2(tmp_path_factory.mktemp("img") / "small.qcow2", 4)
-    return glance.upload(site_a, path, name="small-template")
+    return glance_peer.upload(site_a, path, name="small-template")
 
 
 def _closed_port() -> int:
@@ -62,9 +62,9 @@ def test_unreachable_destination_is_retried_then_failed(
     env = {"OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml")}
     config = write_daemon_config(tmp_path, sites)
 
-    migration_id = daemon.submit(config, small_source, dest="dead")
-    daemon.run_until_idle(config, env=env)
-    shown = daemon.show(config, migration_id)
+    migration_id = migratio_cli.submit(config, small_source, dest="dead")
+    migratio_cli.run_until_idle(config, env=env)
+    shown = migratio_cli.show(config, migration_id)
     assert shown["state"] == "failed"
     assert shown["error"].startswith("gave up after 3 attempts: ")
     retries = [row for row in shown["history"] if row["from"] == row["to"] == "exporting"]
@@ -85,7 +85,9 @@ def test_two_daemons_share_a_postgresql_ledger(
     empty_ledger_engine(postgres_url).dispose()
     bed_dir = testbed.dir
     sources = [
-        glance.upload(site_a, images.random_qcow2(tmp_path / f"pg{n}.qcow2", 24), name=f"pg-{n}")
+        glance_peer.upload(
+            site_a, images.random_qcow2(tmp_path / f"pg{n}.qcow2", 24), name=f"pg-{n}"
+        )
         for n in range(6)
     ]
     configs = [
@@ -95,16 +97,16 @@ def test_two_daemons_share_a_postgresql_ledger(
         for n in range(2)
         if (tmp_path / f"host{n}").mkdir() is None
     ]
-    runners = [daemon.start(config, config.parent / "daemon.log") for config in configs]
+    runners = [migratio_cli.start(config, config.parent / "migratio_cli.log") for config in configs]
     try:
         for config in configs:
-            _wait_for_log(config.parent / "daemon.log", "starting")
+            _wait_for_log(config.parent / "migratio_cli.log", "starting")
         # Submitted in-process, all at once, so both daemons find work waiting.
-        ledger = daemon.ledger_of(configs[0])
+        ledger = migratio_cli.ledger_of(configs[0])
         settings = load_settings(configs[0])
         ids = [operations.submit(settings, ledger, s, "site-a", "site-b").id for s in sources]
         for migration_id in ids:
-            daemon.wait_for(ledger, migration_id, state="done", timeout=300)
+            migratio_cli.wait_for(ledger, migration_id, state="done", timeout=300)
     finally:
         for runner in runners:
             runner.send_signal(signal.SIGTERM)
@@ -112,12 +114,12 @@ def test_two_daemons_share_a_postgresql_ledger(
 
     hosts_seen = set()
     for migration_id, source in zip(ids, sources, strict=True):
-        shown = daemon.show(configs[1], migration_id)
+        shown = migratio_cli.show(configs[1], migration_id)
         assert shown["state"] == "done", shown["error"]
         starts = [row for row in shown["history"] if row["to"] == "exporting"]
         assert len(starts) == 1
         hosts_seen.add(starts[0]["pid"])
-        assert [c["id"] for c in glance.find(site_b, source_uuid=source)] == [
+        assert [c["id"] for c in glance_peer.find(site_b, source_uuid=source)] == [
             shown["dest_image_id"]
         ]
     assert len(ledger.migrations()) == len(sources)

@@ -46,8 +46,8 @@ from migratio.errors import (
     TransientError,
     UnsafeImage,
 )
-from tests import glance
-from tests.payloads import Payload
+from tests.support import glance_peer
+from tests.support.payloads import Payload
 
 pytestmark = pytest.mark.testbed
 
@@ -346,8 +346,8 @@ def test_describe_an_image_another_client_made(site_a: OpenStackSiteDriver, tmp_
     """openstacksdk's create_image adds owner_specified.* and types hw_* values itself."""
     path = tmp_path / "disk.qcow2"
     path.write_bytes(_qcow2(tmp_path))
-    conn = glance.connect("site-a")
-    image_id = glance.upload(
+    conn = glance_peer.connect("site-a")
+    image_id = glance_peer.upload(
         conn,
         path,
         name="made elsewhere",
@@ -359,7 +359,7 @@ def test_describe_an_image_another_client_made(site_a: OpenStackSiteDriver, tmp_
     try:
         image = site_a.describe(image_id)
     finally:
-        glance.delete(conn, image_id)
+        glance_peer.delete(conn, image_id)
         conn.close()
     assert image.disk_format == "qcow2"
     assert image.sha512 == hashlib.sha512(path.read_bytes()).hexdigest()

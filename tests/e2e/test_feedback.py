@@ -19,8 +19,8 @@ from migratio.ledger.database import make_engine, upgrade
 from migratio.ledger.store import JobRequest, Ledger
 from migratio.operations import open_ledger
 from migratio.redis_link import RedisLink
-from tests.ledgers import empty_ledger_engine
-from tests.redis_peer import PrivateRedis
+from tests.support.ledgers import empty_ledger_engine
+from tests.support.redis_peer import PrivateRedis
 
 FEEDBACK = "atmosphere:queue:feedback"
 WORKER = "Atmosphere::UpdateMigrationJobStatusWorker"

@@ -36,9 +36,9 @@ from migratio.errors import (
     ShuttingDown,
     TransientError,
 )
-from tests import aws_peer
-from tests.aws_transfer import FileTransfer
-from tests.moto_front import MotoFront
+from tests.support import aws_peer
+from tests.support.aws_transfer import FileTransfer
+from tests.support.moto_front import MotoFront
 
 # -- blocks -------------------------------------------------------------------------
 

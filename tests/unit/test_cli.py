@@ -16,7 +16,7 @@ from migratio.config import load_settings
 from migratio.ledger.store import Ledger
 from migratio.machine import Trigger
 from migratio.operations import open_ledger
-from tests import daemon
+from tests.support import migratio_cli
 
 EVIL_IMAGE = "evil\x1b[31mRED\u202e\nforged line\x07"
 
@@ -51,20 +51,20 @@ def config(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def ledger(config: Path) -> Ledger:
-    daemon.cli(config, "db", "upgrade")
+    migratio_cli.cli(config, "db", "upgrade")
     return open_ledger(load_settings(config))
 
 
 def test_status_of_an_unknown_state_is_a_usage_error(ledger: Ledger, config: Path) -> None:
-    result = daemon.cli(config, "status", "--state", "bogus", check=False)
+    result = migratio_cli.cli(config, "status", "--state", "bogus", check=False)
     assert result.returncode == 2
     assert "Invalid value for '--state': 'bogus' is not one of" in result.stderr
-    assert daemon.cli(config, "status", "--state", "queued").returncode == 0
+    assert migratio_cli.cli(config, "status", "--state", "queued").returncode == 0
 
 
 def test_status_without_a_ledger_creates_nothing(config: Path, tmp_path: Path) -> None:
     for command in (["status"], ["show", "0123abcd"]):
-        line = _one_line(daemon.cli(config, *command, check=False), 1)
+        line = _one_line(migratio_cli.cli(config, *command, check=False), 1)
         assert line == (
             f"migratio: no ledger at {tmp_path / 'work' / 'ledger.sqlite'}: start the daemon "
             "(migratio run) or run 'migratio db upgrade' first"
@@ -75,13 +75,13 @@ def test_status_without_a_ledger_creates_nothing(config: Path, tmp_path: Path) -
 def test_a_config_or_site_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     config = _config(tmp_path)
     config.write_bytes(config.read_bytes() + b"# caf\xe9\n")
-    line = _one_line(daemon.cli(config, "status", check=False), 2)
+    line = _one_line(migratio_cli.cli(config, "status", check=False), 2)
     assert line.startswith(f"migratio: config error: {config}: is not UTF-8 text (byte 0xe9")
 
     config = _config(tmp_path / "other")
     site = tmp_path / "other" / "sites" / "site-b.yml"
     site.write_bytes(b"type: openstack\ncloud: \xff\n")
-    line = _one_line(daemon.cli(config, "status", check=False), 2)
+    line = _one_line(migratio_cli.cli(config, "status", check=False), 2)
     assert line.startswith(f"migratio: config error: {site}: is not UTF-8 text (byte 0xff")
 
 
@@ -98,7 +98,7 @@ def test_a_ledger_the_config_cannot_name_is_a_config_error(
 ) -> None:
     config = _config(tmp_path, **settings)
     for command in (["status"], ["run", "--until-idle"]):
-        line = _one_line(daemon.cli(config, *command, check=False), 2)
+        line = _one_line(migratio_cli.cli(config, *command, check=False), 2)
         assert line.startswith(f"migratio: config error: {config}: {expected}"), line
 
 
@@ -109,7 +109,7 @@ def test_an_unreachable_postgresql_ledger_is_one_line(tmp_path: Path) -> None:
     url = f"postgresql://migratio:secret@127.0.0.1:{port}/ledger"
     config = _config(tmp_path, database_url=url)
     for command in (["status"], ["db", "upgrade"], ["run", "--until-idle"]):
-        line = _one_line(daemon.cli(config, *command, check=False), 1)
+        line = _one_line(migratio_cli.cli(config, *command, check=False), 1)
         where = f"postgresql+psycopg://migratio:***@127.0.0.1:{port}/ledger"
         assert line.startswith(f"migratio: cannot open the ledger at {where}: "), line
         assert "secret" not in line
@@ -117,7 +117,7 @@ def test_an_unreachable_postgresql_ledger_is_one_line(tmp_path: Path) -> None:
 
 def test_submit_to_an_unknown_site_is_a_usage_error(config: Path, tmp_path: Path) -> None:
     for flags in (["--to", "nowhere"], ["--from", "elsewhere", "--to", "site-b"]):
-        result = daemon.cli(config, "submit", "--image", "i", *flags, check=False)
+        result = migratio_cli.cli(config, "submit", "--image", "i", *flags, check=False)
         line = _one_line(result, 2)
         unknown = flags[1]
         option = flags[0]
@@ -133,24 +133,24 @@ def test_id_prefixes_match_literally(ledger: Ledger, config: Path) -> None:
     ledger.transition(failed.id, None, Trigger.FAIL, "test", last_error="x")
     prefix = failed.id[:7]
     for pattern in (prefix + "_", prefix[:3] + "%", failed.id[:8].upper(), "\\", ""):
-        result = daemon.cli(config, "show", pattern, check=False)
+        result = migratio_cli.cli(config, "show", pattern, check=False)
         line = _one_line(result, 2)
         assert line.startswith("migratio: usage error: ") and "not a migration id" in line
-    line = _one_line(daemon.cli(config, "retry", prefix + "_", check=False), 2)
+    line = _one_line(migratio_cli.cli(config, "retry", prefix + "_", check=False), 2)
     assert ledger.get(failed.id).state == "failed"
-    assert daemon.show(config, failed.id[:8])["id"] == failed.id
+    assert migratio_cli.show(config, failed.id[:8])["id"] == failed.id
 
 
 def test_remote_text_cannot_drive_the_terminal(ledger: Ledger, config: Path) -> None:
     migration = ledger.create("site-a", "site-b", EVIL_IMAGE, message=f"job for {EVIL_IMAGE}")
 
-    table = daemon.cli(config, "status").stdout
-    shown = daemon.cli(config, "show", migration.id).stdout
+    table = migratio_cli.cli(config, "status").stdout
+    shown = migratio_cli.cli(config, "show", migration.id).stdout
     for output in (table, shown):
         assert not any(char in output for char in "\x1b\u202e\x07")
         assert "evil\\x1b[31mRED\\u202e\\nforged line\\x07" in output
     assert not any(line.startswith("forged line") for line in shown.splitlines())
     # Machine-readable output stays exact.
-    assert daemon.show(config, migration.id)["image_id"] == EVIL_IMAGE
-    rows = json.loads(daemon.cli(config, "status", "--json").stdout)
+    assert migratio_cli.show(config, migration.id)["image_id"] == EVIL_IMAGE
+    rows = json.loads(migratio_cli.cli(config, "status", "--json").stdout)
     assert rows[0]["image"] == EVIL_IMAGE
