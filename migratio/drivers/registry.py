@@ -17,7 +17,7 @@ SiteFactory = Callable[[config.Site], Site]
 
 def _openstack(site: config.Site) -> Site:
     # Imported here: openstacksdk is slow to import and only OpenStack sites need it.
-    from migratio.drivers.openstack import OpenStackSiteDriver
+    from migratio.drivers.openstack.driver import OpenStackSiteDriver
 
     if not isinstance(site.settings, config.OpenStackSite):
         raise ConfigError(site.id, "type", "is not an OpenStack site")
@@ -25,7 +25,7 @@ def _openstack(site: config.Site) -> Site:
 
 
 def _openstack_ssh(site: config.Site) -> Site:
-    from migratio.drivers.ssh import OpenStackSshSiteDriver
+    from migratio.drivers.ssh.driver import OpenStackSshSiteDriver
 
     if not isinstance(site.settings, config.OpenStackSshSite):
         raise ConfigError(site.id, "type", "is not an OpenStack-over-SSH site")
@@ -34,7 +34,7 @@ def _openstack_ssh(site: config.Site) -> Site:
 
 def _aws(site: config.Site) -> Site:
     # Imported here: boto3 is slow to import and only AWS sites need it.
-    from migratio.drivers.aws import AwsSiteDriver, check_region
+    from migratio.drivers.aws.driver import AwsSiteDriver, check_region
 
     if not isinstance(site.settings, config.AwsSite):
         raise ConfigError(site.id, "type", "is not an AWS site")

@@ -16,8 +16,8 @@ import pytest
 from openstack.connection import Connection
 
 from migratio.config import AwsSite
-from migratio.drivers.aws import AwsSiteDriver
-from migratio.drivers.aws_import import S3Object
+from migratio.drivers.aws.driver import AwsSiteDriver
+from migratio.drivers.aws.imports import S3Object
 from migratio.drivers.base import RecordSpec
 from migratio.errors import PermanentError, ShuttingDown
 from tests.support import aws_peer, glance_peer, images, migratio_cli

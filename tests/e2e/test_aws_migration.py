@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from openstack.connection import Connection
 
-from migratio.drivers.aws_blocks import BlockSet
+from migratio.drivers.aws.blocks import BlockSet
 from tests.support import aws_peer, glance_peer, images, migratio_cli
 from tests.support.daemon_config import write_daemon_config
 from tests.support.moto_front import MotoFront

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from openstack.connection import Connection
 
-from migratio.drivers.ssh_hashes import STATE_KEY
+from migratio.drivers.ssh.hashes import STATE_KEY
 from tests.support import glance_peer, images, migratio_cli
 from tests.support.daemon_config import write_daemon_config
 

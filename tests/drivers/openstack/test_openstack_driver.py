@@ -26,7 +26,6 @@ import testbed_lib
 import yaml
 
 from migratio.config import OpenStackSite, load_sites
-from migratio.drivers import openstack as driver_module
 from migratio.drivers.base import (
     MIGRATION_ID,
     SOURCE_SHA512,
@@ -37,7 +36,8 @@ from migratio.drivers.base import (
     RecordSpec,
     Registration,
 )
-from migratio.drivers.openstack import OpenStackSiteDriver
+from migratio.drivers.openstack import driver as driver_module
+from migratio.drivers.openstack.driver import OpenStackSiteDriver
 from migratio.drivers.registry import open_site
 from migratio.errors import (
     ImageNotFound,

@@ -34,9 +34,9 @@ from migratio.drivers.base import (
     Registration,
 )
 from migratio.drivers.registry import open_site
-from migratio.drivers.ssh import OpenStackSshSiteDriver
-from migratio.drivers.ssh_hashes import BLOCK_SIZE, STATE_KEY
-from migratio.drivers.ssh_keys import ChangedHostKey, UnknownHostKey
+from migratio.drivers.ssh.driver import OpenStackSshSiteDriver
+from migratio.drivers.ssh.hashes import BLOCK_SIZE, STATE_KEY
+from migratio.drivers.ssh.keys import ChangedHostKey, UnknownHostKey
 from migratio.errors import IntegrityError, PermanentError, ShuttingDown, TransientError
 from tests.support import glance_peer
 from tests.support.payloads import Payload

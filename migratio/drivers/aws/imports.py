@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from migratio import qemu
-from migratio.drivers.aws_errors import NotFound, translated
-from migratio.drivers.aws_session import AwsClients
+from migratio.drivers.aws.errors import NotFound, translated
+from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.base import MIGRATION_ID, Transfer
 from migratio.errors import PermanentError
 

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from migratio.drivers.ssh_remote import Completed, RemoteHost, RunningCommand
+from migratio.drivers.ssh.remote import Completed, RemoteHost, RunningCommand
 from migratio.errors import PermanentError
 
 MiB = 1024 * 1024

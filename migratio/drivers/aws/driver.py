@@ -28,11 +28,11 @@ import botocore.exceptions
 import botocore.loaders
 
 from migratio.config import AwsSite
-from migratio.drivers.aws_blocks import GIB, volume_size_gib
-from migratio.drivers.aws_ebs import SnapshotWriter
-from migratio.drivers.aws_errors import NotFound, error_code, one_line, translated
-from migratio.drivers.aws_import import S3_SCHEME, S3Object, SnapshotImport, prefix_for
-from migratio.drivers.aws_session import AwsClients
+from migratio.drivers.aws.blocks import GIB, volume_size_gib
+from migratio.drivers.aws.ebs import SnapshotWriter
+from migratio.drivers.aws.errors import NotFound, error_code, one_line, translated
+from migratio.drivers.aws.imports import S3_SCHEME, S3Object, SnapshotImport, prefix_for
+from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.base import (
     MIGRATION_ID,
     SOURCE_CS,

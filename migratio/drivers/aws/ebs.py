@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migratio.drivers.aws_blocks import BLOCK_SIZE, Block, BlockSet, linear_checksum, scan
-from migratio.drivers.aws_errors import translated
-from migratio.drivers.aws_session import AwsClients
+from migratio.drivers.aws.blocks import BLOCK_SIZE, Block, BlockSet, linear_checksum, scan
+from migratio.drivers.aws.errors import translated
+from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.base import Transfer
 from migratio.errors import IntegrityError, PermanentError, TransientError
 

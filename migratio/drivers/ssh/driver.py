@@ -31,9 +31,9 @@ from migratio.drivers.base import (
     SourceImage,
     Transfer,
 )
-from migratio.drivers.openstack_cli import ImageMissing, RemoteGlance, destination_image
-from migratio.drivers.ssh_remote import RemoteHost
-from migratio.drivers.ssh_staging import Staged, StagingArea
+from migratio.drivers.ssh.openstack_cli import ImageMissing, RemoteGlance, destination_image
+from migratio.drivers.ssh.remote import RemoteHost
+from migratio.drivers.ssh.staging import Staged, StagingArea
 from migratio.errors import IntegrityError, PermanentError, TransientError
 
 STAGING_PREFIX = "staging:"

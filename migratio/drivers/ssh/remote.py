@@ -23,7 +23,7 @@ from typing import Any
 import paramiko
 
 from migratio.config import OpenStackSshSite
-from migratio.drivers.ssh_keys import HostKeys, private_key, reason
+from migratio.drivers.ssh.keys import HostKeys, private_key, reason
 from migratio.errors import MigratioError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any
 
 from migratio.config import OpenStackSshSite
 from migratio.drivers.base import DestinationImage, Registration
-from migratio.drivers.ssh_remote import Completed, RemoteHost
+from migratio.drivers.ssh.remote import Completed, RemoteHost
 from migratio.errors import PermanentError, TransientError
 
 IMAGE_ID = re.compile(

@@ -17,7 +17,7 @@ import botocore.config
 
 from migratio import __version__
 from migratio.config import AwsSite
-from migratio.drivers.aws_errors import translated
+from migratio.drivers.aws.errors import translated
 
 # botocore's "standard" retries (with backoff) cover throttling and 5xx of one
 # request, which AWS asks every client of the EBS direct APIs to retry; every

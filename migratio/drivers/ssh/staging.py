@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from migratio.drivers.base import Transfer
-from migratio.drivers.ssh_hashes import Digest, Journal, RemoteHashes
-from migratio.drivers.ssh_remote import RemoteHost
+from migratio.drivers.ssh.hashes import Digest, Journal, RemoteHashes
+from migratio.drivers.ssh.remote import RemoteHost
 from migratio.errors import IntegrityError, TransientError
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""AWS sites: an image becomes an EBS snapshot and an AMI."""

@@ -1,0 +1,1 @@
+"""OpenStack sites through Glance v2 (openstacksdk)."""
