@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -52,8 +52,9 @@ class _DiskFormatChoice(_Strict):
 
 
 class OpenStackSite(_DiskFormatChoice):
-    """A site reached through its Image API (Glance v2)."""
+    """A site reached through its Image API (Glance v2): a source and a destination."""
 
+    can_be_source: ClassVar[bool] = True
     type: Literal["openstack"]
     cloud: str = Field(min_length=1)
     timeout: float = Field(default=60.0, gt=0)
@@ -64,8 +65,10 @@ class OpenStackSshSite(_DiskFormatChoice):
 
     Host keys are always verified against ``known_hosts``; an unknown key is
     accepted (and recorded) only when the operator sets ``accept_unknown_host_key``.
+    A destination only.
     """
 
+    can_be_source: ClassVar[bool] = False
     type: Literal["openstack-ssh"]
     host: str = Field(min_length=1)
     port: int = Field(default=22, ge=1, le=65535)
@@ -84,8 +87,9 @@ AWS_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
 
 class AwsSite(_Strict):
     """An AWS region; an image becomes an AMI. Credentials come from boto3's
-    default chain or a named ``profile``, never from this file."""
+    default chain or a named ``profile``, never from this file. A destination only."""
 
+    can_be_source: ClassVar[bool] = False
     type: Literal["aws"]
     region: str
     profile: str | None = None
@@ -226,6 +230,11 @@ class Settings:
         self.daemon = daemon
         self.sites = sites
 
+    @property
+    def source_sites(self) -> set[str]:
+        """The ids of the sites images can be read from."""
+        return {site.id for site in self.sites.values() if site.settings.can_be_source}
+
     def site(self, site_id: str) -> Site:
         try:
             return self.sites[site_id]
@@ -234,6 +243,17 @@ class Settings:
             raise ConfigError(
                 str(self.daemon.sites_dir), site_id, f"unknown site (known: {known})"
             ) from None
+
+
+def check_source(site: Site) -> None:
+    """ConfigError unless images can be read from the site."""
+    if not site.settings.can_be_source:
+        raise ConfigError(
+            site.id,
+            "type",
+            f"{site.settings.type} sites are destinations only: images migrate to them, "
+            "not from them",
+        )
 
 
 def config_path(explicit: str | None) -> Path:

@@ -60,6 +60,9 @@ def check_sites(settings: config.Settings, source: str, destination: str) -> Non
         if site not in settings.sites:
             known = ", ".join(sorted(settings.sites)) or "none"
             raise UsageError(f"{option}: unknown site {site!r} (known: {known})")
+    if source not in settings.source_sites:
+        kind = settings.sites[source].settings.type
+        raise UsageError(f"--from: {source!r} is an {kind} site: images migrate to it, not from it")
     if source == destination:
         raise UsageError("source and destination are the same site")
 
@@ -77,7 +80,13 @@ def submit_via_redis(
     jid = sidekiq.new_jid()
     job = native_job(image_id, destination, source, jid)
     try:
-        parse(job, own_site=source, sites=settings.sites, origin="submit")
+        parse(
+            job,
+            own_site=source,
+            sites=settings.sites,
+            sources=settings.source_sites,
+            origin="submit",
+        )
     except BadJob as exc:
         raise UsageError(exc.reason) from None
     client = redis.Redis.from_url(daemon.redis_url, socket_connect_timeout=5, socket_timeout=5)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from migratio.drivers.base import DestinationSite, SourceImage, SourceSite
+from migratio.drivers.base import DestinationSite, ImageStatus, SourceImage, SourceSite
 from migratio.errors import CancelRequested, LeaseLost, ShuttingDown
 from migratio.ledger.store import Ledger, Migration
 
@@ -65,11 +65,12 @@ class Step:
 
     @property
     def source_image(self) -> SourceImage:
-        """The source description recorded by the exporting state."""
+        """The source description recorded by the exporting state (which records
+        only an available image; ledgers before 0.2 stored Glance's "active")."""
         recorded = self.migration.source_image
         if recorded is None:
             raise RuntimeError(f"migration {self.migration.id} has no recorded source image")
-        return SourceImage(**recorded)
+        return SourceImage(**{**recorded, "status": ImageStatus.AVAILABLE})
 
     @property
     def target_format(self) -> str:

@@ -21,8 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from migratio import config
 from migratio.cleanup import clean_up
-from migratio.drivers.base import DestinationSite, Site
-from migratio.drivers.registry import open_site
+from migratio.drivers.base import DestinationDriver, DestinationSite, SourceDriver
+from migratio.drivers.registry import Drivers, SiteOpener
 from migratio.errors import (
     CancelRequested,
     ConfigError,
@@ -39,7 +39,6 @@ from migratio.step import Signals, Step
 
 log = logging.getLogger(__name__)
 
-SiteOpener = Callable[[config.Site], Site]
 # The janitor looks for leftovers due for another removal attempt every this many polls.
 JANITOR_POLLS = 5
 
@@ -58,14 +57,14 @@ class Supervisor:
         ledger: Ledger,
         *,
         owner: str | None = None,
-        site_opener: SiteOpener = open_site,
+        site_opener: SiteOpener | None = None,
     ) -> None:
         self.settings = settings
         self.daemon = settings.daemon
         self.ledger = ledger
         self.owner = owner or make_owner()
         self.signals = Signals()
-        self._open_site = site_opener
+        self._sites = site_opener or Drivers()
         self._running: dict[str, Future[None]] = {}
         self._lock = threading.Lock()  # _running is read by the heartbeat thread
         self._wake = threading.Event()
@@ -120,7 +119,7 @@ class Supervisor:
         for migration_id in self.ledger.unsettled_terminal():
             migration = self.ledger.get(migration_id)
             with ExitStack() as stack:
-                destination = self._site_or_none(migration.dest_site, stack)
+                destination = self._destination_or_none(migration.dest_site, stack)
                 self._clean_up(migration, destination, succeeded=migration.state == "done")
 
     def end_now(self, migration_id: str, trigger: Trigger, reason: str) -> bool:
@@ -130,7 +129,7 @@ class Supervisor:
         migration = self.ledger.get(migration_id)
         try:
             with ExitStack() as stack:
-                destination = self._site_or_none(migration.dest_site, stack)
+                destination = self._destination_or_none(migration.dest_site, stack)
                 self._finish(migration, trigger, reason, destination)
         finally:
             self._release(migration_id)
@@ -204,8 +203,8 @@ class Supervisor:
 
     def _advance_all(self, migration: Migration, sites: ExitStack) -> None:
         try:
-            source = self._site(migration.source_site, sites)
-            destination = self._site(migration.dest_site, sites)
+            source = self._source(migration.source_site, sites)
+            destination = self._destination(migration.dest_site, sites)
         except ConfigError as exc:
             self._finish(migration, Trigger.FAIL, str(exc), None)
             return
@@ -315,14 +314,19 @@ class Supervisor:
             policy=self.daemon.retry,
         )
 
-    def _site(self, site_id: str, stack: ExitStack) -> Site:
-        site = self._open_site(self.settings.site(site_id))
+    def _source(self, site_id: str, stack: ExitStack) -> SourceDriver:
+        site = self._sites.source(self.settings.site(site_id))
         stack.callback(site.close)
         return site
 
-    def _site_or_none(self, site_id: str, stack: ExitStack) -> Site | None:
+    def _destination(self, site_id: str, stack: ExitStack) -> DestinationDriver:
+        site = self._sites.destination(self.settings.site(site_id))
+        stack.callback(site.close)
+        return site
+
+    def _destination_or_none(self, site_id: str, stack: ExitStack) -> DestinationDriver | None:
         try:
-            return self._site(site_id, stack)
+            return self._destination(site_id, stack)
         except ConfigError as exc:
             log.warning("cannot open site %s for cleanup: %s", site_id, exc)
             return None

@@ -1,8 +1,11 @@
 """The one small interface between the migration states and the clouds.
 
-A *source* can describe an image and stream its bytes; a *destination* can find
-an earlier copy, hold a record for a migration, receive bytes and register the
-result. The states call only this; adding a kind of site means a new driver.
+Two capabilities: a *source* can describe an image and stream its bytes; a
+*destination* can find an earlier copy, hold a record for a migration, receive
+bytes and register the result. A driver implements the ones its kind of site
+supports (an AWS region is only a destination). The states call only this, and
+speak only its words (``ImageStatus``, ``RecordStatus``): each driver maps its
+cloud's status words onto them. Adding a kind of site means a new driver.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,13 +26,32 @@ SOURCE_SHA512 = "migratio_source_sha512"
 MIGRATION_ID = "migratio_migration_id"
 
 
+class ImageStatus(StrEnum):
+    """Whether a source image can be read, in the engine's words."""
+
+    AVAILABLE = "available"  # its bytes can be read
+    PENDING = "pending"  # on its way to available (being uploaded or imported): wait
+    UNAVAILABLE = "unavailable"  # no data, failed, deactivated or being deleted
+
+
+class RecordStatus(StrEnum):
+    """A destination record's state, in the engine's words."""
+
+    OPEN = "open"  # can take (the rest of) the payload, or is being finished by the site
+    COMPLETE = "complete"  # holds the whole payload
+    BROKEN = "broken"  # cannot be continued (an interrupted, unresumable write): remove it
+
+
 @dataclass(frozen=True)
 class SourceImage:
-    """What a source site says about an image, as recorded at export time."""
+    """What a source site says about an image, as recorded at export time.
+
+    ``site_status`` is the site's own word for the status, for messages only.
+    """
 
     id: str
     name: str
-    status: str
+    status: ImageStatus
     disk_format: str
     container_format: str
     size: int
@@ -39,6 +62,7 @@ class SourceImage:
     min_ram: int = 0
     architecture: str | None = None
     properties: Mapping[str, str] = field(default_factory=dict)
+    site_status: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,7 +111,7 @@ class DestinationImage:
     """A destination image record as the destination reports it now."""
 
     id: str
-    status: str
+    status: RecordStatus
     sha512: str | None
     size: int | None
     properties: Mapping[str, str] = field(default_factory=dict)
@@ -96,8 +120,8 @@ class DestinationImage:
     parts: tuple[str, ...] = ()
 
     @property
-    def is_active(self) -> bool:
-        return self.status == "active"
+    def is_complete(self) -> bool:
+        return self.status is RecordStatus.COMPLETE
 
 
 class Transfer(Protocol):
@@ -203,9 +227,17 @@ class DestinationSite(Protocol):
         ...
 
 
-class Site(SourceSite, DestinationSite, Protocol):
-    """A driver for one configured site; OpenStack sites are both source and destination."""
+class Site(Protocol):
+    """A driver for one configured site, whatever it can do."""
 
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+class SourceDriver(SourceSite, Site, Protocol):
+    """A driver of a site images can be read from."""
+
+
+class DestinationDriver(DestinationSite, Site, Protocol):
+    """A driver of a site images can be written to."""

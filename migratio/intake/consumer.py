@@ -188,6 +188,7 @@ class Consumer:
             raw,
             own_site=self.settings.daemon.name,
             sites=self.settings.sites,
+            sources=self.settings.source_sites,
             origin=self.queue.queue_key,
         )
 

@@ -64,22 +64,45 @@ class BadJob(Exception):
         self.dest_site = dest_site
 
 
-def parse(raw: bytes, *, own_site: str, sites: Collection[str], origin: str) -> JobRequest:
+def parse(
+    raw: bytes,
+    *,
+    own_site: str,
+    sites: Collection[str],
+    origin: str,
+    sources: Collection[str] | None = None,
+) -> JobRequest:
     """Read one raw job; BadJob with a one-line reason if it cannot be a migration.
+
+    ``sites`` are the configured sites, ``sources`` those images can be read from
+    (default: all of them).
 
     Whatever a field holds (any JSON type, any code point), the answer is a
     JobRequest or a BadJob: a job that cannot be understood must never stop the
     intake, so even an unforeseen failure here becomes a BadJob.
     """
     try:
-        return _parse(raw, own_site=own_site, sites=sites, origin=origin)
+        return _parse(
+            raw,
+            own_site=own_site,
+            sites=sites,
+            origin=origin,
+            sources=sites if sources is None else sources,
+        )
     except BadJob:
         raise
     except Exception as exc:
         raise BadJob(f"cannot read the job: {type(exc).__name__}: {_one_line(exc)}") from None
 
 
-def _parse(raw: bytes, *, own_site: str, sites: Collection[str], origin: str) -> JobRequest:
+def _parse(
+    raw: bytes,
+    *,
+    own_site: str,
+    sites: Collection[str],
+    origin: str,
+    sources: Collection[str],
+) -> JobRequest:
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -105,6 +128,12 @@ def _parse(raw: bytes, *, own_site: str, sites: Collection[str], origin: str) ->
     for role, site in (("destination", dest_site), ("source", source_site)):
         if site not in sites:
             raise BadJob(f"unknown {role} site {_short(site)}", image_id, dest_site)
+    if source_site not in sources:
+        raise BadJob(
+            f"site {_short(source_site)} is a destination only: images migrate to it, not from it",
+            image_id,
+            dest_site,
+        )
     if source_site == dest_site:
         raise BadJob(
             f"source and destination are the same site {source_site!r}", image_id, dest_site

@@ -12,14 +12,11 @@ from pathlib import Path
 
 from migratio import qemu, safety
 from migratio.checksums import verified
-from migratio.drivers.base import Provenance, SourceImage
+from migratio.drivers.base import ImageStatus, Provenance, SourceImage
 from migratio.errors import PermanentError, TransientError
 from migratio.machine import Trigger
 from migratio.step import Advance, Step
 from migratio.workspace import filling
-
-# Glance states an image passes through on its way to `active`: worth waiting for.
-BECOMING_ACTIVE = frozenset({"queued", "saving", "importing", "uploading"})
 
 
 def run(step: Step) -> Advance:
@@ -54,10 +51,11 @@ def run(step: Step) -> Advance:
 
 def _describe(step: Step) -> SourceImage:
     image = step.source.describe(step.migration.image_id)
-    if image.status in BECOMING_ACTIVE and image.status != "queued":
-        raise TransientError(f"source image {image.id} is {image.status}, not yet active")
-    if image.status != "active":
-        raise PermanentError(f"source image {image.id} is {image.status}, not active")
+    status = image.site_status or image.status
+    if image.status is ImageStatus.PENDING:
+        raise TransientError(f"source image {image.id} is {status}, not yet available")
+    if image.status is not ImageStatus.AVAILABLE:
+        raise PermanentError(f"source image {image.id} is {status}, not available")
     return image
 
 

@@ -35,7 +35,7 @@ def run(step: Step) -> Advance:
     if registered.id != migration.dest_image_id:
         step.add_artifact("dest_image", registered.id, migration.dest_site)
         step.record(dest_image_id=registered.id)
-    if not registered.is_active:
+    if not registered.is_complete:
         raise TransientError(f"destination image {registered.id} is {registered.status}")
     if registered.sha512 != migration.dest_sha512:
         raise IntegrityError(

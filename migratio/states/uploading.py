@@ -7,7 +7,7 @@ finds it rather than creating a second one. What the destination needs to resume
 
 from __future__ import annotations
 
-from migratio.drivers.base import DestinationImage, RecordSpec
+from migratio.drivers.base import DestinationImage, RecordSpec, RecordStatus
 from migratio.machine import Trigger
 from migratio.step import Advance, Step
 from migratio.transfer import StepTransfer
@@ -15,7 +15,7 @@ from migratio.transfer import StepTransfer
 
 def run(step: Step) -> Advance:
     record = _reusable_record(step)
-    if record is not None and record.is_active:
+    if record is not None and record.is_complete:
         return Advance(
             Trigger.UPLOADED,
             f"{record.id} on {step.migration.dest_site} already holds the payload",
@@ -46,8 +46,8 @@ def _reusable_record(step: Step) -> DestinationImage | None:
     if migration.dest_image_id != record.id:
         step.record(dest_image_id=record.id)
     expected = migration.payload_sha512
-    complete = record.is_active and (expected is None or record.sha512 == expected)
-    if complete or record.status in ("queued", "pending"):
+    complete = record.is_complete and (expected is None or record.sha512 == expected)
+    if complete or record.status is RecordStatus.OPEN:
         return record
     step.remove_record(record.id)
     return None

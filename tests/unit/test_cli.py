@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from migratio.config import load_settings
+from migratio.drivers.registry import open_source
+from migratio.errors import ConfigError
 from migratio.ledger.store import Ledger
 from migratio.machine import Trigger
 from migratio.operations import open_ledger
@@ -154,3 +156,17 @@ def test_remote_text_cannot_drive_the_terminal(ledger: Ledger, config: Path) -> 
     assert migratio_cli.show(config, migration.id)["image_id"] == EVIL_IMAGE
     rows = json.loads(migratio_cli.cli(config, "status", "--json").stdout)
     assert rows[0]["image"] == EVIL_IMAGE
+
+
+def test_a_destination_only_site_cannot_be_a_source(config: Path, tmp_path: Path) -> None:
+    (tmp_path / "sites" / "aws-a.yml").write_text("type: aws\nregion: eu-west-1\n")
+    result = migratio_cli.cli(
+        config, "submit", "--image", "i", "--from", "aws-a", "--to", "site-b", check=False
+    )
+    assert _one_line(result, 2) == (
+        "migratio: usage error: --from: 'aws-a' is an aws site: images migrate to it, not from it"
+    )
+    settings = load_settings(config)
+    assert settings.source_sites == {"site-a", "site-b"}
+    with pytest.raises(ConfigError, match="aws sites are destinations only"):
+        open_source(settings.site("aws-a"))

@@ -85,3 +85,16 @@ def test_a_lone_surrogate_is_a_bad_job() -> None:
         assert exc.reason == "'image' holds control or invalid characters: '\\ud800'"
     else:
         raise AssertionError("a lone surrogate was accepted")
+
+
+def test_a_job_from_a_destination_only_site_is_a_bad_job() -> None:
+    raw = b'{"class":"migratio","image":"i","to":"site-a","from":"site-b"}'
+    try:
+        parse(raw, own_site="site-a", sites=SITES, sources={"site-a"}, origin="test")
+    except BadJob as exc:
+        assert exc.reason == (
+            "site 'site-b' is a destination only: images migrate to it, not from it"
+        )
+        assert (exc.image_id, exc.dest_site) == ("i", "site-a")
+    else:
+        raise AssertionError("a destination-only source was accepted")

@@ -19,9 +19,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any, NoReturn
+from collections.abc import Mapping
+from typing import Any
 
 import botocore
 import botocore.exceptions
@@ -42,8 +41,8 @@ from migratio.drivers.base import (
     DestinationImage,
     Provenance,
     RecordSpec,
+    RecordStatus,
     Registration,
-    SourceImage,
     Transfer,
 )
 from migratio.errors import ConfigError, PermanentError
@@ -74,9 +73,10 @@ DEFAULT_ARCHITECTURE = "x86_64"
 # RegisterImage accepts 3-128 of these in a name.
 AMI_NAME_REFUSED = re.compile(r"[^A-Za-z0-9()\[\] ./'@_-]")
 AMI_NAME_LIMIT = 128
-AMI_STATUS = {"available": "active"}
+# An AMI's state in the engine's words: `pending` is being made available.
+AMI_STATUS = {"available": RecordStatus.COMPLETE, "pending": RecordStatus.OPEN}
 # Best first: the record an earlier run got furthest with.
-STATUS_RANK = {"active": 0, "pending": 1}
+STATUS_RANK = {RecordStatus.COMPLETE: 0, RecordStatus.OPEN: 1}
 REGISTER_POLL = (0.5, 1.5, 5.0)
 
 
@@ -100,21 +100,6 @@ class AwsSiteDriver:
     @property
     def imports(self) -> bool:
         return self.settings.method == "import-snapshot"
-
-    # -- source: AWS sites only receive ------------------------------------------
-
-    def describe(self, image_id: str) -> SourceImage:
-        self._not_a_source()
-
-    @contextmanager
-    def read(self, image_id: str, offset: int = 0) -> Iterator[Iterator[bytes]]:
-        self._not_a_source()
-        yield iter(())  # pragma: no cover
-
-    def _not_a_source(self) -> NoReturn:
-        raise PermanentError(
-            f"site {self.site_id} is an AWS site: images migrate to it, not from it"
-        )
 
     # -- destination ------------------------------------------------------------
 
@@ -147,7 +132,7 @@ class AwsSiteDriver:
         if snapshots:
             return min(snapshots, key=lambda record: STATUS_RANK.get(record.status, 9))
         if self.imports and (staged := self._staged(migration_id)):
-            return DestinationImage(staged.uri, "pending", None, None)
+            return DestinationImage(staged.uri, RecordStatus.OPEN, None, None)
         for image in self._images({MIGRATION_ID: migration_id}, "find the record"):
             return self._ami_image(image)
         return None
@@ -161,7 +146,7 @@ class AwsSiteDriver:
             if record_id.startswith(S3_SCHEME):
                 target = S3Object.parse(record_id)
                 if self._staged_at(target):
-                    return DestinationImage(target.uri, "pending", None, None)
+                    return DestinationImage(target.uri, RecordStatus.OPEN, None, None)
                 return None
         except NotFound:
             return None
@@ -173,7 +158,7 @@ class AwsSiteDriver:
                 raise PermanentError(f"site {self.site_id}: import-snapshot needs a bucket")
             target = S3Object.for_migration(self.settings.bucket, spec.migration_id)
             # Nothing exists at AWS until receive starts the upload.
-            return DestinationImage(target.uri, "queued", None, spec.size)
+            return DestinationImage(target.uri, RecordStatus.OPEN, None, spec.size)
         if not spec.size:
             raise PermanentError(f"site {self.site_id}: the payload size must be known")
         tags = {MIGRATION_ID: spec.migration_id, NAME_TAG: _tag_value(spec.name)}
@@ -194,7 +179,9 @@ class AwsSiteDriver:
             snapshot_id,
             spec.migration_id,
         )
-        return DestinationImage(snapshot_id, "pending", None, volume_size_gib(spec.size) * GIB)
+        return DestinationImage(
+            snapshot_id, RecordStatus.OPEN, None, volume_size_gib(spec.size) * GIB
+        )
 
     def receive(self, record_id: str, transfer: Transfer) -> str | None:
         path = transfer.path
@@ -395,7 +382,7 @@ class AwsSiteDriver:
             time.sleep(delay)
             delay = min(longest, delay * factor)
         found = self._ami_image(image)
-        if found.status not in ("active", "pending"):
+        if found.status is RecordStatus.BROKEN:
             raise PermanentError(
                 f"site {self.site_id}: AMI {image_id} is {image.get('State')}: "
                 f"{(image.get('StateReason') or {}).get('Message', 'no reason given')}"
@@ -414,7 +401,7 @@ class AwsSiteDriver:
         state = str(image.get("State") or "")
         return DestinationImage(
             id=str(image["ImageId"]),
-            status=AMI_STATUS.get(state, state),
+            status=AMI_STATUS.get(state, RecordStatus.BROKEN),
             sha512=tags.get(PAYLOAD_SHA512),
             size=None,
             properties=tags,
@@ -541,12 +528,12 @@ def _snapshot_image(snapshot: Mapping[str, Any]) -> DestinationImage:
     finished = _is_finished(snapshot)
     sha512 = tags.get(PAYLOAD_SHA512) if finished else None
     if state == "error":
-        status = "error"
+        status = RecordStatus.BROKEN
     elif finished and sha512:
-        status = "active"
+        status = RecordStatus.COMPLETE
     else:
         # Being written, being completed, or an import migratio cannot verify.
-        status = "pending"
+        status = RecordStatus.OPEN
     return DestinationImage(
         id=str(snapshot["SnapshotId"]),
         status=status,

@@ -35,6 +35,7 @@ from migratio.drivers.base import (
     SourceImage,
     Transfer,
 )
+from migratio.drivers.openstack.mapping import image_status, record_status
 from migratio.errors import (
     ImageNotFound,
     MigratioError,
@@ -446,7 +447,8 @@ def _source_image(image: Mapping[str, Any]) -> SourceImage:
     return SourceImage(
         id=str(image["id"]),
         name=str(image.get("name") or ""),
-        status=str(image.get("status") or ""),
+        status=image_status(str(image.get("status") or "")),
+        site_status=str(image.get("status") or ""),
         disk_format=str(image.get("disk_format") or ""),
         container_format=str(image.get("container_format") or ""),
         size=int(image.get("size") or 0),
@@ -463,7 +465,7 @@ def _source_image(image: Mapping[str, Any]) -> SourceImage:
 def _destination_image(image: Mapping[str, Any]) -> DestinationImage:
     return DestinationImage(
         id=str(image["id"]),
-        status=str(image.get("status") or ""),
+        status=record_status(str(image.get("status") or "")),
         sha512=_sha512(image),
         size=_optional_int(image.get("size")),
         properties=custom_properties(image),

@@ -8,18 +8,16 @@ create --file`` run on the host (``openstack_cli``), every command built from
 quoted argv (``ssh_remote``); host keys are always verified.
 
 Records, as the states see them:
-- ``staging:<migration id>``: the staging file, status ``pending`` until it has
-  been registered; resumable.
+- ``staging:<migration id>``: the staging file, ``open`` until it has been
+  registered; resumable.
 - a Glance id: the registered image. One of this migration's that did not reach
-  ``active`` (an interrupted registration) is reported as ``incomplete``, so the
+  ``active`` (an interrupted registration) is reported as ``broken``, so the
   uploading state drops it rather than trying to upload into it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from migratio.config import OpenStackSshSite
 from migratio.drivers.base import (
@@ -27,8 +25,8 @@ from migratio.drivers.base import (
     DestinationImage,
     Provenance,
     RecordSpec,
+    RecordStatus,
     Registration,
-    SourceImage,
     Transfer,
 )
 from migratio.drivers.ssh.openstack_cli import ImageMissing, RemoteGlance, destination_image
@@ -38,7 +36,6 @@ from migratio.errors import IntegrityError, PermanentError, TransientError
 
 STAGING_PREFIX = "staging:"
 MIGRATION_ID_FORMAT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-INCOMPLETE = "incomplete"
 
 
 class OpenStackSshSiteDriver:
@@ -54,16 +51,6 @@ class OpenStackSshSiteDriver:
         self.host = RemoteHost(site_id, settings)
         self.staging = StagingArea(self.host, settings.staging_dir)
         self.glance = RemoteGlance(self.host, settings)
-
-    # -- source: not one ------------------------------------------------------
-
-    def describe(self, image_id: str) -> SourceImage:
-        raise self._not_a_source()
-
-    @contextmanager
-    def read(self, image_id: str, offset: int = 0) -> Iterator[Iterator[bytes]]:
-        raise self._not_a_source()
-        yield iter(())  # pragma: no cover - makes this a generator
 
     # -- destination ----------------------------------------------------------
 
@@ -84,7 +71,7 @@ class OpenStackSshSiteDriver:
             image = destination_image(shown)
             # Re-checked here: the CLI filters on its side, and a filter it did
             # not apply must not match.
-            if image.is_active and all(image.properties.get(k) == v for k, v in wanted.items()):
+            if image.is_complete and all(image.properties.get(k) == v for k, v in wanted.items()):
                 return image
         return None
 
@@ -95,7 +82,7 @@ class OpenStackSshSiteDriver:
             return _staging_record(migration_id, staged)
         images = [self._registered(i) for i in self._images_of(migration_id)]
         found = [image for image in images if image is not None]
-        found.sort(key=lambda image: not image.is_active)
+        found.sort(key=lambda image: not image.is_complete)
         return found[0] if found else None
 
     def get_record(self, record_id: str) -> DestinationImage | None:
@@ -111,7 +98,7 @@ class OpenStackSshSiteDriver:
         migration_id = _checked_migration(spec.migration_id)
         self.staging.prepare()
         return DestinationImage(
-            id=STAGING_PREFIX + migration_id, status="pending", sha512=None, size=0
+            id=STAGING_PREFIX + migration_id, status=RecordStatus.OPEN, sha512=None, size=0
         )
 
     def receive(self, record_id: str, transfer: Transfer) -> str | None:
@@ -132,7 +119,7 @@ class OpenStackSshSiteDriver:
             if shown is None:
                 continue
             image = destination_image(shown)
-            usable = image.is_active and (verified is None or image.sha512 == verified.sha512)
+            usable = image.is_complete and (verified is None or image.sha512 == verified.sha512)
             if usable and result is None:
                 result = image
             else:
@@ -146,7 +133,7 @@ class OpenStackSshSiteDriver:
                     )
                 )
             result = self._create(migration_id, verified, registration)
-        if result.is_active:
+        if result.is_complete:
             self.staging.remove(migration_id)
         return result
 
@@ -175,7 +162,7 @@ class OpenStackSshSiteDriver:
         if shown is None:
             raise TransientError(self._message("register", f"image {image_id} vanished"))
         image = destination_image(shown)
-        if image.is_active and image.sha512 != staged.sha512:
+        if image.is_complete and image.sha512 != staged.sha512:
             self.glance.delete(image_id)
             raise IntegrityError(
                 self._message(
@@ -198,9 +185,9 @@ class OpenStackSshSiteDriver:
         if shown is None:
             return None
         image = destination_image(shown)
-        if image.is_active:
+        if image.is_complete:
             return image
-        return DestinationImage(image.id, INCOMPLETE, None, image.size, image.properties)
+        return DestinationImage(image.id, RecordStatus.BROKEN, None, image.size, image.properties)
 
     def _migration_of(self, record_id: str) -> str:
         migration_id = _staging_migration(record_id)
@@ -214,11 +201,6 @@ class OpenStackSshSiteDriver:
             )
         return _checked_migration(tag)
 
-    def _not_a_source(self) -> PermanentError:
-        return PermanentError(
-            f"site {self.site_id} is reached over SSH: it receives images, it is not a source"
-        )
-
     def _message(self, action: str, problem: str) -> str:
         return self.host.message(action, problem)
 
@@ -226,7 +208,7 @@ class OpenStackSshSiteDriver:
 def _staging_record(migration_id: str, staged: Staged) -> DestinationImage:
     return DestinationImage(
         id=STAGING_PREFIX + migration_id,
-        status="pending",
+        status=RecordStatus.OPEN,
         sha512=staged.sha512,
         size=staged.size,
     )

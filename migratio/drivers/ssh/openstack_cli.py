@@ -20,6 +20,7 @@ from typing import Any
 
 from migratio.config import OpenStackSshSite
 from migratio.drivers.base import DestinationImage, Registration
+from migratio.drivers.openstack.mapping import record_status
 from migratio.drivers.ssh.remote import Completed, RemoteHost
 from migratio.errors import PermanentError, TransientError
 
@@ -151,7 +152,7 @@ def destination_image(image: Mapping[str, Any]) -> DestinationImage:
     size = image.get("size")
     return DestinationImage(
         id=str(image["id"]),
-        status=str(image.get("status") or ""),
+        status=record_status(str(image.get("status") or "")),
         sha512=sha512,
         size=None if size is None else int(size),
         properties={

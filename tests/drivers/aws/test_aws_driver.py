@@ -27,6 +27,7 @@ from migratio.drivers.base import (
     SOURCE_UUID,
     Provenance,
     RecordSpec,
+    RecordStatus,
     Registration,
 )
 from migratio.errors import (
@@ -214,7 +215,7 @@ def test_record_receive_register_and_remove(driver: AwsSiteDriver, tmp_path: Pat
     record = driver.create_record(
         RecordSpec(migration_id, "tiny", "raw", "bare", disk.stat().st_size)
     )
-    assert record.status == "pending" and record.id.startswith("snap-")
+    assert record.status is RecordStatus.OPEN and record.id.startswith("snap-")
     assert driver.find_record(migration_id) == driver.get_record(record.id)
 
     transfer = FileTransfer(disk)
@@ -227,7 +228,7 @@ def test_record_receive_register_and_remove(driver: AwsSiteDriver, tmp_path: Pat
     source_uuid = str(uuid.uuid4())
     registration = _registration(source_uuid, "f" * 128)
     ami = driver.register(record.id, registration)
-    assert ami.id.startswith("ami-") and ami.status == "active"
+    assert ami.id.startswith("ami-") and ami.status is RecordStatus.COMPLETE
     assert ami.parts == (record.id,) and ami.sha512 == transfer.sha512
     assert ami.properties[MIGRATION_ID] == migration_id
     # Re-entered after a crash: the same AMI, by the record or by the AMI itself.
@@ -282,7 +283,7 @@ def test_a_payload_that_does_not_match_its_sha512_is_not_completed(
     with pytest.raises(IntegrityError, match="sha512 differs"):
         driver.receive(record.id, FileTransfer(disk, sha512="0" * 128))
     after = driver.get_record(record.id)
-    assert after is not None and (after.status, after.sha512) == ("pending", None)
+    assert after is not None and (after.status, after.sha512) == (RecordStatus.OPEN, None)
     driver.remove(record.id)
 
 
@@ -296,5 +297,4 @@ def test_an_unreachable_endpoint_is_a_transient_error(testbed: Any) -> None:
         TransientError, match=r"^site aws-down: find the record: .*Could not connect"
     ):
         site.find_record(str(uuid.uuid4()))
-    with pytest.raises(PermanentError, match="migrate to it, not from it"):
-        site.describe("anything")
+    assert not hasattr(site, "describe") and not hasattr(site, "read")

@@ -32,13 +32,15 @@ from migratio.drivers.base import (
     SOURCE_T,
     SOURCE_UUID,
     DestinationImage,
+    ImageStatus,
     Provenance,
     RecordSpec,
+    RecordStatus,
     Registration,
 )
 from migratio.drivers.openstack import driver as driver_module
 from migratio.drivers.openstack.driver import OpenStackSiteDriver
-from migratio.drivers.registry import open_site
+from migratio.drivers.registry import open_destination, open_source
 from migratio.errors import (
     ImageNotFound,
     PermanentError,
@@ -328,7 +330,7 @@ def test_describe_reports_glance_metadata_and_copies_only_hw_and_os_properties(
 
     assert image.id == made.id
     assert image.name == "describe me"
-    assert image.status == "active"
+    assert image.status is ImageStatus.AVAILABLE and image.site_status == "active"
     assert (image.disk_format, image.container_format) == ("raw", "bare")
     assert image.size == len(data)
     assert image.md5 == hashlib.md5(data).hexdigest()  # noqa: S324 (Glance's checksum)
@@ -374,7 +376,7 @@ def test_describe_an_image_another_client_made(site_a: OpenStackSiteDriver, tmp_
 def test_describe_reports_a_queued_image_as_is(site_a: OpenStackSiteDriver, images: Images) -> None:
     made = images.record(site_a)
     image = site_a.describe(made.id)
-    assert image.status == "queued"
+    assert image.status is ImageStatus.UNAVAILABLE and image.site_status == "queued"
     assert image.size == 0
     assert image.md5 is None and image.sha512 is None
 
@@ -471,7 +473,7 @@ def test_record_lifecycle_create_find_receive_register_find_copy_remove(
     assert site_b.find_record(migration_id) is None
 
     record = images.record(site_b, disk_format="qcow2", migration_id=migration_id)
-    assert record.status == "queued"
+    assert record.status is RecordStatus.OPEN
     assert record.properties[MIGRATION_ID] == migration_id
     assert not any(key.startswith("owner_specified") for key in record.properties)
     assert site_b.find_record(migration_id) == record
@@ -479,7 +481,7 @@ def test_record_lifecycle_create_find_receive_register_find_copy_remove(
 
     site_b.receive(record.id, Payload(_chunks(data, 64 * 1024)))
     received = site_b.get_record(record.id)
-    assert received is not None and received.status == "active"
+    assert received is not None and received.status is RecordStatus.COMPLETE
     assert received.sha512 == hashlib.sha512(data).hexdigest()
 
     registration = _registration(data, "qcow2")
@@ -490,7 +492,7 @@ def test_record_lifecycle_create_find_receive_register_find_copy_remove(
     )
     assert site_b.find_copy(provenance, "qcow2") is None  # not registered yet
     copy = site_b.register(record.id, registration)
-    assert copy.is_active
+    assert copy.is_complete
     assert copy.size == len(data)
     assert copy.sha512 == hashlib.sha512(data).hexdigest()
     for key, value in registration.properties.items():
@@ -525,7 +527,7 @@ def test_a_stream_from_one_site_into_the_other_keeps_the_bytes(
     with site_a.read(source.id) as chunks:
         site_b.receive(record.id, Payload(chunks))
     copy = site_b.get_record(record.id)
-    assert copy is not None and copy.status == "active"
+    assert copy is not None and copy.status is RecordStatus.COMPLETE
     assert copy.sha512 == source.sha512 == hashlib.sha512(data).hexdigest()
 
 
@@ -542,7 +544,7 @@ def test_find_record_pages_through_results_and_prefers_the_active_record(
     found = site_b.find_record(migration_id)
 
     assert found is not None
-    assert found.id == active.id and found.is_active
+    assert found.id == active.id and found.is_complete
 
 
 def test_find_copy_pages_through_results(
@@ -622,7 +624,7 @@ def test_upload_not_matching_the_disk_format_is_refused_as_permanent(
         return
     # Glance releases before format inspection on upload (Debian 12's 25.x) store it.
     stored = site_b.get_record(record.id)
-    assert stored is not None and stored.status == "active"
+    assert stored is not None and stored.status is RecordStatus.COMPLETE
     pytest.skip("this Glance does not check uploaded data against disk_format")
 
 
@@ -682,7 +684,7 @@ def test_a_stopped_glance_behind_the_catalog_is_transient(testbed: Any) -> None:
     once taken for a permanent error and failed migrations in a Glance restart."""
     testbed_lib.stop_service(testbed.dir, "glance-site-b")
     try:
-        driver = open_site(load_sites(testbed.dir / "sites")["site-b"])
+        driver = open_destination(load_sites(testbed.dir / "sites")["site-b"])
         try:
             with pytest.raises(TransientError) as caught:
                 driver.describe(str(uuid.uuid4()))
@@ -844,12 +846,12 @@ def test_open_site_builds_the_configured_driver(
 ) -> None:
     sites = load_sites(Path(testbed.sites_dir))
     made = images.image(site_a, b"t" * 512)
-    driver = open_site(sites["site-a"])
+    driver = open_source(sites["site-a"])
     try:
         assert isinstance(driver, OpenStackSiteDriver)
         assert driver.describe(made.id).size == 512
     finally:
         driver.close()
-    raw = open_site(sites["site-b-raw"])
+    raw = open_destination(sites["site-b-raw"])
     assert raw.required_disk_format == "raw"
     raw.close()

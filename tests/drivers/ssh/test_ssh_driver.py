@@ -31,13 +31,20 @@ from migratio.drivers.base import (
     SOURCE_UUID,
     Provenance,
     RecordSpec,
+    RecordStatus,
     Registration,
 )
-from migratio.drivers.registry import open_site
+from migratio.drivers.registry import open_destination, open_source
 from migratio.drivers.ssh.driver import OpenStackSshSiteDriver
 from migratio.drivers.ssh.hashes import BLOCK_SIZE, STATE_KEY
 from migratio.drivers.ssh.keys import ChangedHostKey, UnknownHostKey
-from migratio.errors import IntegrityError, PermanentError, ShuttingDown, TransientError
+from migratio.errors import (
+    ConfigError,
+    IntegrityError,
+    PermanentError,
+    ShuttingDown,
+    TransientError,
+)
 from tests.support import glance_peer
 from tests.support.payloads import Payload
 
@@ -272,7 +279,7 @@ def test_an_interrupted_upload_resumes_after_the_last_matching_block(
     digest = sha512(source)
     migration_id = str(uuid.uuid4())
     record = site.create_record(RecordSpec(migration_id, "x", "raw", "bare"))
-    assert record.id == f"staging:{migration_id}" and record.status == "pending"
+    assert record.id == f"staging:{migration_id}" and record.status is RecordStatus.OPEN
     assert site.find_record(migration_id) is None  # nothing written yet
 
     first = StopAfter(source, digest, limit=int(2.5 * BLOCK_SIZE))
@@ -281,7 +288,7 @@ def test_an_interrupted_upload_resumes_after_the_last_matching_block(
     journal = first.state[STATE_KEY]
     assert len(journal["blocks"]) == 2
     partial = site.find_record(migration_id)
-    assert partial is not None and partial.status == "pending" and partial.sha512 is None
+    assert partial is not None and partial.status is RecordStatus.OPEN and partial.sha512 is None
 
     second = Payload(path=source, sha512=digest, size=source.stat().st_size)
     second.state = first.state
@@ -386,7 +393,7 @@ def test_record_lifecycle_register_find_copy_and_remove(
     }
     registered = site.register(record.id, registration("lifecycle", **provenance))
     made.ids.append(registered.id)
-    assert registered.is_active and registered.sha512 == digest and registered.size == 2 * MiB
+    assert registered.is_complete and registered.sha512 == digest and registered.size == 2 * MiB
     assert staged_files(staging) == []
 
     image = glance_peer.get(site_b, registered.id)
@@ -412,7 +419,7 @@ def test_record_lifecycle_register_find_copy_and_remove(
         registered.id
     )
     found = site.find_record(migration_id)
-    assert found is not None and found.id == registered.id and found.is_active
+    assert found is not None and found.id == registered.id and found.is_complete
 
     copy = site.find_copy(Provenance(source_uuid, "site-a", digest), "raw")
     assert copy is not None and copy.id == registered.id
@@ -439,7 +446,7 @@ def test_an_interrupted_registration_is_replaced_by_a_whole_one(
     made.ids.append(half.id)
     record = site.create_record(RecordSpec(migration_id, "x", "raw", "bare"))
     incomplete = site.get_record(half.id)
-    assert incomplete is not None and incomplete.status == "incomplete"
+    assert incomplete is not None and incomplete.status is RecordStatus.BROKEN
     site.receive(record.id, Payload(path=source, sha512=digest, size=MiB))
     registered = site.register(record.id, registration("whole"))
     made.ids.append(registered.id)
@@ -517,16 +524,15 @@ def test_a_missing_openstack_command_is_permanent(testbed: Any, staging: Path) -
         driver.find_copy(Provenance(str(uuid.uuid4()), "site-a", "0" * 128), "raw")
 
 
-def test_the_site_is_not_a_source(site: OpenStackSshSiteDriver) -> None:
-    with pytest.raises(PermanentError, match="not a source"):
-        site.describe(str(uuid.uuid4()))
-    with pytest.raises(PermanentError, match="not a source"), site.read(str(uuid.uuid4())):
-        pass
+def test_the_site_is_not_a_source(testbed: Any) -> None:
+    sites = load_sites(testbed.sites_dir)
+    with pytest.raises(ConfigError, match="openstack-ssh sites are destinations only"):
+        open_source(sites["site-b-ssh"])
 
 
 def test_open_site_builds_the_ssh_driver_from_the_bed_site_file(testbed: Any) -> None:
     sites = load_sites(testbed.sites_dir)
-    driver = open_site(sites["site-b-ssh"])
+    driver = open_destination(sites["site-b-ssh"])
     assert isinstance(driver, OpenStackSshSiteDriver)
     assert driver.required_disk_format is None and driver.wants_file is False
     driver.close()
