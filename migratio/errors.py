@@ -42,7 +42,12 @@ class PermanentError(MigrationError):
     """Retrying cannot help: missing image, unsafe image, HTTP 4xx."""
 
 
-class ImageNotFound(PermanentError):
+class NotFound(PermanentError):
+    """The site says what was asked for does not exist (or is not visible to our
+    credentials); drivers turn it into None, success or ImageNotFound as fits."""
+
+
+class ImageNotFound(NotFound):
     """The source image does not exist (or is not visible to our credentials)."""
 
 

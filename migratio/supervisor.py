@@ -36,6 +36,7 @@ from migratio.machine import Trigger, is_terminal
 from migratio.retry import backoff_delay
 from migratio.states import HANDLERS
 from migratio.step import Signals, Step
+from migratio.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -351,5 +352,4 @@ class Supervisor:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
+    return one_line(exc, 500) or type(exc).__name__

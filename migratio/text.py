@@ -17,6 +17,17 @@ def one_line(text: object, limit: int | None = None) -> str:
     return flat
 
 
+def ascii_line(text: object, limit: int | None = None) -> str:
+    """``one_line`` with every non-ASCII character escaped: for data that may hold
+    anything (a lone surrogate cannot even be encoded), written to logs and Redis."""
+    return one_line(ascii(str(text))[1:-1], limit)
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception as ``Type: message`` (just the type when it has no message)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def is_printable(text: str) -> bool:
     return not any(unicodedata.category(char) in UNPRINTABLE_CATEGORIES for char in text)
 

@@ -28,6 +28,7 @@ from migratio.intake.jobs import BadJob, parse
 from migratio.intake.reliable_queue import ReliableQueue
 from migratio.ledger.store import JobOutcome, JobRecorded, JobRequest, Ledger
 from migratio.redis_link import UNAVAILABLE, RedisLink
+from migratio.text import ascii_line
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ class Consumer:
             except Stopping:
                 raise
             except Exception as exc:
-                why = _one_line(getattr(exc, "orig", None) or exc)
+                why = ascii_line(getattr(exc, "orig", None) or exc)
                 refused[job.job_id] = f"the ledger refused it: {why}"
         return recorded, refused
 
@@ -240,7 +241,7 @@ class Consumer:
                 problem.image_id, self.settings.daemon.name, problem.dest_site, problem.reason
             )
         except Exception as exc:
-            log.warning("intake: cannot queue failure feedback: %s", _one_line(exc))
+            log.warning("intake: cannot queue failure feedback: %s", ascii_line(exc))
 
     def _ack(self, raws: Sequence[bytes], letters: Sequence[bytes]) -> None:
         """Acknowledge, however long Redis takes to come back: the ledger already has them."""
@@ -259,7 +260,7 @@ class Consumer:
         try:
             returned = self.queue.retire()
         except UNAVAILABLE as exc:
-            log.warning("intake: cannot hand back held jobs on stop (%s)", _one_line(exc))
+            log.warning("intake: cannot hand back held jobs on stop (%s)", ascii_line(exc))
             return
         if returned:
             log.info("intake: put %d jobs back on the queue on stop", returned)
@@ -315,7 +316,3 @@ def _test_pause(stopping: threading.Event) -> None:
     if seconds > 0:
         log.warning("intake: %s set: pausing %.1f s after the move", TEST_PAUSE_VARIABLE, seconds)
         stopping.wait(seconds)
-
-
-def _one_line(exc: object) -> str:
-    return " ".join(ascii(str(exc))[1:-1].split())

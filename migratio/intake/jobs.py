@@ -33,7 +33,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from migratio.ledger.store import JobRequest
-from migratio.text import is_printable
+from migratio.text import ascii_line, is_printable
 
 SIDEKIQ_CLASSES = frozenset(
     {
@@ -92,7 +92,7 @@ def parse(
     except BadJob:
         raise
     except Exception as exc:
-        raise BadJob(f"cannot read the job: {type(exc).__name__}: {_one_line(exc)}") from None
+        raise BadJob(f"cannot read the job: {type(exc).__name__}: {ascii_line(exc)}") from None
 
 
 def _parse(
@@ -106,7 +106,7 @@ def _parse(
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise BadJob(f"not JSON: {_one_line(exc)}") from None
+        raise BadJob(f"not JSON: {ascii_line(exc)}") from None
     except RecursionError:
         raise BadJob("not JSON: nested too deeply") from None
     if not isinstance(body, dict):
@@ -204,7 +204,3 @@ def _short(value: Any) -> str:
     """A value quoted for a reason: ASCII-escaped, so any content is safe to store and print."""
     text = ascii(value) if isinstance(value, str) else json.dumps(value, ensure_ascii=True)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(ascii(str(exc))[1:-1].split())

@@ -29,7 +29,7 @@ import botocore.loaders
 from migratio.config import AwsSite
 from migratio.drivers.aws.blocks import GIB, volume_size_gib
 from migratio.drivers.aws.ebs import SnapshotWriter
-from migratio.drivers.aws.errors import NotFound, error_code, one_line, translated
+from migratio.drivers.aws.errors import error_code, translated
 from migratio.drivers.aws.imports import S3_SCHEME, S3Object, SnapshotImport, prefix_for
 from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.base import (
@@ -45,7 +45,8 @@ from migratio.drivers.base import (
     Registration,
     Transfer,
 )
-from migratio.errors import ConfigError, PermanentError
+from migratio.errors import ConfigError, NotFound, PermanentError
+from migratio.text import one_line
 
 log = logging.getLogger(__name__)
 

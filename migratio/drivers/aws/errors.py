@@ -14,7 +14,8 @@ from contextlib import contextmanager
 import botocore.exceptions as boto
 import botocore.parsers
 
-from migratio.errors import MigratioError, MigrationError, PermanentError, TransientError
+from migratio.errors import MigratioError, MigrationError, NotFound, PermanentError, TransientError
+from migratio.text import error_text, one_line
 
 # Codes AWS uses for "slow down": some arrive as HTTP 400, so the status alone
 # does not tell (EBS direct's RequestThrottledException, EC2's RequestLimitExceeded).
@@ -83,10 +84,6 @@ CONFIGURATION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class NotFound(PermanentError):
-    """AWS says the resource does not exist; callers turn this into None or success."""
-
-
 def error_code(exc: boto.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code") or "")
 
@@ -123,17 +120,8 @@ def translated(site_id: str, action: str) -> Iterator[None]:
     except boto.ClientError as exc:
         raise error_for(exc, where) from exc
     except CONFIGURATION_ERRORS as exc:
-        raise PermanentError(one_line(f"{where}: {_reason(exc)}")) from exc
+        raise PermanentError(one_line(f"{where}: {error_text(exc)}")) from exc
     except TRANSPORT_ERRORS as exc:
-        raise TransientError(one_line(f"{where}: {_reason(exc)}")) from exc
+        raise TransientError(one_line(f"{where}: {error_text(exc)}")) from exc
     except boto.BotoCoreError as exc:
-        raise PermanentError(one_line(f"{where}: {_reason(exc)}")) from exc
-
-
-def one_line(text: str, limit: int = 400) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise PermanentError(one_line(f"{where}: {error_text(exc)}")) from exc

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from migratio import qemu
-from migratio.drivers.aws.errors import NotFound, translated
+from migratio.drivers.aws.errors import translated
 from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.base import MIGRATION_ID, Transfer
-from migratio.errors import PermanentError
+from migratio.errors import NotFound, PermanentError
 
 log = logging.getLogger(__name__)
 

@@ -40,9 +40,11 @@ from migratio.errors import (
     ImageNotFound,
     MigratioError,
     MigrationError,
+    NotFound,
     PermanentError,
     TransientError,
 )
+from migratio.text import error_text, one_line
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,6 @@ COPIED_PREFIXES = ("hw_", "os_")
 STATUS_RANK = {"active": 0, "saving": 1, "uploading": 1, "importing": 1, "queued": 2}
 
 
-class _Missing(PermanentError):
-    """Glance answered 404; callers turn it into ImageNotFound, None or success."""
-
-
 class OpenStackSiteDriver:
     """A Glance v2 site, as source and destination.
 
@@ -111,7 +109,7 @@ class OpenStackSiteDriver:
         action = "describe image"
         try:
             image = self._json("GET", self._path(image_id), action)
-        except _Missing:
+        except NotFound:
             raise self._not_found(image_id) from None
         try:
             return _source_image(image)
@@ -131,7 +129,7 @@ class OpenStackSiteDriver:
             response = self._request(
                 "GET", self._path(image_id, "file"), action, stream=True, headers=headers
             )
-        except _Missing:
+        except NotFound:
             raise self._not_found(image_id) from None
         try:
             if response.status_code == 204:
@@ -182,7 +180,7 @@ class OpenStackSiteDriver:
     def get_record(self, record_id: str) -> DestinationImage | None:
         try:
             return _destination_image(self._json("GET", self._path(record_id), "get record"))
-        except _Missing:
+        except NotFound:
             return None
 
     def create_record(self, spec: RecordSpec) -> DestinationImage:
@@ -241,7 +239,7 @@ class OpenStackSiteDriver:
         return _destination_image(image)
 
     def remove(self, record_id: str) -> None:
-        with suppress(_Missing):
+        with suppress(NotFound):
             self._request("DELETE", self._path(record_id), f"remove record {record_id}").close()
 
     def close(self) -> None:
@@ -310,7 +308,7 @@ class OpenStackSiteDriver:
         """An image URL path. Glance ids are UUIDs; anything else cannot exist, and is
         never sent: Glance decodes ``%2F``, so a quoted ``ID/file`` would still download."""
         if not IMAGE_ID.fullmatch(image_id):
-            raise _Missing(self._message(f"image {image_id!r}", "not a Glance id (a UUID)"))
+            raise NotFound(self._message(f"image {image_id!r}", "not a Glance id (a UUID)"))
         return "/".join(("/images", image_id, *rest))
 
     def _not_found(self, image_id: str) -> ImageNotFound:
@@ -378,11 +376,11 @@ def translated(site_id: str, action: str) -> Iterator[None]:
         message = f"site {site_id}: {action}: {exc.message} (HTTP {exc.http_status})"
         raise kind(one_line(message)) from exc
     except RETRYABLE_ERRORS as exc:
-        raise TransientError(one_line(f"site {site_id}: {action}: {_reason(exc)}")) from exc
+        raise TransientError(one_line(f"site {site_id}: {action}: {error_text(exc)}")) from exc
     except (ksa.ClientException, openstack.exceptions.SDKException) as exc:
         # An auth plugin may wrap the connection error that made it fail.
         kind = TransientError if _caused_by_transport(exc) else PermanentError
-        raise kind(one_line(f"site {site_id}: {action}: {_reason(exc)}")) from exc
+        raise kind(one_line(f"site {site_id}: {action}: {error_text(exc)}")) from exc
 
 
 def error_for_response(response: requests.Response, site_id: str, action: str) -> MigrationError:
@@ -391,7 +389,7 @@ def error_for_response(response: requests.Response, site_id: str, action: str) -
     if status == 401:
         return PermanentError(_auth_failed(site_id, action))
     message = one_line(f"site {site_id}: {action}: HTTP {status}: {_explanation(response)}")
-    return _Missing(message) if status == 404 else error_class(status)(message)
+    return NotFound(message) if status == 404 else error_class(status)(message)
 
 
 def error_class(status: int) -> type[MigrationError]:
@@ -399,11 +397,6 @@ def error_class(status: int) -> type[MigrationError]:
     if status >= 500 or status in (408, 429):
         return TransientError
     return PermanentError
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _auth_failed(site_id: str, action: str) -> str:
@@ -423,10 +416,6 @@ def _explanation(response: requests.Response) -> str:
     text = re.sub(r"<title>.*?</title>|<h1>.*?</h1>", " ", text, flags=re.S)
     text = html.unescape(re.sub(r"<[^>]+>", " ", text)).strip()
     return one_line(text or response.reason or "", 200)
-
-
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _caused_by_transport(exc: BaseException) -> bool:

@@ -29,10 +29,10 @@ from migratio.drivers.base import (
     Registration,
     Transfer,
 )
-from migratio.drivers.ssh.openstack_cli import ImageMissing, RemoteGlance, destination_image
+from migratio.drivers.ssh.openstack_cli import RemoteGlance, destination_image
 from migratio.drivers.ssh.remote import RemoteHost
 from migratio.drivers.ssh.staging import Staged, StagingArea
-from migratio.errors import IntegrityError, PermanentError, TransientError
+from migratio.errors import IntegrityError, NotFound, PermanentError, TransientError
 
 STAGING_PREFIX = "staging:"
 MIGRATION_ID_FORMAT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -144,7 +144,7 @@ class OpenStackSshSiteDriver:
             return
         try:
             self.glance.delete(record_id)
-        except ImageMissing:
+        except NotFound:
             return
 
     def close(self) -> None:
@@ -180,7 +180,7 @@ class OpenStackSshSiteDriver:
         """An image as a record: not active means its registration was interrupted."""
         try:
             shown = self.glance.show(image_id)
-        except ImageMissing:
+        except NotFound:
             return None
         if shown is None:
             return None

@@ -22,7 +22,7 @@ from migratio.config import OpenStackSshSite
 from migratio.drivers.base import DestinationImage, Registration
 from migratio.drivers.openstack.mapping import record_status
 from migratio.drivers.ssh.remote import Completed, RemoteHost
-from migratio.errors import PermanentError, TransientError
+from migratio.errors import NotFound, PermanentError, TransientError
 
 IMAGE_ID = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -40,10 +40,6 @@ NOT_CUSTOM_PREFIXES = ("os_glance_", "owner_specified.openstack.")
 # `openstack image create --file` reads the file and sends it to Glance, which
 # hashes it: allow 8 MiB/s on top of the site's timeout.
 UPLOAD_RATE = 8 * 1024 * 1024
-
-
-class ImageMissing(PermanentError):
-    """The CLI says the image does not exist."""
 
 
 class RemoteGlance:
@@ -70,7 +66,7 @@ class RemoteGlance:
         """The CLI's JSON view of an image now; None when it does not exist."""
         try:
             image = self._json(["image", "show", "-f", "json", _checked_id(image_id)], "show image")
-        except ImageMissing:
+        except NotFound:
             return None
         if not isinstance(image, dict) or "id" not in image:
             raise PermanentError(self.host.message("show image", "the answer is not an image"))
@@ -135,7 +131,7 @@ class RemoteGlance:
         if result.status in (126, 127):
             return PermanentError(self.host.message(action, text))
         if NOT_FOUND.search(everything):
-            return ImageMissing(self.host.message(action, text))
+            return NotFound(self.host.message(action, text))
         if TRANSIENT.search(everything):
             return TransientError(self.host.message(action, text))
         return PermanentError(self.host.message(action, f"openstack CLI: {text}"))
@@ -172,5 +168,5 @@ def _as_text(value: Any) -> str:
 def _checked_id(image_id: str) -> str:
     # The CLI takes a name or an id; only ids are ever passed, so no name can match.
     if not IMAGE_ID.fullmatch(image_id):
-        raise ImageMissing(f"image {image_id!r}: not a Glance id (a UUID)")
+        raise NotFound(f"image {image_id!r}: not a Glance id (a UUID)")
     return image_id
