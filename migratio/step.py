@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from migratio import faults
 from migratio.drivers.base import DestinationSite, ImageStatus, SourceImage, SourceSite
 from migratio.errors import CancelRequested, LeaseLost, ShuttingDown
 from migratio.ledger.store import Ledger, Migration
@@ -124,6 +125,8 @@ class Step:
             raise LeaseLost(f"lease on migration {self.migration.id} lost")
         if self.signals.shutting_down.is_set():
             raise ShuttingDown("daemon stopping")
+        if bytes_done is not None:
+            faults.point("transfer.bytes", amount=bytes_done)
         now = time.monotonic()
         if bytes_done is not None and (
             force or now - self._last_progress >= self._progress_seconds

@@ -19,7 +19,7 @@ from contextlib import ExitStack
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from migratio import config
+from migratio import config, faults
 from migratio.cleanup import clean_up
 from migratio.drivers.base import DestinationDriver, DestinationSite, SourceDriver
 from migratio.drivers.registry import Drivers, SiteOpener
@@ -252,9 +252,11 @@ class Supervisor:
             log.exception("migration %s: unexpected error in %s", migration.id, migration.state)
             self._retry_or_fail(migration, _one_line(exc), step.destination)
         else:
+            faults.point("transition.before_commit", migration.state)
             moved = self.ledger.transition(
                 migration.id, self.owner, advance.trigger, advance.message, **advance.fields
             )
+            faults.point("transition.after_commit", migration.state)
             log.info(
                 "migration %s: %s -> %s: %s",
                 migration.id,

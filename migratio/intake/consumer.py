@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ from functools import partial
 from redis.backoff import ExponentialBackoff
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
-from migratio import config
+from migratio import config, faults
 from migratio.feedback.outbox import Outbox
 from migratio.intake.jobs import BadJob, parse
 from migratio.intake.reliable_queue import ReliableQueue
@@ -34,10 +33,6 @@ log = logging.getLogger(__name__)
 
 # Longest wait for a job in one BLMOVE; bounds how long a stop takes.
 WAIT_SECONDS = 0.5
-# Test-only: seconds to sleep between moving jobs into the processing list and
-# recording them, so a test can SIGKILL the daemon in that window. Never set it
-# in production.
-TEST_PAUSE_VARIABLE = "MIGRATIO_TEST_PAUSE_AFTER_MOVE"
 # A dead letter keeps at most this much of its job's payload.
 DEAD_PAYLOAD_BYTES = 64 * 1024
 
@@ -152,7 +147,7 @@ class Consumer:
             if not jobs:
                 return
         self._idle = False
-        _test_pause(self._stopping)
+        faults.point("intake.after_move", stopping=self._stopping)
         self._handle(jobs)
 
     def _handle(self, raws: Sequence[bytes]) -> None:
@@ -309,10 +304,3 @@ def dead_letter(raw: bytes, reason: str, queue_key: str) -> bytes:
             truncated=True, payload_bytes=len(raw), payload_sha256=hashlib.sha256(raw).hexdigest()
         )
     return json.dumps(letter, ensure_ascii=True).encode()
-
-
-def _test_pause(stopping: threading.Event) -> None:
-    seconds = float(os.environ.get(TEST_PAUSE_VARIABLE) or 0)
-    if seconds > 0:
-        log.warning("intake: %s set: pausing %.1f s after the move", TEST_PAUSE_VARIABLE, seconds)
-        stopping.wait(seconds)

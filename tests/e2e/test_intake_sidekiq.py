@@ -19,7 +19,7 @@ import testbed_lib
 import yaml
 from openstack.connection import Connection
 
-from migratio.intake.consumer import TEST_PAUSE_VARIABLE
+from migratio import faults
 from migratio.ledger.store import Ledger
 from tests.support import glance_peer, images, migratio_cli
 from tests.support.daemon_config import write_daemon_config
@@ -168,7 +168,7 @@ def test_daemon_killed_between_move_and_ledger_commit_runs_the_job_exactly_once(
             [sys.executable, "-m", "migratio", "--config", str(config), "run"],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, TEST_PAUSE_VARIABLE: "120"},
+            env={**os.environ, faults.ENVIRONMENT_VARIABLE: "intake.after_move=pause:120"},
         )
     try:
         _wait(lambda: "pausing" in log.read_text(), 60, "the daemon to move the job")
