@@ -7,6 +7,8 @@ write happens.
 
 from __future__ import annotations
 
+import logging
+import threading
 from enum import StrEnum
 from typing import Any
 
@@ -67,24 +69,39 @@ _TRANSITIONS = [
 ]
 
 
-class _Model:
+# Built once: the table is fixed. Each question gets its own model (one migration's
+# state); the lock guards the machine's model list, shared by the worker threads.
+_MACHINE = Machine(
+    model=None,
+    states=[state.value for state in State],
+    transitions=_TRANSITIONS,
+    initial=None,
+    auto_transitions=False,
+)
+_MACHINE_LOCK = threading.Lock()
+# transitions logs every trigger at INFO: one line per step of every migration,
+# which the supervisor already logs with more context.
+logging.getLogger("transitions").setLevel(logging.WARNING)
+
+
+class MigrationModel:
+    """One migration's place in the machine: its state (the machine adds the triggers)."""
+
     state: str
 
 
 def next_state(current: str, trigger: str) -> State:
     """The state ``trigger`` leads to from ``current``; IllegalTransition otherwise."""
-    model = _Model()
+    if trigger not in _MACHINE.events:
+        raise IllegalTransition(f"unknown trigger {trigger!r}")
+    model = MigrationModel()
     try:
-        machine = Machine(
-            model=model,
-            states=[state.value for state in State],
-            transitions=_TRANSITIONS,
-            initial=State(current).value,
-            auto_transitions=False,
-        )
-        if trigger not in machine.events:
-            raise IllegalTransition(f"unknown trigger {trigger!r}")
-        model.trigger(trigger)  # type: ignore[attr-defined]
+        with _MACHINE_LOCK:
+            _MACHINE.add_model(model, initial=State(current).value)
+            try:
+                model.trigger(trigger)  # type: ignore[attr-defined]  # the machine adds it
+            finally:
+                _MACHINE.remove_model(model)
     except (MachineError, ValueError) as exc:
         raise IllegalTransition(f"cannot {trigger} a migration that is {current}") from exc
     return State(model.state)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from migratio.errors import IllegalTransition
@@ -53,3 +55,14 @@ def test_skipping_a_state_is_refused() -> None:
         next_state("exporting", "registered")
     with pytest.raises(IllegalTransition, match="unknown trigger"):
         next_state("queued", "teleport")
+
+
+def test_the_machine_is_built_once_and_quiet_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    from migratio import machine
+
+    built = machine._MACHINE
+    with caplog.at_level(logging.INFO):
+        assert next_state("queued", Trigger.START) is State.EXPORTING
+        assert next_state("exporting", Trigger.FOUND_COPY) is State.DONE
+    assert machine._MACHINE is built and not built.models
+    assert [r for r in caplog.records if r.name.startswith("transitions")] == []
