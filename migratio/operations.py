@@ -91,10 +91,7 @@ def submit_via_redis(
         raise UsageError(exc.reason) from None
     client = redis.Redis.from_url(daemon.redis_url, socket_connect_timeout=5, socket_timeout=5)
     try:
-        with client.pipeline(transaction=True) as pipe:
-            pipe.sadd(sidekiq.key(daemon.namespace, "queues"), queue)
-            pipe.lpush(sidekiq.queue_key(daemon.namespace, queue), job)
-            pipe.execute()
+        sidekiq.push_payloads(client, daemon.namespace, [(queue, job)])
     except redis.RedisError as exc:
         where = redacted(daemon.redis_url)
         raise MigratioError(f"cannot push to redis at {where}: {exc}") from None

@@ -64,12 +64,20 @@ class Job:
 
 def push(client: redis.Redis, namespace: str, jobs: Sequence[Job]) -> None:
     """Push jobs in order, all or none (MULTI/EXEC), as ``Sidekiq::Client.push`` does."""
-    if not jobs:
-        return
     now = time.time()
+    push_payloads(client, namespace, [(job.queue, job.payload(now)) for job in jobs])
+
+
+def push_payloads(
+    client: redis.Redis, namespace: str, payloads: Sequence[tuple[str, str | bytes]]
+) -> None:
+    """Push ready-made payloads onto their queues, in order, all or none, and name
+    each queue in ``<namespace>:queues`` as Sidekiq's client does."""
+    if not payloads:
+        return
     pipe = client.pipeline(transaction=True)
-    for queue in dict.fromkeys(job.queue for job in jobs):
+    for queue in dict.fromkeys(queue for queue, _ in payloads):
         pipe.sadd(key(namespace, "queues"), queue)
-    for job in jobs:
-        pipe.lpush(queue_key(namespace, job.queue), job.payload(now))
+    for queue, payload in payloads:
+        pipe.lpush(queue_key(namespace, queue), payload)
     pipe.execute()

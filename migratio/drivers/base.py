@@ -71,15 +71,19 @@ class Provenance:
 
     source_uuid: str
     source_site: str
-    source_sha512: str
+    source_sha512: str | None
 
     def as_properties(self) -> dict[str, str]:
-        """The properties (or tags) a copy with this provenance carries and is found by."""
-        return {
-            SOURCE_UUID: self.source_uuid,
-            SOURCE_T: self.source_site,
-            SOURCE_SHA512: self.source_sha512,
-        }
+        """The properties (or tags) a copy with this provenance is found by."""
+        properties = {SOURCE_UUID: self.source_uuid, SOURCE_T: self.source_site}
+        if self.source_sha512:
+            properties[SOURCE_SHA512] = self.source_sha512
+        return properties
+
+    def labels(self) -> dict[str, str]:
+        """Everything a copy is labelled with: the above and the legacy tool's
+        ``source_cs``, which the platform still reads."""
+        return {**self.as_properties(), SOURCE_CS: self.source_site}
 
 
 @dataclass(frozen=True)

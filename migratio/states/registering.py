@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from migratio.drivers.base import SOURCE_CS, SOURCE_SHA512, SOURCE_T, SOURCE_UUID, Registration
+from migratio.drivers.base import Provenance, Registration
 from migratio.errors import IntegrityError, TransientError
 from migratio.machine import Trigger
 from migratio.step import Advance, Step
@@ -13,13 +13,7 @@ def run(step: Step) -> Advance:
     image = step.source_image
     if migration.dest_image_id is None:
         raise IntegrityError("no destination image recorded; cannot register")
-    provenance = {
-        SOURCE_UUID: image.id,
-        SOURCE_CS: migration.source_site,
-        SOURCE_T: migration.source_site,
-    }
-    if image.sha512:
-        provenance[SOURCE_SHA512] = image.sha512
+    provenance = Provenance(image.id, migration.source_site, image.sha512)
     registered = step.destination.register(
         migration.dest_image_id,
         Registration(
@@ -29,7 +23,7 @@ def run(step: Step) -> Advance:
             min_disk=image.min_disk,
             min_ram=image.min_ram,
             architecture=image.architecture,
-            properties={**image.properties, **provenance},
+            properties={**image.properties, **provenance.labels()},
         ),
     )
     if registered.id != migration.dest_image_id:
