@@ -223,7 +223,7 @@ def test_record_receive_register_and_remove(driver: AwsSiteDriver, tmp_path: Pat
     assert transfer.state["blocks_put"] == transfer.state["blocks_total"] == 4
     finished = driver.get_record(record.id)
     assert finished is not None
-    assert (finished.status, finished.sha512) == ("active", transfer.sha512)
+    assert (finished.status, finished.sha512) == (RecordStatus.COMPLETE, transfer.sha512)
 
     source_uuid = str(uuid.uuid4())
     registration = _registration(source_uuid, "f" * 128)
