@@ -17,8 +17,9 @@ import pytest
 
 from migratio.config import AwsSite
 from migratio.drivers.aws import errors as aws_errors
+from migratio.drivers.aws.amis import ami_name, ec2_architecture
 from migratio.drivers.aws.blocks import BLOCK_SIZE, BlockSet, linear_checksum, scan
-from migratio.drivers.aws.driver import AwsSiteDriver, ami_name, check_region, ec2_architecture
+from migratio.drivers.aws.driver import AwsSiteDriver, check_region
 from migratio.drivers.base import (
     MIGRATION_ID,
     SOURCE_CS,
