@@ -17,7 +17,7 @@ from openstack.connection import Connection
 
 from migratio.config import AwsSite
 from migratio.drivers.aws.driver import AwsSiteDriver
-from migratio.drivers.aws.imports import S3Object
+from migratio.drivers.aws.records import StagedObjectRef, parse_record
 from migratio.drivers.base import RecordSpec
 from migratio.errors import PermanentError, ShuttingDown
 from tests.support import aws_peer, glance_peer, images, migratio_cli
@@ -202,7 +202,8 @@ def test_upload_resumes_by_listing_the_parts_s3_holds(
     migration_id = str(uuid.uuid4())
     driver = _driver(front)
     record = driver.create_record(RecordSpec(migration_id, "resumed", "vmdk", "bare", len(content)))
-    target = S3Object.parse(record.id)
+    target = parse_record("aws-import", record.id)
+    assert isinstance(target, StagedObjectRef)
 
     # An earlier run: parts 1 and 2 sent, part 3 sent with other bytes, then a crash.
     part = 8 * MIB
@@ -254,7 +255,8 @@ def test_a_resumed_run_polls_the_same_import_task(
     )  # fmt: skip
     driver = _driver(front)
     record = driver.create_record(RecordSpec(str(uuid.uuid4()), "resumed", "vmdk", "bare", 1))
-    target = S3Object.parse(record.id)
+    target = parse_record("aws-import", record.id)
+    assert isinstance(target, StagedObjectRef)
 
     # Stopped while the task runs, and (worse) before the task id was journalled.
     first = FileTransfer(vmdk, disk_format="vmdk", stop_when=lambda state: "task_id" in state)

@@ -17,8 +17,9 @@ import pytest
 
 from migratio.config import AwsSite
 from migratio.drivers.aws import errors as aws_errors
+from migratio.drivers.aws.amis import ami_name, ec2_architecture
 from migratio.drivers.aws.blocks import BLOCK_SIZE, BlockSet, linear_checksum, scan
-from migratio.drivers.aws.driver import AwsSiteDriver, ami_name, check_region, ec2_architecture
+from migratio.drivers.aws.driver import AwsSiteDriver, check_region
 from migratio.drivers.base import (
     MIGRATION_ID,
     SOURCE_CS,
@@ -223,7 +224,7 @@ def test_record_receive_register_and_remove(driver: AwsSiteDriver, tmp_path: Pat
     assert transfer.state["blocks_put"] == transfer.state["blocks_total"] == 4
     finished = driver.get_record(record.id)
     assert finished is not None
-    assert (finished.status, finished.sha512) == ("active", transfer.sha512)
+    assert (finished.status, finished.sha512) == (RecordStatus.COMPLETE, transfer.sha512)
 
     source_uuid = str(uuid.uuid4())
     registration = _registration(source_uuid, "f" * 128)

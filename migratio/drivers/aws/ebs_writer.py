@@ -1,4 +1,4 @@
-"""Writing a sparse raw disk into an EBS snapshot through the EBS direct APIs.
+"""Writing a sparse raw disk into a pending EBS snapshot, block by block, resumably.
 
 Only non-zero 512 KiB blocks are sent, ``workers`` at a time, each with its
 SHA256. Which blocks have landed is journalled through the transfer (at most
@@ -20,15 +20,17 @@ from typing import Any
 from migratio.drivers.aws.blocks import BLOCK_SIZE, Block, BlockSet, linear_checksum, scan
 from migratio.drivers.aws.errors import translated
 from migratio.drivers.aws.session import AwsClients
+from migratio.drivers.aws.snapshots import Snapshots
 from migratio.drivers.base import Transfer
 from migratio.errors import IntegrityError, PermanentError, TransientError
+from migratio.polling import Backoff, poll
 
 log = logging.getLogger(__name__)
 
 JOURNAL_INTERVAL = 1.0
-# How long a finished snapshot may take to leave "pending" before we let the
-# retry policy take over (AWS finishes large sparse snapshots in minutes).
-COMPLETION_POLL = (1.0, 1.5, 10.0)  # first delay, factor, longest delay
+# A completed snapshot stays "pending" while AWS finishes it (minutes for large
+# sparse ones); polled with no deadline, each wait a checkpoint (shutdown, cancel).
+COMPLETION_BACKOFF = Backoff(first=1.0, factor=1.5, longest=10.0)
 
 
 @dataclass
@@ -69,14 +71,16 @@ class Journal:
 class SnapshotWriter:
     """Fills one pending snapshot from a local raw file and completes it.
 
-    clients: the site's connections (``ebs`` for blocks, ``ec2`` for state).
+    clients: the site's connections (``ebs`` for blocks).
+    snapshots: the site's snapshots (their state, while completing).
     workers: PutSnapshotBlock calls in flight at once; AWS documents ~100
         connections for full speed, coldsnap uses 64, the site default is 16.
     """
 
-    def __init__(self, clients: AwsClients, workers: int) -> None:
+    def __init__(self, clients: AwsClients, snapshots: Snapshots, workers: int) -> None:
         self.clients = clients
         self.site_id = clients.site_id
+        self.snapshots = snapshots
         self.workers = workers
 
     def write(self, snapshot_id: str, path: Path, transfer: Transfer) -> str:
@@ -173,33 +177,27 @@ class SnapshotWriter:
         except PermanentError:
             # A crash right after an accepted CompleteSnapshot leaves the journal
             # saying "not completed"; AWS then refuses a second one.
-            if self.snapshot_state(snapshot_id) != "completed":
+            if self.snapshots.state(snapshot_id) != "completed":
                 raise
 
     def _wait_completed(self, snapshot_id: str, transfer: Transfer, size: int) -> None:
-        delay, factor, longest = COMPLETION_POLL
-        while True:
-            state = self.snapshot_state(snapshot_id)
+        def completed() -> bool | None:
+            state = self.snapshots.state(snapshot_id)
             if state == "completed":
-                return
+                return True
             if state != "pending":
                 raise PermanentError(
                     f"site {self.site_id}: snapshot {snapshot_id} is {state} after completion"
                 )
-            transfer.progress(size)
-            time.sleep(delay)
-            delay = min(longest, delay * factor)
+            return None
 
-    def snapshot_state(self, snapshot_id: str) -> str | None:
-        with translated(self.site_id, f"describe snapshot {snapshot_id}"):
-            found = self.clients.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
-        return str(found[0].get("State")) if found else None
+        poll(completed, COMPLETION_BACKOFF, between=lambda: transfer.progress(size))
 
     def _explain_dead_snapshot(self, snapshot_id: str) -> None:
         """A snapshot that timed out (no write for its Timeout) refuses every block:
         retry, and the uploading state replaces the dead snapshot with a new one."""
         try:
-            state = self.snapshot_state(snapshot_id)
+            state = self.snapshots.state(snapshot_id)
         except Exception:  # the original error is the one to report
             return
         if state == "error":
