@@ -38,7 +38,7 @@ from testbed_lib.ports import free_ports  # noqa: E402
 
 from migratio.intake.reliable_queue import ReliableQueue  # noqa: E402
 from migratio.ledger.database import upgrade  # noqa: E402
-from tests.conftest import write_daemon_config  # noqa: E402
+from tests.support.daemon_config import write_daemon_config  # noqa: E402
 from tests.support.ledgers import empty_ledger_engine  # noqa: E402
 from tests.support.redis_peer import sidekiq_job  # noqa: E402
 

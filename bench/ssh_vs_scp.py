@@ -39,7 +39,7 @@ import testbed_lib  # noqa: E402
 from migratio.config import OpenStackSshSite  # noqa: E402
 from migratio.drivers.base import RecordSpec  # noqa: E402
 from migratio.drivers.ssh.driver import OpenStackSshSiteDriver  # noqa: E402
-from tests.conftest import write_daemon_config  # noqa: E402
+from tests.support.daemon_config import write_daemon_config  # noqa: E402
 from tests.support import glance_peer, images  # noqa: E402
 from tests.support.payloads import Payload  # noqa: E402
 

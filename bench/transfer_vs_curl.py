@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
 import testbed_lib  # noqa: E402
 
-from tests.conftest import write_daemon_config  # noqa: E402
+from tests.support.daemon_config import write_daemon_config  # noqa: E402
 from tests.support import glance_peer, images  # noqa: E402
 
 
