@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 import testbed_lib  # noqa: E402
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 
-from tests.support.daemon_config import write_daemon_config  # noqa: E402
 from tests.support import aws_peer, glance_peer, images, migratio_cli  # noqa: E402
+from tests.support.daemon_config import write_daemon_config  # noqa: E402
 
 MIB = aws_peer.MIB
 OBJECT_LIMIT = 256 * MIB  # see the module docstring: moto's RAM

@@ -39,8 +39,8 @@ import testbed_lib  # noqa: E402
 from migratio.config import OpenStackSshSite  # noqa: E402
 from migratio.drivers.base import RecordSpec  # noqa: E402
 from migratio.drivers.ssh.driver import OpenStackSshSiteDriver  # noqa: E402
-from tests.support.daemon_config import write_daemon_config  # noqa: E402
 from tests.support import glance_peer, images  # noqa: E402
+from tests.support.daemon_config import write_daemon_config  # noqa: E402
 from tests.support.payloads import Payload  # noqa: E402
 
 MiB = 1024 * 1024

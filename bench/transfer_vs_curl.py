@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
 import testbed_lib  # noqa: E402
 
-from tests.support.daemon_config import write_daemon_config  # noqa: E402
 from tests.support import glance_peer, images  # noqa: E402
+from tests.support.daemon_config import write_daemon_config  # noqa: E402
 
 
 def _image_api(conn: Connection) -> str:
