@@ -14,7 +14,7 @@ from migratio.ledger.store import Ledger
 
 def test_schema_upgrade_is_idempotent(ledger: Ledger) -> None:
     upgrade(ledger.engine)
-    assert current_revision(ledger.engine) == "0003"
+    assert current_revision(ledger.engine) == "0004"
 
 
 def test_every_transition_has_its_audit_row(ledger: Ledger) -> None:
