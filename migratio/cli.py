@@ -240,7 +240,7 @@ def db() -> None:
 @_one_line_errors
 def db_upgrade(ctx: _Context) -> None:
     """Bring the ledger schema to the newest revision."""
-    ctx.ledger().engine.dispose()
+    ctx.ledger().close()
     click.echo("ledger schema is up to date")
 
 

@@ -11,9 +11,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from migratio.errors import LedgerUnavailable
+from migratio.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,29 @@ def supported_url(value: str) -> str:
             "or postgresql+psycopg://USER@HOST/DB"
         )
     return value
+
+
+def open_engine(url: str, *, migrate: bool) -> Engine:
+    """An engine on a ledger at the newest schema: brought there (``migrate``), or
+    found there (read-only commands must not change or create a ledger).
+
+    LedgerUnavailable names the ledger (without its password) and the reason.
+    """
+    engine = make_engine(url, create=migrate)
+    try:
+        if migrate:
+            upgrade(engine)
+        else:
+            check_current(engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        reason = one_line(getattr(exc, "orig", None) or exc, 300)
+        where = describe_url(url)
+        raise LedgerUnavailable(f"cannot open the ledger at {where}: {reason}") from None
+    except LedgerUnavailable:
+        engine.dispose()
+        raise
+    return engine
 
 
 def make_engine(url: str, *, create: bool = True) -> Engine:
