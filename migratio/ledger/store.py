@@ -3,7 +3,8 @@
 
 Every method is one transaction. Every state change commits with its audit
 row, and every write by a worker is fenced by its lease, so a process that lost
-its lease changes nothing.
+its lease changes nothing. Database failures come out as ``LedgerUnavailable``,
+``JobConflict`` or ``LedgerError`` (``migratio.errors``), never as SQLAlchemy's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from migratio.errors import JobConflict, LedgerError
 from migratio.ledger import artifacts, leases, reads, writes
 from migratio.ledger import jobs as intake_jobs
 from migratio.ledger.boundary import transaction
@@ -77,8 +79,8 @@ class Ledger:
         self.engine.dispose()
 
     @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        with transaction(self._sessions) as session:
+    def _tx(self, conflict: type[LedgerError] = LedgerError) -> Iterator[Session]:
+        with transaction(self._sessions, conflict) as session:
             yield session
 
     def _notify(self, session: Session, change: Change) -> None:
@@ -105,9 +107,10 @@ class Ledger:
         """Record intake jobs in one transaction, each job id at most once.
 
         A job for an image and pair of sites that already has a migration under
-        way joins it instead of starting a second one.
+        way joins it instead of starting a second one. ``JobConflict``: another
+        consumer recorded one of these job ids at the same moment.
         """
-        with self._tx() as session:
+        with self._tx(conflict=JobConflict) as session:
             return intake_jobs.accept(session, self._notify, jobs)
 
     def get(self, migration_id: str) -> Migration:
