@@ -14,14 +14,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.exc import SQLAlchemyError
 
 from migratio import config, operations
 from migratio.daemon import Daemon
 from migratio.errors import ConfigError, MigratioError, UsageError
 from migratio.ledger.store import Ledger
 from migratio.machine import State
-from migratio.text import one_line, printable
+from migratio.text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,10 +40,6 @@ def _one_line_errors(func: F) -> F:
             sys.exit(2)
         except MigratioError as exc:
             click.echo(f"migratio: {printable(exc)}", err=True)
-            sys.exit(1)
-        except SQLAlchemyError as exc:  # the ledger went away mid-command
-            reason = one_line(getattr(exc, "orig", None) or exc, 300)
-            click.echo(f"migratio: ledger error: {printable(reason)}", err=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -240,7 +235,7 @@ def db() -> None:
 @_one_line_errors
 def db_upgrade(ctx: _Context) -> None:
     """Bring the ledger schema to the newest revision."""
-    ctx.ledger().engine.dispose()
+    ctx.ledger().close()
     click.echo("ledger schema is up to date")
 
 

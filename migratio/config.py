@@ -180,7 +180,10 @@ class DaemonConfig(_Strict):
     @field_validator("database_url")
     @classmethod
     def _database(cls, value: str) -> str:
-        return ledger_url(value) if value else value
+        # Imported on use: only a config that names a database needs the database stack.
+        from migratio.ledger.database import supported_url
+
+        return supported_url(value) if value else value
 
     @field_validator("redis_url")
     @classmethod
@@ -193,33 +196,6 @@ class DaemonConfig(_Strict):
     def ledger_url(self) -> str:
         """The configured database URL, or the embedded SQLite ledger in the work dir."""
         return self.database_url or f"sqlite:///{self.work_dir / 'ledger.sqlite'}"
-
-
-# SQLAlchemy's PostgreSQL default driver is psycopg2, which migratio does not
-# install; the common spellings of a PostgreSQL URL all mean psycopg 3.
-_POSTGRES_SCHEMES = ("postgres://", "postgresql://", "postgresql+psycopg2://")
-
-
-def ledger_url(value: str) -> str:
-    """A database URL the ledger can use (SQLite or PostgreSQL), or ValueError."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    for scheme in _POSTGRES_SCHEMES:
-        if value.startswith(scheme):
-            value = "postgresql+psycopg://" + value[len(scheme) :]
-    try:
-        url = make_url(value)
-    except ArgumentError:
-        raise ValueError(
-            "is not a database URL (sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
-        ) from None
-    if url.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
-        raise ValueError(
-            f"database {url.drivername!r} is not supported: use sqlite:///PATH "
-            "or postgresql+psycopg://USER@HOST/DB"
-        )
-    return value
 
 
 class Settings:

@@ -36,7 +36,7 @@ class Daemon:
         self.deliverer: Deliverer | None = None
         if daemon.intake or daemon.feedback:
             self.link = RedisLink(daemon.redis_url, read_timeout=WAIT_SECONDS + 9)
-        outbox = Outbox(ledger.engine) if daemon.feedback else None
+        outbox = Outbox(ledger) if daemon.feedback else None
         if daemon.intake and self.link is not None:
             self.consumer = Consumer(
                 settings,

@@ -22,8 +22,27 @@ class UsageError(MigratioError):
     """The command line asks for what cannot be: an unknown site, a malformed id."""
 
 
-class LedgerUnavailable(MigratioError):
-    """The ledger cannot be opened or reached (no file yet, a database that is down)."""
+class LedgerError(MigratioError):
+    """The ledger failed a request: a write it refuses (a value it cannot store) or
+    a fault of its own. Retrying the same request is unlikely to help.
+
+    The message is for operators; ``reason`` is the database's own words, on one
+    line, for log lines that already say it was the ledger.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger cannot be opened or reached (no file yet, a database that is down);
+    waiting for it can help."""
+
+
+class JobConflict(LedgerError):
+    """Another consumer recorded one of the same job ids at the same moment: recording
+    the jobs again finds it and acknowledges the job as a duplicate."""
 
 
 class MigrationError(MigratioError):

@@ -8,18 +8,15 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from sqlalchemy.exc import SQLAlchemyError
 
 from migratio import config, sidekiq
-from migratio.errors import IllegalTransition, LedgerUnavailable, MigratioError, UsageError
-from migratio.feedback.outbox import Outbox
+from migratio.errors import IllegalTransition, MigratioError, UsageError
+from migratio.feedback.outbox import status_job
 from migratio.intake.jobs import BadJob, native_job, parse
-from migratio.ledger.database import check_current, describe_url, make_engine, upgrade
 from migratio.ledger.store import Ledger, Migration, utcnow
 from migratio.machine import TERMINAL, Trigger
 from migratio.redis_link import redacted
 from migratio.supervisor import Supervisor
-from migratio.text import one_line
 
 
 def open_ledger(settings: config.Settings, *, migrate: bool = True) -> Ledger:
@@ -28,20 +25,8 @@ def open_ledger(settings: config.Settings, *, migrate: bool = True) -> Ledger:
 
     With feedback on, every change queues its status message in the ledger's outbox.
     """
-    url = settings.daemon.ledger_url
-    engine = make_engine(url, create=migrate)
-    try:
-        if migrate:
-            upgrade(engine)
-        else:
-            check_current(engine)
-    except SQLAlchemyError as exc:
-        engine.dispose()
-        reason = one_line(getattr(exc, "orig", None) or exc, 300)
-        where = describe_url(url)
-        raise LedgerUnavailable(f"cannot open the ledger at {where}: {reason}") from None
-    on_change = Outbox(engine).record if settings.daemon.feedback else None
-    return Ledger(engine, on_change=on_change)
+    on_change = status_job if settings.daemon.feedback else None
+    return Ledger.open(settings.daemon.ledger_url, migrate=migrate, on_change=on_change)
 
 
 def submit(

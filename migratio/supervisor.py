@@ -17,8 +17,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from migratio import config, faults
 from migratio.cleanup import clean_up
 from migratio.drivers.base import DestinationDriver, DestinationSite, SourceDriver
@@ -27,6 +25,7 @@ from migratio.errors import (
     CancelRequested,
     ConfigError,
     LeaseLost,
+    LedgerError,
     PermanentError,
     ShuttingDown,
     TransientError,
@@ -101,10 +100,10 @@ class Supervisor:
                         and not busy()
                     ):
                         break
-                except SQLAlchemyError as exc:
+                except LedgerError as exc:
                     # The ledger is down (PostgreSQL restart, full disk): keep running,
                     # running steps fail their own writes and are retried later.
-                    log.warning("ledger unavailable, retrying: %s", _one_line(exc))
+                    log.warning("ledger unavailable, retrying: %s", exc.reason)
                     self.signals.shutting_down.wait(self.daemon.lease_seconds / 3)
                 self._pause()
             wait(list(self._running.values()))

@@ -7,9 +7,8 @@ import threading
 import time
 from collections.abc import Sequence
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from migratio import sidekiq
+from migratio.errors import LedgerError
 from migratio.feedback.outbox import Outbox
 from migratio.redis_link import UNAVAILABLE, RedisLink
 
@@ -72,8 +71,8 @@ class Deliverer:
             sent = self.outbox.deliver(self._send, self.batch)
         except UNAVAILABLE as exc:
             return self.link.failed(exc)
-        except SQLAlchemyError as exc:
-            log.warning("feedback: cannot read the outbox: %s", " ".join(str(exc).split()))
+        except LedgerError as exc:
+            log.warning("feedback: cannot read the outbox: %s", exc.reason)
             return 2.0
         return 0.0 if sent == self.batch else self.poll_seconds
 
@@ -91,7 +90,7 @@ class Deliverer:
             except UNAVAILABLE as exc:
                 self.link.failed(exc)
                 return
-            except SQLAlchemyError:
+            except LedgerError:
                 return
         if (left := self._pending()) > 0:
             log.warning("feedback: %d messages wait in the ledger for the next start", left)
@@ -99,11 +98,11 @@ class Deliverer:
     def _pending(self) -> int:
         try:
             return self.outbox.pending()
-        except SQLAlchemyError:
+        except LedgerError:
             return -1
 
     def _prune(self) -> None:
         try:
             self.outbox.prune()
-        except SQLAlchemyError as exc:
-            log.warning("feedback: cannot prune the outbox: %s", " ".join(str(exc).split()))
+        except LedgerError as exc:
+            log.warning("feedback: cannot prune the outbox: %s", exc.reason)

@@ -19,13 +19,14 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from redis.backoff import ExponentialBackoff
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from migratio import config, faults
+from migratio.errors import JobConflict, LedgerError, LedgerUnavailable
 from migratio.feedback.outbox import Outbox
 from migratio.intake.jobs import BadJob, parse
 from migratio.intake.reliable_queue import ReliableQueue
 from migratio.ledger.store import JobOutcome, JobRecorded, JobRequest, Ledger
+from migratio.polling import Backoff, poll
 from migratio.redis_link import UNAVAILABLE, RedisLink
 from migratio.text import ascii_line
 
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 WAIT_SECONDS = 0.5
 # A dead letter keeps at most this much of its job's payload.
 DEAD_PAYLOAD_BYTES = 64 * 1024
+# Waiting for an unreachable ledger: soon after a blip, every 10 s in an outage.
+LEDGER_BACKOFF = Backoff(first=0.5, factor=2.0, longest=10.0)
+# Times a batch is recorded again after another consumer recorded one of its job ids.
+CONFLICT_ATTEMPTS = 3
 
 
 class Stopping(Exception):
@@ -195,13 +200,15 @@ class Consumer:
         """
         if not jobs:
             return [], {}
-        for attempt in range(1, 4):
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
                 return self._ledger_call(partial(self.ledger.accept_jobs, jobs)), {}
-            except IntegrityError:
+            except JobConflict:
                 # Another consumer recorded one of these job ids at the same moment:
                 # try again, and the ledger finds it.
                 log.info("intake: job id recorded concurrently (attempt %d); retrying", attempt)
+            except Stopping:
+                raise
             except Exception:
                 break
         # Something in the batch the ledger will not take: find it, keep the rest.
@@ -213,20 +220,30 @@ class Consumer:
             except Stopping:
                 raise
             except Exception as exc:
-                why = ascii_line(getattr(exc, "orig", None) or exc)
-                refused[job.job_id] = f"the ledger refused it: {why}"
+                why = exc.reason if isinstance(exc, LedgerError) else exc
+                refused[job.job_id] = f"the ledger refused it: {ascii_line(why)}"
         return recorded, refused
 
     def _ledger_call(self, call: Callable[[], list[JobRecorded]]) -> list[JobRecorded]:
-        delay = 0.5
-        while True:
+        """What ``call`` returns once the ledger answers; ``Stopping`` if we stop first."""
+        reason = ""
+
+        def answer() -> list[JobRecorded] | None:
+            nonlocal reason
             try:
                 return call()
-            except (OperationalError, InterfaceError) as exc:
-                log.warning("intake: ledger unavailable (%s); retrying in %.1f s", exc.orig, delay)
+            except LedgerUnavailable as exc:
+                reason = exc.reason
+                return None
+
+        def wait(delay: float) -> None:
+            log.warning("intake: ledger unavailable (%s); retrying in %.1f s", reason, delay)
             if self._stopping.wait(delay):
                 raise Stopping
-            delay = min(delay * 2, 10.0)
+
+        recorded = poll(answer, LEDGER_BACKOFF, wait=wait)
+        assert recorded is not None  # no timeout: poll returns only with an answer
+        return recorded
 
     def _report(self, problem: BadJob) -> None:
         if self.outbox is None or problem.image_id is None or problem.dest_site is None:

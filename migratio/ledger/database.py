@@ -11,14 +11,63 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from migratio.errors import LedgerUnavailable
+from migratio.text import one_line
 
 log = logging.getLogger(__name__)
 
 # Several daemon threads and the CLI write the same SQLite file: wait for the lock
 # rather than failing at once.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+# SQLAlchemy's PostgreSQL default driver is psycopg2, which migratio does not
+# install; the common spellings of a PostgreSQL URL all mean psycopg 3.
+_POSTGRES_SCHEMES = ("postgres://", "postgresql://", "postgresql+psycopg2://")
+
+
+def supported_url(value: str) -> str:
+    """A database URL the ledger can use (SQLite or PostgreSQL), or ValueError."""
+    for scheme in _POSTGRES_SCHEMES:
+        if value.startswith(scheme):
+            value = "postgresql+psycopg://" + value[len(scheme) :]
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(
+            "is not a database URL (sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
+        ) from None
+    if url.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        raise ValueError(
+            f"database {url.drivername!r} is not supported: use sqlite:///PATH "
+            "or postgresql+psycopg://USER@HOST/DB"
+        )
+    return value
+
+
+def open_engine(url: str, *, migrate: bool) -> Engine:
+    """An engine on a ledger at the newest schema: brought there (``migrate``), or
+    found there (read-only commands must not change or create a ledger).
+
+    LedgerUnavailable names the ledger (without its password) and the reason.
+    """
+    engine = make_engine(url, create=migrate)
+    try:
+        if migrate:
+            upgrade(engine)
+        else:
+            check_current(engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        reason = one_line(getattr(exc, "orig", None) or exc, 300)
+        where = describe_url(url)
+        raise LedgerUnavailable(f"cannot open the ledger at {where}: {reason}") from None
+    except LedgerUnavailable:
+        engine.dispose()
+        raise
+    return engine
 
 
 def make_engine(url: str, *, create: bool = True) -> Engine:

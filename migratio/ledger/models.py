@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, DateTime, Double, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from migratio.ledger.types import ArtifactStatus
+
 
 class Base(DeclarativeBase):
     pass
@@ -78,7 +80,7 @@ class ArtifactRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     site: Mapped[str | None] = mapped_column(String(64), nullable=True)
     ref: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="present")
+    status: Mapped[str] = mapped_column(String(16), default=ArtifactStatus.PRESENT.value)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     settled_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # Why the last removal failed, how many failed, and when to try again.

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from migratio.config import load_settings
 from migratio.feedback.deliverer import Deliverer
-from migratio.feedback.outbox import Outbox
+from migratio.feedback.outbox import Outbox, status_job
 from migratio.ledger.database import make_engine, upgrade
 from migratio.ledger.store import JobRequest, Ledger
 from migratio.operations import open_ledger
@@ -41,8 +41,8 @@ def test_feedback_waits_in_the_ledger_while_redis_is_down_then_arrives_in_order(
 ) -> None:
     engine = make_engine(ledger_url)
     upgrade(engine)
-    outbox = Outbox(engine)
-    ledger = Ledger(engine, on_change=outbox.record)
+    ledger = Ledger(engine, on_change=status_job)
+    outbox = Outbox(ledger)
     peer = PrivateRedis(tmp_path / "redis")  # down for now
     link = RedisLink(peer.url)
     deliverer = Deliverer(outbox, link, "atmosphere", poll_seconds=0.05)
@@ -106,8 +106,8 @@ def test_feedback_waits_in_the_ledger_while_redis_is_down_then_arrives_in_order(
 def test_status_text_passes_utf8_and_newlines_unchanged(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
     upgrade(engine)
-    outbox = Outbox(engine)
-    ledger = Ledger(engine, on_change=outbox.record)
+    ledger = Ledger(engine, on_change=status_job)
+    outbox = Outbox(ledger)
     migration = ledger.create("site-a", "site-b", "obraz-żółw")
     ledger.claim("d1", 30)
     reason = "źródło niedostępne\nsecond line"

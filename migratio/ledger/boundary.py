@@ -1,0 +1,56 @@
+"""Where SQLAlchemy's exceptions become migratio's typed ledger errors.
+
+Everything outside ``migratio/ledger`` decides by type (wait for the ledger,
+record the jobs again, give up) and never imports SQLAlchemy to do so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.orm import Session, sessionmaker
+
+from migratio.errors import LedgerError, LedgerUnavailable
+from migratio.text import one_line
+
+# Database messages can be long (a statement and its parameters); a log line is not.
+REASON_CHARS = 300
+
+
+@contextmanager
+def translated(conflict: type[LedgerError] = LedgerError) -> Iterator[None]:
+    """Raise ``LedgerUnavailable`` for a ledger that cannot be reached, ``conflict``
+    for a constraint a concurrent writer made us break, ``LedgerError`` otherwise."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        reason = one_line(getattr(exc, "orig", None) or exc, REASON_CHARS)
+        if _unreachable(exc):
+            raise LedgerUnavailable(f"ledger unavailable: {reason}", reason) from exc
+        if isinstance(exc, IntegrityError):
+            raise conflict(f"ledger error: {reason}", reason) from exc
+        raise LedgerError(f"ledger error: {reason}", reason) from exc
+
+
+@contextmanager
+def transaction(
+    sessions: sessionmaker[Session], conflict: type[LedgerError] = LedgerError
+) -> Iterator[Session]:
+    """One ledger transaction: committed at the end, rolled back on any error."""
+    with translated(conflict), sessions.begin() as session:
+        yield session
+
+
+def _unreachable(exc: SQLAlchemyError) -> bool:
+    # A disconnect can surface as any DBAPI error once the pool notices it.
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError)

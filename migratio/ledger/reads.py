@@ -1,0 +1,65 @@
+"""Reading migrations and their audit trail, for operators and the supervisor."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from migratio.errors import UnknownMigration, UsageError
+from migratio.ledger.models import MigrationRow, TransitionRow
+from migratio.ledger.rows import migration_of, transition_of
+from migratio.ledger.types import Migration, Transition
+from migratio.machine import ACTIVE
+
+ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
+
+
+def get(session: Session, migration_id: str) -> Migration:
+    row = session.get(MigrationRow, migration_id)
+    if row is None:
+        raise UnknownMigration(f"no migration {migration_id!r} in the ledger")
+    return migration_of(row)
+
+
+def find(session: Session, prefix: str) -> Migration:
+    """A migration by full id or unique id prefix (operators type short ids).
+
+    Matched literally: only lowercase hex digits and '-' can be part of an
+    id, so no LIKE wildcard or case folding can widen the match.
+    """
+    if not ID_PREFIX.fullmatch(prefix):
+        raise UsageError(
+            f"{prefix!r} is not a migration id or id prefix (lowercase hex digits and '-')"
+        )
+    rows = session.scalars(
+        select(MigrationRow).where(MigrationRow.id.startswith(prefix, autoescape=True)).limit(2)
+    ).all()
+    if len(rows) != 1:
+        problem = "no" if not rows else "more than one"
+        raise UnknownMigration(f"{problem} migration matches {prefix!r}")
+    return migration_of(rows[0])
+
+
+def migrations(session: Session, states: Sequence[str] | None, limit: int) -> list[Migration]:
+    """Newest first, optionally only those in ``states``."""
+    query = select(MigrationRow).order_by(MigrationRow.created_at.desc()).limit(limit)
+    if states:
+        query = query.where(MigrationRow.state.in_(list(states)))
+    return [migration_of(row) for row in session.scalars(query)]
+
+
+def history(session: Session, migration_id: str) -> list[Transition]:
+    query = (
+        select(TransitionRow)
+        .where(TransitionRow.migration_id == migration_id)
+        .order_by(TransitionRow.id)
+    )
+    return [transition_of(row) for row in session.scalars(query)]
+
+
+def count_active(session: Session) -> int:
+    query = select(func.count()).where(MigrationRow.state.in_([s.value for s in ACTIVE]))
+    return int(session.scalar(query) or 0)
