@@ -17,7 +17,7 @@ from typing import Any
 from migratio import faults
 from migratio.drivers.base import DestinationSite, ImageStatus, SourceImage, SourceSite
 from migratio.errors import CancelRequested, LeaseLost, ShuttingDown
-from migratio.ledger.store import Ledger, Migration
+from migratio.ledger.store import ArtifactStatus, Ledger, Migration
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 
@@ -112,12 +112,12 @@ class Step:
 
     def keep(self, ref: str) -> None:
         """The artifact became (part of) the result: cleanup must leave it."""
-        self.ledger.settle_ref(self.migration.id, ref, "kept")
+        self.ledger.settle_ref(self.migration.id, ref, ArtifactStatus.KEPT)
 
     def remove_record(self, record_id: str) -> None:
         """Delete a destination record this migration no longer needs."""
         self.destination.remove(record_id)
-        self.ledger.settle_ref(self.migration.id, record_id, "removed")
+        self.ledger.settle_ref(self.migration.id, record_id, ArtifactStatus.REMOVED)
 
     def checkpoint(self, bytes_done: int | None = None, *, force: bool = False) -> None:
         """Stop here if asked to; record progress at most once a second."""
