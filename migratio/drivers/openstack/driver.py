@@ -35,7 +35,8 @@ from migratio.drivers.base import (
     SourceImage,
     Transfer,
 )
-from migratio.drivers.openstack.mapping import image_status, record_status
+from migratio.drivers.openstack import mapping
+from migratio.drivers.openstack.mapping import IMAGE_ID
 from migratio.errors import (
     ImageNotFound,
     MigratioError,
@@ -55,29 +56,7 @@ MiB = 1024 * 1024
 # (each chunk is copied once more when requests frames it for chunked upload).
 READ_CHUNK = 1 * MiB
 PAGE_SIZE = 100
-IMAGE_ID = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-)
 JSON_PATCH = "application/openstack-images-v2.1-json-patch"
-
-# Fields of Glance's image schema; everything else on an image is a custom property.
-IMAGE_FIELDS = frozenset(
-    {
-        "id", "name", "status", "visibility", "protected", "checksum", "owner",
-        "size", "virtual_size", "min_ram", "min_disk", "disk_format",
-        "container_format", "created_at", "updated_at", "tags", "self", "file",
-        "schema", "locations", "direct_url", "stores", "os_hidden",
-        "os_hash_algo", "os_hash_value",
-    }
-)  # fmt: skip
-# Not copied: Glance computes the hash itself (a patch of it is refused, 403) and
-# os_hidden is a per-image listing flag, not a property of the template.
-GLANCE_OWNED = frozenset({"os_hash_algo", "os_hash_value", "os_hidden"})
-# Glance's reserved namespace (import bookkeeping); setting any of it is refused.
-GLANCE_RESERVED_PREFIX = "os_glance_"
-COPIED_PREFIXES = ("hw_", "os_")
-# Best first: the record an earlier run got furthest with.
-STATUS_RANK = {"active": 0, "saving": 1, "uploading": 1, "importing": 1, "queued": 2}
 
 
 class OpenStackSiteDriver:
@@ -112,7 +91,7 @@ class OpenStackSiteDriver:
         except NotFound:
             raise self._not_found(image_id) from None
         try:
-            return _source_image(image)
+            return mapping.source_image(image)
         except (KeyError, TypeError, ValueError) as exc:
             # Not what Glance answers: a site that does not answer properly (yet).
             problem = f"the answer is not an image ({type(exc).__name__}: {exc})"
@@ -161,7 +140,7 @@ class OpenStackSiteDriver:
         for image in self._list(wanted, "find an earlier copy"):
             # Re-checked here: a filter the server did not apply must not match.
             if all(image.get(key) == value for key, value in wanted.items()):
-                return _destination_image(image)
+                return mapping.destination_image(image)
         return None
 
     def find_record(self, migration_id: str) -> DestinationImage | None:
@@ -174,12 +153,12 @@ class OpenStackSiteDriver:
         if not images:
             return None
         # Glance lists newest first and min() keeps the first of equals.
-        best = min(images, key=lambda image: STATUS_RANK.get(str(image.get("status")), 9))
-        return _destination_image(best)
+        best = min(images, key=mapping.progress_rank)
+        return mapping.destination_image(best)
 
     def get_record(self, record_id: str) -> DestinationImage | None:
         try:
-            return _destination_image(self._json("GET", self._path(record_id), "get record"))
+            return mapping.destination_image(self._json("GET", self._path(record_id), "get record"))
         except NotFound:
             return None
 
@@ -190,7 +169,7 @@ class OpenStackSiteDriver:
             "container_format": spec.container_format,
             MIGRATION_ID: spec.migration_id,
         }
-        return _destination_image(self._json("POST", "/images", "create record", json=body))
+        return mapping.destination_image(self._json("POST", "/images", "create record", json=body))
 
     def receive(self, record_id: str, transfer: Transfer) -> str | None:
         """Chunked upload straight from the payload stream, never buffered whole.
@@ -227,7 +206,7 @@ class OpenStackSiteDriver:
             if image.get(key) != getattr(registration, key):
                 problem = f"{key} is {image.get(key)!r}, expected {getattr(registration, key)!r}"
                 raise PermanentError(self._message(action, problem))
-        patch = _patch(image, registration)
+        patch = mapping.patch(image, registration)
         if patch:
             image = self._json(
                 "PATCH",
@@ -236,7 +215,7 @@ class OpenStackSiteDriver:
                 json=patch,
                 headers={"Content-Type": JSON_PATCH},
             )
-        return _destination_image(image)
+        return mapping.destination_image(image)
 
     def remove(self, record_id: str) -> None:
         with suppress(NotFound):
@@ -427,93 +406,6 @@ def _caused_by_transport(exc: BaseException) -> bool:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
-
-
-# -- images ---------------------------------------------------------------------
-
-
-def _source_image(image: Mapping[str, Any]) -> SourceImage:
-    return SourceImage(
-        id=str(image["id"]),
-        name=str(image.get("name") or ""),
-        status=image_status(str(image.get("status") or "")),
-        site_status=str(image.get("status") or ""),
-        disk_format=str(image.get("disk_format") or ""),
-        container_format=str(image.get("container_format") or ""),
-        size=int(image.get("size") or 0),
-        virtual_size=_optional_int(image.get("virtual_size")),
-        md5=image.get("checksum") or None,
-        sha512=_sha512(image),
-        min_disk=int(image.get("min_disk") or 0),
-        min_ram=int(image.get("min_ram") or 0),
-        architecture=image.get("architecture") or None,
-        properties=copied_properties(image),
-    )
-
-
-def _destination_image(image: Mapping[str, Any]) -> DestinationImage:
-    return DestinationImage(
-        id=str(image["id"]),
-        status=record_status(str(image.get("status") or "")),
-        sha512=_sha512(image),
-        size=_optional_int(image.get("size")),
-        properties=custom_properties(image),
-    )
-
-
-def custom_properties(image: Mapping[str, Any]) -> dict[str, str]:
-    """The image's custom string properties (Glance stores them all as strings)."""
-    return {
-        key: value
-        for key, value in image.items()
-        if key not in IMAGE_FIELDS
-        and not key.startswith(GLANCE_RESERVED_PREFIX)
-        and isinstance(value, str)
-    }
-
-
-def copied_properties(image: Mapping[str, Any]) -> dict[str, str]:
-    """The ``hw_*``/``os_*`` properties a copy carries; Glance-owned ones excluded."""
-    return {
-        key: value
-        for key, value in custom_properties(image).items()
-        if key.startswith(COPIED_PREFIXES) and key not in GLANCE_OWNED
-    }
-
-
-def _patch(image: Mapping[str, Any], registration: Registration) -> list[dict[str, Any]]:
-    """JSON-patch operations for what differs; ``add`` replaces an existing property."""
-    wanted: dict[str, Any] = {
-        "name": registration.name,
-        "min_disk": registration.min_disk,
-        "min_ram": registration.min_ram,
-        **registration.properties,
-    }
-    if registration.architecture is not None:
-        wanted["architecture"] = registration.architecture
-    operations = [
-        {"op": "add", "path": f"/{_pointer(key)}", "value": value}
-        for key, value in wanted.items()
-        if image.get(key) != value
-    ]
-    if registration.architecture is None and "architecture" in image:
-        operations.append({"op": "remove", "path": "/architecture"})
-    return operations
-
-
-def _pointer(key: str) -> str:
-    """A JSON pointer segment (RFC 6901): property names may contain ``/`` or ``~``."""
-    return key.replace("~", "~0").replace("/", "~1")
-
-
-def _sha512(image: Mapping[str, Any]) -> str | None:
-    if image.get("os_hash_algo") == "sha512" and image.get("os_hash_value"):
-        return str(image["os_hash_value"])
-    return None
-
-
-def _optional_int(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 
 def _skip(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:
