@@ -17,10 +17,12 @@ import openstack.connection
 from migratio.config import OpenStackSite
 from migratio.drivers.base import (
     MIGRATION_ID,
+    DestinationDriver,
     DestinationImage,
     Provenance,
     RecordSpec,
     Registration,
+    SourceDriver,
     SourceImage,
     Transfer,
 )
@@ -183,3 +185,8 @@ class OpenStackSiteDriver:
 
     def _not_found(self, image_id: str) -> ImageNotFound:
         return ImageNotFound(f"site {self.site_id}: image {image_id} does not exist")
+
+
+def _roles(driver: OpenStackSiteDriver) -> tuple[SourceDriver, DestinationDriver]:
+    """Never called: mypy checks here that the facade plays both roles of ``base``."""
+    return driver, driver
