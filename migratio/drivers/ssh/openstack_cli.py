@@ -20,13 +20,17 @@ from typing import Any
 
 from migratio.config import OpenStackSshSite
 from migratio.drivers.base import DestinationImage, Registration
-from migratio.drivers.openstack.mapping import record_status
+from migratio.drivers.openstack.mapping import (
+    GLANCE_OWNED,
+    GLANCE_RESERVED_PREFIX,
+    IMAGE_ID,
+    optional_int,
+    record_status,
+    sha512_from_os_hash,
+)
 from migratio.drivers.ssh.remote import Completed, RemoteHost
 from migratio.errors import NotFound, PermanentError, TransientError
 
-IMAGE_ID = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-)
 TRANSIENT = re.compile(
     r"Unable to establish connection|Connection refused|Connection aborted|timed out|"
     r"Max retries exceeded|RemoteDisconnected|Service Unavailable|Gateway|"
@@ -34,9 +38,10 @@ TRANSIENT = re.compile(
     re.IGNORECASE,
 )
 NOT_FOUND = re.compile(r"No Image found|could not be found|\b404\b", re.IGNORECASE)
-# Properties the CLI adds itself or Glance owns: not part of what migratio set.
-NOT_CUSTOM = frozenset({"os_hash_algo", "os_hash_value", "os_hidden", "stores"})
-NOT_CUSTOM_PREFIXES = ("os_glance_", "owner_specified.openstack.")
+# Properties Glance owns, or the CLI adds itself (the SDK leaves the ``stores``
+# field among the properties): not part of what migratio set.
+NOT_CUSTOM = GLANCE_OWNED | {"stores"}
+NOT_CUSTOM_PREFIXES = (GLANCE_RESERVED_PREFIX, "owner_specified.openstack.")
 # `openstack image create --file` reads the file and sends it to Glance, which
 # hashes it: allow 8 MiB/s on top of the site's timeout.
 UPLOAD_RATE = 8 * 1024 * 1024
@@ -138,19 +143,16 @@ class RemoteGlance:
 
 
 def destination_image(image: Mapping[str, Any]) -> DestinationImage:
-    """The CLI's JSON view of an image (custom properties nested under
-    ``properties``, some typed by the SDK) as the driver interface sees it."""
+    """The CLI's JSON view of an image as the driver interface sees it: unlike the
+    Image API's (``mapping.destination_image``), custom properties and Glance's
+    hashes are nested under ``properties``, some typed by the SDK."""
     nested = image.get("properties")
     properties: dict[str, Any] = dict(nested) if isinstance(nested, Mapping) else {}
-    sha512 = None
-    if properties.get("os_hash_algo") == "sha512" and properties.get("os_hash_value"):
-        sha512 = str(properties["os_hash_value"])
-    size = image.get("size")
     return DestinationImage(
         id=str(image["id"]),
         status=record_status(str(image.get("status") or "")),
-        sha512=sha512,
-        size=None if size is None else int(size),
+        sha512=sha512_from_os_hash(properties),
+        size=optional_int(image.get("size")),
         properties={
             key: _as_text(value)
             for key, value in properties.items()

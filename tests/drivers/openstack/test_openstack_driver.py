@@ -38,7 +38,7 @@ from migratio.drivers.base import (
     RecordStatus,
     Registration,
 )
-from migratio.drivers.openstack import driver as driver_module
+from migratio.drivers.openstack import transport
 from migratio.drivers.openstack.driver import OpenStackSiteDriver
 from migratio.drivers.registry import open_destination, open_source
 from migratio.errors import (
@@ -424,7 +424,7 @@ def test_read_streams_the_exact_bytes_in_bounded_chunks(
 
     assert digest.hexdigest() == hashlib.sha512(data).hexdigest() == made.sha512
     assert sum(sizes) == len(data)
-    assert max(sizes) <= driver_module.READ_CHUNK
+    assert max(sizes) <= transport.READ_CHUNK
     assert len(sizes) > 1
 
 
@@ -539,7 +539,7 @@ def test_find_record_pages_through_results_and_prefers_the_active_record(
     active = images.image(site_b, b"x" * 1000, migration_id=migration_id)
     for _ in range(4):
         images.record(site_b, migration_id=migration_id)
-    monkeypatch.setattr(driver_module, "PAGE_SIZE", 2)
+    monkeypatch.setattr(transport, "PAGE_SIZE", 2)
 
     found = site_b.find_record(migration_id)
 
@@ -556,7 +556,7 @@ def test_find_copy_pages_through_results(
     provenance = Provenance(
         registration.properties[SOURCE_UUID], "site-a", registration.properties[SOURCE_SHA512]
     )
-    monkeypatch.setattr(driver_module, "PAGE_SIZE", 1)
+    monkeypatch.setattr(transport, "PAGE_SIZE", 1)
     found = site_b.find_copy(provenance, "raw")
     assert found is not None and found.id in copies
 
