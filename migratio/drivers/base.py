@@ -231,6 +231,22 @@ class DestinationSite(Protocol):
         ...
 
 
+class StreamedGlanceDestination:
+    """What Glance destinations share, whichever way they are reached: the stream
+    is taken as it comes (no local file), in the disk format the site's settings
+    require (``settings.required_disk_format``; None keeps the source's)."""
+
+    settings: Any
+
+    @property
+    def required_disk_format(self) -> str | None:
+        return self.settings.required_disk_format  # type: ignore[no-any-return]
+
+    @property
+    def wants_file(self) -> bool:
+        return False
+
+
 class Site(Protocol):
     """A driver for one configured site, whatever it can do."""
 

@@ -24,6 +24,7 @@ from migratio.drivers.base import (
     Registration,
     SourceDriver,
     SourceImage,
+    StreamedGlanceDestination,
     Transfer,
 )
 from migratio.drivers.openstack import mapping
@@ -31,7 +32,7 @@ from migratio.drivers.openstack.transport import JSON_PATCH, GlanceApi, skip
 from migratio.errors import ImageNotFound, NotFound, PermanentError, TransientError
 
 
-class OpenStackSiteDriver:
+class OpenStackSiteDriver(StreamedGlanceDestination):
     """A Glance v2 site, as source and destination.
 
     site_id: the site's id, named in every error message.
@@ -92,14 +93,6 @@ class OpenStackSiteDriver:
             response.close()
 
     # -- destination ----------------------------------------------------------
-
-    @property
-    def required_disk_format(self) -> str | None:
-        return self.settings.required_disk_format
-
-    @property
-    def wants_file(self) -> bool:
-        return False
 
     def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
         """Filters on the server (Glance matches custom properties exactly)."""

@@ -27,6 +27,7 @@ from migratio.drivers.base import (
     RecordSpec,
     RecordStatus,
     Registration,
+    StreamedGlanceDestination,
     Transfer,
 )
 from migratio.drivers.ssh.openstack_cli import RemoteGlance, destination_image
@@ -38,7 +39,7 @@ STAGING_PREFIX = "staging:"
 MIGRATION_ID_FORMAT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
-class OpenStackSshSiteDriver:
+class OpenStackSshSiteDriver(StreamedGlanceDestination):
     """A destination-only OpenStack site behind an SSH external host.
 
     site_id: the site's id, named in every error message.
@@ -53,14 +54,6 @@ class OpenStackSshSiteDriver:
         self.glance = RemoteGlance(self.host, settings)
 
     # -- destination ----------------------------------------------------------
-
-    @property
-    def required_disk_format(self) -> str | None:
-        return self.settings.required_disk_format
-
-    @property
-    def wants_file(self) -> bool:
-        return False
 
     def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
         wanted = provenance.as_properties()
