@@ -1,0 +1,52 @@
+"""The daemon and the ledger's schema: ``run``, ``db upgrade``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+import click
+
+from migratio.cli.context import Context, one_line_errors, pass_context
+
+
+@click.command()
+@click.option("--until-idle", is_flag=True, help="exit when no migration is left to do")
+@pass_context
+@one_line_errors
+def run(ctx: Context, until_idle: bool) -> None:
+    """Run the daemon: take Redis jobs, drive migrations, send feedback until SIGTERM/SIGINT."""
+    settings = ctx.settings
+    logging.basicConfig(
+        level=settings.daemon.log_level,
+        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+    )
+    from migratio.daemon import Daemon
+
+    daemon = Daemon(settings, ctx.ledger())
+
+    def _stop(signum: int, _frame: Any) -> None:
+        logging.getLogger("migratio").info("signal %d: stopping at the next checkpoint", signum)
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    daemon.run(until_idle=until_idle)
+
+
+@click.group()
+def db() -> None:
+    """Ledger schema commands."""
+
+
+@db.command("upgrade")
+@pass_context
+@one_line_errors
+def db_upgrade(ctx: Context) -> None:
+    """Bring the ledger schema to the newest revision."""
+    ctx.ledger().close()
+    click.echo("ledger schema is up to date")
+
+
+COMMANDS = [run, db]
