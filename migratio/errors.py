@@ -22,6 +22,15 @@ class UsageError(MigratioError):
     """The command line asks for what cannot be: an unknown site, a malformed id."""
 
 
+class DependencyUnavailable(MigratioError):
+    """Something migratio needs cannot be reached now (the ledger, Redis): the
+    command can work once it is back (the CLI exits 3)."""
+
+
+class RedisUnavailable(DependencyUnavailable):
+    """Redis cannot be reached."""
+
+
 class LedgerError(MigratioError):
     """The ledger failed a request: a write it refuses (a value it cannot store) or
     a fault of its own. Retrying the same request is unlikely to help.
@@ -35,7 +44,7 @@ class LedgerError(MigratioError):
         self.reason = reason or message
 
 
-class LedgerUnavailable(LedgerError):
+class LedgerUnavailable(LedgerError, DependencyUnavailable):
     """The ledger cannot be opened or reached (no file yet, a database that is down);
     waiting for it can help."""
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
-from datetime import datetime
-from typing import Any
 
 import redis
 
 from migratio import config, sidekiq
-from migratio.errors import IllegalTransition, MigratioError, UsageError
+from migratio.errors import IllegalTransition, RedisUnavailable, UsageError
 from migratio.feedback.outbox import status_job
 from migratio.intake.jobs import BadJob, native_job, parse
-from migratio.ledger.store import Ledger, Migration, utcnow
+from migratio.ledger.store import Ledger, Migration
 from migratio.machine import TERMINAL, Trigger
 from migratio.redis_link import redacted
 from migratio.supervisor import Supervisor
@@ -79,7 +76,7 @@ def submit_via_redis(
         sidekiq.push_payloads(client, daemon.namespace, [(queue, job)])
     except redis.RedisError as exc:
         where = redacted(daemon.redis_url)
-        raise MigratioError(f"cannot push to redis at {where}: {exc}") from None
+        raise RedisUnavailable(f"cannot push to redis at {where}: {exc}") from None
     finally:
         client.close()
     return jid
@@ -108,62 +105,3 @@ def cancel(settings: config.Settings, ledger: Ledger, migration_id: str) -> tupl
         migration.id, Trigger.CANCEL, "cancelled by operator"
     )
     return ledger.get(migration.id), ended
-
-
-def describe(ledger: Ledger, migration: Migration) -> dict[str, Any]:
-    """Every field and the full history, JSON-ready."""
-    fields = {name: _jsonable(value) for name, value in asdict(migration).items()}
-    history = [
-        {
-            "from": row.from_state,
-            "to": row.to_state,
-            "at": _jsonable(row.at),
-            "message": row.message,
-            "host": row.host,
-            "pid": row.pid,
-        }
-        for row in ledger.history(migration.id)
-    ]
-    artifacts = [
-        {
-            "kind": a.kind,
-            "site": a.site,
-            "ref": a.ref,
-            "status": a.status,
-            "last_error": a.last_error,
-            "attempts": a.attempts,
-        }
-        for a in ledger.artifacts(migration.id, status=None)
-    ]
-    return {**fields, "error": migration.last_error, "history": history, "artifacts": artifacts}
-
-
-def summary(migration: Migration, now: datetime | None = None) -> dict[str, Any]:
-    """One status-table row."""
-    return {
-        "id": migration.id,
-        "image": migration.image_id,
-        "source_site": migration.source_site,
-        "dest_site": migration.dest_site,
-        "state": migration.state,
-        "progress": progress(migration),
-        "bytes_done": migration.bytes_done,
-        "bytes_total": migration.bytes_total,
-        "age_seconds": round(((now or utcnow()) - migration.created_at).total_seconds(), 1),
-        "dest_image_id": migration.dest_image_id,
-        "error": migration.last_error,
-    }
-
-
-def progress(migration: Migration) -> float | None:
-    if migration.state == "done":
-        return 1.0
-    if not migration.bytes_total:
-        return None
-    return min(1.0, migration.bytes_done / migration.bytes_total)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat() + "Z"
-    return value

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from migratio import config
-from migratio.cli.context import Context
+from migratio.cli.context import Context, config_option
 
 
 @click.group()
@@ -19,15 +19,30 @@ from migratio.cli.context import Context
     metavar="PATH",
     help=f"daemon config (default: ${config.CONFIG_ENV} or {config.DEFAULT_CONFIG_PATH})",
 )
+@click.option("--debug", is_flag=True, help="on an error, show its traceback")
 @click.version_option(package_name="migratio")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None) -> None:
-    """Migrate VM templates (cloud images) between cloud sites."""
-    ctx.obj = Context(config_path)
+def main(ctx: click.Context, config_path: str | None, debug: bool) -> None:
+    """Migrate VM templates (cloud images) between cloud sites.
+
+    Exit codes: 0 ok, 1 the operation failed, 2 a bad command line or
+    configuration, 3 a dependency (the ledger, Redis) unavailable.
+    """
+    ctx.obj = Context(config_path, debug=debug)
+
+
+def _add(command: click.Command) -> None:
+    """Register a command; every command (and subcommand) also takes --config."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            sub.params.append(config_option())
+    else:
+        command.params.append(config_option())
+    main.add_command(command)
 
 
 from migratio.cli import daemon_commands, inspect, migrations  # noqa: E402
 
 for module in (migrations, inspect, daemon_commands):
     for command in module.COMMANDS:
-        main.add_command(command)
+        _add(command)

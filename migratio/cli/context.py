@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from migratio import config
-from migratio.errors import ConfigError, MigratioError, UsageError
-from migratio.text import printable
+from migratio.errors import ConfigError, DependencyUnavailable, MigratioError, UsageError
+from migratio.text import one_line, printable
 
 if TYPE_CHECKING:
     from migratio.ledger.store import Ledger
@@ -19,32 +19,78 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# Exit codes, as documented in the README.
+EXIT_FAILED = 1  # the operation failed
+EXIT_USAGE = 2  # a bad command line or configuration
+EXIT_UNAVAILABLE = 3  # a dependency (the ledger, Redis) cannot be reached
+
+
 def one_line_errors(func: F) -> F:
-    """Operators get one clear line on stderr and an exit code, never a traceback."""
+    """Operators get one clear line on stderr and an exit code, never a traceback
+    (unless ``--debug``)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"migratio: config error: {printable(exc)}", err=True)
-            sys.exit(2)
-        except UsageError as exc:
-            click.echo(f"migratio: usage error: {printable(exc)}", err=True)
-            sys.exit(2)
-        except MigratioError as exc:
-            click.echo(f"migratio: {printable(exc)}", err=True)
-            sys.exit(1)
+        except Exception as exc:
+            context = click.get_current_context().find_object(Context)
+            if context is not None and context.debug:
+                raise
+            line, code = _verdict(exc)
+            click.echo(f"migratio: {printable(line)}", err=True)
+            sys.exit(code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _verdict(exc: Exception) -> tuple[str, int]:
+    if isinstance(exc, ConfigError):
+        return f"config error: {exc}", EXIT_USAGE
+    if isinstance(exc, UsageError):
+        return f"usage error: {exc}", EXIT_USAGE
+    if isinstance(exc, DependencyUnavailable):
+        return str(exc), EXIT_UNAVAILABLE
+    if isinstance(exc, MigratioError):
+        return str(exc), EXIT_FAILED
+    reason = one_line(f"{type(exc).__name__}: {exc}", 300)
+    return f"internal error: {reason} (run with --debug for the traceback)", EXIT_FAILED
+
+
+def json_option(func: F) -> F:
+    """``--json``: machine-readable output, the same for every command."""
+    return click.option("--json", "as_json", is_flag=True, help="machine-readable output")(func)
+
+
+def config_option() -> click.Option:
+    """``--config`` after the subcommand too (it wins over one before it)."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        context = ctx.find_object(Context)
+        if value and context is not None:
+            context.use(value)
+
+    return click.Option(
+        ["--config"],
+        metavar="PATH",
+        expose_value=False,
+        callback=remember,
+        help="daemon config (also accepted before the command)",
+    )
 
 
 class Context:
     """The config path, the settings loaded on first use, and the ledger."""
 
-    def __init__(self, config_path: str | None) -> None:
+    def __init__(self, config_path: str | None, *, debug: bool = False) -> None:
         self.path = config.config_path(config_path)
+        self.debug = debug
         self._settings: config.Settings | None = None
+
+    def use(self, config_path: str) -> None:
+        """Another config file, given after the command."""
+        self.path = config.config_path(config_path)
+        self._settings = None
 
     @property
     def settings(self) -> config.Settings:

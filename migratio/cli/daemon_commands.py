@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from migratio.cli.context import Context, one_line_errors, pass_context
+from migratio.cli.context import Context, json_option, one_line_errors, pass_context
 
 
 @click.command()
@@ -41,12 +41,13 @@ def db() -> None:
 
 
 @db.command("upgrade")
+@json_option
 @pass_context
 @one_line_errors
-def db_upgrade(ctx: Context) -> None:
+def db_upgrade(ctx: Context, as_json: bool) -> None:
     """Bring the ledger schema to the newest revision."""
     ctx.ledger().close()
-    click.echo("ledger schema is up to date")
+    click.echo('{"schema": "up to date"}' if as_json else "ledger schema is up to date")
 
 
 COMMANDS = [run, db]

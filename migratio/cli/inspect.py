@@ -1,22 +1,34 @@
-"""Read-only commands: ``status`` and ``show``. They never create a ledger or
-change its schema, and print remote text only through ``printable``."""
+"""Read-only commands: ``status`` (with a live ``--watch`` view) and ``show``.
+
+They never create a ledger or change its schema, and print remote text (image
+ids and names, messages) only through ``printable``; ``--json`` stays exact.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from migratio.cli.context import Context, one_line_errors, pass_context
+from migratio.cli.context import Context, json_option, one_line_errors, pass_context
 from migratio.machine import State
 from migratio.text import printable
 
+if TYPE_CHECKING:
+    from migratio.ledger.store import Ledger, MigrationFilter
+
+DEFAULT_LIMIT = 50
+MIB = 1024 * 1024
+
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @click.option(
     "--state",
     "states",
@@ -24,57 +36,101 @@ from migratio.text import printable
     type=click.Choice([state.value for state in State]),
     help="only these states (repeatable)",
 )
+@click.option("--image", "image_id", help="only migrations of this source image id")
+@click.option("--job", "job_id", help="only the migration this Redis job id created or joined")
+@click.option("--site", help="only migrations from or to this site")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT, show_default=True,
+    help="newest N migrations",
+)  # fmt: skip
+@click.option("--all", "show_all", is_flag=True, help="every migration (no limit)")
+@click.option("--watch", is_flag=True, help="a live view, refreshed every second, until Ctrl-C")
 @pass_context
 @one_line_errors
-def status(ctx: Context, as_json: bool, states: tuple[str, ...]) -> None:
-    """List migrations, newest first."""
-    from migratio import operations
+def status(
+    ctx: Context,
+    as_json: bool,
+    states: tuple[str, ...],
+    image_id: str | None,
+    job_id: str | None,
+    site: str | None,
+    limit: int,
+    show_all: bool,
+    watch: bool,
+) -> None:
+    """List migrations, newest first: what each is doing, its progress and its error."""
+    from migratio.ledger.store import MigrationFilter
 
-    rows = [operations.summary(m) for m in ctx.existing_ledger().migrations(states or None)]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
+    wanted = MigrationFilter(states=states, image_id=image_id, job_id=job_id, site=site)
+    ledger = ctx.existing_ledger()
+    shown = None if show_all else limit
+    if watch:
+        _watch(ledger, wanted, shown)
         return
+    rows, total = _rows(ledger, wanted, shown)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    console = Console(width=max(100, Console().width))
+    console.print(status_table(rows))
+    if total > len(rows):
+        console.print(f"showing the newest {len(rows)} of {total}; --limit N or --all for more")
+
+
+def status_table(rows: list[dict[str, Any]], rates: dict[str, float] | None = None) -> Table:
+    """The status view; with ``rates`` (bytes/s by migration id), a live one with
+    a progress bar, the speed and the time left of each running migration."""
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "IMAGE", "FROM → TO", "STATE", "PROGRESS", "AGE"):
+    columns = ["ID", "IMAGE", "FROM → TO", "STATE", "PROGRESS", "AGE", "ERROR"]
+    if rates is not None:
+        columns[4:5] = ["PROGRESS", "SPEED", "ETA"]
+    for column in columns:
         table.add_column(column)
     for row in rows:
+        image = row["image"] if not row["name"] else f"{row['name']} ({row['image'][:8]})"
+        cells: list[Any] = [
+            row["id"][:8],
+            image,
+            f"{row['source_site']} → {row['dest_site']}",
+            _state_text(row),
+            _progress_text(row["progress"]),
+            _age_text(row["age_seconds"]),
+            _short(row["error"]) if row["state"] != State.DONE else "",
+        ]
+        if rates is not None:
+            rate = rates.get(row["id"])
+            cells[4:5] = [_bar(row["progress"]), _speed_text(rate), _eta_text(row, rate)]
         # Text, not str: rich would read "[...]" in an image id as markup.
-        table.add_row(
-            *(
-                Text(printable(cell))
-                for cell in (
-                    row["id"][:8],
-                    row["image"],
-                    f"{row['source_site']} → {row['dest_site']}",
-                    row["state"],
-                    _progress_text(row["progress"]),
-                    _age_text(row["age_seconds"]),
-                )
-            )
-        )
-    Console(width=max(100, Console().width)).print(table)
+        table.add_row(*(cell if isinstance(cell, ProgressBar) else Text(printable(cell))
+                        for cell in cells))  # fmt: skip
+    return table
 
 
 @click.command()
 @click.argument("migration_id")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @pass_context
 @one_line_errors
 def show(ctx: Context, migration_id: str, as_json: bool) -> None:
-    """Every field of one migration and its full transition history."""
-    from migratio import operations
+    """Every field of one migration, the time spent in each state, its full
+    transition history and its artifacts."""
+    from migratio import reports
 
     ledger = ctx.existing_ledger()
-    details = operations.describe(ledger, ledger.find(migration_id))
+    details = reports.describe(ledger, ledger.find(migration_id))
     if as_json:
         click.echo(json.dumps(details, indent=2, ensure_ascii=False))
         return
     # Every line goes through printable(): ids, names and messages come from jobs
-    # and clouds, and must not recolour the terminal or forge a line.
+    # and clouds, and must not recolour the terminal or forge a line. Values are
+    # shown as JSON (null, false), never as Python's None/False.
     for key, value in details.items():
-        if key not in ("history", "artifacts", "error"):
-            shown = json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value
+        if key not in ("history", "artifacts", "error", "durations"):
+            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             click.echo(printable(f"{key:17} {shown}"))
+    click.echo("time in each state:")
+    for state, seconds in details["durations"].items():
+        click.echo(f"  {state:<11} {seconds:10.1f} s")
     click.echo("history:")
     for row in details["history"]:
         click.echo(
@@ -89,6 +145,72 @@ def show(ctx: Context, migration_id: str, as_json: bool) -> None:
         if artifact["status"] == "present" and artifact["last_error"]:
             line += f"  (cannot remove yet: {artifact['last_error']})"
         click.echo(printable(line))
+
+
+def _rows(
+    ledger: Ledger, wanted: MigrationFilter, limit: int | None
+) -> tuple[list[dict[str, Any]], int]:
+    from migratio import reports
+
+    migrations = ledger.migrations(limit=limit, wanted=wanted)
+    total = len(migrations) if limit is None or len(migrations) < limit else ledger.count(wanted)
+    return [reports.summary(m) for m in migrations], total
+
+
+def _watch(ledger: Ledger, wanted: MigrationFilter, limit: int | None) -> None:
+    """Redraw in place once a second; speed from the bytes done between redraws."""
+    from rich.live import Live
+
+    seen: dict[str, tuple[float, int]] = {}
+    rates: dict[str, float] = {}
+    with Live(auto_refresh=False, screen=False) as live:
+        try:
+            while True:
+                rows, total = _rows(ledger, wanted, limit)
+                now = time.monotonic()
+                for row in rows:
+                    before = seen.get(row["id"])
+                    if before is not None and now > before[0] and row["activity"] == "running":
+                        rates[row["id"]] = (row["bytes_done"] - before[1]) / (now - before[0])
+                    seen[row["id"]] = (now, row["bytes_done"])
+                footer = Text(f"{len(rows)} of {total} migrations · Ctrl-C to leave", style="dim")
+                live.update(Group(status_table(rows, rates), footer), refresh=True)
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            return
+
+
+def _state_text(row: dict[str, Any]) -> str:
+    match row["activity"]:
+        case "waiting to retry":
+            return f"{row['state']} (retry in {row['retry_in_seconds']:.0f}s)"
+        case "paused":
+            return f"{row['state']} (paused)"
+        case _:
+            return str(row["state"])
+
+
+def _bar(value: float | None) -> ProgressBar:
+    return ProgressBar(total=1.0, completed=value or 0.0, width=20)
+
+
+def _speed_text(rate: float | None) -> str:
+    return "-" if not rate or rate <= 0 else f"{rate / MIB:.0f} MiB/s"
+
+
+def _eta_text(row: dict[str, Any], rate: float | None) -> str:
+    total = row["bytes_total"]
+    if not rate or rate <= 0 or not total or row["activity"] != "running":
+        return "-"
+    return _age_text(max(0.0, (total - row["bytes_done"]) / rate))
+
+
+def _short(error: str | None) -> str:
+    from migratio.reports import SHORT_ERROR
+
+    if not error:
+        return ""
+    return error if len(error) <= SHORT_ERROR else error[: SHORT_ERROR - 1] + "…"
 
 
 def _progress_text(value: float | None) -> str:

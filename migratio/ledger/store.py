@@ -33,6 +33,7 @@ from migratio.ledger.types import (
     JobRecorded,
     JobRequest,
     Migration,
+    MigrationFilter,
     Transition,
     utcnow,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "JobRequest",
     "Ledger",
     "Migration",
+    "MigrationFilter",
     "Transition",
     "utcnow",
 ]
@@ -122,9 +124,21 @@ class Ledger:
         with self._tx() as session:
             return reads.find(session, prefix)
 
-    def migrations(self, states: Sequence[str] | None = None, limit: int = 1000) -> list[Migration]:
+    def migrations(
+        self,
+        states: Sequence[str] | None = None,
+        limit: int | None = 1000,
+        *,
+        wanted: MigrationFilter | None = None,
+    ) -> list[Migration]:
+        """Newest first: those in ``states`` (or matching ``wanted``), at most ``limit``."""
+        wanted = wanted or MigrationFilter(states=tuple(states or ()))
         with self._tx() as session:
-            return reads.migrations(session, states, limit)
+            return reads.migrations(session, wanted, limit)
+
+    def count(self, wanted: MigrationFilter) -> int:
+        with self._tx() as session:
+            return reads.count(session, wanted)
 
     def history(self, migration_id: str) -> list[Transition]:
         with self._tx() as session:

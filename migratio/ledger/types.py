@@ -55,6 +55,16 @@ class Migration:
 
 
 @dataclass(frozen=True)
+class MigrationFilter:
+    """Which migrations an operator asks for; every field that is set must match."""
+
+    states: tuple[str, ...] = ()
+    image_id: str | None = None
+    job_id: str | None = None
+    site: str | None = None  # as source or destination
+
+
+@dataclass(frozen=True)
 class Transition:
     """One row of a migration's audit trail (a note when ``from_state == to_state``)."""
 

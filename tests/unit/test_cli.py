@@ -90,7 +90,7 @@ def test_status_of_an_unknown_state_is_a_usage_error(ledger: Ledger, config: Pat
 
 def test_status_without_a_ledger_creates_nothing(config: Path, tmp_path: Path) -> None:
     for command in (["status"], ["show", "0123abcd"]):
-        line = _one_line(_cli(config, *command, check=False), 1)
+        line = _one_line(_cli(config, *command, check=False), 3)
         assert line == (
             f"migratio: no ledger at {tmp_path / 'work' / 'ledger.sqlite'}: start the daemon "
             "(migratio run) or run 'migratio db upgrade' first"
@@ -135,7 +135,7 @@ def test_an_unreachable_postgresql_ledger_is_one_line(tmp_path: Path) -> None:
     url = f"postgresql://migratio:secret@127.0.0.1:{port}/ledger"
     config = _config(tmp_path, database_url=url)
     for command in (["status"], ["db", "upgrade"], ["run", "--until-idle"]):
-        line = _one_line(_cli(config, *command, check=False), 1)
+        line = _one_line(_cli(config, *command, check=False), 3)
         where = f"postgresql+psycopg://migratio:***@127.0.0.1:{port}/ledger"
         assert line.startswith(f"migratio: cannot open the ledger at {where}: "), line
         assert "secret" not in line
@@ -194,3 +194,121 @@ def test_a_destination_only_site_cannot_be_a_source(config: Path, tmp_path: Path
     assert settings.source_sites == {"site-a", "site-b"}
     with pytest.raises(ConfigError, match="aws sites are destinations only"):
         open_source(settings.site("aws-a"))
+
+
+def test_config_after_the_command_and_json_everywhere(ledger: Ledger, config: Path) -> None:
+    submitted = json.loads(
+        CliRunner()
+        .invoke(
+            main,
+            ["submit", "--image", "img-7", "--to", "site-b", "--json", "--config", str(config)],
+        )
+        .stdout
+    )
+    assert submitted["state"] == "queued" and ledger.get(submitted["id"]).image_id == "img-7"
+    cancelled = json.loads(_cli(config, "cancel", submitted["id"], "--json").stdout)
+    assert cancelled == {"id": submitted["id"], "state": "cancelled", "held_by": None}
+    retried = json.loads(_cli(config, "retry", submitted["id"][:8], "--json").stdout)
+    assert retried == {"id": submitted["id"], "state": "queued"}
+    assert json.loads(_cli(config, "db", "upgrade", "--json").stdout) == {"schema": "up to date"}
+
+
+def test_a_repeated_destination_is_refused_not_dropped(ledger: Ledger, config: Path) -> None:
+    result = _cli(config, "submit", "--image", "i", "--to", "site-b", "--to", "site-a", check=False)
+    assert _one_line(result, 2) == (
+        "migratio: usage error: --to given 2 times: one destination per migration"
+    )
+    assert ledger.migrations() == []
+
+
+def test_status_filters_limits_and_says_what_it_left_out(ledger: Ledger, config: Path) -> None:
+    for n in range(5):
+        ledger.create("site-a", "site-b", f"img-{n}", job_id=f"job-{n}")
+    ledger.create("site-b", "site-a", "img-back")
+    table = _cli(config, "status", "--limit", "2").stdout
+    assert "showing the newest 2 of 6; --limit N or --all for more" in table
+    assert len(json.loads(_cli(config, "status", "--all", "--json").stdout)) == 6
+    assert [
+        row["image"]
+        for row in json.loads(_cli(config, "status", "--json", "--image", "img-3").stdout)
+    ] == ["img-3"]
+    assert [
+        row["image"]
+        for row in json.loads(_cli(config, "status", "--json", "--job", "job-1").stdout)
+    ] == ["img-1"]
+    by_site = json.loads(_cli(config, "status", "--json", "--site", "site-b", "--all").stdout)
+    assert len(by_site) == 6
+    assert [
+        r["image"]
+        for r in json.loads(_cli(config, "status", "--json", "--state", "exporting").stdout)
+    ] == []
+
+
+def test_status_tells_waiting_paused_and_running_apart(ledger: Ledger, config: Path) -> None:
+    waiting = ledger.create("site-a", "site-b", "img-wait")
+    paused = ledger.create("site-a", "site-b", "img-paused")
+    running = ledger.create("site-a", "site-b", "img-run")
+    for migration in (waiting, paused, running):
+        assert ledger.acquire(migration.id, "test-daemon", 60)
+        ledger.transition(migration.id, "test-daemon", Trigger.START, "test")
+    ledger.schedule_retry(waiting.id, "test-daemon", 1, 300, "site down")
+    ledger.release(paused.id, "test-daemon")
+    rows = {row["image"]: row for row in json.loads(_cli(config, "status", "--json").stdout)}
+    assert rows["img-wait"]["activity"] == "waiting to retry"
+    assert 200 < rows["img-wait"]["retry_in_seconds"] <= 300
+    assert rows["img-paused"]["activity"] == "paused"
+    assert (rows["img-run"]["activity"], rows["img-run"]["held_by"]) == ("running", "test-daemon")
+    table = _cli(config, "status").stdout
+    assert "exporting (retry in" in table and "exporting (paused)" in table
+    assert "site down" in table
+
+
+def test_show_prints_json_values_and_the_time_in_each_state(ledger: Ledger, config: Path) -> None:
+    migration = ledger.create("site-a", "site-b", "img-show")
+    ledger.transition(migration.id, None, Trigger.START, "test")
+    shown = _cli(config, "show", migration.id).stdout
+    assert "None" not in shown and "False" not in shown
+    assert "cancel_requested  false" in shown and "dest_image_id     null" in shown
+    assert "time in each state:" in shown and "  queued" in shown and "  exporting" in shown
+    durations = _show(config, migration.id)["durations"]
+    assert set(durations) == {"queued", "exporting"} and all(v >= 0 for v in durations.values())
+
+
+def test_an_unreachable_redis_is_exit_3_and_debug_shows_the_traceback(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = _config(tmp_path, redis_url=f"redis://:hunter2@127.0.0.1:{port}/0")
+    args = ["submit", "--via-redis", "--image", "i", "--to", "site-b"]
+    line = _one_line(_cli(config, *args, check=False), 3)
+    assert line.startswith("migratio: cannot push to redis at redis://") and "hunter2" not in line
+    debugged = CliRunner().invoke(main, ["--debug", "--config", str(config), *args])
+    assert debugged.exit_code != 0 and debugged.exc_info is not None
+    assert debugged.exc_info[0].__name__ == "RedisUnavailable"
+
+
+def test_the_live_view_shows_a_bar_the_speed_and_the_time_left() -> None:
+    from rich.console import Console
+
+    from migratio.cli.inspect import status_table
+
+    row = {
+        "id": "0123abcd-0000",
+        "image": "img",
+        "name": "template",
+        "source_site": "site-a",
+        "dest_site": "site-b",
+        "state": "uploading",
+        "activity": "running",
+        "retry_in_seconds": None,
+        "progress": 0.25,
+        "bytes_done": 256 * 1024 * 1024,
+        "bytes_total": 1024 * 1024 * 1024,
+        "age_seconds": 12,
+        "error": None,
+    }
+    console = Console(record=True, width=140)
+    console.print(status_table([row], {"0123abcd-0000": 128 * 1024 * 1024}))
+    screen = console.export_text()
+    assert "template (img)" in screen and "128 MiB/s" in screen and "6s" in screen
+    assert "━" in screen  # the progress bar
