@@ -6,7 +6,6 @@ OpenStack way, e.g. through ``OS_CLIENT_CONFIG_FILE``), nothing more.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -21,10 +20,10 @@ from pydantic import (
     model_validator,
 )
 
+from migratio.config_path import CONFIG_ENV, DEFAULT_CONFIG_PATH, config_path
 from migratio.errors import ConfigError
 
-CONFIG_ENV = "MIGRATIO_CONFIG"
-DEFAULT_CONFIG_PATH = "/etc/migratio/migratio.yml"
+__all__ = ["CONFIG_ENV", "DEFAULT_CONFIG_PATH", "config_path"]  # re-exported for callers
 M = TypeVar("M", bound=BaseModel)
 SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -230,11 +229,6 @@ def check_source(site: Site) -> None:
             f"{site.settings.type} sites are destinations only: images migrate to them, "
             "not from them",
         )
-
-
-def config_path(explicit: str | None) -> Path:
-    """``--config`` wins, then ``$MIGRATIO_CONFIG``, then the system default."""
-    return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
 
 
 def load_settings(path: Path) -> Settings:

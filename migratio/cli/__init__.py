@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-from migratio import config
 from migratio.cli.context import Context, config_option
+from migratio.config_path import CONFIG_ENV, DEFAULT_CONFIG_PATH
 
 
 @click.group()
@@ -17,7 +17,7 @@ from migratio.cli.context import Context, config_option
     "--config",
     "config_path",
     metavar="PATH",
-    help=f"daemon config (default: ${config.CONFIG_ENV} or {config.DEFAULT_CONFIG_PATH})",
+    help=f"daemon config (default: ${CONFIG_ENV} or {DEFAULT_CONFIG_PATH})",
 )
 @click.option("--debug", is_flag=True, help="on an error, show its traceback")
 @click.version_option(package_name="migratio")

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from migratio import config
+from migratio.config_path import config_path
 from migratio.errors import ConfigError, DependencyUnavailable, MigratioError, UsageError
 from migratio.text import one_line, printable
 
 if TYPE_CHECKING:
+    from migratio.config import Settings
     from migratio.ledger.store import Ledger
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -82,20 +83,22 @@ def config_option() -> click.Option:
 class Context:
     """The config path, the settings loaded on first use, and the ledger."""
 
-    def __init__(self, config_path: str | None, *, debug: bool = False) -> None:
-        self.path = config.config_path(config_path)
+    def __init__(self, explicit: str | None, *, debug: bool = False) -> None:
+        self.path = config_path(explicit)
         self.debug = debug
-        self._settings: config.Settings | None = None
+        self._settings: Settings | None = None
 
-    def use(self, config_path: str) -> None:
+    def use(self, explicit: str) -> None:
         """Another config file, given after the command."""
-        self.path = config.config_path(config_path)
+        self.path = config_path(explicit)
         self._settings = None
 
     @property
-    def settings(self) -> config.Settings:
+    def settings(self) -> Settings:
         if self._settings is None:
-            self._settings = config.load_settings(self.path)
+            from migratio.config import load_settings
+
+            self._settings = load_settings(self.path)
         return self._settings
 
     def ledger(self) -> Ledger:

@@ -11,16 +11,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console, Group
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
 from migratio.cli.context import Context, json_option, one_line_errors, pass_context
 from migratio.machine import State
 from migratio.text import printable
 
 if TYPE_CHECKING:
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+
     from migratio.ledger.store import Ledger, MigrationFilter
 
 DEFAULT_LIMIT = 50
@@ -71,6 +70,8 @@ def status(
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
+    from rich.console import Console
+
     console = Console(width=max(100, Console().width))
     console.print(status_table(rows))
     if total > len(rows):
@@ -80,6 +81,10 @@ def status(
 def status_table(rows: list[dict[str, Any]], rates: dict[str, float] | None = None) -> Table:
     """The status view; with ``rates`` (bytes/s by migration id), a live one with
     a progress bar, the speed and the time left of each running migration."""
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(box=None, header_style="bold")
     columns = ["ID", "IMAGE", "FROM → TO", "STATE", "PROGRESS", "AGE", "ERROR"]
     if rates is not None:
@@ -159,7 +164,9 @@ def _rows(
 
 def _watch(ledger: Ledger, wanted: MigrationFilter, limit: int | None) -> None:
     """Redraw in place once a second; speed from the bytes done between redraws."""
+    from rich.console import Group
     from rich.live import Live
+    from rich.text import Text
 
     seen: dict[str, tuple[float, int]] = {}
     rates: dict[str, float] = {}
@@ -191,6 +198,8 @@ def _state_text(row: dict[str, Any]) -> str:
 
 
 def _bar(value: float | None) -> ProgressBar:
+    from rich.progress_bar import ProgressBar
+
     return ProgressBar(total=1.0, completed=value or 0.0, width=20)
 
 
