@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import os
 
-import redis
-
 from migratio import config, sidekiq
 from migratio.errors import IllegalTransition, RedisUnavailable, UsageError
 from migratio.feedback.outbox import status_job
 from migratio.intake.jobs import BadJob, native_job, parse
 from migratio.ledger.store import Ledger, Migration
 from migratio.machine import TERMINAL, Trigger
-from migratio.redis_link import redacted
-from migratio.supervisor import Supervisor
 
 
 def open_ledger(settings: config.Settings, *, migrate: bool = True) -> Ledger:
@@ -71,6 +67,10 @@ def submit_via_redis(
         )
     except BadJob as exc:
         raise UsageError(exc.reason) from None
+    import redis  # only this command talks to Redis
+
+    from migratio.redis_link import redacted
+
     client = redis.Redis.from_url(daemon.redis_url, socket_connect_timeout=5, socket_timeout=5)
     try:
         sidekiq.push_payloads(client, daemon.namespace, [(queue, job)])
@@ -101,6 +101,8 @@ def cancel(settings: config.Settings, ledger: Ledger, migration_id: str) -> tupl
     if migration.state in TERMINAL:
         raise IllegalTransition(f"migration {migration.id} is already {migration.state}")
     ledger.request_cancel(migration.id)
+    from migratio.supervisor import Supervisor  # drivers and SDKs: only when cancelling
+
     ended = Supervisor(settings, ledger).end_now(
         migration.id, Trigger.CANCEL, "cancelled by operator"
     )

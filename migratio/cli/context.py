@@ -107,10 +107,11 @@ class Context:
         return open_ledger(self.settings)
 
     def existing_ledger(self) -> Ledger:
-        """For read-only commands: never creates a ledger nor changes its schema."""
-        from migratio.operations import open_ledger
+        """For read-only commands: never creates a ledger nor changes its schema
+        (and writes nothing, so it needs no feedback hook)."""
+        from migratio.ledger.store import Ledger
 
-        return open_ledger(self.settings, migrate=False)
+        return Ledger.open(self.settings.daemon.ledger_url, migrate=False)
 
 
 pass_context = click.make_pass_decorator(Context)

@@ -49,6 +49,16 @@ def transaction(
         yield session
 
 
+@contextmanager
+def reading(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A transaction that only reads: on SQLite it takes no write lock."""
+    from migratio.ledger.database import READ_ONLY
+
+    with translated(), sessions() as session:
+        session.connection(execution_options={READ_ONLY: True})
+        yield session
+
+
 def _unreachable(exc: SQLAlchemyError) -> bool:
     # A disconnect can surface as any DBAPI error once the pool notices it.
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:

@@ -7,9 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -21,6 +19,12 @@ log = logging.getLogger(__name__)
 # Several daemon threads and the CLI write the same SQLite file: wait for the lock
 # rather than failing at once.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The execution option that marks a transaction as only reading.
+READ_ONLY = "migratio_read_only"
+# The newest schema revision (migrations_db/versions): read-only commands compare
+# the ledger's with it without loading Alembic (a quarter of a second).
+# tests/unit/test_ledger.py checks it against Alembic's own head.
+SCHEMA_HEAD = "0005"
 
 
 # SQLAlchemy's PostgreSQL default driver is psycopg2, which migratio does not
@@ -108,10 +112,14 @@ def _tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read takes no write lock: `status` must not wait for (or hold up) a daemon.
+        reading = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
 
-def alembic_config(engine: Engine) -> Config:
+def alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config  # Alembic is needed only to change the schema
+
     script_location = resources.files("migrations_db")
     config = Config()
     config.set_main_option("script_location", str(script_location))
@@ -130,6 +138,8 @@ def upgrade(engine: Engine) -> None:
     same tables; an advisory lock makes them take turns. SQLite serialises them
     with its write lock already.
     """
+    from alembic import command
+
     config = alembic_config(engine)
     if engine.dialect.name != "postgresql":
         command.upgrade(config, "head")
@@ -154,7 +164,12 @@ def head_revision(engine: Engine) -> str | None:
 
 def check_current(engine: Engine) -> None:
     """LedgerUnavailable unless the schema is at the newest revision (nothing is changed)."""
-    current, head = current_revision(engine), head_revision(engine)
+    with engine.connect() as connection:
+        found = inspect(connection).has_table("alembic_version")
+        current = (
+            connection.scalar(text("SELECT version_num FROM alembic_version")) if found else None
+        )
+    head = SCHEMA_HEAD
     if current != head:
         raise LedgerUnavailable(
             f"ledger schema is at revision {current or 'none'}, this migratio needs {head}: "

@@ -48,6 +48,7 @@ class MigrationRow(Base):
     __table_args__ = (
         Index("ix_migrations_due", "state", "next_attempt_at"),
         Index("ix_migrations_image", "image_id", "dest_site"),
+        Index("ix_migrations_created_at", "created_at"),
     )
 
 

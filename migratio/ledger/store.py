@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from migratio.errors import JobConflict, LedgerError
 from migratio.ledger import artifacts, leases, reads, writes
 from migratio.ledger import jobs as intake_jobs
-from migratio.ledger.boundary import transaction
+from migratio.ledger.boundary import reading, transaction
 from migratio.ledger.database import open_engine
 from migratio.ledger.outbox import OutboxTable
 from migratio.ledger.types import (
@@ -85,6 +85,11 @@ class Ledger:
         with transaction(self._sessions, conflict) as session:
             yield session
 
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with reading(self._sessions) as session:
+            yield session
+
     def _notify(self, session: Session, change: Change) -> None:
         if self._on_change is not None:
             self.outbox.add(session, change.migration.id, self._on_change(change))
@@ -116,12 +121,12 @@ class Ledger:
             return intake_jobs.accept(session, self._notify, jobs)
 
     def get(self, migration_id: str) -> Migration:
-        with self._tx() as session:
+        with self._read() as session:
             return reads.get(session, migration_id)
 
     def find(self, prefix: str) -> Migration:
         """A migration by full id or unique id prefix (operators type short ids)."""
-        with self._tx() as session:
+        with self._read() as session:
             return reads.find(session, prefix)
 
     def migrations(
@@ -133,19 +138,19 @@ class Ledger:
     ) -> list[Migration]:
         """Newest first: those in ``states`` (or matching ``wanted``), at most ``limit``."""
         wanted = wanted or MigrationFilter(states=tuple(states or ()))
-        with self._tx() as session:
+        with self._read() as session:
             return reads.migrations(session, wanted, limit)
 
     def count(self, wanted: MigrationFilter) -> int:
-        with self._tx() as session:
+        with self._read() as session:
             return reads.count(session, wanted)
 
     def history(self, migration_id: str) -> list[Transition]:
-        with self._tx() as session:
+        with self._read() as session:
             return reads.history(session, migration_id)
 
     def count_active(self) -> int:
-        with self._tx() as session:
+        with self._read() as session:
             return reads.count_active(session)
 
     # ---- leases ---------------------------------------------------------------

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from migratio.errors import IllegalTransition, LeaseLost, UsageError
-from migratio.ledger.database import current_revision, upgrade
+from migratio.ledger.database import SCHEMA_HEAD, current_revision, head_revision, upgrade
 from migratio.ledger.store import Ledger
+from tests.support.ledgers import empty_ledger_engine
 
 
 def test_schema_upgrade_is_idempotent(ledger: Ledger) -> None:
     upgrade(ledger.engine)
-    assert current_revision(ledger.engine) == "0004"
+    assert current_revision(ledger.engine) == "0005" == SCHEMA_HEAD
+    assert head_revision(ledger.engine) == SCHEMA_HEAD
 
 
 def test_every_transition_has_its_audit_row(ledger: Ledger) -> None:
@@ -126,3 +130,22 @@ def test_find_matches_id_prefixes_literally(ledger: Ledger) -> None:
     for pattern in (migration.id[:6] + "_", "%", "ABC", "a\\", "", "x" * 37):
         with pytest.raises(UsageError):
             ledger.find(pattern)
+
+
+def test_reading_takes_no_write_lock_on_sqlite(tmp_path: Path) -> None:
+    """`migratio status` must neither wait for nor hold up a daemon's write."""
+    engine = empty_ledger_engine(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    upgrade(engine)
+    ledger = Ledger(engine)
+    migration = ledger.create("site-a", "site-b", "img")
+    writer = sqlite3.connect(tmp_path / "ledger.sqlite", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a daemon in the middle of a write
+    try:
+        started = time.monotonic()
+        assert [m.id for m in ledger.migrations()] == [migration.id]
+        assert ledger.get(migration.id).state == "queued"
+        assert time.monotonic() - started < 2  # the busy timeout is 30 s
+    finally:
+        writer.rollback()
+        writer.close()
+        engine.dispose()

@@ -1,0 +1,159 @@
+"""Benchmark: what the ledger costs an operator and a migration, on SQLite and PostgreSQL.
+
+- ``migratio status`` (the real command, default view: the newest 50) and
+  ``migratio --help`` wall time, median/min/max over the rounds, on a ledger of
+  N migrations; the baseline in the same run is ``python3 -c pass`` (the
+  interpreter's own start-up, which no command can beat).
+- The cost of one transition (its commit, its audit row and its feedback
+  outbox row in one transaction), median over the transitions of M migrations.
+
+    python3 bench/ledger_cost.py [--migrations 100000] [--rounds 5] [--tiny]
+
+Goals (issue "Performance"): --help <= 0.25 s; status <= 0.30 s on SQLite and
+<= 0.40 s on PostgreSQL at 100,000 migrations; a transition <= 10 ms (SQLite),
+<= 15 ms (PostgreSQL). PostgreSQL: $MIGRATIO_TEST_POSTGRES_URL, else a private
+cluster (testbed_lib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import insert
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "support" / "testbed"))
+
+import testbed_lib  # noqa: E402
+
+from migratio.feedback.outbox import status_job  # noqa: E402
+from migratio.ledger.database import upgrade  # noqa: E402
+from migratio.ledger.models import MigrationRow  # noqa: E402
+from migratio.ledger.store import Ledger, utcnow  # noqa: E402
+from migratio.machine import Trigger  # noqa: E402
+from tests.support.daemon_config import write_daemon_config  # noqa: E402
+from tests.support.ledgers import empty_ledger_engine  # noqa: E402
+
+STEPS = [Trigger.START, Trigger.EXPORTED, Trigger.CONVERTED, Trigger.UPLOADED, Trigger.REGISTERED]
+
+
+def fill(url: str, count: int) -> None:
+    """``count`` migrations in every state, written in bulk (not what is measured)."""
+    engine = empty_ledger_engine(url)
+    upgrade(engine)
+    start = utcnow() - timedelta(days=30)
+    states = ["done"] * 8 + ["failed", "queued"]
+    with engine.begin() as connection:
+        for first in range(0, count, 5000):
+            rows = [
+                {
+                    "id": str(uuid.uuid4()),
+                    "source_site": "site-a",
+                    "dest_site": "site-b",
+                    "image_id": str(uuid.uuid4()),
+                    "state": states[n % len(states)],
+                    "attempt": 0,
+                    "next_attempt_at": start,
+                    "cancel_requested": False,
+                    "bytes_done": 0,
+                    "created_at": start + timedelta(seconds=n),
+                    "updated_at": start + timedelta(seconds=n),
+                }
+                for n in range(first, min(count, first + 5000))
+            ]
+            connection.execute(insert(MigrationRow), rows)
+    engine.dispose()
+
+
+def timed(command: list[str], rounds: int, env: dict[str, str] | None = None) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, env=env)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def transition_costs(url: str, migrations: int) -> list[float]:
+    engine = empty_ledger_engine(url)
+    upgrade(engine)
+    ledger = Ledger(engine, on_change=status_job)
+    costs = []
+    for n in range(migrations):
+        migration = ledger.create("site-a", "site-b", f"img-{n}")
+        ledger.acquire(migration.id, "bench", 60)
+        for trigger in STEPS:
+            started = time.perf_counter()
+            ledger.transition(migration.id, "bench", trigger, "bench")
+            costs.append(time.perf_counter() - started)
+    engine.dispose()
+    return costs
+
+
+def line(what: str, values: list[float], unit: float = 1.0, suffix: str = "s") -> str:
+    scaled = [v * unit for v in values]
+    return (
+        f"{what:<44} median {statistics.median(scaled):8.3f} {suffix}  "
+        f"min {min(scaled):8.3f}  max {max(scaled):8.3f}  (n={len(values)})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--migrations", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--transitions-of", type=int, default=60, metavar="M")
+    parser.add_argument("--tiny", action="store_true", help="a few seconds (CI)")
+    args = parser.parse_args()
+    if args.tiny:
+        args.migrations, args.rounds, args.transitions_of = 500, 1, 3
+
+    with tempfile.TemporaryDirectory(prefix="migratio-bench-") as tmp:
+        directory = Path(tmp)
+        postgres = os.environ.get("MIGRATIO_TEST_POSTGRES_URL")
+        started_postgres = postgres is None
+        if postgres is None:
+            postgres = testbed_lib.start_postgres(directory / "postgres")
+        try:
+            run(directory, postgres, args)
+        finally:
+            if started_postgres:
+                testbed_lib.stop_postgres(directory / "postgres")
+
+
+def run(directory: Path, postgres: str, args: argparse.Namespace) -> None:
+    python = sys.executable
+    print(line("baseline: python3 -c pass", timed([python, "-c", "pass"], args.rounds)))
+    print(line("migratio --help", timed([python, "-m", "migratio", "--help"], args.rounds)))
+    sites = directory / "sites"
+    sites.mkdir()
+    for site in ("site-a", "site-b"):
+        (sites / f"{site}.yml").write_text(f"type: openstack\ncloud: {site}\n")
+    ledgers: dict[str, str] = {
+        "sqlite": f"sqlite:///{directory / 'ledger.sqlite'}",
+        "postgresql": postgres,
+    }
+    for name, url in ledgers.items():
+        fill(url, args.migrations)
+        (directory / name).mkdir()
+        config = write_daemon_config(directory / name, sites, database_url=url)
+        status = [python, "-m", "migratio", "--config", str(config), "status"]
+        what = f"migratio status, {args.migrations:,} migrations ({name})"
+        print(line(what, timed(status, args.rounds)))
+    for name, url in ledgers.items():
+        costs = transition_costs(url, args.transitions_of)
+        print(line(f"one transition + audit + outbox ({name})", costs, 1000, "ms"))
+
+
+if __name__ == "__main__":
+    main()
