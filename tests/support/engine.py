@@ -204,6 +204,14 @@ class EngineBed:
     def messages(self, migration_id: str) -> list[str]:
         return [row.message for row in self.ledger.history(migration_id)]
 
+    def notes(self, migration_id: str) -> list[tuple[str, str]]:
+        """(state, message) of the audit rows that changed no state (retries, take-overs)."""
+        return [
+            (row.to_state, row.message)
+            for row in self.ledger.history(migration_id)
+            if row.from_state == row.to_state
+        ]
+
     def artifacts(self, migration_id: str) -> list[tuple[str, str, str]]:
         """(kind, file name or record id, status) of every artifact, oldest first."""
         return [
@@ -229,6 +237,32 @@ HAPPY_PATH = [
     ("uploading", "registering"),
     ("registering", "done"),
 ]
+
+
+# Where a daemon can die: at a transition, just before it commits (the state's
+# work done, not recorded) or just after (nothing of the next state done); and the
+# state that leaves the migration in.
+CRASH_POINTS = [
+    ("start", False, "exporting"),
+    ("exported", True, "exporting"),
+    ("exported", False, "converting"),
+    ("converted", True, "converting"),
+    ("converted", False, "uploading"),
+    ("uploaded", True, "uploading"),
+    ("uploaded", False, "registering"),
+    ("registered", True, "registering"),
+]
+CRASH_POINT_IDS = [f"{'before' if b else 'after'}-{trigger}" for trigger, b, _ in CRASH_POINTS]
+
+
+def happy_path_with_notes(state: str, count: int) -> list[tuple[str | None, str]]:
+    """HAPPY_PATH with ``count`` notes (retries, take-overs) in ``state``."""
+    path: list[tuple[str | None, str]] = []
+    for step in HAPPY_PATH:
+        path.append(step)
+        if step[1] == state:
+            path += [(state, state)] * count
+    return path
 
 
 def _ledger_template(base: Path) -> Path:

@@ -29,7 +29,7 @@ from migratio.drivers.base import (
     Transfer,
 )
 from migratio.drivers.stub.scripting import Scriptable
-from migratio.errors import ImageNotFound, NotFound, PermanentError
+from migratio.errors import ImageNotFound, NotFound, PermanentError, TransientError
 
 # Small, so that a payload of a few hundred KiB is already many chunks: every
 # checkpoint and callback between them gets its turn.
@@ -134,8 +134,9 @@ class StubSite(Scriptable):
     site_id: named in error messages.
     required_disk_format, wants_file: what the destination asks of the engine.
     resumable: an interrupted ``receive`` keeps what it got and the next one asks
-        the payload from there (as the SSH and AWS sites do); otherwise every
-        ``receive`` starts at byte 0 (as Glance does).
+        the payload from there, then checks the whole against ``transfer.sha512``
+        (as the SSH site does); otherwise every ``receive`` starts at byte 0 (as
+        Glance does).
     returns_sha512: ``receive`` reports the sha512 of what the record holds.
         A resumed or file transfer depends on it; the engine computes it in
         flight otherwise.
@@ -260,7 +261,9 @@ class StubSite(Scriptable):
             raise PermanentError(
                 f"site {self.site_id}: record {record_id} is {record.status}: cannot take bytes"
             )
-        if not self.resumable:
+        # Like the SSH site: resumed only when the whole can be checked at the end.
+        resumes = self.resumable and transfer.sha512 is not None
+        if not resumes:
             record.data = bytearray()
         offset = len(record.data)
         try:
@@ -271,11 +274,18 @@ class StubSite(Scriptable):
                     transfer.progress(len(record.data))
         except BaseException:
             record.status = self.interrupted_status
-            if not self.resumable:
+            if not resumes:
                 record.data = bytearray()
             raise
+        held = hashlib.sha512(record.data).hexdigest()
+        if offset and held != transfer.sha512:
+            size, record.data = len(record.data), bytearray()
+            raise TransientError(
+                f"site {self.site_id}: record {record_id} held {size} bytes "
+                "of another sha512; sending it again"
+            )
         record.status = RecordStatus.COMPLETE
-        return record.sha512 if self.returns_sha512 else None
+        return held if self.returns_sha512 else None
 
     def _payload(self, transfer: Transfer, offset: int) -> Iterator[bytes]:
         if not self.wants_file:
