@@ -145,7 +145,7 @@ class EngineBed:
     def crash_at_transition(self, supervisor: Supervisor, trigger: str, *, before: bool) -> None:
         """Kill ``supervisor`` at the transition ``trigger``: just before it commits
         (the state's work done, not recorded) or just after (nothing of the next
-        state done). The supervisor must use its own ``Ledger`` (``ledger_of``)."""
+        state done). ``supervisor`` comes from ``supervisor_to_kill``."""
         ledger = supervisor.ledger
         commit = ledger.transition
         kill = self.crash(supervisor)
@@ -162,12 +162,14 @@ class EngineBed:
 
         ledger.transition = transition  # type: ignore[method-assign]
 
-    def own_ledger(self, owner: str) -> Supervisor:
-        """A supervisor with a ledger object of its own (same database), for
-        ``crash_at_transition``: as a second process would have."""
-        return Supervisor(
-            self.settings, Ledger(self.ledger.engine), owner=owner, site_opener=self.sites
-        )
+    def supervisor_to_kill(self, owner: str = "daemon-dead") -> Supervisor:
+        """A supervisor for ``crash`` and ``crash_at_transition``: with a ``Ledger``
+        object of its own (same database), as another process has, and a janitor
+        that never wakes (a kill stops the janitor too; a live one would clean up
+        what the test wants left)."""
+        daemon = self.settings.daemon.model_copy(update={"poll_seconds": 3600})
+        settings = config.Settings(self.settings.path, daemon, self.settings.sites)
+        return Supervisor(settings, Ledger(self.ledger.engine), owner=owner, site_opener=self.sites)
 
     def expire_lease(self, migration_id: str) -> None:
         """Time passes for a dead daemon's lease (instead of waiting lease_seconds)."""

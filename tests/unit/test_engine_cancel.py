@@ -84,7 +84,7 @@ def test_a_migration_left_in_any_state_and_cancelled_is_cleaned_up(
     bed = engine_bed
     bed.destination.required_disk_format = "raw"
     migration_id = bed.submit(bed.source.add_image(qcow2, disk_format="qcow2").id).id
-    dead = bed.own_ledger("daemon-dead")
+    dead = bed.supervisor_to_kill()
     bed.crash_at_transition(dead, trigger, before=before)
     bed.run(dead)
     assert bed.ledger.get(migration_id).state == state
@@ -146,7 +146,7 @@ def test_an_operator_ends_a_migration_no_daemon_holds_at_once(engine_bed: Engine
     """``end_now`` (the CLI's cancel and fail): no step runs, cleanup does."""
     bed = engine_bed
     migration_id = bed.submit(bed.source.add_image(RAW).id).id
-    dead = bed.own_ledger("daemon-dead")
+    dead = bed.supervisor_to_kill()
     bed.crash_at_transition(dead, Trigger.UPLOADED, before=True)
     bed.run(dead)
     operator = bed.supervisor("operator")
@@ -168,7 +168,7 @@ def test_a_cancel_after_an_image_was_made_of_the_record_removes_both(
     bed = engine_bed
     bed.destination.registers_image = True
     migration_id = bed.submit(bed.source.add_image(RAW).id).id
-    dead = bed.own_ledger("daemon-dead")
+    dead = bed.supervisor_to_kill()
     bed.crash_at_transition(dead, Trigger.REGISTERED, before=True)
     bed.run(dead)
     assert len(bed.destination.records) == 2

@@ -43,6 +43,9 @@ CALLS = {
     ("destination", "register"): ("registering", 1),
 }
 CALL_IDS = [method for _, method in CALLS]
+# One call per state, the one that leaves the most behind when it fails.
+LAST_CALLS = [("source", "read"), ("destination", "receive"), ("destination", "register")]
+LAST_CALL_IDS = [method for _, method in LAST_CALLS]
 RETRY_NOTE = re.compile(r"attempt (\d+) failed, retrying in (\d+\.\d)s: (.*)")
 
 
@@ -160,10 +163,10 @@ def test_a_failed_attempt_waits_its_backoff_before_the_next(
 @pytest.mark.parametrize(
     ("role", "method", "error"),
     [
-        *[(role, method, TransientError(f"{role}: timed out")) for role, method in CALLS],
+        *[(role, method, TransientError(f"{role}: timed out")) for role, method in LAST_CALLS],
         ("destination", "receive", RuntimeError("driver bug")),
     ],
-    ids=[*CALL_IDS, "unexpected"],
+    ids=[*LAST_CALL_IDS, "unexpected"],
 )
 def test_a_migration_that_keeps_failing_gives_up_after_its_budget(
     engine_bed: EngineBed, role: str, method: str, error: Exception

@@ -59,11 +59,20 @@ def _assert_finished_once(bed: EngineBed, migration_id: str, sent: bytes) -> Non
     assert bed.source.open_streams == 0
 
 
-@pytest.mark.parametrize("path", ["streamed", "converted"])
 @pytest.mark.parametrize(
-    ("trigger", "before", "state"),
-    CRASH_POINTS,
-    ids=CRASH_POINT_IDS,
+    ("path", "trigger", "before", "state"),
+    [
+        *[
+            pytest.param("converted", *point, id=f"converted-{name}")
+            for point, name in zip(CRASH_POINTS, CRASH_POINT_IDS, strict=True)
+        ],
+        # The streamed path differs from the staged one from uploading on.
+        *[
+            pytest.param("streamed", *point, id=f"streamed-{name}")
+            for point, name in zip(CRASH_POINTS, CRASH_POINT_IDS, strict=True)
+            if point[2] in ("uploading", "registering")
+        ],
+    ],
 )
 def test_a_daemon_killed_in_any_state_is_taken_over_and_finished_once(
     engine_bed: EngineBed, qcow2: bytes, path: str, trigger: str, before: bool, state: str
@@ -75,7 +84,7 @@ def test_a_daemon_killed_in_any_state_is_taken_over_and_finished_once(
     else:
         image = bed.source.add_image(RAW)
     migration_id = bed.submit(image.id).id
-    dead = bed.own_ledger("daemon-dead")
+    dead = bed.supervisor_to_kill()
     bed.crash_at_transition(dead, trigger, before=before)
 
     bed.run(dead)
@@ -112,7 +121,7 @@ def test_an_upload_interrupted_midway_ends_in_one_complete_record(
         bed.destination.interrupted_status = RecordStatus.BROKEN
     image = bed.source.add_image(BIG)
     migration_id = bed.submit(image.id).id
-    first = bed.own_ledger("daemon-dead") if how == "crash" else bed.supervisor("daemon-1")
+    first = bed.supervisor_to_kill() if how == "crash" else bed.supervisor("daemon-1")
     bed.destination.at_byte("receive", 512 * KIB, _stopper(bed, first, how))
 
     bed.run(first)
@@ -154,7 +163,7 @@ def test_a_download_to_the_work_dir_interrupted_midway_is_done_again(
     bed.destination.wants_file = True  # staged, not converted
     image = bed.source.add_image(BIG)
     migration_id = bed.submit(image.id).id
-    first = bed.own_ledger("daemon-dead") if how == "crash" else bed.supervisor("daemon-1")
+    first = bed.supervisor_to_kill() if how == "crash" else bed.supervisor("daemon-1")
     bed.source.at_byte("read", 512 * KIB, _stopper(bed, first, how))
 
     bed.run(first)
