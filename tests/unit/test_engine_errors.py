@@ -261,6 +261,44 @@ def test_what_retrying_cannot_fix_fails_with_a_clear_reason(
         assert "create_record" not in bed.destination.calls
 
 
+@pytest.mark.parametrize(
+    "reports_sha512",
+    [
+        pytest.param(
+            True,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="engine bug: uploading records the sha512 the destination reports "
+                "without comparing it with the payload's",
+            ),
+        ),
+        False,
+    ],
+    ids=["site-reports-its-sha512", "site-reports-none"],
+)
+def test_a_destination_that_stores_other_bytes_than_it_was_sent_fails_the_migration(
+    engine_bed: EngineBed, reports_sha512: bool
+) -> None:
+    """The bytes left the engine verified; the site kept others (a storage fault)
+    and, asked, reports the sha512 of what it holds."""
+    bed = engine_bed
+    bed.destination.returns_sha512 = reports_sha512
+
+    def corrupt() -> None:
+        for record in bed.destination.records.values():
+            record.data[0] ^= 0xFF
+
+    bed.destination.at_byte("receive", len(DATA), corrupt)
+    migration_id = _start(bed)
+
+    bed.run()
+
+    failed = bed.ledger.get(migration_id)
+    assert failed.state == "failed"
+    assert failed.last_error and "sha512 differs from the bytes sent" in failed.last_error
+    assert bed.destination.records == {}
+
+
 def test_a_source_image_still_being_uploaded_is_waited_for(engine_bed: EngineBed) -> None:
     bed = engine_bed
     image = bed.source.add_image(DATA, status=ImageStatus.PENDING)

@@ -17,15 +17,16 @@ BIG = payload(2 * MIB, seed=6)  # past the safety guard's 1 MiB head
 
 
 @pytest.mark.parametrize(
-    ("where", "heard"),
+    ("where", "told"),
     [("receive", True), ("receive", False), ("register", False)],
     ids=["mid-transfer-told", "mid-transfer-fenced", "before-the-transition"],
 )
 def test_a_daemon_that_lost_its_lease_stops_and_writes_nothing_more(
-    engine_bed: EngineBed, where: str, heard: bool
+    engine_bed: EngineBed, where: str, told: bool
 ) -> None:
-    """told: the heartbeat already reported the loss (``signals.lost``); fenced:
-    not yet, so the next ledger write (progress, a transition) is refused."""
+    """told: the heartbeat reports the loss (``signals.lost``) and the step stops
+    at its next checkpoint; otherwise another daemon took the lease in the ledger
+    and the next write (progress, a transition) is refused."""
     bed = engine_bed
     image = bed.source.add_image(BIG)
     migration_id = bed.submit(image.id).id
@@ -33,9 +34,10 @@ def test_a_daemon_that_lost_its_lease_stops_and_writes_nothing_more(
     stolen: dict[str, object] = {}
 
     def steal() -> None:
-        bed.steal_lease(migration_id, "daemon-2")
-        if heard:
+        if told:
             supervisor.signals.lost.add(migration_id)
+        else:
+            bed.steal_lease(migration_id, "daemon-2")
         stolen["row"] = bed.ledger.get(migration_id)
         stolen["history"] = bed.ledger.history(migration_id)
         stolen["artifacts"] = bed.ledger.artifacts(migration_id, status=None)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from migratio.drivers.base import SOURCE_UUID, RecordStatus
+from migratio.drivers.base import SOURCE_UUID, DestinationImage, RecordSpec, RecordStatus
 from migratio.supervisor import Supervisor
 from tests.support.engine import (
     CRASH_POINT_IDS,
@@ -194,3 +194,39 @@ def test_a_stopped_daemon_releases_its_lease_at_once(engine_bed: EngineBed) -> N
     assert 0 < left.bytes_done < len(BIG)  # progress was recorded on the way
     bed.run(bed.supervisor("daemon-2"))
     assert bed.states(migration_id) == HAPPY_PATH
+
+
+@pytest.mark.parametrize("then", ["resumed", "cancelled"])
+def test_a_record_created_just_before_a_kill_is_found_by_its_tag(
+    engine_bed: EngineBed, then: str
+) -> None:
+    """Killed between creating the record and writing it down: only the record's
+    migration-id tag leads to it. A resumed run reuses it; a cancel removes it."""
+    bed = engine_bed
+    image = bed.source.add_image(RAW)
+    migration_id = bed.submit(image.id).id
+    dead = bed.supervisor_to_kill()
+    create, kill = bed.destination.create_record, bed.crash(dead)
+
+    def create_then_die(spec: RecordSpec) -> DestinationImage:
+        create(spec)
+        kill()
+        raise AssertionError("unreachable")
+
+    bed.destination.create_record = create_then_die  # type: ignore[method-assign]
+    bed.run(dead)
+    del bed.destination.create_record
+    left = bed.ledger.get(migration_id)
+    assert (left.state, left.dest_image_id, bed.artifacts(migration_id)) == ("uploading", None, [])
+    (stray,) = bed.destination.records
+    if then == "cancelled":
+        bed.ledger.request_cancel(migration_id)
+
+    _finish_after(bed, migration_id, "crash")
+
+    if then == "resumed":
+        _assert_finished_once(bed, migration_id, RAW)
+        assert bed.ledger.get(migration_id).dest_image_id == stray
+    else:
+        assert bed.ledger.get(migration_id).state == "cancelled"
+        assert bed.destination.records == {}
