@@ -19,6 +19,7 @@ from migratio.ledger.database import upgrade  # noqa: E402
 from migratio.ledger.store import Ledger  # noqa: E402
 from tests.support import glance_peer, images  # noqa: E402
 from tests.support.daemon_config import write_daemon_config  # noqa: E402
+from tests.support.engine import EngineBed, open_engine_bed  # noqa: E402
 from tests.support.ledgers import empty_ledger_engine  # noqa: E402
 
 
@@ -87,3 +88,10 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
 def daemon_config(testbed: testbed_lib.Bed, tmp_path: Path) -> Path:
     """A daemon config of the test bed's sites with this test's own work dir and ledger."""
     return write_daemon_config(tmp_path, testbed.dir / "sites")
+
+
+@pytest.fixture
+def engine_bed(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineBed]:
+    """Stub sites, a SQLite ledger and fast settings for tests of the engine."""
+    with open_engine_bed(tmp_path, tmp_path_factory.getbasetemp()) as bed:
+        yield bed
