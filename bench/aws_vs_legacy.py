@@ -5,8 +5,9 @@ scattered offsets (tests/aws_peer.py). Both paths start from the image in the
 test bed's Glance site-a and end at the bed's moto:
 
 - ebs-direct: a real migration by the daemon to site ``aws-a`` (download,
-  safety check, convert to a sparse raw, sha512, PutSnapshotBlock of the
-  non-zero blocks, RegisterImage). Time: the ledger's exporting → done.
+  safety check, convert to a sparse raw, PutSnapshotBlock of the
+  non-zero blocks with the manifest digest of their SHA-256s, RegisterImage).
+  Time: the ledger's exporting → done.
 - legacy: what the Ruby tool did before its ec2-import-instance: download,
   ``qemu-img convert -O raw``, then upload the whole raw file to S3 with boto3
   (multipart, 10 threads). moto assembles every completed S3 object in RAM

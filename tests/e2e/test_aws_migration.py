@@ -7,12 +7,12 @@ private sites dir, so no test changes what the others load.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import signal
 import socket
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 from openstack.connection import Connection
 
 from migratio.drivers.aws.blocks import BlockSet
+from tests.drivers.aws.manifest_spec import manifest_of_raw, qcow2_data_ranges
 from tests.support import aws_peer, glance_peer, images, migratio_cli
 from tests.support.daemon_config import write_daemon_config
 from tests.support.moto_front import MotoFront
@@ -141,12 +142,18 @@ def test_scattered_qcow2_becomes_an_ami_by_ebs_direct(
     assert listed == nonzero == journal["blocks_total"] == journal["blocks_sent"]
     assert journal["blocks_put"] <= 1.05 * nonzero
     assert nonzero * aws_peer.BLOCK < GIB / 10  # the point: far less than the disk
-    # The AMI carries what the payload was verified to be.
-    payload = hashlib.sha512(scattered_raw.read_bytes()).hexdigest()
+    # The AMI carries what the payload was verified to be: its manifest digest
+    # (blocks.Manifest), equal to one computed from the source's disk bytes by
+    # the specification, not by migratio's code.
+    payload = manifest_of_raw(scattered_raw)
     # The destination reads the file itself and reports what it read: no second hash.
     assert shown["payload_sha512"] is None
     assert shown["dest_sha512"] == payload
-    assert aws_peer.tags(image)["migratio_payload_sha512"] == payload
+    assert aws_peer.tags(image)["migratio_payload_manifest_sha512"] == payload
+    assert aws_peer.tags(snapshot)["migratio_payload_manifest_sha512"] == payload
+    # A sha512 of every byte was never computed, so none is claimed.
+    assert "migratio_payload_sha512" not in aws_peer.tags(image)
+    assert shown["transfer_state"]["manifest_sha512"] == payload
 
 
 def test_same_image_again_is_deduplicated(first_migration: tuple[Path, str, str], ec2: Any) -> None:
@@ -163,6 +170,49 @@ def test_same_image_again_is_deduplicated(first_migration: tuple[Path, str, str]
         first["dest_image_id"]
     ]
     assert aws_peer.snapshots_of(ec2, second_id) == []
+
+
+def test_cost_follows_the_data_not_the_virtual_size(
+    testbed: Any, site_a: Connection, ec2: Any, ebs: Any, tmp_path: Path
+) -> None:
+    """~6 MiB of data at 1 and at 64 GiB virtual. Hashing every hole made the large
+    one ~30x slower; now only data is read, so it takes about as long."""
+    config = write_daemon_config(tmp_path, testbed.dir / "sites", concurrency=1)
+    walls = {}
+    for virtual_gib in (1, 64):
+        qcow2 = aws_peer.scattered_qcow2(
+            tmp_path / f"v{virtual_gib}.qcow2", virtual_size=virtual_gib * GIB, data_mib=6
+        )
+        source_id = glance_peer.upload(
+            site_a, qcow2, name=f"sparse {virtual_gib}G", architecture="x86_64"
+        )
+        migration_id = migratio_cli.submit(config, source_id, dest="aws-a")
+        migratio_cli.run_until_idle(config)
+        shown = migratio_cli.show(config, migration_id)
+        assert shown["state"] == "done", shown["error"]
+        stamps = {row["to"]: row["at"] for row in shown["history"]}
+        walls[virtual_gib] = _seconds(stamps["exporting"], stamps["done"])
+
+        (snapshot,) = aws_peer.snapshots_of(ec2, migration_id)
+        assert snapshot["VolumeSize"] == virtual_gib
+        journal = shown["transfer_state"]
+        stored = len(list(aws_peer.snapshot_blocks(ebs, snapshot["SnapshotId"])))
+        assert stored == journal["blocks_total"] == journal["blocks_put"]
+        assert stored * aws_peer.BLOCK < 24 * MIB  # pieces straddle block borders
+        # What the AMI says it holds is the source disk's manifest (read where
+        # qemu-img map finds data: reading 64 GiB of holes would take minutes).
+        raw = images.as_raw(qcow2, qcow2.with_suffix(".raw"))
+        expected = manifest_of_raw(raw, qcow2_data_ranges(qcow2))
+        assert shown["dest_sha512"] == expected
+        (image,) = ec2.describe_images(ImageIds=[shown["dest_image_id"]])["Images"]
+        assert aws_peer.tags(image)["migratio_payload_manifest_sha512"] == expected
+    print(f"exporting -> done: 1 GiB virtual {walls[1]:.2f} s, 64 GiB virtual {walls[64]:.2f} s")
+    assert walls[64] <= 3 * max(walls[1], 1.0)
+
+
+def _seconds(start: str, end: str) -> float:
+    parsed = [datetime.fromisoformat(stamp.rstrip("Z")) for stamp in (start, end)]
+    return (parsed[1] - parsed[0]).total_seconds()
 
 
 # -- crash, cancel -------------------------------------------------------------------

@@ -19,12 +19,13 @@ from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.aws.snapshots import volume_bytes
 from migratio.drivers.aws.tags import (
     NAME_TAG,
-    PAYLOAD_SHA512,
+    PAYLOAD_TAGS,
     put_tags,
     tag_filters,
     tag_list,
     tag_value,
     tags_of,
+    verified_digest,
 )
 from migratio.drivers.base import (
     MIGRATION_ID,
@@ -139,7 +140,7 @@ class Amis:
         return DestinationImage(
             found.id,
             found.status,
-            tags_of(snapshot).get(PAYLOAD_SHA512),
+            verified_digest(tags_of(snapshot)),
             found.size or volume_bytes(snapshot),
             found.properties,
             parts=(str(snapshot["SnapshotId"]),),
@@ -223,7 +224,7 @@ def ami_image(image: Mapping[str, Any]) -> DestinationImage:
     return DestinationImage(
         id=str(image["ImageId"]),
         status=AMI_STATUS.get(str(image.get("State") or ""), RecordStatus.BROKEN),
-        sha512=tags.get(PAYLOAD_SHA512),
+        sha512=verified_digest(tags),
         size=None,
         properties=tags,
     )
@@ -232,8 +233,8 @@ def ami_image(image: Mapping[str, Any]) -> DestinationImage:
 def ami_tags(
     registration: Registration, migration_id: str, snapshot: Mapping[str, Any]
 ) -> dict[str, str]:
-    """Name, provenance (what ``copy_of`` finds it by), migration id and, when
-    known, the payload's sha512."""
+    """Name, provenance (what ``copy_of`` finds it by), migration id and what
+    the snapshot was verified to hold (its payload tags)."""
     properties = registration.properties
     provenance = Provenance(
         properties.get(SOURCE_UUID, ""),
@@ -246,8 +247,8 @@ def ami_tags(
     if SOURCE_CS in properties:  # the legacy tool's name for the source site
         tags[SOURCE_CS] = properties[SOURCE_CS]
     tags[MIGRATION_ID] = migration_id
-    if payload := tags_of(snapshot).get(PAYLOAD_SHA512):
-        tags[PAYLOAD_SHA512] = payload
+    verified = tags_of(snapshot)
+    tags |= {key: verified[key] for key in PAYLOAD_TAGS if verified.get(key)}
     return tags
 
 

@@ -3,8 +3,40 @@
 ``scan`` walks a sparse raw file in block order and yields only blocks holding a
 non-zero byte. Holes are found with SEEK_DATA/SEEK_HOLE and never read (on a
 filesystem without hole support every block is read and zero blocks are
-dropped after reading). Every byte of the file, holes as zeros, still goes
-through a caller's hash, so the set of blocks sent is proven to be the file.
+dropped after reading), so its cost follows the data, not the virtual size.
+Given a hash, it also feeds it every byte of the file, holes as zeros: that is
+a pass over the whole virtual size, done only to check a payload sha512 known
+beforehand.
+
+``Manifest`` is the whole-image digest that costs only the data: SHA-512 over
+the payload's size and the ordered list of (block index, SHA-256) of its
+non-zero blocks -- the very SHA-256s that PutSnapshotBlock carries and EBS
+checks. It is not the sha512 of the raw bytes, and is always named
+``manifest`` where it is stored (the ``migratio_payload_manifest_sha512`` tag).
+Exactly, with all integers big-endian::
+
+    SHA512( b"migratio-ebs-manifest/1\n" || u64(size in bytes) || u32(BLOCK_SIZE)
+            || for each block holding a non-zero byte, by increasing index:
+               u64(index) || SHA256(the block, the last one zero-padded to BLOCK_SIZE) )
+
+Why it is as strong as a sha512 of every byte, for what it is used for:
+
+- It identifies the exact disk. The encoding is injective: a fixed-length
+  header, then fixed-length 40-byte entries with strictly increasing indexes,
+  so a manifest parses back into one size and one set of (index, SHA-256).
+  A block absent from it is all zeros (EBS reads unwritten blocks as zeros);
+  the size fixes where the disk ends and so the padding of the last block.
+- So two different disks with the same digest need a collision: either their
+  manifests differ and SHA-512 collides, or the manifests are equal and some
+  block differs under an equal SHA-256 (a block that is zero in one disk and
+  not in the other is listed in only one manifest). Forging one is as hard as
+  breaking SHA-512 or SHA-256; an accidental match (a misread, a lost block, a
+  block taken for a hole) has probability about 2^-256.
+- What AWS holds is only ever checked by SHA-256: each block against its
+  checksum on PutSnapshotBlock, all of them by CompleteSnapshot's LINEAR
+  aggregate. A local sha512 of every byte proved nothing more about the
+  snapshot than those checks do; the manifest is built from the same SHA-256s,
+  so it ties the recorded digest to what EBS accepted, at no extra pass.
 
 ``BlockSet`` is the resume journal's record of blocks already sent: sorted
 ``[start, end)`` index ranges, small in JSON however many blocks there are.
@@ -57,8 +89,9 @@ def volume_size_gib(size: int) -> int:
 def scan(fd: int, size: int, hasher: Hasher | None = None) -> Iterator[Block]:
     """The non-zero blocks of the first ``size`` bytes of ``fd``, in index order.
 
-    ``hasher`` receives every byte of the file in order, holes as zeros: a block
-    wrongly taken for a hole would change the hash.
+    ``hasher``, when given, receives every byte of the file in order, holes as
+    zeros (a pass over the whole virtual size): a block wrongly taken for a hole
+    would change the hash.
     """
     position = 0  # how far the file has been hashed; always a block boundary or size
     for start, end in data_extents(fd, size):
@@ -109,6 +142,33 @@ def linear_checksum(digests: Iterable[bytes]) -> str:
     for digest in digests:
         total.update(digest)
     return base64.b64encode(total.digest()).decode("ascii")
+
+
+class Manifest:
+    """The payload manifest digest (see the module docstring), fed block by block.
+
+    size: the payload's size in bytes.
+    """
+
+    HEADER = b"migratio-ebs-manifest/1\n"
+
+    def __init__(self, size: int) -> None:
+        self._hash = hashlib.sha512(
+            self.HEADER + size.to_bytes(8, "big") + BLOCK_SIZE.to_bytes(4, "big")
+        )
+        self._last = -1
+        self.blocks = 0
+
+    def add(self, index: int, sha256: bytes) -> None:
+        """The next non-zero block; indexes must increase (the encoding relies on it)."""
+        if index <= self._last or len(sha256) != 32:
+            raise ValueError(f"manifest entry out of order or malformed: block {index}")
+        self._hash.update(index.to_bytes(8, "big") + sha256)
+        self._last = index
+        self.blocks += 1
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 def _hash_zeros(hasher: Hasher, count: int) -> None:

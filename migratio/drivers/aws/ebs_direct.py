@@ -2,9 +2,10 @@
 
 ``StartSnapshot`` makes a pending snapshot of the payload's size (whole GiB),
 tagged with the migration id; ``ebs_writer`` fills it from a sparse raw file,
-sending only allocated blocks; the snapshot is then tagged finished with the
-sha512 it was verified to hold, which the AMI carries on. A zero block is
-never sent: EBS reads an unwritten block as zeros.
+sending only allocated blocks; the snapshot is then tagged finished with what
+it was verified to hold (its manifest digest, and the payload's sha512 when one
+was checked), which the AMI carries on. A zero block is never sent: EBS reads
+an unwritten block as zeros.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from migratio.drivers.aws.snapshots import Snapshots
 from migratio.drivers.aws.tags import (
     COMPLETE_TAG,
     NAME_TAG,
+    PAYLOAD_MANIFEST_SHA512,
     PAYLOAD_SHA512,
     put_tags,
     tag_list,
     tag_value,
+    verified_digest,
 )
 from migratio.drivers.base import MIGRATION_ID, DestinationImage, RecordSpec, RecordStatus, Transfer
 from migratio.errors import PermanentError
@@ -85,11 +88,16 @@ class EbsDirect:
         return None
 
     def receive(self, ref: RecordRef, path: Path, transfer: Transfer) -> str | None:
-        """Write the file into the snapshot; return the sha512 it was verified to have."""
+        """Write the file into the snapshot; return what it was verified to hold
+        (``tags.verified_digest``: the payload's sha512 when the transfer named
+        one, else the manifest digest)."""
         if not isinstance(ref, SnapshotRef):
             raise PermanentError(
                 f"site {self.site_id}: ebs-direct writes only snapshots, not {ref.id}"
             )
-        sha512 = self.writer.write(ref.id, path, transfer)
-        put_tags(self.clients, ref.id, {COMPLETE_TAG: "true", PAYLOAD_SHA512: sha512})
-        return sha512
+        written = self.writer.write(ref.id, path, transfer)
+        tags = {COMPLETE_TAG: "true", PAYLOAD_MANIFEST_SHA512: written.manifest_sha512}
+        if written.payload_sha512:
+            tags[PAYLOAD_SHA512] = written.payload_sha512
+        put_tags(self.clients, ref.id, tags)
+        return verified_digest(tags)

@@ -4,7 +4,14 @@ Only non-zero 512 KiB blocks are sent, ``workers`` at a time, each with its
 SHA256. Which blocks have landed is journalled through the transfer (at most
 once a second, and whenever the writer stops), so a resumed run sends only the
 rest, into the snapshot id the journal names: a repeated ClientToken does not
-bring an old snapshot back on every emulator (moto starts a new one).
+bring an old snapshot back on every emulator (moto starts a new one). A resumed
+run reads the data blocks already sent again (not the holes) to rebuild the
+manifest and CompleteSnapshot's aggregate, but does not send them.
+
+What the snapshot was verified to hold is its manifest digest
+(``blocks.Manifest``), built from the data alone. Only a payload whose sha512
+is known beforehand (one not converted here, so downloaded whole anyway) is
+also hashed byte for byte, holes included, to check that sha512.
 """
 
 from __future__ import annotations
@@ -17,7 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migratio.drivers.aws.blocks import BLOCK_SIZE, Block, BlockSet, linear_checksum, scan
+from migratio.drivers.aws.blocks import (
+    BLOCK_SIZE,
+    Block,
+    BlockSet,
+    Hasher,
+    Manifest,
+    linear_checksum,
+    scan,
+)
 from migratio.drivers.aws.errors import translated
 from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.aws.snapshots import Snapshots
@@ -68,6 +83,19 @@ class Journal:
         )
 
 
+@dataclass(frozen=True)
+class Written:
+    """What a finished snapshot was verified to hold.
+
+    manifest_sha512: the payload's manifest digest (``blocks.Manifest``).
+    payload_sha512: the sha512 of every byte of the payload, when one was known
+        beforehand and checked; None otherwise (it is never computed for nothing).
+    """
+
+    manifest_sha512: str
+    payload_sha512: str | None
+
+
 class SnapshotWriter:
     """Fills one pending snapshot from a local raw file and completes it.
 
@@ -83,16 +111,18 @@ class SnapshotWriter:
         self.snapshots = snapshots
         self.workers = workers
 
-    def write(self, snapshot_id: str, path: Path, transfer: Transfer) -> str:
-        """Send what the journal lacks, complete the snapshot; return the payload's
-        sha512 as read (every byte, holes as zeros), checked against the recorded one."""
+    def write(self, snapshot_id: str, path: Path, transfer: Transfer) -> Written:
+        """Send what the journal lacks, complete the snapshot; return its manifest
+        digest and, when the transfer names the payload's sha512, that sha512 as
+        read (every byte, holes as zeros), checked against it."""
         journal = Journal.load(transfer, snapshot_id)
         size = path.stat().st_size
-        payload = hashlib.sha512()
+        payload = hashlib.sha512() if transfer.sha512 else None
+        manifest = Manifest(size)
         digests: list[bytes] = []
         with path.open("rb") as handle:
-            self._send(handle.fileno(), size, payload, digests, journal, transfer)
-        if transfer.sha512 and payload.hexdigest() != transfer.sha512:
+            self._send(handle.fileno(), size, payload, manifest, digests, journal, transfer)
+        if payload is not None and payload.hexdigest() != transfer.sha512:
             raise IntegrityError(
                 f"site {self.site_id}: {path.name} read as {size} bytes whose sha512 differs "
                 "from the payload's recorded one; snapshot not completed"
@@ -101,7 +131,7 @@ class SnapshotWriter:
         if not journal.completed:
             self._complete(snapshot_id, digests)
             journal.completed = True
-            journal.save(transfer, blocks_total=len(digests))
+            journal.save(transfer, blocks_total=len(digests), manifest_sha512=manifest.hexdigest())
         self._wait_completed(snapshot_id, transfer, size)
         log.info(
             "site %s: snapshot %s complete: %d non-zero blocks, %d PutSnapshotBlock calls",
@@ -110,13 +140,14 @@ class SnapshotWriter:
             len(digests),
             journal.blocks_put,
         )
-        return payload.hexdigest()
+        return Written(manifest.hexdigest(), payload.hexdigest() if payload else None)
 
     def _send(
         self,
         fd: int,
         size: int,
-        payload: Any,
+        payload: Hasher | None,
+        manifest: Manifest,
         digests: list[bytes],
         journal: Journal,
         transfer: Transfer,
@@ -127,6 +158,7 @@ class SnapshotWriter:
             try:
                 for block in scan(fd, size, payload):
                     digests.append(block.sha256)
+                    manifest.add(block.index, block.sha256)
                     if block.index not in journal.sent:
                         while len(inflight) >= 2 * self.workers:
                             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
@@ -151,7 +183,7 @@ class SnapshotWriter:
                 if isinstance(exc, PermanentError):
                     self._explain_dead_snapshot(journal.snapshot_id)
                 raise
-        journal.save(transfer, blocks_total=len(digests))
+        journal.save(transfer, blocks_total=len(digests), manifest_sha512=manifest.hexdigest())
 
     def _put(self, snapshot_id: str, block: Block) -> None:
         with translated(self.site_id, f"put block {block.index} of snapshot {snapshot_id}"):

@@ -1,9 +1,10 @@
 """EBS snapshots as records: found by their migration tag, judged, deleted.
 
 A snapshot is reported COMPLETE only once migratio finished writing it and
-verified what it holds (ebs-direct: every byte of the payload read, holes as
-zeros, matched its sha512, and AWS checked each block's SHA256 and the linear
-aggregate); its sha512 is then the payload's. A finished imported snapshot
+verified what it holds (ebs-direct: every data block read, AWS checked each
+block's SHA256 and the linear aggregate, and the payload's sha512 matched when
+one was known); its ``sha512`` is then ``tags.verified_digest``: that payload
+sha512, else the manifest digest of the data. A finished imported snapshot
 stays OPEN with no sha512: migratio cannot verify what VM Import made, so
 ``receive`` only confirms it is finished.
 """
@@ -18,7 +19,7 @@ import botocore.exceptions
 from migratio.drivers.aws.blocks import GIB
 from migratio.drivers.aws.errors import error_code, translated
 from migratio.drivers.aws.session import AwsClients
-from migratio.drivers.aws.tags import COMPLETE_TAG, PAYLOAD_SHA512, tag_filters, tags_of
+from migratio.drivers.aws.tags import COMPLETE_TAG, tag_filters, tags_of, verified_digest
 from migratio.drivers.base import MIGRATION_ID, DestinationImage, RecordStatus
 from migratio.errors import NotFound, PermanentError
 
@@ -115,7 +116,7 @@ def snapshot_image(snapshot: Mapping[str, Any]) -> DestinationImage:
     """A described snapshot as a record, in the engine's words."""
     tags = tags_of(snapshot)
     finished = is_finished(snapshot)
-    sha512 = tags.get(PAYLOAD_SHA512) if finished else None
+    sha512 = verified_digest(tags) if finished else None
     if snapshot.get("State") == "error":
         status = RecordStatus.BROKEN
     elif finished and sha512:

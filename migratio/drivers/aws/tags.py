@@ -2,7 +2,8 @@
 
 Every snapshot, AMI and import task migratio creates carries the migration id
 (``MIGRATION_ID``); a snapshot also says when migratio finished it and what it
-was verified to hold. Tag values are one line of at most 256 characters.
+was verified to hold, which its AMI carries on. Tag values are one line of at
+most 256 characters.
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from migratio.text import one_line
 
 # Set on a snapshot once migratio has finished writing (or importing) it.
 COMPLETE_TAG = "migratio_complete"
-# The sha512 of the payload a snapshot was verified to hold (ebs-direct only).
+# What an ebs-direct snapshot was verified to hold: its manifest digest
+# (blocks.Manifest: SHA-512 over its size and its data blocks' SHA-256s), always.
+PAYLOAD_MANIFEST_SHA512 = "migratio_payload_manifest_sha512"
+# The sha512 of every byte of the payload, holes as zeros: only when migratio was
+# given it and checked it (a payload not converted here). Snapshots finished
+# before the manifest existed carry only this one.
 PAYLOAD_SHA512 = "migratio_payload_sha512"
+PAYLOAD_TAGS = (PAYLOAD_SHA512, PAYLOAD_MANIFEST_SHA512)
 NAME_TAG = "Name"
 TAG_VALUE_LIMIT = 256
 
@@ -33,6 +40,14 @@ def tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
 
 def tag_filters(tags: Mapping[str, str]) -> list[dict[str, Any]]:
     return [{"Name": f"tag:{key}", "Values": [value]} for key, value in tags.items()]
+
+
+def verified_digest(tags: Mapping[str, str]) -> str | None:
+    """What a snapshot or AMI reports as its ``sha512`` to the states: the
+    payload's sha512 when migratio checked one (so it equals the payload sha512
+    the ledger holds), else its manifest digest (the ledger then holds no payload
+    sha512, and ``receive`` reported the same manifest digest)."""
+    return tags.get(PAYLOAD_SHA512) or tags.get(PAYLOAD_MANIFEST_SHA512)
 
 
 def tag_value(text: str) -> str:

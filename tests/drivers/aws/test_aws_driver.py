@@ -38,6 +38,7 @@ from migratio.errors import (
     ShuttingDown,
     TransientError,
 )
+from tests.drivers.aws.manifest_spec import manifest_of_raw
 from tests.support import aws_peer
 from tests.support.aws_transfer import FileTransfer
 from tests.support.moto_front import MotoFront
@@ -299,3 +300,39 @@ def test_an_unreachable_endpoint_is_a_transient_error(testbed: Any) -> None:
     ):
         site.find_record(str(uuid.uuid4()))
     assert not hasattr(site, "describe") and not hasattr(site, "read")
+
+
+@pytest.mark.testbed
+def test_a_converted_payload_is_verified_by_its_manifest(
+    driver: AwsSiteDriver, tmp_path: Path
+) -> None:
+    """No payload sha512 known (converted here): none is computed, and the snapshot
+    and its AMI report the manifest digest, the same as the specification's."""
+    disk = _sparse_file(tmp_path / "disk.raw")
+    migration_id = str(uuid.uuid4())
+    record = driver.create_record(
+        RecordSpec(migration_id, "converted", "raw", "bare", disk.stat().st_size)
+    )
+    transfer = FileTransfer(disk, sha512=None)
+    manifest = manifest_of_raw(disk)
+    assert driver.receive(record.id, transfer) == manifest
+    assert transfer.state["manifest_sha512"] == manifest
+    finished = driver.get_record(record.id)
+    assert finished is not None
+    assert (finished.status, finished.sha512) == (RecordStatus.COMPLETE, manifest)
+    assert "migratio_payload_sha512" not in finished.properties
+    ami = driver.register(record.id, _registration(str(uuid.uuid4()), "f" * 128))
+    assert ami.sha512 == manifest
+    assert ami.properties["migratio_payload_manifest_sha512"] == manifest
+    assert "migratio_payload_sha512" not in ami.properties
+    # A payload whose sha512 was known and checked carries both, and reports that sha512.
+    checked = FileTransfer(disk)
+    other = driver.create_record(
+        RecordSpec(str(uuid.uuid4()), "raw", "raw", "bare", disk.stat().st_size)
+    )
+    assert driver.receive(other.id, checked) == checked.sha512
+    both = driver.get_record(other.id)
+    assert both is not None and both.properties["migratio_payload_manifest_sha512"] == manifest
+    assert both.properties["migratio_payload_sha512"] == checked.sha512
+    for ref in (ami.id, record.id, other.id):
+        driver.remove(ref)
