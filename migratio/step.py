@@ -24,11 +24,14 @@ PROGRESS_INTERVAL_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class Advance:
-    """A handler's verdict: fire ``trigger``, with this audit message and recorded fields."""
+    """A handler's verdict: fire ``trigger``, with this audit message, recorded
+    fields and the artifacts it keeps."""
 
     trigger: str
     message: str
     fields: dict[str, Any] = field(default_factory=dict)
+    # Artifacts that became the result: settled "kept" with the transition itself.
+    keep: tuple[str, ...] = ()
 
 
 @dataclass
@@ -108,16 +111,14 @@ class Step:
         self.migration = replace(self.migration, **fields)
 
     def add_artifact(self, kind: str, ref: str, site: str | None = None) -> None:
-        self.ledger.add_artifact(self.migration.id, kind, ref, site)
-
-    def keep(self, ref: str) -> None:
-        """The artifact became (part of) the result: cleanup must leave it."""
-        self.ledger.settle_ref(self.migration.id, ref, ArtifactStatus.KEPT)
+        self.ledger.add_artifact(self.migration.id, kind, ref, site, owner=self.owner)
 
     def remove_record(self, record_id: str) -> None:
         """Delete a destination record this migration no longer needs."""
         self.destination.remove(record_id)
-        self.ledger.settle_ref(self.migration.id, record_id, ArtifactStatus.REMOVED)
+        self.ledger.settle_ref(
+            self.migration.id, record_id, ArtifactStatus.REMOVED, owner=self.owner
+        )
 
     def checkpoint(self, bytes_done: int | None = None, *, force: bool = False) -> None:
         """Stop here if asked to; record progress at most once a second."""

@@ -253,7 +253,12 @@ class Supervisor:
         else:
             faults.point("transition.before_commit", migration.state)
             moved = self.ledger.transition(
-                migration.id, self.owner, advance.trigger, advance.message, **advance.fields
+                migration.id,
+                self.owner,
+                advance.trigger,
+                advance.message,
+                keep=advance.keep,
+                **advance.fields,
             )
             faults.point("transition.after_commit", migration.state)
             log.info(

@@ -182,15 +182,18 @@ class Ledger:
         owner: str | None,
         trigger: str,
         message: str,
+        *,
+        keep: Sequence[str] = (),
         **fields: Any,
     ) -> Migration:
-        """Apply ``trigger`` and write its audit row in one transaction.
+        """Apply ``trigger`` and write its audit row in one transaction, settling
+        the artifacts in ``keep`` (they became the result) in it too.
 
         ``owner`` None means an operator command acting on an unleased migration.
         """
         with self._tx() as session:
             return writes.transition(
-                session, self._notify, migration_id, owner, trigger, message, fields
+                session, self._notify, migration_id, owner, trigger, message, fields, keep
             )
 
     def record(self, migration_id: str, owner: str, **fields: Any) -> None:
@@ -210,8 +213,20 @@ class Ledger:
 
     # ---- artifacts ------------------------------------------------------------
 
-    def add_artifact(self, migration_id: str, kind: str, ref: str, site: str | None = None) -> None:
+    def add_artifact(
+        self,
+        migration_id: str,
+        kind: str,
+        ref: str,
+        site: str | None = None,
+        *,
+        owner: str | None = None,
+    ) -> None:
+        """Write down something the migration created; with ``owner``, only while
+        that lease holder still holds the migration (LeaseLost otherwise)."""
         with self._tx() as session:
+            if owner is not None:
+                writes.fenced_row(session, migration_id, owner)
             artifacts.add(session, migration_id, kind, ref, site)
 
     def artifacts(
@@ -227,9 +242,14 @@ class Ledger:
         with self._tx() as session:
             return artifacts.listing(session, migration_id, wanted, due_only)
 
-    def settle_ref(self, migration_id: str, ref: str, status: str) -> None:
-        """Settle every present artifact of the migration with that reference."""
+    def settle_ref(
+        self, migration_id: str, ref: str, status: str, *, owner: str | None = None
+    ) -> None:
+        """Settle every present artifact of the migration with that reference;
+        with ``owner``, only while that lease holder still holds the migration."""
         with self._tx() as session:
+            if owner is not None:
+                writes.fenced_row(session, migration_id, owner)
             artifacts.settle_ref(session, migration_id, ref, ArtifactStatus(status))
 
     def settle_artifact(self, artifact_id: int, status: str) -> None:

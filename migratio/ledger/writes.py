@@ -7,7 +7,7 @@ only on a migration no daemon holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,10 +15,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from migratio.errors import LeaseLost, UnknownMigration
+from migratio.ledger import artifacts
 from migratio.ledger.leases import lease_free
 from migratio.ledger.models import MigrationRow
 from migratio.ledger.rows import audit, migration_of, new_migration, rowcount
-from migratio.ledger.types import RECORDABLE, Change, Migration, utcnow
+from migratio.ledger.types import RECORDABLE, ArtifactStatus, Change, Migration, utcnow
 from migratio.machine import TERMINAL, State, next_state
 
 # Hears of every change inside its transaction (the feedback outbox writes there).
@@ -55,11 +56,14 @@ def transition(
     trigger: str,
     message: str,
     fields: dict[str, Any],
+    keep: Sequence[str] = (),
 ) -> Migration:
-    """Apply ``trigger`` (the state machine says where to) and write its audit row."""
+    """Apply ``trigger`` (the state machine says where to) and write its audit row;
+    the artifacts in ``keep`` became the result, settled in the same transaction
+    (a crash can then never leave them kept by a migration that did not finish)."""
     check_fields(fields)
     now = utcnow()
-    row = _fenced_row(session, migration_id, owner)
+    row = fenced_row(session, migration_id, owner)
     old_state = row.state
     new_state = next_state(old_state, trigger)
     changed = rowcount(
@@ -71,6 +75,8 @@ def transition(
     if not changed:
         raise LeaseLost(f"migration {migration_id} changed under us")
     session.add(audit(migration_id, old_state, new_state, now, message))
+    for ref in keep:
+        artifacts.settle_ref(session, migration_id, ref, ArtifactStatus.KEPT)
     session.flush()
     session.refresh(row)
     moved = migration_of(row)
@@ -96,7 +102,7 @@ def schedule_retry(
 ) -> None:
     """Record a transient failure and hand the migration back until its next attempt."""
     now = utcnow()
-    row = _fenced_row(session, migration_id, owner)
+    row = fenced_row(session, migration_id, owner)
     row.attempt = attempt
     row.last_error = error
     row.next_attempt_at = now + timedelta(seconds=delay)
@@ -128,7 +134,7 @@ def check_fields(fields: dict[str, Any]) -> None:
         raise ValueError(f"not recordable: {sorted(unknown)}")
 
 
-def _fenced_row(session: Session, migration_id: str, owner: str | None) -> MigrationRow:
+def fenced_row(session: Session, migration_id: str, owner: str | None) -> MigrationRow:
     found = session.execute(
         select(MigrationRow, lease_free(utcnow())).where(MigrationRow.id == migration_id)
     ).one_or_none()

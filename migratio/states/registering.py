@@ -35,9 +35,8 @@ def run(step: Step) -> Advance:
         raise IntegrityError(
             f"destination image {registered.id} sha512 differs from the bytes sent"
         )
-    for ref in (registered.id, *registered.parts):
-        step.keep(ref)
     return Advance(
         Trigger.REGISTERED,
         f"registered as image {registered.id} on {migration.dest_site}; sha512 verified",
+        keep=(registered.id, *registered.parts),
     )

@@ -8,6 +8,7 @@ finds it rather than creating a second one. What the destination needs to resume
 from __future__ import annotations
 
 from migratio.drivers.base import DestinationImage, RecordSpec, RecordStatus
+from migratio.errors import IntegrityError
 from migratio.machine import Trigger
 from migratio.step import Advance, Step
 from migratio.transfer import StepTransfer
@@ -25,6 +26,14 @@ def run(step: Step) -> Advance:
         record = _create_record(step)
     transfer = StepTransfer(step)
     verified = step.destination.receive(record.id, transfer)
+    # What left the engine, checked in flight (or known since converting): a site
+    # that reports holding other bytes (a storage fault) must not pass as done.
+    expected = transfer.sent_sha512 or step.migration.payload_sha512
+    if verified is not None and expected is not None and verified != expected:
+        raise IntegrityError(
+            f"destination record {record.id} sha512 differs from the bytes sent "
+            f"({verified[:16]}... instead of {expected[:16]}...)"
+        )
     sent = transfer.meter.bytes or (step.migration.bytes_total or 0)
     step.record(dest_sha512=verified or transfer.sent_sha512, bytes_done=sent)
     return Advance(

@@ -62,17 +62,10 @@ def test_a_queued_migration_cancelled_is_never_started(engine_bed: EngineBed) ->
 # commits. Killed in between and then cancelled (or failed), the migration's
 # cleanup skips the kept record; the stray-record search happens to remove it, but
 # the ledger still says "kept" (and an image made of it, an AMI, stays: see below).
-KEPT_BEFORE_DONE = pytest.mark.xfail(
-    strict=True, reason="registering settles 'kept' before the transition commits"
-)
-
-
 @pytest.mark.parametrize(
     ("trigger", "before", "state"),
     [
-        pytest.param(
-            *point, id=name, marks=[KEPT_BEFORE_DONE] if name == "before-registered" else []
-        )
+        pytest.param(*point, id=name)
         for point, name in zip(CRASH_POINTS, CRASH_POINT_IDS, strict=True)
     ],
 )
@@ -159,7 +152,6 @@ def test_an_operator_ends_a_migration_no_daemon_holds_at_once(engine_bed: Engine
     assert bed.destination.count("receive") == 1
 
 
-@KEPT_BEFORE_DONE
 def test_a_cancel_after_an_image_was_made_of_the_record_removes_both(
     engine_bed: EngineBed,
 ) -> None:

@@ -263,17 +263,7 @@ def test_what_retrying_cannot_fix_fails_with_a_clear_reason(
 
 @pytest.mark.parametrize(
     "reports_sha512",
-    [
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="engine bug: uploading records the sha512 the destination reports "
-                "without comparing it with the payload's",
-            ),
-        ),
-        False,
-    ],
+    [True, False],
     ids=["site-reports-its-sha512", "site-reports-none"],
 )
 def test_a_destination_that_stores_other_bytes_than_it_was_sent_fails_the_migration(

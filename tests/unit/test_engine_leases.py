@@ -58,10 +58,6 @@ def test_a_daemon_that_lost_its_lease_stops_and_writes_nothing_more(
         assert bed.ledger.artifacts(migration_id, status=None) == stolen["artifacts"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: artifact writes (Step.keep -> Ledger.settle_ref) are not lease-fenced",
-)
 def test_a_daemon_that_lost_its_lease_in_registering_does_not_settle_the_record(
     engine_bed: EngineBed,
 ) -> None:
