@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -12,7 +13,7 @@ from migratio.errors import UnknownMigration, UsageError
 from migratio.ledger.models import MigrationRow, TransitionRow
 from migratio.ledger.rows import migration_of, transition_of
 from migratio.ledger.types import Migration, Transition
-from migratio.machine import ACTIVE
+from migratio.machine import ACTIVE, State
 
 ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
 
@@ -63,3 +64,12 @@ def history(session: Session, migration_id: str) -> list[Transition]:
 def count_active(session: Session) -> int:
     query = select(func.count()).where(MigrationRow.state.in_([s.value for s in ACTIVE]))
     return int(session.scalar(query) or 0)
+
+
+def count_queued_and_failed_since(session: Session, since: datetime) -> tuple[int, int]:
+    """Migrations waiting to start, and those that failed at or after ``since``."""
+    queued = select(func.count()).where(MigrationRow.state == State.QUEUED.value)
+    failed = select(func.count()).where(
+        MigrationRow.state == State.FAILED.value, MigrationRow.finished_at >= since
+    )
+    return int(session.scalar(queued) or 0), int(session.scalar(failed) or 0)
