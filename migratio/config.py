@@ -26,6 +26,7 @@ from migratio.errors import ConfigError
 CONFIG_ENV = "MIGRATIO_CONFIG"
 DEFAULT_CONFIG_PATH = "/etc/migratio/migratio.yml"
 M = TypeVar("M", bound=BaseModel)
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -168,7 +169,14 @@ class DaemonConfig(_Strict):
     # How often a running transfer records its progress (and checks for a cancel).
     progress_seconds: float = Field(default=1.0, gt=0)
     retry: RetryPolicy = RetryPolicy()
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # migratio's own loggers.
+    log_level: LogLevel = "INFO"
+    # Every other logger (openstacksdk, keystoneauth, botocore, urllib3, paramiko,
+    # transitions...): their DEBUG prints every request, so they stay quiet unless asked.
+    log_level_libraries: LogLevel = "WARNING"
+    # text: one line per record; json: one JSON object per line (time, level,
+    # logger, thread, message, and the migration, state and sites it is about).
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("name")
     @classmethod

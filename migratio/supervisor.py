@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 
-from migratio import config, faults
+from migratio import config, faults, logs
 from migratio.cleanup import clean_up
 from migratio.drivers.base import DestinationDriver, DestinationSite, SourceDriver
 from migratio.drivers.registry import Drivers, SiteOpener
@@ -191,8 +191,16 @@ class Supervisor:
     def _drive(self, migration: Migration) -> None:
         """Advance one migration state by state while we hold its lease."""
         try:
-            with ExitStack() as sites:
-                self._advance_all(migration, sites)
+            with (
+                logs.migration_context(
+                    migration=migration.id,
+                    state=migration.state,
+                    source_site=migration.source_site,
+                    dest_site=migration.dest_site,
+                ) as context,
+                ExitStack() as sites,
+            ):
+                self._advance_all(migration, sites, context)
         except LeaseLost as exc:
             log.warning("migration %s: %s", migration.id, exc)
         except Exception as exc:
@@ -201,7 +209,9 @@ class Supervisor:
             log.exception("migration %s: unexpected error", migration.id)
             self._postpone(migration.id, _one_line(exc))
 
-    def _advance_all(self, migration: Migration, sites: ExitStack) -> None:
+    def _advance_all(
+        self, migration: Migration, sites: ExitStack, log_context: dict[str, str]
+    ) -> None:
         try:
             source = self._source(migration.source_site, sites)
             destination = self._destination(migration.dest_site, sites)
@@ -210,6 +220,7 @@ class Supervisor:
             return
         while True:
             migration = self.ledger.get(migration.id)
+            log_context["state"] = migration.state
             if migration.lease_owner != self.owner or is_terminal(migration.state):
                 return
             if migration.cancel_requested:

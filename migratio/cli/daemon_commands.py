@@ -17,10 +17,13 @@ from migratio.cli.context import Context, one_line_errors, pass_context
 @one_line_errors
 def run(ctx: Context, until_idle: bool) -> None:
     """Run the daemon: take Redis jobs, drive migrations, send feedback until SIGTERM/SIGINT."""
+    from migratio import logs
+
     settings = ctx.settings
-    logging.basicConfig(
+    logs.configure(
         level=settings.daemon.log_level,
-        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+        library_level=settings.daemon.log_level_libraries,
+        log_format=settings.daemon.log_format,
     )
     from migratio.daemon import Daemon
 
