@@ -229,6 +229,39 @@ class Settings:
             ) from None
 
 
+# What a reload (SIGHUP) cannot change in a running daemon: its identity, its
+# ledger and Redis connections, its thread pool and the leases it holds.
+RESTART_ONLY = (
+    "name",
+    "work_dir",
+    "database_url",
+    "concurrency",
+    "redis_url",
+    "namespace",
+    "intake",
+    "intake_batch",
+    "intake_heartbeat_seconds",
+    "dead_letters_max",
+    "feedback",
+    "migrate",
+    "lease_seconds",
+)
+
+
+def reload_settings(current: Settings) -> tuple[Settings, list[str]]:
+    """The config and site files read again, or ConfigError (``current`` stays).
+
+    Fields in ``RESTART_ONLY`` keep their running values; their names come back
+    when the files changed them, so the operator can be told to restart.
+    """
+    fresh = load_settings(current.path)
+    pending = [
+        key for key in RESTART_ONLY if getattr(fresh.daemon, key) != getattr(current.daemon, key)
+    ]
+    kept = {key: getattr(current.daemon, key) for key in RESTART_ONLY}
+    return Settings(current.path, fresh.daemon.model_copy(update=kept), fresh.sites), pending
+
+
 def check_source(site: Site) -> None:
     """ConfigError unless images can be read from the site."""
     if not site.settings.can_be_source:
