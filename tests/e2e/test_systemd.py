@@ -1,5 +1,6 @@
 """``migratio run`` as systemd runs it: notify protocol (READY, watchdog, STATUS,
-STOPPING), reload on SIGHUP, and a journal free of secrets at DEBUG.
+STOPPING), reload on SIGHUP, the shipped unit and its companions checked by
+systemd's own tools, and a journal free of secrets at DEBUG.
 
 There is no service manager here: the tests bind the datagram socket systemd
 would (``$NOTIFY_SOCKET``) and read what the daemon sends.
@@ -32,6 +33,8 @@ from tests.support import glance_peer, images, migratio_cli
 from tests.support.daemon_config import write_daemon_config
 from tests.support.redis_peer import PrivateRedis, sidekiq_job
 
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "support" / "init" / "migratio.service"
 STATUS_LINE = re.compile(r"^\d+ running, \d+ queued, \d+ failed in the last hour$")
 
 
@@ -273,6 +276,77 @@ def test_a_site_added_by_reload_is_used_for_the_next_claim(
     about = [record for record in records if record.get("migration") == migration_id]
     assert {record["dest_site"] for record in about} == {"site-b-again"}
     assert {"exporting", "uploading", "registering"} <= {record["state"] for record in about}
+
+
+# ---- the unit and its companions, checked by systemd's tools ----------------------
+
+
+def _systemd_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (systemd's tools are needed to check the unit)")
+    return path
+
+
+def test_shipped_unit_passes_systemd_analyze_verify() -> None:
+    tool = _systemd_tool("systemd-analyze")
+    result = subprocess.run(
+        [tool, "verify", str(UNIT)], capture_output=True, text=True, timeout=60, check=False
+    )
+    # Other units on the machine may draw warnings; none may be about ours.
+    about_ours = [
+        line for line in (result.stdout + result.stderr).splitlines() if "migratio" in line
+    ]
+    assert result.returncode == 0 and about_ours == [], result.stdout + result.stderr
+
+
+def test_shipped_unit_exposure_is_at_most_3() -> None:
+    tool = _systemd_tool("systemd-analyze")
+    result = subprocess.run(
+        [tool, "security", "--offline=yes", str(UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for migratio\.service: (\d+\.\d+)", result.stdout)
+    assert match is not None, result.stdout + result.stderr
+    assert float(match.group(1)) <= 3.0, result.stdout
+
+
+def test_sysusers_and_tmpfiles_make_the_user_and_its_directories(tmp_path: Path) -> None:
+    sysusers = _systemd_tool("systemd-sysusers")
+    tmpfiles = _systemd_tool("systemd-tmpfiles")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    subprocess.run(
+        [sysusers, f"--root={root}", str(UNIT.with_name("migratio.sysusers"))],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    user = next(
+        line.split(":")
+        for line in (root / "etc" / "passwd").read_text().splitlines()
+        if line.startswith("migratio:")
+    )
+    assert user[5:] == ["/var/lib/migratio", "/usr/sbin/nologin"]
+    uid, gid = int(user[2]), int(user[3])
+    subprocess.run(
+        [tmpfiles, f"--root={root}", "--create", str(UNIT.with_name("migratio.tmpfiles"))],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    expected = {
+        "etc/migratio": (0o750, 0, gid),
+        "etc/migratio/sites": (0o750, 0, gid),
+        "var/lib/migratio": (0o750, uid, gid),
+        "var/lib/migratio/ssh": (0o700, uid, gid),
+    }
+    for path, (mode, owner, group) in expected.items():
+        stat = (root / path).stat()
+        assert (stat.st_mode & 0o7777, stat.st_uid, stat.st_gid) == (mode, owner, group), path
 
 
 # ---- no secret in the journal, even at DEBUG --------------------------------------
