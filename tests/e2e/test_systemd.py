@@ -162,8 +162,10 @@ def test_ready_watchdog_status_and_stopping(tmp_path: Path, notify: NotifySocket
     pings = notify.times_of("WATCHDOG", "1")
     assert len(pings) >= 6, notify.received
     gaps = [later - earlier for earlier, later in itertools.pairwise(pings)]
-    # Due at half of WatchdogSec (1 s), never later than three quarters (1.5 s).
-    assert all(0.9 <= gap <= 1.6 for gap in gaps), gaps
+    # Due at half of WatchdogSec (1 s) and sent within three quarters (1.5 s); the
+    # bounds leave room for a busy test machine reading late, never past WatchdogSec.
+    assert all(0.5 <= gap <= 1.9 for gap in gaps), gaps
+    assert sum(gaps) / len(gaps) == pytest.approx(1.1, abs=0.25), gaps
     statuses = [fields["STATUS"] for _, fields in notify.received if "STATUS" in fields]
     assert len(statuses) >= 2 and all(STATUS_LINE.match(status) for status in statuses)
     assert notify.received[-1][1] == {"STOPPING": "1"}
