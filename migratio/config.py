@@ -25,6 +25,7 @@ from migratio.errors import ConfigError
 
 __all__ = ["CONFIG_ENV", "DEFAULT_CONFIG_PATH", "config_path"]  # re-exported for callers
 M = TypeVar("M", bound=BaseModel)
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -167,7 +168,14 @@ class DaemonConfig(_Strict):
     # How often a running transfer records its progress (and checks for a cancel).
     progress_seconds: float = Field(default=1.0, gt=0)
     retry: RetryPolicy = RetryPolicy()
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # migratio's own loggers.
+    log_level: LogLevel = "INFO"
+    # Every other logger (openstacksdk, keystoneauth, botocore, urllib3, paramiko,
+    # transitions...): their DEBUG prints every request, so they stay quiet unless asked.
+    log_level_libraries: LogLevel = "WARNING"
+    # text: one line per record; json: one JSON object per line (time, level,
+    # logger, thread, message, and the migration, state and sites it is about).
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("name")
     @classmethod
@@ -218,6 +226,39 @@ class Settings:
             raise ConfigError(
                 str(self.daemon.sites_dir), site_id, f"unknown site (known: {known})"
             ) from None
+
+
+# What a reload (SIGHUP) cannot change in a running daemon: its identity, its
+# ledger and Redis connections, its thread pool and the leases it holds.
+RESTART_ONLY = (
+    "name",
+    "work_dir",
+    "database_url",
+    "concurrency",
+    "redis_url",
+    "namespace",
+    "intake",
+    "intake_batch",
+    "intake_heartbeat_seconds",
+    "dead_letters_max",
+    "feedback",
+    "migrate",
+    "lease_seconds",
+)
+
+
+def reload_settings(current: Settings) -> tuple[Settings, list[str]]:
+    """The config and site files read again, or ConfigError (``current`` stays).
+
+    Fields in ``RESTART_ONLY`` keep their running values; their names come back
+    when the files changed them, so the operator can be told to restart.
+    """
+    fresh = load_settings(current.path)
+    pending = [
+        key for key in RESTART_ONLY if getattr(fresh.daemon, key) != getattr(current.daemon, key)
+    ]
+    kept = {key: getattr(current.daemon, key) for key in RESTART_ONLY}
+    return Settings(current.path, fresh.daemon.model_copy(update=kept), fresh.sites), pending
 
 
 def check_source(site: Site) -> None:

@@ -16,8 +16,9 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
+from datetime import timedelta
 
-from migratio import config, faults
+from migratio import config, faults, logs
 from migratio.cleanup import clean_up
 from migratio.drivers.base import DestinationDriver, DestinationSite, SourceDriver
 from migratio.drivers.registry import Drivers, SiteOpener
@@ -30,11 +31,12 @@ from migratio.errors import (
     ShuttingDown,
     TransientError,
 )
-from migratio.ledger.store import Ledger, Migration
+from migratio.ledger.store import Ledger, Migration, utcnow
 from migratio.machine import Trigger, is_terminal
 from migratio.retry import backoff_delay
 from migratio.states import HANDLERS
 from migratio.step import Signals, Step
+from migratio.systemd import Notifier
 from migratio.text import one_line
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,11 @@ def make_owner() -> str:
 
 
 class Supervisor:
-    """Runs migrations from the ledger, ``concurrency`` at a time."""
+    """Runs migrations from the ledger, ``concurrency`` at a time.
+
+    ``notifier``: systemd's link; the loop itself pings its watchdog, so a loop
+    that hangs (a ledger call that never returns) gets the daemon restarted.
+    """
 
     def __init__(
         self,
@@ -58,11 +64,13 @@ class Supervisor:
         *,
         owner: str | None = None,
         site_opener: SiteOpener | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.daemon = settings.daemon
         self.ledger = ledger
         self.owner = owner or make_owner()
+        self.notifier = notifier or Notifier()
         self.signals = Signals()
         self._sites = site_opener or Drivers()
         self._running: dict[str, Future[None]] = {}
@@ -78,18 +86,39 @@ class Supervisor:
         """Look for due migrations now (new ones were just recorded)."""
         self._wake.set()
 
+    def reload(self, settings: config.Settings) -> None:
+        """Use ``settings`` from now on. Sites are opened per claim, so a changed
+        site applies to the next migration claimed; running ones keep theirs."""
+        self.settings = settings
+        self.daemon = settings.daemon
+        self._wake.set()
+
+    def summary(self) -> str:
+        """One line for ``systemctl status``: running here, queued, failed in the last hour."""
+        running = len(self._running)
+        try:
+            queued, failed = self.ledger.count_queued_and_failed_since(
+                utcnow() - timedelta(hours=1)
+            )
+        except Exception as exc:
+            return f"{running} running; ledger unavailable: {_one_line(exc)}"[:200]
+        return f"{running} running, {queued} queued, {failed} failed in the last hour"
+
     def run(self, *, until_idle: bool = False, busy: Callable[[], bool] = lambda: False) -> None:
         """Drive migrations until stopped; ``until_idle``: until none is left and
         ``busy()`` (e.g. the intake still holding jobs) says nothing more comes."""
         log.info("supervisor %s starting (concurrency %d)", self.owner, self.daemon.concurrency)
         self.daemon.work_dir.mkdir(parents=True, exist_ok=True)
-        self.sweep()
+        # Cleanups can wait on slow sites: the watchdog is kept fed meanwhile.
+        self.sweep(between=lambda: self.notifier.tick(self.summary))
+        self.notifier.ready(self.summary())
         heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         heartbeat.start()
         janitor = threading.Thread(target=self._janitor, name="janitor", daemon=True)
         janitor.start()
         with ThreadPoolExecutor(self.daemon.concurrency, thread_name_prefix="migration") as pool:
             while not self.signals.shutting_down.is_set():
+                self.notifier.tick(self.summary)
                 try:
                     self._reap()
                     self._fill(pool)
@@ -104,7 +133,9 @@ class Supervisor:
                     # The ledger is down (PostgreSQL restart, full disk): keep running,
                     # running steps fail their own writes and are retried later.
                     log.warning("ledger unavailable, retrying: %s", exc.reason)
-                    self.signals.shutting_down.wait(self.daemon.lease_seconds / 3)
+                    self.signals.shutting_down.wait(
+                        self.notifier.pause_limit(self.daemon.lease_seconds / 3)
+                    )
                 self._pause()
             wait(list(self._running.values()))
             self._reap()
@@ -113,10 +144,11 @@ class Supervisor:
         janitor.join(timeout=5)
         log.info("supervisor %s stopped", self.owner)
 
-    def sweep(self) -> None:
+    def sweep(self, between: Callable[[], None] = lambda: None) -> None:
         """Finish cleanups of ended migrations: interrupted by a crash, or waiting
         for a retry after a removal failed (a destination that was down)."""
         for migration_id in self.ledger.unsettled_terminal():
+            between()
             migration = self.ledger.get(migration_id)
             with ExitStack() as stack:
                 destination = self._destination_or_none(migration.dest_site, stack)
@@ -161,7 +193,7 @@ class Supervisor:
                     log.error("migration %s: worker crashed: %r", migration_id, error)
 
     def _pause(self) -> None:
-        self._wake.wait(self.daemon.poll_seconds)
+        self._wake.wait(self.notifier.pause_limit(self.daemon.poll_seconds))
         self._wake.clear()
 
     def _janitor(self) -> None:
@@ -191,8 +223,16 @@ class Supervisor:
     def _drive(self, migration: Migration) -> None:
         """Advance one migration state by state while we hold its lease."""
         try:
-            with ExitStack() as sites:
-                self._advance_all(migration, sites)
+            with (
+                logs.migration_context(
+                    migration=migration.id,
+                    state=migration.state,
+                    source_site=migration.source_site,
+                    dest_site=migration.dest_site,
+                ) as context,
+                ExitStack() as sites,
+            ):
+                self._advance_all(migration, sites, context)
         except LeaseLost as exc:
             log.warning("migration %s: %s", migration.id, exc)
         except Exception as exc:
@@ -201,7 +241,9 @@ class Supervisor:
             log.exception("migration %s: unexpected error", migration.id)
             self._postpone(migration.id, _one_line(exc))
 
-    def _advance_all(self, migration: Migration, sites: ExitStack) -> None:
+    def _advance_all(
+        self, migration: Migration, sites: ExitStack, log_context: dict[str, str]
+    ) -> None:
         try:
             source = self._source(migration.source_site, sites)
             destination = self._destination(migration.dest_site, sites)
@@ -210,6 +252,7 @@ class Supervisor:
             return
         while True:
             migration = self.ledger.get(migration.id)
+            log_context["state"] = migration.state
             if migration.lease_owner != self.owner or is_terminal(migration.state):
                 return
             if migration.cancel_requested:

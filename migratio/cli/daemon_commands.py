@@ -16,22 +16,32 @@ from migratio.cli.context import Context, json_option, one_line_errors, pass_con
 @pass_context
 @one_line_errors
 def run(ctx: Context, until_idle: bool) -> None:
-    """Run the daemon: take Redis jobs, drive migrations, send feedback until SIGTERM/SIGINT."""
+    """Run the daemon: take Redis jobs, drive migrations, send feedback until
+    SIGTERM/SIGINT; SIGHUP reloads the config and site files."""
+    from migratio import logs
+    from migratio.systemd import Notifier
+
     settings = ctx.settings
-    logging.basicConfig(
+    logs.configure(
         level=settings.daemon.log_level,
-        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+        library_level=settings.daemon.log_level_libraries,
+        log_format=settings.daemon.log_format,
     )
+    notifier = Notifier.from_environment()
     from migratio.daemon import Daemon
 
-    daemon = Daemon(settings, ctx.ledger())
+    daemon = Daemon(settings, ctx.ledger(), notifier=notifier)
 
     def _stop(signum: int, _frame: Any) -> None:
         logging.getLogger("migratio").info("signal %d: stopping at the next checkpoint", signum)
         daemon.stop()
 
+    def _reload(_signum: int, _frame: Any) -> None:
+        daemon.request_reload()
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _reload)
     daemon.run(until_idle=until_idle)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
@@ -12,7 +13,7 @@ from migratio.errors import UnknownMigration, UsageError
 from migratio.ledger.models import JobRow, MigrationRow, TransitionRow
 from migratio.ledger.rows import migration_of, transition_of
 from migratio.ledger.types import Migration, MigrationFilter, Transition
-from migratio.machine import ACTIVE
+from migratio.machine import ACTIVE, State
 
 ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
 
@@ -84,3 +85,12 @@ def history(session: Session, migration_id: str) -> list[Transition]:
 def count_active(session: Session) -> int:
     query = select(func.count()).where(MigrationRow.state.in_([s.value for s in ACTIVE]))
     return int(session.scalar(query) or 0)
+
+
+def count_queued_and_failed_since(session: Session, since: datetime) -> tuple[int, int]:
+    """Migrations waiting to start, and those that failed at or after ``since``."""
+    queued = select(func.count()).where(MigrationRow.state == State.QUEUED.value)
+    failed = select(func.count()).where(
+        MigrationRow.state == State.FAILED.value, MigrationRow.finished_at >= since
+    )
+    return int(session.scalar(queued) or 0), int(session.scalar(failed) or 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -152,6 +153,11 @@ class Ledger:
     def count_active(self) -> int:
         with self._read() as session:
             return reads.count_active(session)
+
+    def count_queued_and_failed_since(self, since: datetime) -> tuple[int, int]:
+        """For the daemon's one-line status: queued now, failed since ``since`` (naive UTC)."""
+        with self._tx() as session:
+            return reads.count_queued_and_failed_since(session, since)
 
     # ---- leases ---------------------------------------------------------------
 
