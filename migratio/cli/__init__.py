@@ -26,8 +26,8 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = Context(config_path)
 
 
-from migratio.cli import daemon_commands, inspect, migrations  # noqa: E402
+from migratio.cli import daemon_commands, doctor, inspect, migrations  # noqa: E402
 
-for module in (migrations, inspect, daemon_commands):
+for module in (migrations, inspect, daemon_commands, doctor):
     for command in module.COMMANDS:
         main.add_command(command)
