@@ -23,7 +23,7 @@ import botocore.parsers
 
 from migratio.config import AwsSite
 from migratio.doctor.result import Check, Verdict, fail, ok, warn
-from migratio.doctor.runner import Chain
+from migratio.doctor.runner import Chain, client_timeout
 from migratio.drivers.aws.errors import error_code, http_status, translated
 from migratio.drivers.aws.session import AwsClients
 from migratio.text import error_text, one_line
@@ -56,7 +56,7 @@ NO_CREDENTIALS = (
 
 
 def chain(site_id: str, settings: AwsSite, timeout: float) -> Chain:
-    probe = AwsProbe(site_id, settings, min(settings.timeout, timeout))
+    probe = AwsProbe(site_id, settings, client_timeout(settings.timeout, timeout))
     name = f"site {site_id}"
     checks = [
         Check(f"{name}: credentials", probe.credentials),

@@ -24,7 +24,7 @@ import yaml
 
 from migratio.config import OpenStackSite
 from migratio.doctor.result import Check, Verdict, fail, ok
-from migratio.doctor.runner import Chain
+from migratio.doctor.runner import Chain, client_timeout
 from migratio.drivers.base import RecordSpec
 from migratio.drivers.openstack.driver import OpenStackSiteDriver
 from migratio.drivers.openstack.errors import translated
@@ -37,7 +37,7 @@ SECRET_AUTH_KEYS = ("password", "secret", "token", "key")
 
 
 def chain(site_id: str, settings: OpenStackSite, timeout: float) -> Chain:
-    probe = GlanceProbe(site_id, settings, min(settings.timeout, timeout))
+    probe = GlanceProbe(site_id, settings, client_timeout(settings.timeout, timeout))
     name = f"site {site_id}"
     return Chain(
         name,
@@ -76,7 +76,8 @@ class GlanceProbe:
         self._connection = openstack.connection.Connection(config=self._region)
         session = self._connection.session
         with translated(self.site_id, "authenticate"):
-            self._connection.authorize()
+            # keystoneauth's own errors (the SDK's authorize() hides a 401 in its own)
+            session.get_token()
             auth: Any = session.auth
             access = auth.get_access(session)
         expires = f", expires {access.expires:%Y-%m-%d %H:%M} UTC" if access.expires else ""

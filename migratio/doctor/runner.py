@@ -59,6 +59,17 @@ class TimedOut(Exception):
     pass
 
 
+# A site's clients wait a little longer than the check may take, so a dead peer
+# is reported as the check timing out, not by whichever timer fired first.
+CLIENT_GRACE = 1.0
+
+
+def client_timeout(site_timeout: float, check_timeout: float) -> float:
+    """The socket timeout a site's clients get under doctor: the site's own, or
+    just over the check's when that is shorter."""
+    return min(site_timeout, check_timeout + CLIENT_GRACE)
+
+
 def bounded(function: Callable[[], T], timeout: float) -> T:
     """``function()``, or TimedOut once ``timeout`` seconds have passed."""
     outcome: dict[str, Any] = {}

@@ -19,7 +19,7 @@ import paramiko
 
 from migratio.config import OpenStackSshSite
 from migratio.doctor.result import Check, Verdict, fail, ok, warn
-from migratio.doctor.runner import Chain
+from migratio.doctor.runner import Chain, client_timeout
 from migratio.drivers.ssh.keys import fingerprint, reason
 from migratio.drivers.ssh.remote import Completed, RemoteHost
 from migratio.errors import MigratioError
@@ -28,7 +28,7 @@ GIB = 1 << 30
 
 
 def chain(site_id: str, settings: OpenStackSshSite, timeout: float) -> Chain:
-    probe = SshProbe(site_id, settings, min(settings.timeout, timeout))
+    probe = SshProbe(site_id, settings, client_timeout(settings.timeout, timeout))
     name = f"site {site_id}"
     return Chain(
         name,
