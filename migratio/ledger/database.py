@@ -204,6 +204,7 @@ def schema_state(url: str, timeout: float) -> SchemaState | None:
     """
     from alembic.script import ScriptDirectory
     from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
 
     parsed = make_url(url)
     where = describe_url(url)
@@ -221,7 +222,7 @@ def schema_state(url: str, timeout: float) -> SchemaState | None:
         scripts = ScriptDirectory.from_config(alembic_config(engine))
         try:
             known = current is None or scripts.get_revision(current) is not None
-        except RevisionError:
+        except (RevisionError, CommandError):  # alembic wraps the one in the other
             known = False
         return SchemaState(current, scripts.get_current_head(), known)
     except SQLAlchemyError as exc:
