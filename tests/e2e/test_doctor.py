@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import paramiko
 import pytest
 import testbed_lib
@@ -144,8 +145,25 @@ def _broken_bed(bed_dir: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     (sites / "aws-dead.yml").write_text(yaml.safe_dump(dead))
     (sites / "aws-noprofile.yml").write_text(yaml.safe_dump({**aws, "profile": "no-such-profile"}))
 
+    bucket = f"doctor-{tmp_path.name.lower()[-20:].strip('_-')}"
+    boto3.session.Session(profile_name=aws["profile"]).client(
+        "s3", endpoint_url=aws["endpoint_url"], region_name=aws["region"]
+    ).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": aws["region"]})
+    imports = {**aws, "method": "import-snapshot", "bucket": bucket}
+    (sites / "aws-import.yml").write_text(yaml.safe_dump(imports))
+    (sites / "aws-nobucket.yml").write_text(yaml.safe_dump({**imports, "bucket": "no-such-bucket"}))
+
     ssh = yaml.safe_load((sites / "site-b-ssh.yml").read_text())
     (tmp_path / "empty_known_hosts").write_text("")
+    (sites / "ssh-tofu.yml").write_text(
+        yaml.safe_dump(
+            {
+                **ssh,
+                "known_hosts": str(tmp_path / "empty_known_hosts"),
+                "accept_unknown_host_key": True,
+            }
+        )
+    )
     (sites / "ssh-unknown.yml").write_text(
         yaml.safe_dump({**ssh, "known_hosts": str(tmp_path / "empty_known_hosts")})
     )
@@ -173,7 +191,15 @@ def test_broken_sites_fail_each_with_its_reason(testbed: testbed_lib.Bed, tmp_pa
         "site aws-noprofile: credentials",
         "site ssh-unknown: host key",
         "site ssh-changed: host key",
+        "site aws-nobucket: bucket",
     }, failed
+    assert "bucket no-such-bucket does not exist" in failed["site aws-nobucket: bucket"]
+    assert results["site aws-import: bucket"]["status"] == "ok"
+    # Trust on first use is the daemon's to do, never doctor's.
+    tofu = results["site ssh-tofu: host key"]
+    assert tofu["status"] == "warn"
+    assert "doctor does not" in tofu["detail"]
+    assert "site ssh-tofu: login" not in results
     assert "authentication failed (HTTP 401)" in failed["site os-bad: authentication"]
     assert "later checks of site os-bad not run" in failed["site os-bad: authentication"]
     assert "site os-bad: image API" not in results

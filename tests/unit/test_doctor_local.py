@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from migratio.config import Site, load_site
-from migratio.doctor import config_files, ledger, qemu_img, work_dir
+from migratio.config import DaemonConfig, Site, load_site
+from migratio.doctor import config_files, ledger, qemu_img, redis_server, work_dir
 from migratio.doctor.result import Status
 from migratio.ledger.database import make_engine, upgrade
 
@@ -143,3 +144,17 @@ def test_a_missing_tool_fails_only_when_a_site_needs_conversions(
     needed = qemu_img.tool(["qemu-img", "--version"], "qemu-utils", ["raw"])
     assert needed.status is Status.FAIL
     assert "needed for raw" in needed.detail
+
+
+def test_redis_never_shows_its_password(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"redis://user:s3cr3t-pw@127.0.0.1:{port}/0"
+    daemon = DaemonConfig(name="a", work_dir=tmp_path, redis_url=url)
+    verdict = redis_server.answers(daemon, 2)
+    assert verdict.status is Status.FAIL
+    assert f"redis://user:***@127.0.0.1:{port}/0" in verdict.detail
+    assert "s3cr3t-pw" not in verdict.detail
+    off = daemon.model_copy(update={"intake": False, "feedback": False})
+    assert redis_server.answers(off, 2).status is Status.OK
