@@ -6,6 +6,7 @@ import json
 import shutil
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def _broken_bed(bed_dir: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     (sites / "aws-dead.yml").write_text(yaml.safe_dump(dead))
     (sites / "aws-noprofile.yml").write_text(yaml.safe_dump({**aws, "profile": "no-such-profile"}))
 
-    bucket = f"doctor-{tmp_path.name.lower()[-20:].strip('_-')}"
+    bucket = f"doctor-{uuid.uuid4().hex}"  # the bed (and its moto) may be reused
     boto3.session.Session(profile_name=aws["profile"]).client(
         "s3", endpoint_url=aws["endpoint_url"], region_name=aws["region"]
     ).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": aws["region"]})
