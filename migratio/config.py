@@ -274,6 +274,12 @@ def check_source(site: Site) -> None:
 
 def load_settings(path: Path) -> Settings:
     """Load and validate the daemon config and every site file, or raise ConfigError."""
+    daemon = load_daemon_config(path)
+    return Settings(path, daemon, load_sites(daemon.sites_dir))
+
+
+def load_daemon_config(path: Path) -> DaemonConfig:
+    """The daemon config alone, its paths resolved against its directory, or ConfigError."""
     raw = _read_yaml(path)
     raw.setdefault("work_dir", "/var/lib/migratio")
     daemon = _validate(DaemonConfig, raw, path)
@@ -286,31 +292,40 @@ def load_settings(path: Path) -> Settings:
     )
     if daemon.work_dir.exists() and not daemon.work_dir.is_dir():
         raise ConfigError(str(path), "work_dir", f"{daemon.work_dir} is not a directory")
-    return Settings(path, daemon, load_sites(daemon.sites_dir))
+    return daemon
 
 
 def load_sites(sites_dir: Path) -> dict[str, Site]:
     """Every ``*.yml``/``*.yaml`` in the sites dir is one site, named by its file."""
+    return {site.id: site for site in map(load_site, site_files(sites_dir))}
+
+
+def site_files(sites_dir: Path) -> list[Path]:
+    """The site files in the sites dir (``*.example.yml`` excluded), in name order."""
     if not sites_dir.is_dir():
         raise ConfigError(str(sites_dir), "sites_dir", "is not a directory")
-    sites: dict[str, Site] = {}
-    for file in sorted([*sites_dir.glob("*.yml"), *sites_dir.glob("*.yaml")]):
-        site_id = file.name.rsplit(".", 1)[0]
-        if site_id.endswith(".example"):
-            continue
-        if not SITE_ID.match(site_id):
-            raise ConfigError(str(file), "(file name)", "is not a valid site id")
-        raw = _read_yaml(file)
-        if secret := sorted(SECRET_KEYS & set(raw)):
-            raise ConfigError(
-                str(file),
-                secret[0],
-                "secrets do not belong in site files; use clouds.yaml "
-                "or an AWS profile / the default credential chain",
-            )
-        settings = _validate(_SiteFile, {"site": raw}, file).site
-        sites[site_id] = Site(id=site_id, settings=_resolve_paths(settings, file.parent))
-    return sites
+    return [
+        file
+        for file in sorted([*sites_dir.glob("*.yml"), *sites_dir.glob("*.yaml")])
+        if not file.name.rsplit(".", 1)[0].endswith(".example")
+    ]
+
+
+def load_site(file: Path) -> Site:
+    """One site file, the site named by the file, or ConfigError naming file and key."""
+    site_id = file.name.rsplit(".", 1)[0]
+    if not SITE_ID.match(site_id):
+        raise ConfigError(str(file), "(file name)", "is not a valid site id")
+    raw = _read_yaml(file)
+    if secret := sorted(SECRET_KEYS & set(raw)):
+        raise ConfigError(
+            str(file),
+            secret[0],
+            "secrets do not belong in site files; use clouds.yaml "
+            "or an AWS profile / the default credential chain",
+        )
+    settings = _validate(_SiteFile, {"site": raw}, file).site
+    return Site(id=site_id, settings=_resolve_paths(settings, file.parent))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

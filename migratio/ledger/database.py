@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from migratio.errors import LedgerUnavailable
 from migratio.text import one_line
@@ -187,3 +189,59 @@ def current_revision(engine: Engine) -> str | None:
 
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a ledger's schema stands against this migratio's revisions.
+
+    current: the ledger's revision (None: no schema yet). head: the newest this
+    migratio knows. known: whether ``current`` is one of this migratio's revisions
+    (False: a newer migratio wrote it).
+    """
+
+    current: str | None
+    head: str | None
+    known: bool
+
+    @property
+    def is_current(self) -> bool:
+        return self.current == self.head
+
+
+def schema_state(url: str, timeout: float) -> SchemaState | None:
+    """Look at a ledger's schema without creating, changing or locking it (for
+    ``migratio doctor``): a plain engine, not ``make_engine``, whose SQLite
+    connections start every transaction with BEGIN IMMEDIATE, a write lock.
+    None: a SQLite ledger whose file does not exist (yet).
+
+    LedgerUnavailable names the ledger (without its password) and the reason.
+    """
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    parsed = make_url(url)
+    where = describe_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "")
+        if not path.is_file():
+            return None
+        engine = create_engine(url, connect_args={"timeout": timeout}, poolclass=NullPool)
+    else:
+        engine = create_engine(
+            url, connect_args={"connect_timeout": max(1, int(timeout))}, poolclass=NullPool
+        )
+    try:
+        current = current_revision(engine)
+        scripts = ScriptDirectory.from_config(alembic_config(engine))
+        try:
+            known = current is None or scripts.get_revision(current) is not None
+        except (RevisionError, CommandError):  # alembic wraps the one in the other
+            known = False
+        return SchemaState(current, scripts.get_current_head(), known)
+    except SQLAlchemyError as exc:
+        reason = one_line(getattr(exc, "orig", None) or exc, 300)
+        raise LedgerUnavailable(f"cannot read the ledger at {where}: {reason}") from None
+    finally:
+        engine.dispose()
