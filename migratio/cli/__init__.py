@@ -26,8 +26,8 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = Context(config_path)
 
 
-from migratio.cli import daemon_commands, inspect, migrations  # noqa: E402
+from migratio.cli import daemon_commands, dead, inspect, migrations  # noqa: E402
 
-for module in (migrations, inspect, daemon_commands):
+for module in (migrations, inspect, daemon_commands, dead):
     for command in module.COMMANDS:
         main.add_command(command)
