@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
@@ -50,8 +51,21 @@ __all__ = [
     "Ledger",
     "Migration",
     "Transition",
+    "UploadProgress",
     "utcnow",
 ]
+
+
+@dataclass(frozen=True)
+class UploadProgress(Change):
+    """No state change: how far the running upload has got, for a feedback line.
+
+    ``bytes_per_second`` is the rate since the previous line (or since the step began).
+    """
+
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    bytes_per_second: float = 0.0
 
 
 class Ledger:
@@ -177,6 +191,26 @@ class Ledger:
     def record(self, migration_id: str, owner: str, **fields: Any) -> None:
         with self._tx() as session:
             writes.record(session, migration_id, owner, fields)
+
+    def record_progress(
+        self, migration_id: str, owner: str, bytes_done: int, *, rate: float | None = None
+    ) -> None:
+        """Record how far the running step has got; with ``rate`` (bytes/s), the
+        feedback line that reports it goes to the outbox in the same transaction,
+        so it reaches the platform in order with the state changes around it."""
+        with self._tx() as session:
+            writes.record(session, migration_id, owner, {"bytes_done": bytes_done})
+            if rate is not None and self._on_change is not None:
+                migration = reads.get(session, migration_id)
+                progress = UploadProgress(
+                    migration,
+                    migration.state,
+                    "progress",
+                    bytes_done=bytes_done,
+                    bytes_total=migration.bytes_total,
+                    bytes_per_second=rate,
+                )
+                self._notify(session, progress)
 
     def schedule_retry(
         self, migration_id: str, owner: str, attempt: int, delay: float, error: str
