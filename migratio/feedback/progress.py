@@ -3,6 +3,9 @@
 Atmosphere appends every line to the migration job's status, so a line each
 second would drown the others: one each time another 10% is done, or 30 s after
 the last one when the upload is slow (a sign of life), whichever comes first.
+Lines are at least 2 s apart, counted from the start of the upload too: a line
+that stands for less is never seen, and a small image's upload (a second or
+less) reports only its state changes.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 
 STEP_PERCENT = 10
 QUIET_SECONDS = 30.0
+MIN_SECONDS = 2.0
 
 
 @dataclass
@@ -19,11 +23,13 @@ class ProgressPacer:
 
     The first reading is the baseline (where a resumed upload starts). A line is
     due once ``step_percent`` more of ``total`` is done than at the last line, or
-    ``quiet_seconds`` after it; never at 100% (the next state's line follows).
+    ``quiet_seconds`` after it, but never within ``min_seconds`` of it, nor at
+    100% (the next state's line follows).
     """
 
     step_percent: float = STEP_PERCENT
     quiet_seconds: float = QUIET_SECONDS
+    min_seconds: float = MIN_SECONDS
     _done: int | None = None
     _at: float = 0.0
 
@@ -32,7 +38,7 @@ class ProgressPacer:
         if self._done is None:
             self._done, self._at = done, now
             return None
-        if total and done >= total:
+        if (total and done >= total) or now - self._at < self.min_seconds:
             return None
         step = bool(total) and (done - self._done) * 100 >= self.step_percent * (total or 0)
         if not step and now - self._at < self.quiet_seconds:

@@ -1,6 +1,7 @@
 """Progress lines for the platform while uploading: their text, how far apart they are
-(another 10% or 30 s, whichever first; never 100%), and their place among the other
-feedback (the ledger's outbox, in the transaction that records the progress)."""
+(another 10% or 30 s, whichever first; at least 2 s apart; never 100%), and their
+place among the other feedback (the ledger's outbox, in the transaction that records
+the progress)."""
 
 from __future__ import annotations
 
@@ -102,14 +103,14 @@ def test_lines_come_every_10_percent_or_after_30_quiet_seconds_never_at_100(
     clock = Clock()
     migration = in_state(ledger, ["start", "exported", "converted"], total)
     running = step(ledger, migration, clock, tmp_path)
-    # 16 chunks a second (128 MiB/s), but chunks 51 to 62 take 5 s each (1.6 MiB/s).
+    # 4 chunks a second (32 MiB/s), but chunks 51 to 62 take 5 s each (1.6 MiB/s).
     emitted: list[tuple[float, str]] = []
     before = len(texts(ledger))
     chunks = running.tracked(BLOCK for _ in range(100))
     for n, _ in enumerate(chunks, start=1):
         # The line (if any) was written at the reading that let this chunk through.
         emitted += [(clock.now, text) for text in texts(ledger)]
-        clock.now += 5.0 if 50 < n <= 62 else 1 / 16
+        clock.now += 5.0 if 50 < n <= 62 else 1 / 4
     emitted += [(clock.now, text) for text in texts(ledger)]
     assert before == 4  # started, reading, checked, uploading
 
@@ -117,22 +118,23 @@ def test_lines_come_every_10_percent_or_after_30_quiet_seconds_never_at_100(
     assert lines == [
         f"Uploading image to site-b: {percent}% ({percent * 8} of 800 MiB, {speed} MiB/s)"
         for percent, speed in [
-            (10, 128),
-            (20, 128),
-            (30, 128),
-            (40, 128),
-            (50, 128),
+            (10, 32),
+            (20, 32),
+            (30, 32),
+            (40, 32),
+            (50, 32),
             (56, 1),  # 30 s after the last line, though not 10% further
             (62, 1),
-            (72, 128),
-            (82, 128),
-            (92, 128),
+            (72, 32),
+            (82, 32),
+            (92, 32),
         ]
     ]
     # The spacing rule, stated as the platform sees it.
     readings = [(at, int(LINE.fullmatch(text)[1])) for at, text in emitted]  # type: ignore[index]
     for (at, percent), (next_at, next_percent) in itertools.pairwise(readings):
         assert next_percent - percent >= 10 or next_at - at >= 30
+        assert next_at - at >= 2
     assert ledger.get(running.migration.id).bytes_done == total
 
 
@@ -143,16 +145,16 @@ def test_progress_lines_sit_in_order_between_the_state_lines(
     migration = in_state(ledger, ["start", "exported", "converted"], 4 * CHUNK)
     running = step(ledger, migration, clock, tmp_path)
     for _ in running.tracked(BLOCK for _ in range(4)):
-        clock.now += 1
+        clock.now += 2
     ledger.transition(migration.id, "d1", "uploaded", "uploaded")
     assert texts(ledger) == [
         "Migration started",
         "Reading image img-1 at site-a",
         "Image checked; preparing it for site-b",
         "Uploading image to site-b",
-        "Uploading image to site-b: 25% (8 of 32 MiB, 8 MiB/s)",
-        "Uploading image to site-b: 50% (16 of 32 MiB, 8 MiB/s)",
-        "Uploading image to site-b: 75% (24 of 32 MiB, 8 MiB/s)",
+        "Uploading image to site-b: 25% (8 of 32 MiB, 4 MiB/s)",
+        "Uploading image to site-b: 50% (16 of 32 MiB, 4 MiB/s)",
+        "Uploading image to site-b: 75% (24 of 32 MiB, 4 MiB/s)",
         "Registering image at site-b",
     ]
 
@@ -173,6 +175,12 @@ def test_no_progress_lines_outside_uploading_nor_with_feedback_off(
     for _ in step(quiet, migration, clock, tmp_path).tracked(BLOCK for _ in range(10)):
         clock.now += 60
     assert texts(ledger) == [] and quiet.get(migration.id).bytes_done == 10 * CHUNK
+
+
+def test_a_small_quick_upload_reports_only_its_state_changes() -> None:
+    pacer = ProgressPacer()
+    assert pacer.due(0, 4 * MIB, 0.0) is None
+    assert [pacer.due(n * MIB, 4 * MIB, n / 10) for n in range(1, 5)] == [None] * 4
 
 
 def test_a_resumed_upload_counts_from_where_it_resumed() -> None:
