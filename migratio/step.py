@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,9 @@ from typing import Any
 from migratio import faults
 from migratio.drivers.base import DestinationSite, ImageStatus, SourceImage, SourceSite
 from migratio.errors import CancelRequested, LeaseLost, ShuttingDown
+from migratio.feedback.progress import ProgressPacer
 from migratio.ledger.store import ArtifactStatus, Ledger, Migration
+from migratio.machine import State
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 
@@ -56,6 +58,7 @@ class Step:
         work_dir: Path,
         signals: Signals,
         progress_seconds: float = PROGRESS_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.migration = migration
         self.ledger = ledger
@@ -66,6 +69,8 @@ class Step:
         self.signals = signals
         self._progress_seconds = progress_seconds
         self._last_progress = 0.0
+        self._clock = clock
+        self._pacer = ProgressPacer()
 
     @property
     def source_image(self) -> SourceImage:
@@ -121,19 +126,23 @@ class Step:
         )
 
     def checkpoint(self, bytes_done: int | None = None, *, force: bool = False) -> None:
-        """Stop here if asked to; record progress at most once a second."""
+        """Stop here if asked to; record progress at most once a second, and while
+        uploading, a progress line for the platform when one is due."""
         if self.migration.id in self.signals.lost:
             raise LeaseLost(f"lease on migration {self.migration.id} lost")
         if self.signals.shutting_down.is_set():
             raise ShuttingDown("daemon stopping")
-        if bytes_done is not None:
-            faults.point("transfer.bytes", amount=bytes_done)
-        now = time.monotonic()
-        if bytes_done is not None and (
-            force or now - self._last_progress >= self._progress_seconds
-        ):
+        if bytes_done is None:
+            return
+        faults.point("transfer.bytes", amount=bytes_done)
+        now = self._clock()
+        rate = None
+        if self.migration.state == State.UPLOADING:
+            rate = self._pacer.due(bytes_done, self.migration.bytes_total, now)
+        if force or rate is not None or now - self._last_progress >= self._progress_seconds:
             self._last_progress = now
-            self.record(bytes_done=bytes_done)
+            self.ledger.record_progress(self.migration.id, self.owner, bytes_done, rate=rate)
+            self.migration = replace(self.migration, bytes_done=bytes_done)
             if self.ledger.get(self.migration.id).cancel_requested:
                 raise CancelRequested("cancelled by operator")
 

@@ -41,8 +41,8 @@ def _add(command: click.Command) -> None:
     main.add_command(command)
 
 
-from migratio.cli import daemon_commands, doctor, inspect, migrations  # noqa: E402
+from migratio.cli import daemon_commands, dead, doctor, inspect, migrations  # noqa: E402
 
-for module in (migrations, inspect, daemon_commands, doctor):
+for module in (migrations, inspect, daemon_commands, doctor, dead):
     for command in module.COMMANDS:
         _add(command)

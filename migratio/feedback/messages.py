@@ -7,14 +7,21 @@ line, so every text stands on its own. Its first message was always
 
 from __future__ import annotations
 
-from migratio.ledger.store import Change
+from migratio.ledger.store import Change, UploadProgress
 from migratio.machine import State
 
 STARTED = "Migration started"
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
 
 
 def status_text(change: Change) -> str:
     migration = change.migration
+    if isinstance(change, UploadProgress):
+        return upload_progress_text(
+            migration.dest_site, change.bytes_done, change.bytes_total, change.bytes_per_second
+        )
     if change.from_state is None or change.joined_by is not None:
         return STARTED
     match migration.state:
@@ -45,3 +52,35 @@ def status_text(change: Change) -> str:
 def failure_text(reason: str) -> str:
     """For a job that never became a migration."""
     return f"Migration failed: {reason}"
+
+
+def upload_progress_text(dest_site: str, done: int, total: int | None, rate: float) -> str:
+    """``Uploading image to <site>: 45% (1.2 of 2.7 GiB, 180 MiB/s)``.
+
+    Both sizes in the total's unit; the percentage rounded down, so 100% is never
+    shown before the end. Without a known total: ``... to <site>: 1.2 GiB (180 MiB/s)``.
+    """
+    speed = f"{_amount(rate, _unit(rate))}/s"
+    if not total:
+        return f"Uploading image to {dest_site}: {_amount(done, _unit(done))} ({speed})"
+    unit = _unit(total)
+    scale, name = unit
+    sizes = f"{_number(done / scale, scale)} of {_number(total / scale, scale)} {name}"
+    return f"Uploading image to {dest_site}: {done * 100 // total}% ({sizes}, {speed})"
+
+
+def _unit(amount: float) -> tuple[int, str]:
+    for scale, name in ((GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")):
+        if amount >= scale:
+            return scale, name
+    return 1, "B"
+
+
+def _amount(amount: float, unit: tuple[int, str]) -> str:
+    scale, name = unit
+    return f"{_number(amount / scale, scale)} {name}"
+
+
+def _number(value: float, scale: int) -> str:
+    # Tenths of a GiB tell a progress apart; below that whole units do.
+    return f"{value:.1f}" if scale == GIB else f"{int(value)}"

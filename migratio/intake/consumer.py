@@ -2,7 +2,7 @@
 
 One round: move up to ``intake_batch`` jobs into our processing list, read
 them, record the good ones in one ledger transaction, then acknowledge all of
-them (bad ones go to the dead-letter list in the same Redis transaction). A
+them (bad ones go to the dead jobs, ``dead_set``, in the same Redis transaction). A
 crash anywhere leaves the jobs in the processing list, from where they return
 to the queue; the ledger knows every job id it recorded, so none is recorded
 twice. A job that cannot be a migration never stops the consumer.
@@ -10,12 +10,15 @@ twice. A job that cannot be a migration never stops the consumer.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import os
+import signal
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
+from datetime import UTC
 from functools import partial
 
 from redis.backoff import ExponentialBackoff
@@ -23,9 +26,12 @@ from redis.backoff import ExponentialBackoff
 from migratio import config, faults
 from migratio.errors import JobConflict, LedgerError, LedgerUnavailable
 from migratio.feedback.outbox import Outbox
+from migratio.intake.dead_set import DeadJob, dead_job
 from migratio.intake.jobs import BadJob, parse
+from migratio.intake.process_set import SidekiqProcess, Work
 from migratio.intake.reliable_queue import ReliableQueue
 from migratio.ledger.store import JobOutcome, JobRecorded, JobRequest, Ledger
+from migratio.machine import ACTIVE
 from migratio.polling import Backoff, poll
 from migratio.redis_link import UNAVAILABLE, RedisLink
 from migratio.text import ascii_line
@@ -34,8 +40,6 @@ log = logging.getLogger(__name__)
 
 # Longest wait for a job in one BLMOVE; bounds how long a stop takes.
 WAIT_SECONDS = 0.5
-# A dead letter keeps at most this much of its job's payload.
-DEAD_PAYLOAD_BYTES = 64 * 1024
 # Waiting for an unreachable ledger: soon after a blip, every 10 s in an outage.
 LEDGER_BACKOFF = Backoff(first=0.5, factor=2.0, longest=10.0)
 # Times a batch is recorded again after another consumer recorded one of its job ids.
@@ -50,7 +54,8 @@ class Consumer:
     """Takes jobs from ``<namespace>:queue:migration_<name>`` into the ledger.
 
     ``consumer_id`` names this process in Redis (the supervisor's lease owner,
-    so operators can match the two). ``outbox`` is None when feedback is off.
+    so operators can match the two), also as a process in Sidekiq's process set.
+    ``outbox`` is None when feedback is off.
     ``on_created`` is called after a round that created migrations (to wake the
     supervisor).
     """
@@ -80,7 +85,18 @@ class Consumer:
             heartbeat_seconds=daemon.intake_heartbeat_seconds,
             dead_letters_max=daemon.dead_letters_max,
         )
+        self.process = SidekiqProcess(
+            link.client,
+            namespace=daemon.namespace,
+            identity=consumer_id,
+            queue=self.queue.queue,
+            concurrency=daemon.concurrency if daemon.migrate else 0,
+            labels=() if daemon.migrate else ("intake only",),
+            beat_seconds=daemon.intake_heartbeat_seconds / 3,
+        )
+        self._work: list[Work] = []
         self._stopping = threading.Event()
+        self._quiet = threading.Event()
         self._idle = False
         self._unsure = False
         self._threads = [
@@ -116,7 +132,7 @@ class Consumer:
         # A fault that repeats costs one line per period, never a hot loop.
         backoff = ExponentialBackoff(cap=60.0, base=1.0)
         failures = 0
-        while not self._stopping.is_set():
+        while not (self._stopping.is_set() or self._quiet.is_set()):
             try:
                 self._round()
             except Stopping:
@@ -167,8 +183,13 @@ class Consumer:
         bad += [(raw, BadJob(refused[job.job_id])) for raw, job in good if job.job_id in refused]
         for _, problem in bad:
             self._report(problem)
-        letters = [dead_letter(raw, problem.reason, self.queue.queue_key) for raw, problem in bad]
-        self._ack(raws, letters)
+        now = time.time()
+        dead = [
+            # Apart by a microsecond: Sidekiq's Retry finds an entry by its score.
+            dead_job(raw, problem.reason, self.queue.queue_key, self.queue.queue, now + n * 1e-6)
+            for n, (raw, problem) in enumerate(bad)
+        ]
+        self._ack(raws, dead)
         for result in recorded:
             log.info(
                 "intake: job %s: %s %s -> %s: %s migration %s",
@@ -255,11 +276,11 @@ class Consumer:
         except Exception as exc:
             log.warning("intake: cannot queue failure feedback: %s", ascii_line(exc))
 
-    def _ack(self, raws: Sequence[bytes], letters: Sequence[bytes]) -> None:
+    def _ack(self, raws: Sequence[bytes], dead: Sequence[DeadJob]) -> None:
         """Acknowledge, however long Redis takes to come back: the ledger already has them."""
         while True:
             try:
-                self.queue.ack(raws, letters)
+                self.queue.ack(raws, dead)
                 self.link.succeeded()
                 return
             except UNAVAILABLE as exc:
@@ -287,14 +308,20 @@ class Consumer:
             try:
                 if time.monotonic() < next_recovery:
                     self.queue.beat()
+                    self._beat_process()
                     continue
                 next_recovery = time.monotonic() + lifetime
                 self._beat_and_recover()
             except UNAVAILABLE:
                 pass  # the consuming thread reports the outage
+        try:
+            self.process.clear()
+        except UNAVAILABLE as exc:
+            log.warning("intake: cannot leave Sidekiq's process set (%s)", ascii_line(exc))
 
     def _beat_and_recover(self) -> None:
         self.queue.beat()
+        self._beat_process()
         if moved := self.queue.recover():
             log.warning(
                 "intake: %d jobs of consumers without heartbeat back on %s",
@@ -302,22 +329,49 @@ class Consumer:
                 self.queue.queue_key,
             )
 
+    # ---- Sidekiq's process set ----------------------------------------------------
 
-def dead_letter(raw: bytes, reason: str, queue_key: str) -> bytes:
-    """What goes to the dead-letter list: the reason, the job as sent, where and when.
+    def _beat_process(self) -> None:
+        if signal_name := self.process.beat(self._running()):
+            self._on_signal(signal_name)
 
-    A payload longer than ``DEAD_PAYLOAD_BYTES`` keeps only its head, with its
-    full size and SHA-256 to recognise it: two 10 MB jobs must not put 20 MB
-    into Redis. ASCII-escaped JSON, so any bytes and any reason can be stored.
-    """
-    letter: dict[str, object] = {
-        "reason": reason,
-        "payload": raw[:DEAD_PAYLOAD_BYTES].decode("utf-8", errors="backslashreplace"),
-        "queue": queue_key,
-        "at": time.time(),
-    }
-    if len(raw) > DEAD_PAYLOAD_BYTES:
-        letter.update(
-            truncated=True, payload_bytes=len(raw), payload_sha256=hashlib.sha256(raw).hexdigest()
-        )
-    return json.dumps(letter, ensure_ascii=True).encode()
+    def _running(self) -> list[Work]:
+        """The migrations this process runs (by lease); the last answer if the ledger is away."""
+        if not self.settings.daemon.migrate:
+            return []
+        try:
+            migrations = self.ledger.migrations(ACTIVE)
+        except LedgerError:
+            return self._work
+        owner = self.queue.consumer
+        self._work = [
+            Work(
+                migration_id=m.id,
+                job_id=m.job_id,
+                image_id=m.image_id,
+                source_site=m.source_site,
+                dest_site=m.dest_site,
+                state=m.state,
+                # The ledger's times are naive UTC.
+                started_at=m.created_at.replace(tzinfo=UTC).timestamp(),
+            )
+            for m in migrations
+            if m.lease_owner == owner
+        ]
+        return self._work
+
+    def _on_signal(self, name: str) -> None:
+        """Sidekiq Web's buttons: Quiet (TSTP) stops taking jobs, Stop (TERM) stops the
+        daemon as SIGTERM would; TTIN logs every thread's stack, as Sidekiq does."""
+        log.info("intake: signal %s from Sidekiq's process set", ascii_line(name))
+        if name == "TERM":
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif name == "TSTP":
+            self.process.quiet = True
+            self._quiet.set()
+        elif name == "TTIN":
+            for thread_id, frame in sys._current_frames().items():
+                stack = "".join(traceback.format_stack(frame))
+                log.warning("intake: thread %s:\n%s", thread_id, stack)
+        else:
+            log.warning("intake: signal %s ignored", ascii_line(name))

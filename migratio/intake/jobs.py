@@ -42,6 +42,8 @@ SIDEKIQ_CLASSES = frozenset(
     }
 )
 NATIVE_CLASS = "migratio"
+# What Sidekiq's Dead set shows for a dead job it could not push back (``dead_set``).
+UNREADABLE_CLASS = "Migratio::UnreadableJob"
 
 # Column sizes in the ledger: a longer value is a bad job, not a failed transaction.
 MAX_IMAGE_ID = 255
@@ -121,6 +123,8 @@ def _parse(
         image_id = _text(body, "image", MAX_IMAGE_ID)
         dest_site = _text(body, "to", MAX_IMAGE_ID)
         source_site = _text(body, "from", MAX_IMAGE_ID) if "from" in body else own_site
+    elif worker_class == UNREADABLE_CLASS:
+        raise BadJob("a stand-in for a dead job that could not be kept whole: it cannot be retried")
     elif "class" not in body:
         raise BadJob("no 'class' field")
     else:

@@ -12,7 +12,7 @@ Keys (``<ns>:`` is the namespace prefix):
 * ``<ns>:queue:<queue>`` — the queue (Sidekiq's list);
 * ``<ns>:migratio:processing:<queue>:<consumer>`` — jobs a consumer holds;
 * ``<ns>:migratio:heartbeat:<consumer>`` — exists while that consumer lives;
-* ``<ns>:migratio:dead`` — dead letters.
+* ``<ns>:migratio:dead`` and ``<ns>:dead`` — dead jobs (``dead_set``).
 
 The processing lists are deliberately not in ``<ns>:queues``: Sidekiq would
 show them as queues and its own workers could take from them.
@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import redis
 
 from migratio import sidekiq
+from migratio.intake.dead_set import DeadJob, DeadJobs
 
 
 class ReliableQueue:
@@ -33,7 +34,7 @@ class ReliableQueue:
 
     ``heartbeat_seconds`` is the heartbeat key's lifetime: the consumer must beat
     more often than that, and its jobs are handed to others that long after it died.
-    ``dead_letters_max`` bounds the dead-letter list: the oldest letters go first.
+    ``dead_letters_max`` bounds migratio's dead-letter list: the oldest letters go first.
     """
 
     def __init__(
@@ -47,11 +48,12 @@ class ReliableQueue:
         dead_letters_max: int = 10_000,
     ) -> None:
         self.client = client
-        self.dead_letters_max = dead_letters_max
+        self.queue = queue
+        self.dead = DeadJobs(client, namespace, dead_letters_max)
         self.consumer = consumer
         self.heartbeat_seconds = heartbeat_seconds
         self.queue_key = sidekiq.queue_key(namespace, queue)
-        self.dead_key = sidekiq.key(namespace, "migratio:dead")
+        self.dead_key = self.dead.list_key
         self._processing_prefix = sidekiq.key(namespace, f"migratio:processing:{queue}:")
         self._heartbeat_prefix = sidekiq.key(namespace, "migratio:heartbeat:")
         self.processing_key = self._processing_prefix + consumer
@@ -77,13 +79,10 @@ class ReliableQueue:
             return []
         return [first, *self._take_now(limit - 1)]
 
-    def ack(self, jobs: Sequence[bytes], dead_letters: Sequence[bytes] = ()) -> None:
-        """Drop handled jobs from our processing list; dead letters go in the same MULTI."""
+    def ack(self, jobs: Sequence[bytes], dead: Sequence[DeadJob] = ()) -> None:
+        """Drop handled jobs from our processing list; dead ones are written in the same MULTI."""
         pipe = self.client.pipeline(transaction=True)
-        for letter in dead_letters:
-            pipe.lpush(self.dead_key, letter)
-        if dead_letters:
-            pipe.ltrim(self.dead_key, 0, self.dead_letters_max - 1)
+        self.dead.add(pipe, dead)
         for job in jobs:
             # The job's exact bytes (which need not be UTF-8) name the entry to remove;
             # redis-py takes bytes although its annotation says str.

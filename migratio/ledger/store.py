@@ -36,6 +36,7 @@ from migratio.ledger.types import (
     Migration,
     MigrationFilter,
     Transition,
+    UploadProgress,
     utcnow,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "Migration",
     "MigrationFilter",
     "Transition",
+    "UploadProgress",
     "utcnow",
 ]
 
@@ -205,6 +207,26 @@ class Ledger:
     def record(self, migration_id: str, owner: str, **fields: Any) -> None:
         with self._tx() as session:
             writes.record(session, migration_id, owner, fields)
+
+    def record_progress(
+        self, migration_id: str, owner: str, bytes_done: int, *, rate: float | None = None
+    ) -> None:
+        """Record how far the running step has got; with ``rate`` (bytes/s), the
+        feedback line that reports it goes to the outbox in the same transaction,
+        so it reaches the platform in order with the state changes around it."""
+        with self._tx() as session:
+            writes.record(session, migration_id, owner, {"bytes_done": bytes_done})
+            if rate is not None and self._on_change is not None:
+                migration = reads.get(session, migration_id)
+                progress = UploadProgress(
+                    migration,
+                    migration.state,
+                    "progress",
+                    bytes_done=bytes_done,
+                    bytes_total=migration.bytes_total,
+                    bytes_per_second=rate,
+                )
+                self._notify(session, progress)
 
     def schedule_retry(
         self, migration_id: str, owner: str, attempt: int, delay: float, error: str

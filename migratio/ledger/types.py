@@ -117,6 +117,18 @@ ChangeHook = Callable[[Change], sidekiq.Job]
 
 
 @dataclass(frozen=True)
+class UploadProgress(Change):
+    """No state change: how far the running upload has got, for a feedback line.
+
+    ``bytes_per_second`` is the rate since the previous line (or since the step began).
+    """
+
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    bytes_per_second: float = 0.0
+
+
+@dataclass(frozen=True)
 class JobRequest:
     """A job from the intake: migrate ``image_id`` from ``source_site`` to ``dest_site``.
 

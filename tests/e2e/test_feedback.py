@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from sqlalchemy import text
 
+from migratio import faults
 from migratio.config import load_settings
 from migratio.feedback.deliverer import Deliverer
 from migratio.feedback.outbox import Outbox, status_job
@@ -19,6 +25,8 @@ from migratio.ledger.database import make_engine, upgrade
 from migratio.ledger.store import JobRequest, Ledger
 from migratio.operations import open_ledger
 from migratio.redis_link import RedisLink
+from tests.support import glance_peer, images, migratio_cli
+from tests.support.daemon_config import write_daemon_config
 from tests.support.ledgers import empty_ledger_engine
 from tests.support.redis_peer import PrivateRedis
 
@@ -142,3 +150,59 @@ def test_feedback_off_writes_no_outbox_rows(tmp_path: Path) -> None:
             ).scalar()
         assert count == rows
         ledger.engine.dispose()
+
+
+PROGRESS = re.compile(
+    r"Uploading image to site-b: (\d{1,2})% \((\d+) of (\d+) MiB, (\d+) (?:MiB|KiB)/s\)"
+)
+
+
+@pytest.mark.testbed
+def test_a_real_upload_reports_progress_lines_every_10_percent_in_order(
+    testbed: Any, site_a: Any, tmp_path: Path
+) -> None:
+    """256 MiB from site-a to site-b, throttled to a few MiB a second by a pause at each
+    chunk read (so the lines do not depend on this machine's speed); meanwhile the
+    daemon shows the migration as its busy work in Sidekiq's process set."""
+    path = images.random_qcow2(tmp_path / "big.qcow2", 256)
+    image = glance_peer.upload(site_a, path, name=f"progress-{tmp_path.name}")
+    size_mib = path.stat().st_size // (1024 * 1024)
+    peer = PrivateRedis(tmp_path / "redis").start()
+    config = write_daemon_config(tmp_path, testbed.dir / "sites", redis_url=peer.url)
+    busy: list[int] = []
+    try:
+        migration_id = migratio_cli.submit(config, image)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "migratio", "--config", str(config), "run", "--until-idle"],
+            stdout=(tmp_path / "daemon.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, faults.ENVIRONMENT_VARIABLE: "transfer.bytes=pause:0.03@1"},
+        )
+        while daemon.poll() is None:
+            for identity in peer.client.smembers("atmosphere:processes"):
+                busy.append(int(peer.client.hget(b"atmosphere:" + identity, "busy") or 0))
+            time.sleep(0.2)
+        assert daemon.returncode == 0
+        raw_jobs = list(reversed(peer.client.lrange(FEEDBACK, 0, -1)))
+    finally:
+        peer.stop()
+
+    jobs = [json.loads(raw) for raw in raw_jobs]
+    texts = [job["args"][3] for job in jobs]
+    first = texts.index("Uploading image to site-b")
+    last = texts.index("Registering image at site-b")
+    progress = [(job["created_at"], job["args"][3]) for job in jobs[first + 1 : last]]
+    assert len(progress) >= 3, texts
+    readings = []
+    for created_at, line in progress:
+        match = PROGRESS.fullmatch(line)
+        assert match is not None, line
+        percent, done, total = int(match[1]), int(match[2]), int(match[3])
+        assert total == size_mib and 0 < percent < 100 and done <= total
+        readings.append((created_at, percent))
+    for (at, percent), (next_at, next_percent) in itertools.pairwise(readings):
+        assert next_percent - percent >= 10 or next_at - at >= 30
+        assert next_at - at >= 2
+    assert texts[-1].startswith("Migration done: image ")
+    assert migratio_cli.show(config, migration_id)["state"] == "done"
+    assert 1 in busy and busy[-1] in (0, 1)

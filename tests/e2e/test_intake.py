@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from migratio.intake.consumer import DEAD_PAYLOAD_BYTES
+from migratio.intake.dead_set import DEAD_PAYLOAD_BYTES
 from migratio.ledger.database import make_engine
 from tests.support import migratio_cli
 from tests.support.daemon_config import write_daemon_config

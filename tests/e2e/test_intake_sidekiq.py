@@ -171,7 +171,11 @@ def test_daemon_killed_between_move_and_ledger_commit_runs_the_job_exactly_once(
             env={**os.environ, faults.ENVIRONMENT_VARIABLE: "intake.after_move=pause:120"},
         )
     try:
-        _wait(lambda: "pausing" in log.read_text(), 60, "the daemon to move the job")
+        _wait(
+            lambda: "fault point intake.after_move: pause" in log.read_text(),
+            60,
+            "the daemon to move the job",
+        )
         [held] = list(redis_peer.client.scan_iter(match=f"{NS}:migratio:processing:*"))
         assert redis_peer.client.llen(held) == 1
         assert redis_peer.client.llen(f"{NS}:queue:migration_site-a") == 0
