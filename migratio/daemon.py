@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from migratio import config
+from migratio import config, metrics
 from migratio.feedback.deliverer import Deliverer
 from migratio.feedback.outbox import Outbox
 from migratio.intake.consumer import WAIT_SECONDS, Consumer
@@ -59,6 +59,7 @@ class Daemon:
 
     def run(self, *, until_idle: bool = False) -> None:
         daemon = self.settings.daemon
+        metrics.start(self.settings, self.supervisor.ledger)
         if self.link is not None:
             log.info("redis %s, namespace %r", redacted(self.link.url), daemon.namespace)
         if self.consumer is not None:
@@ -88,3 +89,4 @@ class Daemon:
             self.deliverer.join()
         if self.link is not None:
             self.link.close()
+        metrics.stop()

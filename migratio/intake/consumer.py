@@ -20,7 +20,7 @@ from functools import partial
 
 from redis.backoff import ExponentialBackoff
 
-from migratio import config, faults
+from migratio import config, faults, metrics
 from migratio.errors import JobConflict, LedgerError, LedgerUnavailable
 from migratio.feedback.outbox import Outbox
 from migratio.intake.jobs import BadJob, parse
@@ -181,6 +181,7 @@ class Consumer:
             )
         for _, problem in bad:
             log.warning("intake: job dead-lettered to %s: %s", self.queue.dead_key, problem.reason)
+        metrics.intake_jobs(recorded, dead=len(bad))
         if any(result.outcome is JobOutcome.CREATED for result in recorded):
             self.on_created()
 
