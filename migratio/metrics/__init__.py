@@ -44,11 +44,14 @@ def start(settings: Settings, ledger: Ledger) -> None:
     listen = settings.daemon.metrics_listen
     if listen is None:
         return
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, disable_created_metrics
 
     from migratio.metrics.endpoint import Endpoint
     from migratio.metrics.recorder import Recorder
 
+    # A ``_created`` twin of every counter doubles the scrape and no query of ours
+    # needs it (this process owns the client library: the switch is process-wide).
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     recorder = Recorder(CollectorRegistry(auto_describe=True), ledger)
     _endpoint = Endpoint.open(listen, recorder.registry, str(settings.path))
     _recorder = recorder
