@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from migratio import config, metrics
+from migratio import config, metrics, sidekiq
 from migratio.errors import (
     ConfigError,
     JobConflict,
@@ -409,3 +409,21 @@ def _sites(source: str = SOURCE, dest: str = DESTINATION) -> dict[str, str]:
 def _migration(source: str = SOURCE, dest: str = DESTINATION) -> Any:
     """All a payload meter reads of a migration."""
     return SimpleNamespace(source_site=source, dest_site=dest)
+
+
+def test_the_census_counts_by_state_and_pair_and_the_undelivered_feedback(ledger: Ledger) -> None:
+    first = ledger.create("site-a", "site-b", "image-1")
+    ledger.create("site-a", "site-b", "image-2")
+    ledger.create("site-a", "aws-a", "image-3")
+    ledger.transition(first.id, None, "start", "started by the test")
+    for text in ("one", "two"):
+        ledger.outbox.put(sidekiq.Job("feedback", "Worker", [text], sidekiq.new_jid(), 0.0))
+
+    census = ledger.census()
+
+    assert census.migrations == {
+        ("exporting", "site-a", "site-b"): 1,
+        ("queued", "site-a", "site-b"): 1,
+        ("queued", "site-a", "aws-a"): 1,
+    }
+    assert census.feedback_backlog == 2
