@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 
-from migratio import config, metrics
+from migratio import config
 from migratio.feedback.deliverer import Deliverer
 from migratio.feedback.outbox import Outbox
 from migratio.intake.consumer import WAIT_SECONDS, Consumer
 from migratio.ledger.store import Ledger
+from migratio.metrics import hooks as metrics
 from migratio.redis_link import RedisLink, redacted
 from migratio.supervisor import Supervisor
 

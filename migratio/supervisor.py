@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 
-from migratio import config, faults, metrics
+from migratio import config, faults
 from migratio.cleanup import clean_up
 from migratio.drivers.base import DestinationDriver, DestinationSite, SourceDriver
 from migratio.drivers.registry import Drivers, SiteOpener
@@ -32,6 +32,7 @@ from migratio.errors import (
 )
 from migratio.ledger.store import Ledger, Migration
 from migratio.machine import Trigger, is_terminal
+from migratio.metrics import hooks as metrics
 from migratio.retry import backoff_delay
 from migratio.states import HANDLERS
 from migratio.step import Signals, Step

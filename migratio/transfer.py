@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from migratio import metrics, safety
+from migratio import safety
 from migratio.checksums import Sha512Meter, file_chunks
+from migratio.metrics import hooks as metrics
 from migratio.prefetch import prefetched
 from migratio.step import Step
 
@@ -23,13 +24,13 @@ class StepTransfer:
     def __init__(self, step: Step) -> None:
         self._step = step
         self.meter = Sha512Meter()
+        self._sent = metrics.PayloadMeter(step.migration)
         image = step.source_image
         self.disk_format = step.target_format
         self.sha512 = step.migration.payload_sha512
         self.size: int | None = step.migration.bytes_total
         self.path: Path | None = step.payload_file if step.stages_payload else None
         self._source_id = image.id
-        self._sent = metrics.PayloadMeter(step.migration)
 
     def chunks(self, offset: int = 0) -> Iterator[bytes]:
         """The payload from ``offset``, counted as sent as the destination takes it."""
