@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from migratio import safety
+from migratio import metrics, safety
 from migratio.checksums import Sha512Meter, file_chunks
-from migratio.metrics import hooks as metrics
 from migratio.prefetch import prefetched
 from migratio.step import Step
 

@@ -20,13 +20,12 @@ from functools import partial
 
 from redis.backoff import ExponentialBackoff
 
-from migratio import config, faults
+from migratio import config, faults, metrics
 from migratio.errors import JobConflict, LedgerError, LedgerUnavailable
 from migratio.feedback.outbox import Outbox
 from migratio.intake.jobs import BadJob, parse
 from migratio.intake.reliable_queue import ReliableQueue
 from migratio.ledger.store import JobOutcome, JobRecorded, JobRequest, Ledger
-from migratio.metrics import hooks as metrics
 from migratio.polling import Backoff, poll
 from migratio.redis_link import UNAVAILABLE, RedisLink
 from migratio.text import ascii_line

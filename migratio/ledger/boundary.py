@@ -18,8 +18,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from migratio import metrics
 from migratio.errors import LedgerError, LedgerUnavailable
-from migratio.metrics import hooks as metrics
 from migratio.text import one_line
 
 # Database messages can be long (a statement and its parameters); a log line is not.

@@ -14,11 +14,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from migratio import metrics
 from migratio.ledger.models import MigrationRow
 from migratio.ledger.rows import audit, migration_of, rowcount
 from migratio.ledger.types import Migration, utcnow
 from migratio.machine import ACTIVE
-from migratio.metrics import hooks as metrics
 
 # Due migrations looked at per claim: enough that a few lost races still find one.
 CLAIM_CANDIDATES = 8

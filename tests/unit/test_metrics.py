@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from migratio import config, sidekiq
+from migratio import config, metrics, sidekiq
 from migratio.errors import (
     ConfigError,
     JobConflict,
@@ -32,7 +32,6 @@ from migratio.ledger.census import Census
 from migratio.ledger.models import TransitionRow
 from migratio.ledger.store import JobRequest, Ledger, utcnow
 from migratio.machine import State
-from migratio.metrics import hooks as metrics
 from migratio.metrics.collector import LedgerCollector
 from migratio.metrics.recorder import Recorder
 from tests.support.engine import (
