@@ -140,6 +140,22 @@ class _SiteFile(_Strict):
     site: SiteSettings
 
 
+LISTEN = re.compile(
+    r"^(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})$"
+)
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6 address]:port``) as a host and a port, or ValueError."""
+    match = LISTEN.match(value)
+    if match is None:
+        raise ValueError("must be host:port, like 127.0.0.1:9464 or [::1]:9464")
+    port = int(match["port"])
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is not in 1-65535")
+    return match["ipv6"] or match["host"], port
+
+
 class DaemonConfig(_Strict):
     """The daemon's own configuration (``migratio.yml``)."""
 
@@ -163,6 +179,8 @@ class DaemonConfig(_Strict):
     # Drive migrations; false runs only intake and feedback (a front end for
     # daemons sharing a PostgreSQL ledger).
     migrate: bool = True
+    # Serve Prometheus metrics on http://host:port/metrics; off when unset.
+    metrics_listen: str | None = None
     lease_seconds: float = Field(default=20.0, ge=2)
     poll_seconds: float = Field(default=1.0, gt=0)
     # How often a running transfer records its progress (and checks for a cancel).
@@ -197,6 +215,13 @@ class DaemonConfig(_Strict):
     def _redis(cls, value: str) -> str:
         if not re.match(r"^(redis|rediss|unix)://", value):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            listen_address(value)
         return value
 
     @property

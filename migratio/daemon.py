@@ -20,6 +20,7 @@ from migratio.feedback.deliverer import Deliverer
 from migratio.feedback.outbox import Outbox
 from migratio.intake.consumer import WAIT_SECONDS, Consumer
 from migratio.ledger.store import Ledger
+from migratio.metrics import hooks as metrics
 from migratio.redis_link import RedisLink, redacted
 from migratio.supervisor import Supervisor
 from migratio.systemd import Notifier
@@ -113,6 +114,7 @@ class Daemon:
 
     def run(self, *, until_idle: bool = False) -> None:
         daemon = self.settings.daemon
+        metrics.start(self.settings, self.supervisor.ledger)
         if self.link is not None:
             log.info("redis %s, namespace %r", redacted(self.link.url), daemon.namespace)
         if self.consumer is not None:
@@ -173,3 +175,4 @@ class Daemon:
             self.deliverer.join()
         if self.link is not None:
             self.link.close()
+        metrics.stop()

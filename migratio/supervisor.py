@@ -33,6 +33,7 @@ from migratio.errors import (
 )
 from migratio.ledger.store import Ledger, Migration, utcnow
 from migratio.machine import Trigger, is_terminal
+from migratio.metrics import hooks as metrics
 from migratio.retry import backoff_delay
 from migratio.states import HANDLERS
 from migratio.step import Signals, Step
@@ -239,7 +240,7 @@ class Supervisor:
             # Never hand it straight back: a fault that repeats would be re-claimed
             # at once, forever. The retry schedule spaces the attempts out.
             log.exception("migration %s: unexpected error", migration.id)
-            self._postpone(migration.id, _one_line(exc))
+            self._postpone(migration.id, exc)
 
     def _advance_all(
         self, migration: Migration, sites: ExitStack, log_context: dict[str, str]
@@ -248,6 +249,7 @@ class Supervisor:
             source = self._source(migration.source_site, sites)
             destination = self._destination(migration.dest_site, sites)
         except ConfigError as exc:
+            metrics.failure(exc)
             self._finish(migration, Trigger.FAIL, str(exc), None)
             return
         while True:
@@ -285,14 +287,15 @@ class Supervisor:
             log.info("migration %s: paused in %s for shutdown", migration.id, migration.state)
             self._release(migration.id)
         except PermanentError as exc:
+            metrics.failure(exc)
             self._finish(migration, Trigger.FAIL, _one_line(exc), step.destination)
         except TransientError as exc:
-            self._retry_or_fail(migration, _one_line(exc), step.destination)
+            self._retry_or_fail(migration, _one_line(exc), step.destination, cause=exc)
         except LeaseLost:
             raise
         except Exception as exc:
             log.exception("migration %s: unexpected error in %s", migration.id, migration.state)
-            self._retry_or_fail(migration, _one_line(exc), step.destination)
+            self._retry_or_fail(migration, _one_line(exc), step.destination, cause=exc)
         else:
             faults.point("transition.before_commit", migration.state)
             moved = self.ledger.transition(
@@ -304,6 +307,7 @@ class Supervisor:
                 **advance.fields,
             )
             faults.point("transition.after_commit", migration.state)
+            metrics.transition(migration, moved)
             log.info(
                 "migration %s: %s -> %s: %s",
                 migration.id,
@@ -318,11 +322,17 @@ class Supervisor:
         return False
 
     def _retry_or_fail(
-        self, migration: Migration, reason: str, destination: DestinationSite | None
+        self,
+        migration: Migration,
+        reason: str,
+        destination: DestinationSite | None,
+        *,
+        cause: BaseException,
     ) -> None:
         attempt = migration.attempt + 1
         limit = self.daemon.retry.max_attempts
         if attempt >= limit:
+            metrics.failure(cause)
             self._finish(
                 migration, Trigger.FAIL, f"gave up after {attempt} attempts: {reason}", destination
             )
@@ -337,6 +347,7 @@ class Supervisor:
             delay,
         )
         self.ledger.schedule_retry(migration.id, self.owner, attempt, delay, reason)
+        metrics.retry(cause)
 
     def _finish(
         self,
@@ -347,7 +358,8 @@ class Supervisor:
     ) -> None:
         """Fail or cancel: clean up first, so an ended migration leaves nothing behind."""
         self._clean_up(migration, destination, succeeded=False)
-        self.ledger.transition(migration.id, self.owner, trigger, reason, last_error=reason)
+        ended = self.ledger.transition(migration.id, self.owner, trigger, reason, last_error=reason)
+        metrics.transition(migration, ended)
         log.warning("migration %s: %s: %s", migration.id, trigger.value, reason)
 
     # ---- helpers ---------------------------------------------------------------
@@ -381,13 +393,13 @@ class Supervisor:
             log.warning("cannot open site %s for cleanup: %s", site_id, exc)
             return None
 
-    def _postpone(self, migration_id: str, reason: str) -> None:
+    def _postpone(self, migration_id: str, cause: BaseException) -> None:
         """Schedule the next attempt with backoff; if even that fails, the lease
         simply expires (no sooner than ``lease_seconds``)."""
         try:
             migration = self.ledger.get(migration_id)
             if migration.lease_owner == self.owner and not is_terminal(migration.state):
-                self._retry_or_fail(migration, reason, None)
+                self._retry_or_fail(migration, _one_line(cause), None, cause=cause)
             elif migration.lease_owner == self.owner:
                 self._release(migration_id)
         except Exception as exc:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from migratio import safety
+from migratio import metrics, safety
 from migratio.checksums import Sha512Meter, file_chunks
 from migratio.prefetch import prefetched
 from migratio.step import Step
@@ -23,6 +23,7 @@ class StepTransfer:
     def __init__(self, step: Step) -> None:
         self._step = step
         self.meter = Sha512Meter()
+        self._sent = metrics.PayloadMeter(step.migration)
         image = step.source_image
         self.disk_format = step.target_format
         self.sha512 = step.migration.payload_sha512
@@ -31,6 +32,10 @@ class StepTransfer:
         self._source_id = image.id
 
     def chunks(self, offset: int = 0) -> Iterator[bytes]:
+        """The payload from ``offset``, counted as sent as the destination takes it."""
+        return self._sent.stream(self._payload(offset), offset)
+
+    def _payload(self, offset: int) -> Iterator[bytes]:
         """From offset 0 the stream is hashed, verified and guarded end to end; a
         resumed stream (offset > 0) relies on the destination's own final check."""
         step = self._step
@@ -53,6 +58,7 @@ class StepTransfer:
         return self.meter.hexdigest if self.meter.finished else None
 
     def progress(self, bytes_done: int) -> None:
+        self._sent.reached(bytes_done)
         self._step.checkpoint(bytes_done)
 
     def load_state(self) -> dict[str, Any]:

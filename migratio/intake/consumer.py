@@ -23,7 +23,7 @@ from functools import partial
 
 from redis.backoff import ExponentialBackoff
 
-from migratio import config, faults
+from migratio import config, faults, metrics
 from migratio.errors import JobConflict, LedgerError, LedgerUnavailable
 from migratio.feedback.outbox import Outbox
 from migratio.intake.dead_set import DeadJob, dead_job
@@ -202,6 +202,7 @@ class Consumer:
             )
         for _, problem in bad:
             log.warning("intake: job dead-lettered to %s: %s", self.queue.dead_key, problem.reason)
+        metrics.intake_jobs(recorded, dead=len(bad))
         if any(result.outcome is JobOutcome.CREATED for result in recorded):
             self.on_created()
 

@@ -18,6 +18,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from migratio import metrics
 from migratio.errors import LedgerError, LedgerUnavailable
 from migratio.text import one_line
 
@@ -32,12 +33,18 @@ def translated(conflict: type[LedgerError] = LedgerError) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        reason = one_line(getattr(exc, "orig", None) or exc, REASON_CHARS)
-        if _unreachable(exc):
-            raise LedgerUnavailable(f"ledger unavailable: {reason}", reason) from exc
-        if isinstance(exc, IntegrityError):
-            raise conflict(f"ledger error: {reason}", reason) from exc
-        raise LedgerError(f"ledger error: {reason}", reason) from exc
+        error = _typed(exc, conflict)
+        metrics.ledger_error(error)
+        raise error from exc
+
+
+def _typed(exc: SQLAlchemyError, conflict: type[LedgerError]) -> LedgerError:
+    reason = one_line(getattr(exc, "orig", None) or exc, REASON_CHARS)
+    if _unreachable(exc):
+        return LedgerUnavailable(f"ledger unavailable: {reason}", reason)
+    if isinstance(exc, IntegrityError):
+        return conflict(f"ledger error: {reason}", reason)
+    return LedgerError(f"ledger error: {reason}", reason)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from migratio import metrics
 from migratio.ledger.models import MigrationRow
 from migratio.ledger.rows import audit, migration_of, rowcount
 from migratio.ledger.types import Migration, utcnow
@@ -50,6 +51,7 @@ def claim(
         if previous_owner and previous_owner != owner:
             note = f"taken over from {previous_owner} after its lease expired"
             session.add(audit(row.id, row.state, row.state, now, note))
+            metrics.lease_taken_over()
         return migration_of(row)
     return None
 

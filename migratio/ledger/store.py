@@ -18,9 +18,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from migratio.errors import JobConflict, LedgerError
-from migratio.ledger import artifacts, leases, reads, writes
+from migratio.ledger import artifacts, census, leases, reads, writes
 from migratio.ledger import jobs as intake_jobs
 from migratio.ledger.boundary import reading, transaction
+from migratio.ledger.census import Census
 from migratio.ledger.database import open_engine
 from migratio.ledger.outbox import OutboxTable
 from migratio.ledger.types import (
@@ -299,3 +300,8 @@ class Ledger:
         """Delete a migration and its history (tests and operators cleaning up)."""
         with self._tx() as session:
             writes.purge(session, migration_id)
+
+    def census(self) -> Census:
+        """Migrations by state and pair of sites, and the feedback backlog (for metrics)."""
+        with self._read() as session:
+            return census.take(session)
