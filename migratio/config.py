@@ -8,119 +8,48 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from migratio.config_path import CONFIG_ENV, DEFAULT_CONFIG_PATH, config_path
 from migratio.errors import ConfigError
+from migratio.site_settings import (
+    AwsSite,
+    OpenStackSite,
+    OpenStackSshSite,
+    SiteSettings,
+    Strict,
+)
 
-__all__ = ["CONFIG_ENV", "DEFAULT_CONFIG_PATH", "config_path"]  # re-exported for callers
+# Re-exported: callers know them as config.<name>.
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG_PATH",
+    "AwsSite",
+    "OpenStackSite",
+    "OpenStackSshSite",
+    "SiteSettings",
+    "config_path",
+]
 M = TypeVar("M", bound=BaseModel)
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RetryPolicy(_Strict):
+class RetryPolicy(Strict):
     """How transient errors are retried: exponential backoff with full jitter."""
 
     max_attempts: int = Field(default=6, ge=1)
     base_delay: float = Field(default=2.0, gt=0)
     max_delay: float = Field(default=300.0, gt=0)
 
-
-class _DiskFormatChoice(_Strict):
-    """A destination that may require a disk format (``keep``: the source's)."""
-
-    disk_format: Literal["keep", "raw", "qcow2"] = "keep"
-
-    @property
-    def required_disk_format(self) -> str | None:
-        return None if self.disk_format == "keep" else self.disk_format
-
-
-class OpenStackSite(_DiskFormatChoice):
-    """A site reached through its Image API (Glance v2): a source and a destination."""
-
-    can_be_source: ClassVar[bool] = True
-    type: Literal["openstack"]
-    cloud: str = Field(min_length=1)
-    timeout: float = Field(default=60.0, gt=0)
-
-
-class OpenStackSshSite(_DiskFormatChoice):
-    """An OpenStack site reached by SSH to an external host that runs the ``openstack`` CLI.
-
-    Host keys are always verified against ``known_hosts``; an unknown key is
-    accepted (and recorded) only when the operator sets ``accept_unknown_host_key``.
-    A destination only.
-    """
-
-    can_be_source: ClassVar[bool] = False
-    type: Literal["openstack-ssh"]
-    host: str = Field(min_length=1)
-    port: int = Field(default=22, ge=1, le=65535)
-    user: str = Field(min_length=1)
-    key_file: Path
-    known_hosts: Path
-    accept_unknown_host_key: bool = False
-    cloud: str = Field(min_length=1)
-    staging_dir: str = "migratio-staging"  # on the external host, relative to its home
-    openstack_command: str = "openstack"
-    timeout: float = Field(default=60.0, gt=0)
-
-
-AWS_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
-
-
-class AwsSite(_Strict):
-    """An AWS region; an image becomes an AMI. Credentials come from boto3's
-    default chain or a named ``profile``, never from this file. A destination only."""
-
-    can_be_source: ClassVar[bool] = False
-    type: Literal["aws"]
-    region: str
-    profile: str | None = None
-    endpoint_url: str | None = None
-    method: Literal["ebs-direct", "import-snapshot"] = "ebs-direct"
-    bucket: str | None = None
-    workers: int = Field(default=16, ge=1, le=128)
-    timeout: float = Field(default=60.0, gt=0)
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, value: str) -> str:
-        if not AWS_REGION.match(value):
-            raise ValueError(f"{value!r} is not an AWS region name (like eu-west-1)")
-        return value
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError("must be an http(s) URL")
-        return value
-
-    @model_validator(mode="after")
-    def _bucket_for_import(self) -> AwsSite:
-        if self.method == "import-snapshot" and not self.bucket:
-            raise ValueError("import-snapshot needs an S3 'bucket'")
-        return self
-
-
-SiteSettings = Annotated[OpenStackSite | OpenStackSshSite | AwsSite, Field(discriminator="type")]
 
 # Keys that would put secrets into migratio's own files: refused with a pointer
 # to where credentials belong.
@@ -129,14 +58,14 @@ SECRET_KEYS = frozenset(
 )
 
 
-class Site(_Strict):
+class Site(Strict):
     """A site as the daemon knows it: its id (the file name) and its settings."""
 
     id: str
     settings: SiteSettings
 
 
-class _SiteFile(_Strict):
+class _SiteFile(Strict):
     site: SiteSettings
 
 
@@ -156,7 +85,7 @@ def listen_address(value: str) -> tuple[str, int]:
     return match["ipv6"] or match["host"], port
 
 
-class DaemonConfig(_Strict):
+class DaemonConfig(Strict):
     """The daemon's own configuration (``migratio.yml``)."""
 
     name: str

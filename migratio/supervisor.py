@@ -19,7 +19,6 @@ from contextlib import ExitStack
 from datetime import timedelta
 
 from migratio import config, faults, logs
-from migratio.cleanup import clean_up
 from migratio.drivers.base import DestinationDriver, DestinationSite, SourceDriver
 from migratio.drivers.registry import Drivers, SiteOpener
 from migratio.errors import (
@@ -31,6 +30,7 @@ from migratio.errors import (
     ShuttingDown,
     TransientError,
 )
+from migratio.janitor import Janitor
 from migratio.ledger.store import Ledger, Migration, utcnow
 from migratio.machine import Trigger, is_terminal
 from migratio.metrics import hooks as metrics
@@ -74,6 +74,7 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self.signals = Signals()
         self._sites = site_opener or Drivers()
+        self.janitor = Janitor(ledger, lambda: self.settings, self._sites.destination)
         self._running: dict[str, Future[None]] = {}
         self._lock = threading.Lock()  # _running is read by the heartbeat thread
         self._wake = threading.Event()
@@ -146,14 +147,8 @@ class Supervisor:
         log.info("supervisor %s stopped", self.owner)
 
     def sweep(self, between: Callable[[], None] = lambda: None) -> None:
-        """Finish cleanups of ended migrations: interrupted by a crash, or waiting
-        for a retry after a removal failed (a destination that was down)."""
-        for migration_id in self.ledger.unsettled_terminal():
-            between()
-            migration = self.ledger.get(migration_id)
-            with ExitStack() as stack:
-                destination = self._destination_or_none(migration.dest_site, stack)
-                self._clean_up(migration, destination, succeeded=migration.state == "done")
+        """Finish cleanups of ended migrations that are due (see ``Janitor``)."""
+        self.janitor.sweep(between)
 
     def end_now(self, migration_id: str, trigger: Trigger, reason: str) -> bool:
         """Fail or cancel a migration no daemon holds; False if one does."""
@@ -162,7 +157,7 @@ class Supervisor:
         migration = self.ledger.get(migration_id)
         try:
             with ExitStack() as stack:
-                destination = self._destination_or_none(migration.dest_site, stack)
+                destination = self.janitor.destination_or_none(migration.dest_site, stack)
                 self._finish(migration, trigger, reason, destination)
         finally:
             self._release(migration_id)
@@ -316,7 +311,7 @@ class Supervisor:
                 advance.message,
             )
             if is_terminal(moved.state):
-                self._clean_up(moved, step.destination, succeeded=True)
+                self.janitor.clean_up(moved, step.destination, succeeded=True)
                 return False
             return True
         return False
@@ -357,24 +352,12 @@ class Supervisor:
         destination: DestinationSite | None,
     ) -> None:
         """Fail or cancel: clean up first, so an ended migration leaves nothing behind."""
-        self._clean_up(migration, destination, succeeded=False)
+        self.janitor.clean_up(migration, destination, succeeded=False)
         ended = self.ledger.transition(migration.id, self.owner, trigger, reason, last_error=reason)
         metrics.transition(migration, ended)
         log.warning("migration %s: %s: %s", migration.id, trigger.value, reason)
 
     # ---- helpers ---------------------------------------------------------------
-
-    def _clean_up(
-        self, migration: Migration, destination: DestinationSite | None, *, succeeded: bool
-    ) -> None:
-        clean_up(
-            self.ledger,
-            migration,
-            destination,
-            self.daemon.work_dir,
-            succeeded=succeeded,
-            policy=self.daemon.retry,
-        )
 
     def _source(self, site_id: str, stack: ExitStack) -> SourceDriver:
         site = self._sites.source(self.settings.site(site_id))
@@ -385,13 +368,6 @@ class Supervisor:
         site = self._sites.destination(self.settings.site(site_id))
         stack.callback(site.close)
         return site
-
-    def _destination_or_none(self, site_id: str, stack: ExitStack) -> DestinationDriver | None:
-        try:
-            return self._destination(site_id, stack)
-        except ConfigError as exc:
-            log.warning("cannot open site %s for cleanup: %s", site_id, exc)
-            return None
 
     def _postpone(self, migration_id: str, cause: BaseException) -> None:
         """Schedule the next attempt with backoff; if even that fails, the lease

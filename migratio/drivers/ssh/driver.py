@@ -36,6 +36,7 @@ from migratio.drivers.ssh.staging import Staged, StagingArea
 from migratio.errors import IntegrityError, NotFound, PermanentError, TransientError
 
 STAGING_PREFIX = "staging:"
+STAGING_RECORD = re.compile(rf"{STAGING_PREFIX}(?P<migration>.*)", re.S)
 MIGRATION_ID_FORMAT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
@@ -208,9 +209,9 @@ def _staging_record(migration_id: str, staged: Staged) -> DestinationImage:
 
 
 def _staging_migration(record_id: str) -> str | None:
-    if not record_id.startswith(STAGING_PREFIX):
-        return None
-    return _checked_migration(record_id[len(STAGING_PREFIX) :])
+    """The migration a ``staging:<migration id>`` record belongs to; None for a Glance id."""
+    parsed = STAGING_RECORD.fullmatch(record_id)
+    return None if parsed is None else _checked_migration(parsed["migration"])
 
 
 def _checked_migration(migration_id: str) -> str:
