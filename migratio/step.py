@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from migratio import faults
+from migratio import faults, stall
 from migratio.drivers.base import DestinationSite, ImageStatus, SourceImage, SourceSite
 from migratio.errors import CancelRequested, LeaseLost, ShuttingDown
 from migratio.ledger.store import ArtifactStatus, Ledger, Migration
@@ -56,6 +56,7 @@ class Step:
         work_dir: Path,
         signals: Signals,
         progress_seconds: float = PROGRESS_INTERVAL_SECONDS,
+        stall_seconds: float = stall.STALL_SECONDS,
     ) -> None:
         self.migration = migration
         self.ledger = ledger
@@ -66,6 +67,10 @@ class Step:
         self.signals = signals
         self._progress_seconds = progress_seconds
         self._last_progress = 0.0
+        # Transfers run under ``watchdog.watching()``; checkpoints feed it.
+        self.watchdog = stall.Watchdog(
+            stall_seconds, f"migration {migration.id}", (source, destination)
+        )
 
     @property
     def source_image(self) -> SourceImage:
@@ -127,6 +132,7 @@ class Step:
         if self.signals.shutting_down.is_set():
             raise ShuttingDown("daemon stopping")
         if bytes_done is not None:
+            self.watchdog.saw(bytes_done)
             faults.point("transfer.bytes", amount=bytes_done)
         now = time.monotonic()
         if bytes_done is not None and (
