@@ -114,6 +114,13 @@ class DaemonConfig(Strict):
     poll_seconds: float = Field(default=1.0, gt=0)
     # How often a running transfer records its progress (and checks for a cancel).
     progress_seconds: float = Field(default=1.0, gt=0)
+    # A transfer that moves no byte for this long is aborted (its connections
+    # cut) and retried as a transient error ("stalled: no progress for N s").
+    stall_seconds: float = Field(default=120.0, gt=0)
+    # Redis: seconds to connect, and to wait for any answer (on top of the
+    # wait a blocking command asks for).
+    redis_connect_timeout: float = Field(default=5.0, gt=0)
+    redis_timeout: float = Field(default=10.0, gt=0)
     retry: RetryPolicy = RetryPolicy()
     # migratio's own loggers.
     log_level: LogLevel = "INFO"

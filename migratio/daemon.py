@@ -45,7 +45,11 @@ class Daemon:
         self.consumer: Consumer | None = None
         self.deliverer: Deliverer | None = None
         if daemon.intake or daemon.feedback:
-            self.link = RedisLink(daemon.redis_url, read_timeout=WAIT_SECONDS + 9)
+            self.link = RedisLink(
+                daemon.redis_url,
+                read_timeout=WAIT_SECONDS + daemon.redis_timeout,
+                connect_timeout=daemon.redis_connect_timeout,
+            )
         outbox = Outbox(ledger) if daemon.feedback else None
         if daemon.intake and self.link is not None:
             self.consumer = Consumer(

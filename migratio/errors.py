@@ -62,6 +62,11 @@ class TransientError(MigrationError):
     """Worth retrying later: connection refused, timeouts, HTTP 5xx."""
 
 
+class Stalled(TransientError):
+    """A transfer moved nothing for ``stall_seconds``; it was aborted (its connections
+    cut) and is retried like any transient error, resuming where the ledger says."""
+
+
 class WorkDirFull(TransientError):
     """The work dir ran out of space (or quota) while writing; space may free up."""
 

@@ -71,7 +71,11 @@ def submit_via_redis(
 
     from migratio.redis_link import redacted
 
-    client = redis.Redis.from_url(daemon.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    client = redis.Redis.from_url(
+        daemon.redis_url,
+        socket_connect_timeout=daemon.redis_connect_timeout,
+        socket_timeout=daemon.redis_timeout,
+    )
     try:
         sidekiq.push_payloads(client, daemon.namespace, [(queue, job)])
     except redis.RedisError as exc:

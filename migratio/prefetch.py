@@ -8,12 +8,19 @@ bounded queue keeps memory flat: at most ``depth`` chunks are in flight.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Final
 
+log = logging.getLogger(__name__)
+
 _END: Final = object()
+# How long the consumer waits, when it stops, for the reader to notice. A reader
+# blocked in a source's socket ends once the stall watchdog cuts it; past this,
+# the consumer goes on rather than hang with it (the thread is a daemon).
+JOIN_SECONDS = 30.0
 
 
 class _Failure:
@@ -52,7 +59,11 @@ def prefetched(chunks: Iterable[bytes], depth: int = 8) -> Iterator[bytes]:
             yield item
     finally:
         stop.set()
-        reader.join()
+        reader.join(JOIN_SECONDS)
+        if reader.is_alive():
+            log.warning(
+                "prefetch reader still blocked %.0f s after its consumer stopped", JOIN_SECONDS
+            )
 
 
 def _put(buffer: queue.Queue[object], item: object, stop: threading.Event) -> bool:

@@ -42,15 +42,23 @@ def redacted(url: str) -> str:
 class RedisLink:
     """A Redis client plus the outage state of the server behind it.
 
-    ``read_timeout`` must exceed the longest blocking command (BLMOVE) callers send.
+    ``read_timeout`` (every read and write) must exceed the longest blocking
+    command (BLMOVE) callers send; ``connect_timeout`` bounds connecting.
     Backoff: exponential with jitter from 0.2 s up to ``max_backoff`` s.
     """
 
-    def __init__(self, url: str, *, read_timeout: float = 10.0, max_backoff: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        read_timeout: float = 10.0,
+        connect_timeout: float = 2.0,
+        max_backoff: float = 5.0,
+    ) -> None:
         self.url = url
         self.client = redis.Redis.from_url(
             url,
-            socket_connect_timeout=2.0,
+            socket_connect_timeout=connect_timeout,
             socket_timeout=read_timeout,
             retry=Retry(ExponentialWithJitterBackoff(), 0),
             health_check_interval=30,

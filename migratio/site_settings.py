@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -28,16 +28,39 @@ class _DiskFormatChoice(Strict):
         return None if self.disk_format == "keep" else self.disk_format
 
 
-class OpenStackSite(_DiskFormatChoice):
+class _SiteTimeouts(Strict):
+    """Socket timeouts of every call to a site.
+
+    connect_timeout: seconds to open a connection (TCP, and TLS or SSH's
+        banner where there is one).
+    read_timeout: seconds any one read or write on an open connection may wait;
+        not a whole transfer (a transfer that stops moving is ``stall_seconds``'s).
+    timeout: the default of both; also what a whole call or remote command may
+        take where the site type says so.
+    """
+
+    timeout: float = Field(default=60.0, gt=0)
+    connect_timeout: float = Field(default=60.0, gt=0)
+    read_timeout: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_to_timeout(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "timeout" in data:
+            timeout = data["timeout"]
+            data = {"connect_timeout": timeout, "read_timeout": timeout, **data}
+        return data
+
+
+class OpenStackSite(_DiskFormatChoice, _SiteTimeouts):
     """A site reached through its Image API (Glance v2): a source and a destination."""
 
     can_be_source: ClassVar[bool] = True
     type: Literal["openstack"]
     cloud: str = Field(min_length=1)
-    timeout: float = Field(default=60.0, gt=0)
 
 
-class OpenStackSshSite(_DiskFormatChoice):
+class OpenStackSshSite(_DiskFormatChoice, _SiteTimeouts):
     """An OpenStack site reached by SSH to an external host that runs the ``openstack`` CLI.
 
     Host keys are always verified against ``known_hosts``; an unknown key is
@@ -56,13 +79,12 @@ class OpenStackSshSite(_DiskFormatChoice):
     cloud: str = Field(min_length=1)
     staging_dir: str = "migratio-staging"  # on the external host, relative to its home
     openstack_command: str = "openstack"
-    timeout: float = Field(default=60.0, gt=0)
 
 
 AWS_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
 
 
-class AwsSite(Strict):
+class AwsSite(_SiteTimeouts):
     """An AWS region; an image becomes an AMI. Credentials come from boto3's
     default chain or a named ``profile``, never from this file. A destination only."""
 
@@ -74,7 +96,10 @@ class AwsSite(Strict):
     method: Literal["ebs-direct", "import-snapshot"] = "ebs-direct"
     bucket: str | None = None
     workers: int = Field(default=16, ge=1, le=128)
-    timeout: float = Field(default=60.0, gt=0)
+    # Attempts botocore makes at one request (1: its retries off). AWS asks
+    # clients of the EBS direct APIs to retry throttled blocks; longer trouble
+    # is the retry policy's.
+    request_attempts: int = Field(default=3, ge=1, le=10)
 
     @field_validator("region")
     @classmethod

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from migratio import faults
+from migratio import faults, stall
 from migratio.drivers.base import DestinationSite, ImageStatus, SourceImage, SourceSite
 from migratio.errors import CancelRequested, LeaseLost, ShuttingDown
 from migratio.feedback.progress import ProgressPacer
@@ -59,6 +59,7 @@ class Step:
         signals: Signals,
         progress_seconds: float = PROGRESS_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        stall_seconds: float = stall.STALL_SECONDS,
     ) -> None:
         self.migration = migration
         self.ledger = ledger
@@ -71,6 +72,10 @@ class Step:
         self._last_progress = 0.0
         self._clock = clock
         self._pacer = ProgressPacer()
+        # Transfers run under ``watchdog.watching()``; checkpoints feed it.
+        self.watchdog = stall.Watchdog(
+            stall_seconds, f"migration {migration.id}", (source, destination)
+        )
 
     @property
     def source_image(self) -> SourceImage:
@@ -134,6 +139,7 @@ class Step:
             raise ShuttingDown("daemon stopping")
         if bytes_done is None:
             return
+        self.watchdog.saw(bytes_done)
         faults.point("transfer.bytes", amount=bytes_done)
         now = self._clock()
         rate = None

@@ -264,6 +264,7 @@ class Supervisor:
                 work_dir=self.daemon.work_dir,
                 signals=self.signals,
                 progress_seconds=self.daemon.progress_seconds,
+                stall_seconds=self.daemon.stall_seconds,
             )
             if not self._advance_one(step):
                 return

@@ -7,7 +7,8 @@ matched, so a destination never completes an unsafe or corrupt upload.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ class StepTransfer:
         self.size: int | None = step.migration.bytes_total
         self.path: Path | None = step.payload_file if step.stages_payload else None
         self._source_id = image.id
+        self._streams: list[Generator[bytes, None, None]] = []
 
     def chunks(self, offset: int = 0) -> Iterator[bytes]:
         """The payload from ``offset``, counted as sent as the destination takes it."""
@@ -38,6 +40,19 @@ class StepTransfer:
     def _payload(self, offset: int) -> Iterator[bytes]:
         """From offset 0 the stream is hashed, verified and guarded end to end; a
         resumed stream (offset > 0) relies on the destination's own final check."""
+        stream = self._stream(offset)
+        self._streams.append(stream)
+        return stream
+
+    def close(self) -> None:
+        """End every stream handed out, now rather than whenever it is collected:
+        the source's response is closed and the read-ahead thread stopped."""
+        streams, self._streams = self._streams, []
+        for stream in streams:
+            with suppress(ValueError):  # still running in another thread: it ends there
+                stream.close()
+
+    def _stream(self, offset: int) -> Generator[bytes, None, None]:
         step = self._step
         what = f"payload of migration {step.migration.id}"
         if step.stages_payload:
@@ -50,7 +65,9 @@ class StepTransfer:
         if offset:
             return self._step.tracked(prefetched(chunks), start=offset)
         checked = self.meter.verifying(chunks, self.sha512, what)
-        return safety.guard_stream(self._step.tracked(prefetched(checked)), self.disk_format)
+        # Tracked last: progress (and the stall watchdog) counts what the destination
+        # took, not what the guard holds back for its verdict.
+        return self._step.tracked(safety.guard_stream(prefetched(checked), self.disk_format))
 
     @property
     def sent_sha512(self) -> str | None:

@@ -254,6 +254,12 @@ class Site(Protocol):
         """Release connections."""
         ...
 
+    def abort(self) -> None:
+        """Cut every open connection now, from another thread, so that a call
+        blocked on a silent peer returns with an error (the stall watchdog's
+        hook). Never blocks; the driver stays usable."""
+        ...
+
 
 class SourceDriver(SourceSite, Site, Protocol):
     """A driver of a site images can be read from."""

@@ -23,6 +23,20 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # The execution option that marks a transaction as only reading.
 READ_ONLY = "migratio_read_only"
+# PostgreSQL: how long to wait for a connection (libpq's connect_timeout, s), for
+# any one statement (statement_timeout, ms: a lease must not wait behind a hung
+# query), and for sent data to be acknowledged (tcp_user_timeout, ms); keepalives
+# find a server that vanished while we wait for an answer. A parameter the URL
+# sets itself (``?connect_timeout=5``, ``?options=-c statement_timeout=30000``) wins.
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "tcp_user_timeout": 30_000,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+POSTGRES_STATEMENT_TIMEOUT_MS = 60_000
 # The newest schema revision (migrations_db/versions): read-only commands compare
 # the ledger's with it without loading Alembic (a quarter of a second).
 # tests/unit/test_ledger.py checks it against Alembic's own head.
@@ -95,7 +109,25 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _tune_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        connect_args=postgres_connect_args(dict(parsed.query)),
+    )
+
+
+def postgres_connect_args(query: dict[str, Any]) -> dict[str, Any]:
+    """The timeouts (``POSTGRES_CONNECT_ARGS``) the URL's own ``query`` leaves unset."""
+    args = {key: value for key, value in POSTGRES_CONNECT_ARGS.items() if key not in query}
+    options = query.get("options") or ""
+    if isinstance(options, tuple):
+        options = " ".join(options)
+    if "statement_timeout" not in options:
+        # connect_args replace the URL's own options: keep them, add ours.
+        args["options"] = f"{options} -c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_MS}".strip()
+    return args
 
 
 def _tune_sqlite(engine: Engine) -> None:

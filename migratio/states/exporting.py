@@ -39,7 +39,7 @@ def run(step: Step) -> Advance:
         detected = safety.check_file(staged, image.disk_format)
         where = f"staged as {staged.name}"
     else:
-        with step.source.read(image.id) as chunks:
+        with step.watchdog.watching(), step.source.read(image.id) as chunks:
             detected = safety.probe_stream(chunks, image.disk_format)
         where = "to be streamed"
     return Advance(
@@ -83,6 +83,7 @@ def stage(step: Step, image: SourceImage) -> Path:
     step.add_artifact("file", str(partial))
     step.add_artifact("file", str(final))
     with (
+        step.watchdog.watching(),
         filling(partial, image.size),
         step.source.read(image.id) as chunks,
         partial.open("wb") as out,

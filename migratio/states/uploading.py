@@ -7,6 +7,8 @@ finds it rather than creating a second one. What the destination needs to resume
 
 from __future__ import annotations
 
+from contextlib import closing
+
 from migratio.drivers.base import DestinationImage, RecordSpec, RecordStatus
 from migratio.errors import IntegrityError
 from migratio.machine import Trigger
@@ -25,7 +27,8 @@ def run(step: Step) -> Advance:
     if record is None:
         record = _create_record(step)
     transfer = StepTransfer(step)
-    verified = step.destination.receive(record.id, transfer)
+    with step.watchdog.watching(), closing(transfer):
+        verified = step.destination.receive(record.id, transfer)
     # What left the engine, checked in flight (or known since converting): a site
     # that reports holding other bytes (a storage fault) must not pass as done.
     expected = transfer.sent_sha512 or step.migration.payload_sha512

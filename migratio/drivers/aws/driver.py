@@ -46,7 +46,8 @@ class AwsSiteDriver:
     site_id: the site's id, named in every error message.
     settings: region, credentials by ``profile`` or boto3's default chain,
         ``endpoint_url`` for emulators, ``method`` (ebs-direct or
-        import-snapshot), ``bucket`` (import-snapshot), ``workers`` and ``timeout``.
+        import-snapshot), ``bucket`` (import-snapshot), ``workers``, the socket
+        timeouts and ``timeout`` (how long ``register`` waits for an AMI).
     clients: already made connections (tests, tools); by default made on first use.
     """
 
@@ -154,6 +155,9 @@ class AwsSiteDriver:
 
     def close(self) -> None:
         self.clients.close()
+
+    def abort(self) -> None:
+        self.clients.abort()
 
     def _ref(self, record_id: str) -> RecordRef:
         return parse_record(self.site_id, record_id)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from migratio import stall
 from migratio.drivers.aws.blocks import (
     BLOCK_SIZE,
     Block,
@@ -223,7 +224,9 @@ class SnapshotWriter:
                 )
             return None
 
-        poll(completed, COMPLETION_BACKOFF, between=lambda: transfer.progress(size))
+        # Minutes with no byte moving, each poll bounded by the read timeout.
+        with stall.waiting():
+            poll(completed, COMPLETION_BACKOFF, between=lambda: transfer.progress(size))
 
     def _explain_dead_snapshot(self, snapshot_id: str) -> None:
         """A snapshot that timed out (no write for its Timeout) refuses every block:

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from migratio import qemu
+from migratio import qemu, stall
 from migratio.drivers.aws.errors import translated
 from migratio.drivers.aws.multipart import MultipartUpload
 from migratio.drivers.aws.records import RecordRef, SnapshotRef, StagedObjectRef
@@ -159,11 +159,13 @@ class ImportTasks:
     def wait(self, task_id: str, transfer: Transfer, size: int) -> str:
         """The id of the snapshot the task made, once it has; PermanentError with
         AWS's message when the task fails."""
-        snapshot_id = poll(
-            lambda: self._snapshot_made(task_id),
-            TASK_BACKOFF,
-            between=lambda: transfer.progress(size),
-        )
+        # Minutes with no byte moving, each poll bounded by the read timeout.
+        with stall.waiting():
+            snapshot_id = poll(
+                lambda: self._snapshot_made(task_id),
+                TASK_BACKOFF,
+                between=lambda: transfer.progress(size),
+            )
         assert snapshot_id is not None  # no deadline: poll returns only with an answer
         return snapshot_id
 

@@ -18,19 +18,21 @@ import botocore.config
 from migratio import __version__
 from migratio.config import AwsSite
 from migratio.drivers.aws.errors import translated
-
-# botocore's "standard" retries (with backoff) cover throttling and 5xx of one
-# request, which AWS asks every client of the EBS direct APIs to retry; every
-# call made here is safe to repeat. Longer outages are migratio's retry policy's.
-REQUEST_ATTEMPTS = 3
+from migratio.live_sockets import LiveSockets, track_pools
 
 
 class AwsClients:
     """The clients of one site; ``ec2``, ``ebs`` and ``s3`` connect lazily.
 
     site_id: named in error messages.
-    settings: region, profile, endpoint_url (emulators), timeout per socket
-        operation and ``workers`` (the connection pool holds one per upload thread).
+    settings: region, profile, endpoint_url (emulators), ``connect_timeout`` and
+        ``read_timeout`` per socket operation, ``request_attempts`` (botocore's
+        "standard" retries, with backoff, of throttling and 5xx of one request,
+        which AWS asks every client of the EBS direct APIs to retry; every call
+        made here is safe to repeat; longer outages are migratio's retry
+        policy's) and ``workers`` (the connection pool holds one per upload thread).
+
+    Every socket the clients open is tracked, so ``abort`` can cut them.
     """
 
     def __init__(self, site_id: str, settings: AwsSite) -> None:
@@ -39,6 +41,7 @@ class AwsClients:
         self._lock = threading.Lock()
         self._session: boto3.session.Session | None = None
         self._clients: dict[str, Any] = {}
+        self.sockets = LiveSockets()
 
     @property
     def ec2(self) -> Any:
@@ -59,6 +62,10 @@ class AwsClients:
         for client in clients.values():
             client.close()
 
+    def abort(self) -> None:
+        """Cut every open connection (any thread; never blocks)."""
+        self.sockets.cut()
+
     def _client(self, service: str) -> Any:
         with self._lock:
             client = self._clients.get(service)
@@ -74,6 +81,8 @@ class AwsClients:
                         endpoint_url=self.settings.endpoint_url,
                         config=self._config(service),
                     )
+                # botocore's pools (one dict per client, shared with its proxy pools).
+                track_pools(client._endpoint.http_session._pool_classes_by_scheme, self.sockets)
                 self._clients[service] = client
             return client
 
@@ -81,9 +90,9 @@ class AwsClients:
         settings = self.settings
         options: dict[str, Any] = {
             "region_name": settings.region,
-            "connect_timeout": settings.timeout,
-            "read_timeout": settings.timeout,
-            "retries": {"mode": "standard", "total_max_attempts": REQUEST_ATTEMPTS},
+            "connect_timeout": settings.connect_timeout,
+            "read_timeout": settings.read_timeout,
+            "retries": {"mode": "standard", "total_max_attempts": settings.request_attempts},
             "max_pool_connections": settings.workers + 4,
             "user_agent_extra": f"migratio/{__version__}",
         }

@@ -37,8 +37,8 @@ class OpenStackSiteDriver(StreamedGlanceDestination):
 
     site_id: the site's id, named in every error message.
     settings: ``cloud`` is the clouds.yaml entry (found the OpenStack way, e.g.
-        ``OS_CLIENT_CONFIG_FILE``); ``timeout`` bounds each socket operation, not a
-        whole transfer, so large images are fine.
+        ``OS_CLIENT_CONFIG_FILE``); ``connect_timeout``/``read_timeout`` bound each
+        socket operation, not a whole transfer, so large images are fine.
     connection: an already open connection (tests, tools); by default one is opened
         on first use, so a driver for an unreachable site can still be built.
     """
@@ -175,6 +175,9 @@ class OpenStackSiteDriver(StreamedGlanceDestination):
 
     def close(self) -> None:
         self.api.close()
+
+    def abort(self) -> None:
+        self.api.abort()
 
     def _not_found(self, image_id: str) -> ImageNotFound:
         return ImageNotFound(f"site {self.site_id}: image {image_id} does not exist")

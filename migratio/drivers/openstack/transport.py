@@ -22,6 +22,7 @@ from migratio.config import OpenStackSite
 from migratio.drivers.openstack.errors import error_for_response, message, translated
 from migratio.drivers.openstack.mapping import IMAGE_ID
 from migratio.errors import NotFound, PermanentError
+from migratio.live_sockets import LiveSockets, track_pools
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,12 @@ class GlanceApi:
     """The Image API of one site; every request made by the driver goes through here.
 
     site_id: named in every error message.
-    settings: ``cloud`` is the clouds.yaml entry; ``timeout`` bounds each socket
-        operation, not a whole transfer.
+    settings: ``cloud`` is the clouds.yaml entry; ``connect_timeout`` and
+        ``read_timeout`` bound each connect and each socket read or write (of
+        Keystone's and Glance's requests alike), not a whole transfer.
     connection: an already open connection; by default one is opened on first use.
+
+    Every socket it opens is tracked, so ``abort`` can cut them from another thread.
     """
 
     def __init__(
@@ -52,8 +56,9 @@ class GlanceApi:
     ) -> None:
         self.site_id = site_id
         self.settings = settings
-        self._connection = connection
         self._lock = threading.Lock()
+        self.sockets = LiveSockets()
+        self._connection = self._prepared(connection) if connection is not None else None
 
     def request(self, method: str, path: str, action: str, **kwargs: Any) -> requests.Response:
         """One request; transport failures and error statuses become typed errors.
@@ -64,7 +69,12 @@ class GlanceApi:
         """
         with translated(self.site_id, action):
             response: requests.Response = self._proxy().request(
-                path, method, connect_retries=0, status_code_retries=0, **kwargs
+                path,
+                method,
+                connect_retries=0,
+                status_code_retries=0,
+                timeout=self._timeouts,
+                **kwargs,
             )
         if response.status_code >= 400:
             try:
@@ -140,13 +150,40 @@ class GlanceApi:
         if connection is not None:
             connection.close()
 
+    def abort(self) -> None:
+        """Cut every open connection (any thread; never blocks)."""
+        cut = self.sockets.cut()
+        log.debug("site %s: cut %d connections", self.site_id, cut)
+
+    @property
+    def _timeouts(self) -> tuple[float, float]:
+        return (self.settings.connect_timeout, self.settings.read_timeout)
+
+    def _prepared(
+        self, connection: openstack.connection.Connection
+    ) -> openstack.connection.Connection:
+        """Keystone's requests and version discovery go through the connection's
+        keystoneauth session, not the image proxy: give it both timeouts too, and
+        track the sockets of its HTTP pools."""
+        session: Any = connection.session
+        session.timeout = self._timeouts  # keystoneauth hands it to requests as is
+        adapters: list[Any] = list(session.session.adapters.values())
+        for adapter in {id(adapter): adapter for adapter in adapters}.values():
+            manager = adapter.poolmanager
+            # A copy: urllib3's PoolManager starts with a module-level dict.
+            manager.pool_classes_by_scheme = dict(manager.pool_classes_by_scheme)
+            track_pools(manager.pool_classes_by_scheme, self.sockets)
+        return connection
+
     def _proxy(self) -> Any:
         """The image proxy; the connection is opened once, on first use."""
         with self._lock:
             if self._connection is None:
                 log.debug("site %s: opening cloud %r", self.site_id, self.settings.cloud)
-                self._connection = openstack.connect(
-                    cloud=self.settings.cloud, api_timeout=self.settings.timeout
+                self._connection = self._prepared(
+                    openstack.connect(
+                        cloud=self.settings.cloud, api_timeout=self.settings.read_timeout
+                    )
                 )
             return self._connection.image
 

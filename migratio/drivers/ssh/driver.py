@@ -144,6 +144,9 @@ class OpenStackSshSiteDriver(StreamedGlanceDestination):
     def close(self) -> None:
         self.host.close()
 
+    def abort(self) -> None:
+        self.host.abort()
+
     # -- parts ----------------------------------------------------------------
 
     def _create(

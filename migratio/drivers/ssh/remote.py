@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import select
 import shlex
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,9 +122,13 @@ class RemoteHost:
         passphrase), ``known_hosts`` (OpenSSH format; ``[host]:port`` entries for
         ports other than 22), ``accept_unknown_host_key`` (record a first-seen
         key instead of refusing; a *changed* key is refused regardless),
-        ``timeout`` (connecting, and each remote command unless it says otherwise).
+        ``connect_timeout`` (TCP connect and the server's banner),
+        ``read_timeout`` (authentication, opening a channel, and each read or
+        write on a channel: SFTP and commands alike), ``timeout`` (each remote
+        command as a whole, unless it says otherwise).
 
-    Connects on first use and again after the connection dropped.
+    Connects on first use and again after the connection dropped. ``abort``
+    cuts the connection from another thread.
     """
 
     def __init__(self, site_id: str, settings: OpenStackSshSite) -> None:
@@ -133,6 +138,7 @@ class RemoteHost:
         self._host_keys = HostKeys(site_id, settings)
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._socket: socket.socket | None = None
 
     @property
     def address(self) -> str:
@@ -157,8 +163,10 @@ class RemoteHost:
         """Start ``argv`` on the host with its stdin open (see ``RunningCommand``)."""
         command = shlex.join(argv)
         with self.translated(action):
-            channel = self._transport().open_session(timeout=self.settings.timeout)
+            channel = self._transport().open_session(timeout=self.settings.read_timeout)
             try:
+                # No send or receive may wait longer on a host that stopped answering.
+                channel.settimeout(self.settings.read_timeout)
                 channel.exec_command(command)
             except BaseException:
                 channel.close()
@@ -180,7 +188,7 @@ class RemoteHost:
                     if sftp is None or channel is None:
                         raise TransientError(self.message("open an SFTP session", "refused"))
                     # A host that stops answering must not hang a write or a close.
-                    channel.settimeout(self.settings.timeout)
+                    channel.settimeout(self.settings.read_timeout)
                     self._sftp = sftp
                 return sftp
 
@@ -195,6 +203,15 @@ class RemoteHost:
             client, self._client, self._sftp = self._client, None, None
         if client is not None:
             client.close()
+
+    def abort(self) -> None:
+        """Cut the connection (any thread; never blocks, takes no lock): paramiko's
+        transport thread sees end of file and ends, and every call waiting on one
+        of its channels fails; the next call connects again."""
+        sock = self._socket
+        if sock is not None:
+            with suppress(OSError):  # not connected (any more)
+                sock.shutdown(socket.SHUT_RDWR)
 
     # -- errors ---------------------------------------------------------------
 
@@ -251,7 +268,13 @@ class RemoteHost:
         client = paramiko.SSHClient()
         self._host_keys.prepare(client)
         log.debug("site %s: connecting to %s@%s", self.site_id, settings.user, self.address)
+        sock: socket.socket | None = None
         try:
+            # Opened here, not by paramiko, so that ``abort`` can reach it.
+            sock = socket.create_connection(
+                (settings.host, settings.port), timeout=settings.connect_timeout
+            )
+            self._socket = sock
             client.connect(
                 settings.host,
                 port=settings.port,
@@ -259,19 +282,26 @@ class RemoteHost:
                 pkey=key,
                 allow_agent=False,
                 look_for_keys=False,
-                timeout=settings.timeout,
-                banner_timeout=settings.timeout,
-                auth_timeout=settings.timeout,
-                channel_timeout=settings.timeout,
+                sock=sock,
+                timeout=settings.connect_timeout,
+                banner_timeout=settings.connect_timeout,
+                auth_timeout=settings.read_timeout,
+                channel_timeout=settings.read_timeout,
                 transport_factory=_tuned_transport,
             )
         except paramiko.BadHostKeyException as exc:
-            client.close()
+            _close(client, sock)
             raise self._host_keys.changed(self.address, exc) from None
         except BaseException:
-            client.close()
+            _close(client, sock)
             raise
         return client
+
+
+def _close(client: paramiko.SSHClient, sock: socket.socket | None) -> None:
+    client.close()
+    if sock is not None:
+        sock.close()
 
 
 def _tuned_transport(sock: Any, **kwargs: Any) -> paramiko.Transport:

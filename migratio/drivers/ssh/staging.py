@@ -22,6 +22,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
+from migratio import stall
 from migratio.drivers.base import Transfer
 from migratio.drivers.ssh.hashes import Digest, Journal, RemoteHashes
 from migratio.drivers.ssh.remote import RemoteHost
@@ -160,7 +161,8 @@ class StagingArea:
                 remote.close()  # returns once every pipelined write has landed
             journal.settle()
             timeout = self.host.settings.timeout + done / HASH_RATE
-            return done, self.hashes.finished(follower, path, done, timeout)
+            with stall.waiting():  # the host's hasher catching up: bounded by ``timeout``
+                return done, self.hashes.finished(follower, path, done, timeout)
         except BaseException:
             # Stopped (shutdown, cancel, a failed read or write): what was sent is
             # claimed for the next run, which checks the claim against the host.
@@ -178,13 +180,14 @@ class StagingArea:
         """Where to continue: after the last recorded block the host still holds."""
         if not journal.blocks:
             return 0
-        held = self.hashes.blocks(
-            journal.path,
-            journal.block_size,
-            len(journal.blocks),
-            timeout=self.host.settings.timeout
-            + len(journal.blocks) * journal.block_size / HASH_RATE,
-        )
+        with stall.waiting():  # the host hashes what it holds: bounded by the timeout
+            held = self.hashes.blocks(
+                journal.path,
+                journal.block_size,
+                len(journal.blocks),
+                timeout=self.host.settings.timeout
+                + len(journal.blocks) * journal.block_size / HASH_RATE,
+            )
         if held is None:
             return 0
         size, remote = held

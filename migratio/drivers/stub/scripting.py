@@ -8,6 +8,7 @@ may request a cancel, steal the lease, stop the daemon, or raise (a crash).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,7 +74,9 @@ class Scriptable:
         self._lock = threading.Lock()
         self._scripted: list[_Scripted] = []
         self._at_byte: list[_AtByte] = []
+        self._stalls: list[threading.Event] = []
         self.calls: list[str] = []
+        self.aborts = 0
 
     def fail(self, method: str, error: BaseException, *, times: int | None = 1) -> None:
         """The next ``times`` calls of ``method`` raise ``error`` (None: until ``heal``)."""
@@ -98,15 +101,30 @@ class Scriptable:
 
     def stall_at(self, stream: str, offset: int, *, limit: float = 10.0) -> threading.Event:
         """``stream`` stops at ``offset`` until the returned event is set; after
-        ``limit`` seconds it breaks instead (a test must never hang)."""
+        ``limit`` seconds, or once the site is aborted (``abort``: its connection
+        cut), it breaks instead (a test must never hang)."""
         release = threading.Event()
+        cut = threading.Event()
+        with self._lock:
+            self._stalls.append(cut)
 
         def stall() -> None:
-            if not release.wait(limit):
-                raise TransientError(f"stub {stream} stream stalled for {limit} s at {offset}")
+            deadline = time.monotonic() + limit
+            while not release.wait(0.01):
+                if cut.is_set():
+                    raise TransientError(f"stub {stream} stream cut at {offset}")
+                if time.monotonic() >= deadline:
+                    raise TransientError(f"stub {stream} stream stalled for {limit} s at {offset}")
 
         self.at_byte(stream, offset, stall)
         return release
+
+    def abort(self) -> None:
+        """Cut the site's connections: every stream stalled by ``stall_at`` breaks."""
+        with self._lock:
+            self.aborts += 1
+            for cut in self._stalls:
+                cut.set()
 
     def heal(self, method: str | None = None) -> None:
         """Forget the scripted errors and callbacks of ``method`` (of all, by default)."""
