@@ -103,7 +103,7 @@ def status_table(rows: list[dict[str, Any]], rates: dict[str, float] | None = No
             _short(row["error"]) if row["state"] != State.DONE else "",
         ]
         if rates is not None:
-            rate = rates.get(row["id"])
+            rate = rates.get(row["id"]) if row["activity"] == "running" else None
             cells[4:5] = [_bar(row["progress"]), _speed_text(rate), _eta_text(row, rate)]
         # Text, not str: rich would read "[...]" in an image id as markup.
         table.add_row(*(cell if isinstance(cell, ProgressBar) else Text(printable(cell))
