@@ -13,9 +13,12 @@ from migratio.cli.context import Context, json_option, one_line_errors, pass_con
 
 @click.command()
 @click.option("--until-idle", is_flag=True, help="exit when no migration is left to do")
+@click.option(
+    "--json", "as_json", is_flag=True, help="log one JSON object per line (log_format: json)"
+)
 @pass_context
 @one_line_errors
-def run(ctx: Context, until_idle: bool) -> None:
+def run(ctx: Context, until_idle: bool, as_json: bool) -> None:
     """Run the daemon: take Redis jobs, drive migrations, send feedback until
     SIGTERM/SIGINT; SIGHUP reloads the config and site files."""
     from migratio import logs
@@ -25,7 +28,7 @@ def run(ctx: Context, until_idle: bool) -> None:
     logs.configure(
         level=settings.daemon.log_level,
         library_level=settings.daemon.log_level_libraries,
-        log_format=settings.daemon.log_format,
+        log_format="json" if as_json else settings.daemon.log_format,
     )
     notifier = Notifier.from_environment()
     from migratio.daemon import Daemon

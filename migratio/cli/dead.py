@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from migratio.cli.context import Context, one_line_errors, pass_context
+from migratio.cli.context import Context, json_option, one_line_errors, pass_context
 from migratio.errors import MigratioError, UsageError
 from migratio.text import printable
 
@@ -29,7 +29,7 @@ def dead() -> None:
 
 
 @dead.command("list")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @pass_context
 @one_line_errors
 def list_dead(ctx: Context, as_json: bool) -> None:
@@ -50,28 +50,30 @@ def list_dead(ctx: Context, as_json: bool) -> None:
 
 @dead.command("replay")
 @click.argument("dead_id")
+@json_option
 @pass_context
 @one_line_errors
-def replay(ctx: Context, dead_id: str) -> None:
+def replay(ctx: Context, dead_id: str, as_json: bool) -> None:
     """Push a dead job back on its queue (as Sidekiq's Retry does); prints its jid."""
     with _dead_jobs(ctx) as jobs:
         try:
             jid = _redis(ctx, lambda: jobs.replay(dead_id))
         except (LookupError, ValueError) as exc:
             raise MigratioError(str(exc)) from None
-    click.echo(printable(jid))
+    click.echo(json.dumps({"jid": jid}) if as_json else printable(jid))
 
 
 @dead.command("purge")
 @click.option("--older-than", metavar="AGE", help="only those older than AGE: 90s, 30m, 12h, 7d")
+@json_option
 @pass_context
 @one_line_errors
-def purge(ctx: Context, older_than: str | None) -> None:
+def purge(ctx: Context, older_than: str | None, as_json: bool) -> None:
     """Forget dead jobs, here and in Sidekiq's Dead set (Sidekiq's own stay)."""
     age = parse_age(older_than) if older_than else None
     with _dead_jobs(ctx) as jobs:
         count = _redis(ctx, lambda: jobs.purge(age))
-    click.echo(f"{count} dead jobs purged")
+    click.echo(json.dumps({"purged": count}) if as_json else f"{count} dead jobs purged")
 
 
 def parse_age(text: str) -> timedelta:

@@ -312,3 +312,20 @@ def test_the_live_view_shows_a_bar_the_speed_and_the_time_left() -> None:
     screen = console.export_text()
     assert "template (img)" in screen and "128 MiB/s" in screen and "6s" in screen
     assert "━" in screen  # the progress bar
+
+
+def test_every_command_takes_json_and_config_after_it() -> None:
+    import click
+
+    def leaves(group: click.Group, path: str = "") -> list[tuple[str, click.Command]]:
+        found: list[tuple[str, click.Command]] = []
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                found += leaves(command, f"{path}{name} ")
+            else:
+                found.append((f"{path}{name}", command))
+        return found
+
+    for name, command in leaves(main):
+        options = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        assert {"--json", "--config"} <= options, name
