@@ -22,6 +22,7 @@ from migratio.drivers.base import DestinationSite
 from migratio.errors import MigratioError
 from migratio.ledger.store import Artifact, ArtifactStatus, Ledger, Migration
 from migratio.retry import backoff_delay
+from migratio.text import error_text, one_line
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,8 @@ def _defer(
 def _reason(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror} (errno {exc.errno})"
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if isinstance(exc, MigratioError) else f"{type(exc).__name__}: {text}"
+    text = one_line(exc) if isinstance(exc, MigratioError) else one_line(error_text(exc))
+    return text or type(exc).__name__
 
 
 def _remove_untracked_record(migration: Migration, destination: DestinationSite) -> bool:

@@ -21,8 +21,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC
 from functools import partial
 
-from redis.backoff import ExponentialBackoff
-
 from migratio import config, faults, metrics
 from migratio.errors import JobConflict, LedgerError, LedgerUnavailable
 from migratio.feedback.outbox import Outbox
@@ -41,6 +39,8 @@ log = logging.getLogger(__name__)
 # Longest wait for a job in one BLMOVE; bounds how long a stop takes.
 WAIT_SECONDS = 0.5
 # Waiting for an unreachable ledger: soon after a blip, every 10 s in an outage.
+# A fault of our own that repeats: 1 s, doubling, at most a minute.
+FAULT_BACKOFF = Backoff(first=1.0, factor=2.0, longest=60.0)
 LEDGER_BACKOFF = Backoff(first=0.5, factor=2.0, longest=10.0)
 # Times a batch is recorded again after another consumer recorded one of its job ids.
 CONFLICT_ATTEMPTS = 3
@@ -130,8 +130,7 @@ class Consumer:
 
     def _run(self) -> None:
         # A fault that repeats costs one line per period, never a hot loop.
-        backoff = ExponentialBackoff(cap=60.0, base=1.0)
-        failures = 0
+        delays = FAULT_BACKOFF.delays()
         while not (self._stopping.is_set() or self._quiet.is_set()):
             try:
                 self._round()
@@ -145,14 +144,13 @@ class Consumer:
             except Exception:
                 # Each job is judged alone (a bad one is dead-lettered), so this
                 # is a fault of our own or of the ledger.
-                delay = backoff.compute(failures)
+                delay = next(delays)
                 log.exception("intake: unexpected error; retrying in %.0f s", delay)
                 # What we hold goes back to the queue; the ledger knows what it took.
                 self._unsure = True
                 self._stopping.wait(delay)
-                failures += 1
             else:
-                failures = 0
+                delays = FAULT_BACKOFF.delays()
         self._retire()
 
     def _round(self) -> None:

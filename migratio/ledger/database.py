@@ -198,11 +198,7 @@ def head_revision(engine: Engine) -> str | None:
 
 def check_current(engine: Engine) -> None:
     """LedgerUnavailable unless the schema is at the newest revision (nothing is changed)."""
-    with engine.connect() as connection:
-        found = inspect(connection).has_table("alembic_version")
-        current = (
-            connection.scalar(text("SELECT version_num FROM alembic_version")) if found else None
-        )
+    current = current_revision(engine)
     head = SCHEMA_HEAD
     if current != head:
         raise LedgerUnavailable(
@@ -217,10 +213,13 @@ def describe_url(url: str) -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
+    """The revision Alembic recorded in the ledger (None: none yet), read directly:
+    read-only commands must not pay for loading Alembic."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        revision = connection.scalar(text("SELECT version_num FROM alembic_version"))
+        return None if revision is None else str(revision)
 
 
 @dataclass(frozen=True)
