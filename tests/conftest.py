@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "support" / "testbed"))
@@ -21,6 +22,11 @@ from tests.support import glance_peer, images  # noqa: E402
 from tests.support.daemon_config import write_daemon_config  # noqa: E402
 from tests.support.engine import EngineBed, open_engine_bed  # noqa: E402
 from tests.support.ledgers import empty_ledger_engine  # noqa: E402
+
+# Property tests: a quick look in every run, a long one where support/chaos asks for it.
+settings.register_profile("default", deadline=None, max_examples=100)
+settings.register_profile("thorough", deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

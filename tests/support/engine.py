@@ -8,13 +8,11 @@ lease stays with the dead daemon and nothing more is written, as after a real ki
 from __future__ import annotations
 
 import hashlib
-import shutil
-import sqlite3
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -24,10 +22,10 @@ from sqlalchemy import update
 
 from migratio import config
 from migratio.drivers.stub import StubSite, StubSites
-from migratio.ledger.database import make_engine, upgrade
 from migratio.ledger.models import ArtifactRow, MigrationRow
 from migratio.ledger.store import Ledger, Migration, utcnow
 from migratio.supervisor import Supervisor
+from tests.support.ledgers import fresh_sqlite_ledger, sqlite_engine
 
 SOURCE = "site-a"
 DESTINATION = "site-b"
@@ -267,27 +265,10 @@ def happy_path_with_notes(state: str, count: int) -> list[tuple[str | None, str]
     return path
 
 
-def _ledger_template(base: Path) -> Path:
-    """One upgraded SQLite ledger per session, copied for each test (Alembic takes
-    ~70 ms per upgrade; a copy takes none)."""
-    template = base / "engine-ledger-template.sqlite"
-    if not template.exists():
-        building = template.with_suffix(".building")
-        engine = make_engine(f"sqlite:///{building}")
-        upgrade(engine)
-        engine.dispose()
-        with closing(sqlite3.connect(building)) as connection:  # fold the WAL in: one file
-            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        building.rename(template)
-    return template
-
-
 @contextmanager
 def open_engine_bed(directory: Path, session_dir: Path) -> Iterator[EngineBed]:
     """An ``EngineBed`` in ``directory``; ``session_dir`` keeps the ledger template."""
-    ledger_file = directory / "ledger.sqlite"
-    shutil.copyfile(_ledger_template(session_dir), ledger_file)
-    engine = make_engine(f"sqlite:///{ledger_file}")
+    engine = sqlite_engine(fresh_sqlite_ledger(directory, session_dir))
     openstack = config.OpenStackSite(type="openstack", cloud="stub")
     sites = {
         SOURCE: config.Site(id=SOURCE, settings=openstack),

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
 from sqlalchemy import Engine, text
 
-from migratio.ledger.database import make_engine
+from migratio.ledger.database import make_engine, upgrade
 from migratio.ledger.models import Base
 
 
@@ -17,3 +22,26 @@ def empty_ledger_engine(url: str) -> Engine:
             Base.metadata.drop_all(connection)
             connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
     return engine
+
+
+def sqlite_engine(ledger_file: Path) -> Engine:
+    """An engine on a test's SQLite ledger file."""
+    return make_engine(f"sqlite:///{ledger_file}")
+
+
+def fresh_sqlite_ledger(directory: Path, session_dir: Path) -> Path:
+    """A SQLite ledger file at the newest schema in ``directory``: a copy of one
+    upgraded template per session (``session_dir``), as Alembic takes ~70 ms per
+    upgrade and a copy takes none."""
+    template = session_dir / "ledger-template.sqlite"
+    if not template.exists():
+        building = template.with_suffix(".building")
+        engine = make_engine(f"sqlite:///{building}")
+        upgrade(engine)
+        engine.dispose()
+        with closing(sqlite3.connect(building)) as connection:  # fold the WAL in: one file
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        building.rename(template)
+    ledger_file = directory / "ledger.sqlite"
+    shutil.copyfile(template, ledger_file)
+    return ledger_file

@@ -1,12 +1,18 @@
 """Reading intake jobs, without Redis: whatever a job holds, the answer is a
-request the ledger can store or a one-line reason (never another exception)."""
+request the ledger can store or a one-line reason (never another exception).
+
+The generated cases are hostile inputs (row R4 of docs/RELIABILITY.md): a normal
+run tries a few hundred; ``support/chaos`` tries thousands (``HYPOTHESIS_PROFILE=thorough``,
+registered in tests/conftest.py).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 
 from migratio.intake.jobs import BadJob, parse
@@ -42,7 +48,7 @@ def _storable(request: JobRequest) -> None:
         assert is_printable(value) and 0 < len(value) <= 255
 
 
-@settings(max_examples=400, deadline=None)
+@pytest.mark.reliability
 @given(worker=field, image=field, destination=field, jid=field | st.just(None))
 def test_sidekiq_jobs_of_any_content_are_read_or_refused_with_one_line(
     worker: Any, image: Any, destination: Any, jid: Any
@@ -58,7 +64,7 @@ def test_sidekiq_jobs_of_any_content_are_read_or_refused_with_one_line(
             _storable(result)
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.reliability
 @given(body=st.dictionaries(st.sampled_from(["class", "image", "to", "from", "jid"]), field))
 def test_native_jobs_of_any_content_are_read_or_refused_with_one_line(
     body: dict[str, Any],

@@ -35,7 +35,7 @@ class Site:
 
 def test_a_block_without_progress_is_aborted_and_stalled() -> None:
     site = Site()
-    watchdog = stall.Watchdog(0.5, "test transfer", [site, object()])
+    watchdog = stall.Watchdog(0.3, "test transfer", [site, object()])
     started = time.monotonic()
     with pytest.raises(Stalled) as caught, watchdog.watching():
         watchdog.saw(10)
@@ -43,11 +43,11 @@ def test_a_block_without_progress_is_aborted_and_stalled() -> None:
             raise AssertionError("never aborted")
         raise ConnectionResetError("peer gone")
     took = time.monotonic() - started
-    assert 0.5 <= took < 1.5
-    assert str(caught.value).startswith("stalled: no progress for 0.5 s; aborted (peer gone")
+    assert 0.3 <= took < 1.3
+    assert str(caught.value).startswith("stalled: no progress for 0.3 s; aborted (peer gone")
     assert isinstance(caught.value.__cause__, ConnectionResetError)
     assert site.aborts >= 1
-    assert watchdog.fired_after is not None and watchdog.fired_after >= 0.5
+    assert watchdog.fired_after is not None and watchdog.fired_after >= 0.3
 
 
 def test_the_abort_is_repeated_until_the_block_returns() -> None:
@@ -66,9 +66,9 @@ def test_progress_keeps_the_watchdog_quiet() -> None:
     site = Site()
     watchdog = stall.Watchdog(0.3, "test transfer", [site])
     with watchdog.watching():
-        for done in range(10):
+        for done in range(6):
             watchdog.saw(done * 100)
-            time.sleep(0.1)
+            time.sleep(0.05)
     assert site.aborts == 0 and watchdog.fired_after is None
 
 
@@ -90,7 +90,7 @@ def test_waiting_on_the_site_is_not_a_stall() -> None:
     watchdog = stall.Watchdog(0.2, "test transfer", [site])
     with watchdog.watching():
         with stall.waiting():
-            time.sleep(0.6)
+            time.sleep(0.4)
         watchdog.saw(1)
     assert site.aborts == 0
     with stall.waiting():  # outside any watched block: nothing to suspend
@@ -133,7 +133,7 @@ STALLS = [("read", "exporting"), ("read", "uploading"), ("receive", "uploading")
 def test_a_stalled_transfer_is_aborted_retried_and_done(
     engine_bed: EngineBed, stream: str, state: str
 ) -> None:
-    engine_bed.configure(stall_seconds=0.5)
+    engine_bed.configure(stall_seconds=0.3)
     site = engine_bed.source if stream == "read" else engine_bed.destination
     image = engine_bed.source.add_image(DATA)
     migration_id = engine_bed.submit(image.id).id
@@ -151,7 +151,7 @@ def test_a_stalled_transfer_is_aborted_retried_and_done(
     assert done.state == "done", done.last_error
     [(noted_in, message)] = engine_bed.notes(migration_id)
     assert noted_in == state
-    assert "stalled: no progress for 0.5 s; aborted" in message
+    assert "stalled: no progress for 0.3 s; aborted" in message
     assert f"stub {stream} stream cut at {300 * KIB}" in message
     assert site.aborts >= 1
     [record] = engine_bed.destination.records.values()

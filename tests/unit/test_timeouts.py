@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from migratio.config import AwsSite, DaemonConfig, OpenStackSite, OpenStackSshSite
 from migratio.drivers.aws.session import AwsClients
-from migratio.ledger.database import make_engine, postgres_connect_args
+from migratio.ledger.database import postgres_connect_args
 from migratio.redis_link import RedisLink
 
 SSH = {
@@ -77,12 +76,3 @@ def test_postgres_timeouts_are_defaults_the_url_can_override() -> None:
     assert "connect_timeout" not in mine
     assert mine["options"] == "-c search_path=m -c statement_timeout=60000"
     assert "options" not in postgres_connect_args({"options": "-c statement_timeout=5000"})
-
-
-def test_a_postgres_ledger_connection_has_the_statement_timeout(postgres_url: str) -> None:
-    engine = make_engine(postgres_url)
-    try:
-        with engine.connect() as connection:
-            assert connection.scalar(text("SHOW statement_timeout")) == "1min"
-    finally:
-        engine.dispose()

@@ -1,0 +1,20 @@
+"""Unit tests need no peer: their ledger is SQLite (the same tests on a real
+PostgreSQL are in tests/drivers/ledger/)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from migratio.ledger.store import Ledger
+from tests.support.ledgers import fresh_sqlite_ledger, sqlite_engine
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
+    """A fresh SQLite ledger at the newest schema."""
+    engine = sqlite_engine(fresh_sqlite_ledger(tmp_path, tmp_path_factory.getbasetemp()))
+    yield Ledger(engine)
+    engine.dispose()
