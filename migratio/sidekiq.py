@@ -14,9 +14,10 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
+if TYPE_CHECKING:  # the ledger's types use Job; read-only commands need no Redis client
+    import redis
 
 
 def key(namespace: str, name: str) -> str:

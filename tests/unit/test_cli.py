@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,3 +331,24 @@ def test_every_command_takes_json_and_config_after_it() -> None:
     for name, command in leaves(main):
         options = {opt for param in command.params for opt in getattr(param, "opts", [])}
         assert {"--json", "--config"} <= options, name
+
+
+# What an operator's read-only command must not load: cloud SDKs, Redis, the engine.
+HEAVY_FOR_A_READ = ("boto3", "botocore", "openstack", "paramiko", "redis", "migratio.supervisor")
+
+
+@pytest.mark.parametrize("command", [["--help"], ["status"]])
+def test_read_only_commands_load_no_cloud_sdk_redis_or_engine(
+    ledger: Ledger, config: Path, command: list[str]
+) -> None:
+    """Start-up time is import time (issue "Performance": --help and status)."""
+    ran = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "migratio", "--config", str(config), *command],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    loaded = {line.split("|")[-1].strip() for line in ran.stderr.splitlines() if "|" in line}
+    assert "migratio.cli" in loaded  # the import log was read
+    assert sorted(loaded & set(HEAVY_FOR_A_READ)) == []
