@@ -1,0 +1,168 @@
+"""R3: each peer of a migration goes away mid-run and comes back: the source Glance
+mid-read, Keystone while a migration authenticates, moto mid-blocks, sshd mid-SFTP.
+Each migration retries within its budget and ends ``done`` once the peer is back,
+with one byte-identical copy, nothing leaked and the same daemon process; and when
+the budget is spent while the peer is down, it ends ``failed`` with one clear line.
+
+Outage length: ``MIGRATIO_OUTAGE_SECONDS`` (tests/support/outages.py), 10 s in the
+default run; ``support/chaos`` runs the same tests with 60 s, as the issue asks.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testbed_lib
+from openstack.connection import Connection
+
+from tests.support import glance_peer, images, migratio_cli, outages
+from tests.support.daemon_config import write_daemon_config
+from tests.support.reliability import record
+
+pytestmark = [pytest.mark.testbed, pytest.mark.reliability]
+
+# ~40 MiB/s through the daemon (it sleeps at each progress checkpoint past 1 MiB):
+# slow enough that a peer stopped after a few MiB is stopped mid-transfer on any
+# machine, fast enough for a short test.
+THROTTLE = "transfer.bytes=pause:0.025@1048576"
+
+# What a migration's last error says of a peer that is down: refused, or (Glance)
+# a version discovery that got no answer.
+UNREACHABLE = ("Connection refused", "did not answer its version discovery")
+
+
+@pytest.fixture
+def throttled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIGRATIO_FAULTS", THROTTLE)
+
+
+@pytest.fixture
+def peers_back(testbed: testbed_lib.Bed) -> Iterator[None]:
+    """Whatever a test stops, it runs again afterwards."""
+    yield
+    for name in ("keystone", "glance-site-a", "glance-site-b", "moto", "sshd"):
+        testbed_lib.start_service(testbed.dir, name)
+
+
+def _stop(testbed: testbed_lib.Bed, name: str) -> Any:
+    return lambda: testbed_lib.stop_service(testbed.dir, name)
+
+
+def _start(testbed: testbed_lib.Bed, name: str) -> Any:
+    return lambda: testbed_lib.start_service(testbed.dir, name)
+
+
+def _finish(
+    daemon: subprocess.Popen[bytes], ledger: Any, migration_id: str, outage: outages.Outage
+) -> float:
+    """Wait for ``done``; the time from the peer's return to the next progress."""
+    try:
+        recover = outages.recovery_seconds(ledger, migration_id, outage.returned_at)
+        migratio_cli.wait_for(ledger, migration_id, state="done", timeout=300)
+        assert outages.still_running(daemon), "the daemon exited during the outage"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    return recover
+
+
+def _retried(shown: dict[str, Any]) -> list[str]:
+    return [row["message"] for row in shown["history"] if "failed, retrying" in row["message"]]
+
+
+def _leftover_files(config: Path) -> list[Path]:
+    work = config.parent / "work"
+    return [p for p in work.rglob("*") if p.is_file() and not p.name.startswith("ledger.sqlite")]
+
+
+# -- the source Glance -------------------------------------------------------------
+
+
+def test_source_glance_down_mid_read_ends_done_with_one_image(
+    testbed: testbed_lib.Bed,
+    tmp_path: Path,
+    site_a: Connection,
+    site_b: Connection,
+    peers_back: None,
+    throttled: None,
+) -> None:
+    seconds = outages.outage_seconds()
+    config = write_daemon_config(tmp_path, testbed.dir / "sites", retry=outages.outlasting(seconds))
+    source_file = images.random_qcow2(tmp_path / "source.qcow2", 96)
+    source_id = glance_peer.upload(site_a, source_file, name="source-outage")
+    migration_id = migratio_cli.submit(config, source_id)
+    daemon, ledger = migratio_cli.start_and_wait(
+        config, migration_id, tmp_path / "migratio.log", state="uploading", min_bytes=4 * images.MIB
+    )
+    outage = outages.take_down(
+        _stop(testbed, "glance-site-a"), _start(testbed, "glance-site-a"), seconds
+    )
+    assert ledger.get(migration_id).state == "uploading"
+    recover = _finish(daemon, ledger, migration_id, outage)
+
+    shown = migratio_cli.show(config, migration_id)
+    assert shown["state"] == "done" and shown["error"] is None
+    assert _retried(shown), "the outage should have cost at least one attempt"
+    tagged = glance_peer.find(site_b, migratio_migration_id=migration_id)
+    assert [image["id"] for image in tagged] == [shown["dest_image_id"]]
+    assert tagged[0]["status"] == "active"
+    assert tagged[0]["os_hash_value"] == images.sha512_of(source_file)
+    assert all(artifact["status"] != "present" for artifact in shown["artifacts"])
+    assert _leftover_files(config) == []
+    record(
+        "R3", "source Glance (mid-read)", outcome="done", outage_s=round(outage.down_for, 1),
+        recover_s=round(recover, 2), images=1, leaked=0, daemon_restarts=0,
+    )  # fmt: skip
+
+
+def test_source_glance_down_past_the_budget_fails_with_one_clear_line(
+    testbed: testbed_lib.Bed,
+    tmp_path: Path,
+    site_a: Connection,
+    site_b: Connection,
+    peers_back: None,
+    throttled: None,
+) -> None:
+    retry = {"max_attempts": 3, "base_delay": 0.5, "max_delay": 1.0}
+    config = write_daemon_config(tmp_path, testbed.dir / "sites", retry=retry)
+    source_file = images.random_qcow2(tmp_path / "source.qcow2", 96)
+    source_id = glance_peer.upload(site_a, source_file, name="source-outage-budget")
+    migration_id = migratio_cli.submit(config, source_id)
+    daemon, ledger = migratio_cli.start_and_wait(
+        config, migration_id, tmp_path / "migratio.log", state="uploading", min_bytes=4 * images.MIB
+    )
+    try:
+        testbed_lib.stop_service(testbed.dir, "glance-site-a")
+        down_at = time.monotonic()
+        migratio_cli.wait_for(ledger, migration_id, state="failed", timeout=60)
+        spent = time.monotonic() - down_at
+        testbed_lib.start_service(testbed.dir, "glance-site-a")
+        # Its unfinished destination record goes once nothing holds it any more.
+        outages.wait(
+            lambda: not ledger.artifacts(migration_id), 60, "the destination record's removal"
+        )
+        assert outages.still_running(daemon)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+
+    shown = migratio_cli.show(config, migration_id)
+    error = shown["error"]
+    assert shown["state"] == "failed"
+    assert error.startswith("gave up after 3 attempts: site site-a: ") and "\n" not in error
+    assert any(cause in error for cause in UNREACHABLE), error
+    assert len(_retried(shown)) == 2
+    assert glance_peer.find(site_b, migratio_migration_id=migration_id) == []
+    assert all(artifact["status"] == "removed" for artifact in shown["artifacts"])
+    assert _leftover_files(config) == []
+    record(
+        "R3", "source Glance (budget spent while down)", outcome="failed",
+        failed_after_s=round(spent, 1), reason=error[:120], images=0, leaked=0,
+        daemon_restarts=0,
+    )  # fmt: skip
