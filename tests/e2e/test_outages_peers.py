@@ -166,3 +166,53 @@ def test_source_glance_down_past_the_budget_fails_with_one_clear_line(
         failed_after_s=round(spent, 1), reason=error[:120], images=0, leaked=0,
         daemon_restarts=0,
     )  # fmt: skip
+
+
+# -- Keystone ----------------------------------------------------------------------
+
+
+def test_keystone_down_when_a_migration_authenticates_ends_done_once_it_is_back(
+    testbed: testbed_lib.Bed,
+    tmp_path: Path,
+    site_a: Connection,
+    site_b: Connection,
+    peers_back: None,
+) -> None:
+    """A daemon started while Keystone is down holds no token: every attempt fails
+    at authentication (both sites share the Keystone) until it returns."""
+    seconds = outages.outage_seconds()
+    config = write_daemon_config(tmp_path, testbed.dir / "sites", retry=outages.outlasting(seconds))
+    source_file = images.random_qcow2(tmp_path / "source.qcow2", 16)
+    source_id = glance_peer.upload(site_a, source_file, name="keystone-outage")
+    migration_id = migratio_cli.submit(config, source_id)
+    ledger = migratio_cli.ledger_of(config)
+    log = tmp_path / "migratio.log"
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start_daemon_and_see_it_fail() -> None:
+        started.append(migratio_cli.start(config, log))
+        outages.wait(lambda: (ledger.get(migration_id).attempt or 0) >= 2, 60, "two attempts")
+
+    outage = outages.take_down(
+        _stop(testbed, "keystone"),
+        _start(testbed, "keystone"),
+        seconds,
+        while_down=start_daemon_and_see_it_fail,
+    )
+    [daemon] = started
+    assert ledger.get(migration_id).state in ("queued", "exporting")
+    recover = _finish(daemon, ledger, migration_id, outage)
+
+    shown = migratio_cli.show(config, migration_id)
+    assert shown["state"] == "done" and shown["error"] is None
+    retried = _retried(shown)
+    assert retried and all("/auth/tokens" in message for message in retried), retried
+    tagged = glance_peer.find(site_b, migratio_migration_id=migration_id)
+    assert [image["id"] for image in tagged] == [shown["dest_image_id"]]
+    assert tagged[0]["os_hash_value"] == images.sha512_of(source_file)
+    assert all(artifact["status"] != "present" for artifact in shown["artifacts"])
+    record(
+        "R3", "Keystone (during authentication)", outcome="done",
+        outage_s=round(outage.down_for, 1), recover_s=round(recover, 2), images=1, leaked=0,
+        daemon_restarts=0,
+    )  # fmt: skip
