@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 import testbed_lib
 from openstack.connection import Connection
 
-from tests.support import glance_peer, images, migratio_cli, outages
+from tests.support import aws_peer, glance_peer, images, migratio_cli, outages
 from tests.support.daemon_config import write_daemon_config
 from tests.support.reliability import record
 
@@ -215,4 +216,101 @@ def test_keystone_down_when_a_migration_authenticates_ends_done_once_it_is_back(
         "R3", "Keystone (during authentication)", outcome="done",
         outage_s=round(outage.down_for, 1), recover_s=round(recover, 2), images=1, leaked=0,
         daemon_restarts=0,
+    )  # fmt: skip
+
+
+# -- moto (AWS, ebs-direct) --------------------------------------------------------
+
+
+def test_moto_down_mid_blocks_ends_done_with_one_ami(
+    testbed: testbed_lib.Bed,
+    tmp_path: Path,
+    site_a: Connection,
+    peers_back: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """moto keeps everything in memory: the pending snapshot is gone when it returns
+    (as an expired one would be on AWS), so the retry must start a new one."""
+    monkeypatch.setenv("MIGRATIO_FAULTS", "transfer.bytes=pause:0.1@1048576")
+    moto_url = str(testbed.env["MIGRATIO_MOTO_URL"])
+    ec2, ebs = aws_peer.client("ec2", moto_url), aws_peer.client("ebs", moto_url)
+    seconds = outages.outage_seconds()
+    config = write_daemon_config(tmp_path, testbed.dir / "sites", retry=outages.outlasting(seconds))
+    source_file = aws_peer.scattered_qcow2(
+        tmp_path / "scattered.qcow2", virtual_size=256 * images.MIB, data_mib=24
+    )
+    raw = images.as_raw(source_file, tmp_path / "scattered.raw")
+    source_id = glance_peer.upload(site_a, source_file, name="moto-outage", architecture="x86_64")
+    migration_id = migratio_cli.submit(config, source_id, dest="aws-a")
+    daemon = migratio_cli.start(config, tmp_path / "migratio.log")
+    ledger = migratio_cli.ledger_of(config)
+    try:
+        outages.wait(
+            lambda: ((ledger.get(migration_id).transfer_state or {}).get("blocks_sent", 0)) >= 8,
+            120,
+            "8 blocks sent",
+        )
+    except BaseException:
+        daemon.kill()
+        raise
+    first_snapshot = (ledger.get(migration_id).transfer_state or {})["snapshot_id"]
+    outage = outages.take_down(_stop(testbed, "moto"), _start(testbed, "moto"), seconds)
+    assert ledger.get(migration_id).state == "uploading"
+    recover = _finish(daemon, ledger, migration_id, outage)
+
+    shown = migratio_cli.show(config, migration_id)
+    assert shown["state"] == "done" and shown["error"] is None
+    assert _retried(shown)
+    amis = aws_peer.images_of(ec2, migratio_migration_id=migration_id)
+    assert [image["ImageId"] for image in amis] == [shown["dest_image_id"]]
+    [snapshot] = aws_peer.snapshots_of(ec2, migration_id)
+    assert snapshot["SnapshotId"] != first_snapshot  # the old one went with moto
+    rebuilt = tmp_path / "rebuilt.raw"
+    aws_peer.rebuild_disk(ebs, snapshot["SnapshotId"], rebuilt, 256 * images.MIB)
+    assert aws_peer.same_bytes(rebuilt, raw)
+    assert all(artifact["status"] != "present" for artifact in shown["artifacts"])
+    assert _leftover_files(config) == []
+    record(
+        "R3", "moto (AWS ebs-direct, mid-blocks)", outcome="done",
+        outage_s=round(outage.down_for, 1), recover_s=round(recover, 2), images=1, leaked=0,
+        daemon_restarts=0,
+    )  # fmt: skip
+
+
+# -- sshd (an SSH site) -------------------------------------------------------------
+
+
+def test_sshd_down_mid_sftp_ends_done_with_one_image(
+    testbed: testbed_lib.Bed,
+    tmp_path: Path,
+    site_a: Connection,
+    site_b: Connection,
+    peers_back: None,
+    throttled: None,
+) -> None:
+    seconds = outages.outage_seconds()
+    config = write_daemon_config(tmp_path, testbed.dir / "sites", retry=outages.outlasting(seconds))
+    staging = Path(yaml.safe_load((testbed.sites_dir / "site-b-ssh.yml").read_text())["staging_dir"])
+    source_file = images.random_qcow2(tmp_path / "source.qcow2", 96)
+    source_id = glance_peer.upload(site_a, source_file, name="sshd-outage")
+    migration_id = migratio_cli.submit(config, source_id, dest="site-b-ssh")
+    daemon, ledger = migratio_cli.start_and_wait(
+        config, migration_id, tmp_path / "migratio.log", state="uploading", min_bytes=4 * images.MIB
+    )
+    outage = outages.take_down(_stop(testbed, "sshd"), _start(testbed, "sshd"), seconds)
+    assert ledger.get(migration_id).state == "uploading"
+    recover = _finish(daemon, ledger, migration_id, outage)
+
+    shown = migratio_cli.show(config, migration_id)
+    assert shown["state"] == "done" and shown["error"] is None
+    assert _retried(shown)
+    tagged = glance_peer.find(site_b, migratio_migration_id=migration_id)
+    assert [image["id"] for image in tagged] == [shown["dest_image_id"]]
+    assert tagged[0]["os_hash_value"] == images.sha512_of(source_file)
+    assert sorted(staging.glob(f"{migration_id}*")) == []
+    assert all(artifact["status"] != "present" for artifact in shown["artifacts"])
+    assert _leftover_files(config) == []
+    record(
+        "R3", "sshd (SSH site, mid-SFTP)", outcome="done", outage_s=round(outage.down_for, 1),
+        recover_s=round(recover, 2), images=1, leaked=0, daemon_restarts=0,
     )  # fmt: skip
