@@ -42,13 +42,19 @@ def test_postgres_restarted_mid_upload_ends_done_with_one_image(
     private_postgres: tuple[Path, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("MIGRATIO_FAULTS", "transfer.bytes=pause:0.025@1048576")
+    monkeypatch.setenv("MIGRATIO_FAULTS", "transfer.bytes=pause:0.05@1048576")
     pg_dir, url = private_postgres
     seconds = outages.outage_seconds()
+    # A lease shorter than the outage: the daemon's own lease expires while the
+    # ledger is away, and it must take its migration back, not lose it.
     config = write_daemon_config(
-        tmp_path, testbed.dir / "sites", database_url=url, retry=outages.outlasting(seconds)
+        tmp_path,
+        testbed.dir / "sites",
+        database_url=url,
+        lease_seconds=min(6.0, max(2.0, seconds / 2)),
+        retry=outages.outlasting(seconds),
     )
-    source_file = images.random_qcow2(tmp_path / "source.qcow2", 96)
+    source_file = images.random_qcow2(tmp_path / "source.qcow2", 40)
     source_id = glance_peer.upload(site_a, source_file, name="postgres-outage")
     migration_id = migratio_cli.submit(config, source_id)
     daemon, ledger = migratio_cli.start_and_wait(

@@ -4,8 +4,11 @@ Each migration retries within its budget and ends ``done`` once the peer is back
 with one byte-identical copy, nothing leaked and the same daemon process; and when
 the budget is spent while the peer is down, it ends ``failed`` with one clear line.
 
-Outage length: ``MIGRATIO_OUTAGE_SECONDS`` (tests/support/outages.py), 10 s in the
-default run; ``support/chaos`` runs the same tests with 60 s, as the issue asks.
+Outage length: ``MIGRATIO_OUTAGE_SECONDS`` (tests/support/outages.py): 5 s in the
+default run, where these tests are the quick subset (all but sshd's, which alone
+takes ~40 s: ``chaos`` only); ``support/chaos`` runs them all with 60 s, the outage
+the issue asks to survive. Transfers are slowed by a
+fault point (``THROTTLE``) so that a peer stopped a few MiB in is stopped mid-way.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 import testbed_lib
+import yaml
 from openstack.connection import Connection
 
 from tests.support import aws_peer, glance_peer, images, migratio_cli, outages
@@ -28,10 +31,11 @@ from tests.support.reliability import record
 
 pytestmark = [pytest.mark.testbed, pytest.mark.reliability]
 
-# ~40 MiB/s through the daemon (it sleeps at each progress checkpoint past 1 MiB):
+# ~20 MiB/s through the daemon (it sleeps at each progress checkpoint past 1 MiB):
 # slow enough that a peer stopped after a few MiB is stopped mid-transfer on any
 # machine, fast enough for a short test.
-THROTTLE = "transfer.bytes=pause:0.025@1048576"
+THROTTLE = "transfer.bytes=pause:0.05@1048576"
+SIZE_MIB = 40
 
 # What a migration's last error says of a peer that is down: refused, or (Glance)
 # a version discovery that got no answer.
@@ -95,7 +99,7 @@ def test_source_glance_down_mid_read_ends_done_with_one_image(
 ) -> None:
     seconds = outages.outage_seconds()
     config = write_daemon_config(tmp_path, testbed.dir / "sites", retry=outages.outlasting(seconds))
-    source_file = images.random_qcow2(tmp_path / "source.qcow2", 96)
+    source_file = images.random_qcow2(tmp_path / "source.qcow2", SIZE_MIB)
     source_id = glance_peer.upload(site_a, source_file, name="source-outage")
     migration_id = migratio_cli.submit(config, source_id)
     daemon, ledger = migratio_cli.start_and_wait(
@@ -132,7 +136,7 @@ def test_source_glance_down_past_the_budget_fails_with_one_clear_line(
 ) -> None:
     retry = {"max_attempts": 3, "base_delay": 0.5, "max_delay": 1.0}
     config = write_daemon_config(tmp_path, testbed.dir / "sites", retry=retry)
-    source_file = images.random_qcow2(tmp_path / "source.qcow2", 96)
+    source_file = images.random_qcow2(tmp_path / "source.qcow2", SIZE_MIB)
     source_id = glance_peer.upload(site_a, source_file, name="source-outage-budget")
     migration_id = migratio_cli.submit(config, source_id)
     daemon, ledger = migratio_cli.start_and_wait(
@@ -231,13 +235,14 @@ def test_moto_down_mid_blocks_ends_done_with_one_ami(
 ) -> None:
     """moto keeps everything in memory: the pending snapshot is gone when it returns
     (as an expired one would be on AWS), so the retry must start a new one."""
-    monkeypatch.setenv("MIGRATIO_FAULTS", "transfer.bytes=pause:0.1@1048576")
+    # 0.05 s a block (each progress checkpoint is one 512 KiB block here).
+    monkeypatch.setenv("MIGRATIO_FAULTS", "transfer.bytes=pause:0.05@1048576")
     moto_url = str(testbed.env["MIGRATIO_MOTO_URL"])
     ec2, ebs = aws_peer.client("ec2", moto_url), aws_peer.client("ebs", moto_url)
     seconds = outages.outage_seconds()
     config = write_daemon_config(tmp_path, testbed.dir / "sites", retry=outages.outlasting(seconds))
     source_file = aws_peer.scattered_qcow2(
-        tmp_path / "scattered.qcow2", virtual_size=256 * images.MIB, data_mib=24
+        tmp_path / "scattered.qcow2", virtual_size=256 * images.MIB, data_mib=12
     )
     raw = images.as_raw(source_file, tmp_path / "scattered.raw")
     source_id = glance_peer.upload(site_a, source_file, name="moto-outage", architecture="x86_64")
@@ -280,6 +285,7 @@ def test_moto_down_mid_blocks_ends_done_with_one_ami(
 # -- sshd (an SSH site) -------------------------------------------------------------
 
 
+@pytest.mark.chaos  # ~40 s (registering over SSH runs the remote openstack CLI): CI budget
 def test_sshd_down_mid_sftp_ends_done_with_one_image(
     testbed: testbed_lib.Bed,
     tmp_path: Path,
@@ -290,8 +296,10 @@ def test_sshd_down_mid_sftp_ends_done_with_one_image(
 ) -> None:
     seconds = outages.outage_seconds()
     config = write_daemon_config(tmp_path, testbed.dir / "sites", retry=outages.outlasting(seconds))
-    staging = Path(yaml.safe_load((testbed.sites_dir / "site-b-ssh.yml").read_text())["staging_dir"])
-    source_file = images.random_qcow2(tmp_path / "source.qcow2", 96)
+    staging = Path(
+        yaml.safe_load((testbed.sites_dir / "site-b-ssh.yml").read_text())["staging_dir"]
+    )
+    source_file = images.random_qcow2(tmp_path / "source.qcow2", SIZE_MIB)
     source_id = glance_peer.upload(site_a, source_file, name="sshd-outage")
     migration_id = migratio_cli.submit(config, source_id, dest="site-b-ssh")
     daemon, ledger = migratio_cli.start_and_wait(

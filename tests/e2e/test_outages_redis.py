@@ -5,7 +5,9 @@ messages lost, delivered twice or out of order within a migration.
 Both run an intake-and-feedback daemon (``migrate: false``: no cloud needed) on a
 private Redis of the test that keeps every acknowledged write (append-only file,
 fsync always), stopped with SIGTERM and started again on its port.
-Outage length: ``MIGRATIO_OUTAGE_SECONDS`` (tests/support/outages.py).
+Outage length: ``MIGRATIO_OUTAGE_SECONDS`` (tests/support/outages.py). The intake
+case is ``chaos`` only: the default run has its twin, Redis SIGKILLed mid-intake
+(test_intake.py), the same path without the figures.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def _pending(config: Path) -> int:
     return int(rows[0][0])
 
 
+@pytest.mark.chaos  # the default run has its SIGKILL twin (test_intake.py)
 def test_redis_stopped_mid_intake_of_1000_jobs_loses_and_duplicates_none(tmp_path: Path) -> None:
     seconds = outages.outage_seconds()
     peer = PrivateRedis(tmp_path / "redis", persistent=True).start()
