@@ -42,7 +42,7 @@ def test_postgres_restarted_mid_upload_ends_done_with_one_image(
     private_postgres: tuple[Path, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("MIGRATIO_FAULTS", "transfer.bytes=pause:0.05@1048576")
+    monkeypatch.setenv("MIGRATIO_FAULTS", outages.THROTTLE)
     pg_dir, url = private_postgres
     seconds = outages.outage_seconds()
     # A lease shorter than the outage: the daemon's own lease expires while the

@@ -8,7 +8,7 @@ Outage length: ``MIGRATIO_OUTAGE_SECONDS`` (tests/support/outages.py): 5 s in th
 default run, where these tests are the quick subset (all but sshd's, which alone
 takes ~40 s: ``chaos`` only); ``support/chaos`` runs them all with 60 s, the outage
 the issue asks to survive. Transfers are slowed by a
-fault point (``THROTTLE``) so that a peer stopped a few MiB in is stopped mid-way.
+fault point (``outages.THROTTLE``) so that a peer stopped a few MiB in is stopped mid-way.
 """
 
 from __future__ import annotations
@@ -31,10 +31,6 @@ from tests.support.reliability import record
 
 pytestmark = [pytest.mark.testbed, pytest.mark.reliability]
 
-# ~20 MiB/s through the daemon (it sleeps at each progress checkpoint past 1 MiB):
-# slow enough that a peer stopped after a few MiB is stopped mid-transfer on any
-# machine, fast enough for a short test.
-THROTTLE = "transfer.bytes=pause:0.05@1048576"
 SIZE_MIB = 40
 
 # What a migration's last error says of a peer that is down: refused, or (Glance)
@@ -44,7 +40,7 @@ UNREACHABLE = ("Connection refused", "did not answer its version discovery")
 
 @pytest.fixture
 def throttled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MIGRATIO_FAULTS", THROTTLE)
+    monkeypatch.setenv("MIGRATIO_FAULTS", outages.THROTTLE)
 
 
 @pytest.fixture
@@ -235,8 +231,7 @@ def test_moto_down_mid_blocks_ends_done_with_one_ami(
 ) -> None:
     """moto keeps everything in memory: the pending snapshot is gone when it returns
     (as an expired one would be on AWS), so the retry must start a new one."""
-    # 0.05 s a block (each progress checkpoint is one 512 KiB block here).
-    monkeypatch.setenv("MIGRATIO_FAULTS", "transfer.bytes=pause:0.05@1048576")
+    monkeypatch.setenv("MIGRATIO_FAULTS", outages.THROTTLE)
     moto_url = str(testbed.env["MIGRATIO_MOTO_URL"])
     ec2, ebs = aws_peer.client("ec2", moto_url), aws_peer.client("ebs", moto_url)
     seconds = outages.outage_seconds()

@@ -21,6 +21,11 @@ from migratio.ledger.store import Ledger
 OUTAGE_VARIABLE = "MIGRATIO_OUTAGE_SECONDS"
 DEFAULT_OUTAGE = 5.0
 
+# For MIGRATIO_FAULTS: the daemon sleeps 0.05 s at each progress checkpoint past
+# 1 MiB (one per MiB streamed, one per 512 KiB EBS block): ~20 MiB/s, slow enough
+# that a peer stopped a few MiB in is stopped mid-transfer on any machine.
+THROTTLE = "transfer.bytes=pause:0.05@1048576"
+
 
 def outage_seconds() -> float:
     return float(os.environ.get(OUTAGE_VARIABLE, DEFAULT_OUTAGE))
@@ -46,11 +51,11 @@ class Outage:
 
 
 def take_down(
-    stop: Callable[[], None],
-    start: Callable[[], None],
+    stop: Callable[[], object],
+    start: Callable[[], object],
     seconds: float,
     *,
-    while_down: Callable[[], None] = lambda: None,
+    while_down: Callable[[], object] = lambda: None,
 ) -> Outage:
     """Stop a peer, keep it down ``seconds`` (running ``while_down`` at the start of
     that time), start it again; return once it answers."""
