@@ -219,6 +219,59 @@ def test_keystone_down_when_a_migration_authenticates_ends_done_once_it_is_back(
     )  # fmt: skip
 
 
+@pytest.mark.chaos  # the default run has the case above; this one adds ~25 s
+def test_keystone_down_mid_upload_does_not_disturb_a_migration_holding_a_token(
+    testbed: testbed_lib.Bed,
+    tmp_path: Path,
+    site_a: Connection,
+    site_b: Connection,
+    peers_back: None,
+    throttled: None,
+) -> None:
+    """Measured, not assumed: a daemon that already holds its tokens finishes while
+    Keystone is down, because the Glances cache each token's validation
+    (keystonemiddleware, 5 min by default): no attempt is lost."""
+    seconds = outages.outage_seconds()
+    config = write_daemon_config(tmp_path, testbed.dir / "sites", retry=outages.outlasting(seconds))
+    source_file = images.random_qcow2(tmp_path / "source.qcow2", SIZE_MIB)
+    source_id = glance_peer.upload(site_a, source_file, name="keystone-outage-mid-upload")
+    migration_id = migratio_cli.submit(config, source_id)
+    daemon, ledger = migratio_cli.start_and_wait(
+        config, migration_id, tmp_path / "migratio.log", state="uploading", min_bytes=4 * images.MIB
+    )
+    finished_after: list[float] = []
+
+    def finish_while_down() -> None:
+        down_at = time.monotonic()
+        migratio_cli.wait_for(ledger, migration_id, state="done", timeout=max(seconds, 60))
+        finished_after.append(time.monotonic() - down_at)
+
+    try:
+        outage = outages.take_down(
+            _stop(testbed, "keystone"),
+            _start(testbed, "keystone"),
+            seconds,
+            while_down=finish_while_down,
+        )
+        assert outages.still_running(daemon)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+
+    shown = migratio_cli.show(config, migration_id)
+    assert shown["state"] == "done" and shown["error"] is None
+    assert _retried(shown) == []
+    tagged = glance_peer.find(site_b, migratio_migration_id=migration_id)
+    assert [image["id"] for image in tagged] == [shown["dest_image_id"]]
+    assert tagged[0]["os_hash_value"] == images.sha512_of(source_file)
+    assert all(artifact["status"] != "present" for artifact in shown["artifacts"])
+    record(
+        "R3", "Keystone (down mid-upload, tokens held)", outcome="done while down",
+        outage_s=round(outage.down_for, 1), done_after_s=round(finished_after[0], 2),
+        retries=0, images=1, leaked=0, daemon_restarts=0,
+    )  # fmt: skip
+
+
 # -- moto (AWS, ebs-direct) --------------------------------------------------------
 
 
