@@ -1,6 +1,11 @@
 """Faults from outside: a destination Glance that restarts, a work dir that turns
 read-only or fills up. Each one must end in a definite state, retried within the
 budget, with nothing left behind and no hot loop.
+
+The other peers' outages (R3) are in test_outages_peers.py, the ledger's in
+test_outages_ledger.py, Redis's (R2) in test_outages_redis.py. An outage lasts
+``MIGRATIO_OUTAGE_SECONDS`` (tests/support/outages.py): 5 s by default, 60 s
+under support/chaos.
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ import testbed_lib
 from openstack.connection import Connection
 
 from migratio.ledger.store import Ledger
-from tests.support import glance_peer, images, migratio_cli
+from tests.support import glance_peer, images, migratio_cli, outages
 from tests.support.daemon_config import write_daemon_config
+from tests.support.reliability import record
 
 pytestmark = pytest.mark.testbed
 
 # Enough attempts to outlast a 60 s outage whatever the jitter (each waits 0.5-2 s
 # once the delay is capped, and a refused connection fails at once).
-OUTLASTING = {"max_attempts": 80, "base_delay": 0.5, "max_delay": 2.0}
+OUTLASTING = outages.outlasting(60)
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -57,30 +63,35 @@ def _stop_glance_b_mid_upload(
     return running, ledger, migration_id, source_file
 
 
-def test_destination_glance_down_for_60_s_mid_upload_ends_done_with_one_image(
+@pytest.mark.reliability
+def test_destination_glance_down_mid_upload_ends_done_with_one_image(
     testbed: testbed_lib.Bed,
     tmp_path: Path,
     site_a: Connection,
     site_b: Connection,
     glance_b_back: None,
 ) -> None:
-    config = write_daemon_config(tmp_path, testbed.dir / "sites", retry=OUTLASTING)
+    """Down for ``MIGRATIO_OUTAGE_SECONDS`` (5 s by default, 60 s under support/chaos)."""
+    seconds = outages.outage_seconds()
+    config = write_daemon_config(tmp_path, testbed.dir / "sites", retry=outages.outlasting(seconds))
     running, ledger, migration_id, source_file = _stop_glance_b_mid_upload(
         config, site_a, tmp_path, 384
     )
     try:
-        testbed_lib.stop_service(testbed.dir, "glance-site-b")
-        down_at = time.monotonic()
-        time.sleep(60)
+        outage = outages.take_down(
+            lambda: testbed_lib.stop_service(testbed.dir, "glance-site-b"),
+            lambda: testbed_lib.start_service(testbed.dir, "glance-site-b"),
+            seconds,
+        )
         assert ledger.get(migration_id).state not in ("done", "failed")
-        testbed_lib.start_service(testbed.dir, "glance-site-b")
-        outage = time.monotonic() - down_at
+        recover = outages.recovery_seconds(ledger, migration_id, outage.returned_at)
         migratio_cli.wait_for(ledger, migration_id, state="done", timeout=300)
+        assert outages.still_running(running)
     finally:
         running.send_signal(signal.SIGTERM)
         assert running.wait(60) == 0
 
-    assert outage >= 60
+    assert outage.down_for >= seconds
     shown = migratio_cli.show(config, migration_id)
     assert shown["state"] == "done" and shown["error"] is None
     retries = [row for row in shown["history"] if "failed, retrying" in row["message"]]
@@ -90,6 +101,11 @@ def test_destination_glance_down_for_60_s_mid_upload_ends_done_with_one_image(
     assert tagged[0]["status"] == "active"
     assert tagged[0]["os_hash_value"] == images.sha512_of(source_file)
     assert all(artifact["status"] != "present" for artifact in shown["artifacts"])
+    record(
+        "R3", "destination Glance (mid-upload)", outcome="done",
+        outage_s=round(outage.down_for, 1), recover_s=round(recover, 2), images=1, leaked=0,
+        daemon_restarts=0,
+    )  # fmt: skip
 
 
 def test_a_migration_failed_while_glance_was_down_leaves_no_record_once_it_is_back(

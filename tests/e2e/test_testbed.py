@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-import testbed_lib  # conftest puts support/testbed on sys.path
+import testbed_lib
+import yaml  # conftest puts support/testbed on sys.path
 from openstack.config import OpenStackConfig
 from openstack.connection import Connection
 
@@ -125,3 +126,47 @@ def test_start_postgres_gives_a_database_sqlalchemy_can_use(tmp_path: Path) -> N
         testbed_lib.stop_postgres(tmp_path)
     with pytest.raises(sqlalchemy.exc.OperationalError):
         sqlalchemy.create_engine(url).connect()
+
+
+@pytest.mark.testbed
+def test_a_stopped_postgres_kept_comes_back_on_its_port_with_its_data(tmp_path: Path) -> None:
+    url = testbed_lib.start_postgres(tmp_path)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sqlalchemy.text("CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)")
+            )
+        testbed_lib.stop_postgres(tmp_path, keep=True)
+        with pytest.raises(sqlalchemy.exc.OperationalError):
+            engine.connect()
+        assert testbed_lib.start_postgres(tmp_path) == url
+        with engine.connect() as connection:
+            assert connection.execute(sqlalchemy.text("SELECT n FROM kept")).scalar() == 7
+    finally:
+        engine.dispose()
+        testbed_lib.stop_postgres(tmp_path)
+
+
+@pytest.mark.testbed
+def test_stopping_sshd_ends_its_open_sessions(testbed: testbed_lib.Bed) -> None:
+    """sshd's sessions leave its process group; a stopped peer must not keep them."""
+    ssh_dir = testbed.dir / "sshd"
+    port = yaml.safe_load((testbed.sites_dir / "site-b-ssh.yml").read_text())["port"]
+    session = subprocess.Popen(
+        [
+            "ssh", "-i", str(ssh_dir / "client_ed25519_key"),
+            "-o", f"UserKnownHostsFile={ssh_dir / 'known_hosts'}", "-o", "BatchMode=yes",
+            "-p", str(port), "root@127.0.0.1", "echo up; sleep 60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert session.stdout is not None and session.stdout.readline() == b"up\n"
+        testbed_lib.stop_service(testbed.dir, "sshd")
+        assert session.wait(15) != 0  # cut, not finished
+    finally:
+        session.kill()
+        session.wait()
+        testbed_lib.start_service(testbed.dir, "sshd")

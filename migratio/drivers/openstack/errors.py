@@ -45,6 +45,11 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     openstack.exceptions.NotSupported,
 )
 
+UNANSWERED_DISCOVERY = (
+    "the image service did not answer its version discovery (down, restarting or "
+    "unreachable at the catalog's endpoint)"
+)
+
 
 def message(site_id: str, action: str, problem: str) -> str:
     """The one-line text of every error about a site: ``site S: action: problem``."""
@@ -63,6 +68,10 @@ def translated(site_id: str, action: str) -> Iterator[None]:
     except ksa.http.HttpError as exc:
         kind = error_class(exc.http_status)
         raise kind(message(site_id, action, f"{exc.message} (HTTP {exc.http_status})")) from exc
+    except openstack.exceptions.NotSupported as exc:
+        # The SDK's own words ("exists but does not have any supported versions")
+        # hide that the service did not answer; say what an operator should check.
+        raise TransientError(message(site_id, action, UNANSWERED_DISCOVERY)) from exc
     except RETRYABLE_ERRORS as exc:
         raise TransientError(message(site_id, action, error_text(exc))) from exc
     except (ksa.ClientException, openstack.exceptions.SDKException) as exc:

@@ -72,8 +72,14 @@ def start_postgres(directory: Path, timeout: float = 60.0) -> str:
         return existing.url
     ensure_packages(["postgresql"])
     setup_log = directory / "logs" / "postgres-setup.log"
-    path = _cluster_path(directory)
-    cluster = Cluster(path=path, port=free_ports(1)[0], temporary=path != directory / "postgres")
+    if existing is not None and (existing.data / "PG_VERSION").exists():
+        # Stopped with keep=True: the same data on the same port, as a restart would.
+        cluster = existing
+    else:
+        path = _cluster_path(directory)
+        cluster = Cluster(
+            path=path, port=free_ports(1)[0], temporary=path != directory / "postgres"
+        )
     _save(directory, cluster)
     try:
         _start(cluster, setup_log, timeout)
@@ -86,8 +92,12 @@ def start_postgres(directory: Path, timeout: float = 60.0) -> str:
     return cluster.url
 
 
-def stop_postgres(directory: Path, timeout: float = 30.0) -> None:
-    """Stop the directory's cluster (fast shutdown); tolerant of one already gone."""
+def stop_postgres(directory: Path, timeout: float = 30.0, *, keep: bool = False) -> None:
+    """Stop the directory's cluster (fast shutdown); tolerant of one already gone.
+
+    ``keep``: only stop the server; ``start_postgres`` starts it again with its data
+    on its port (an outage, not the end of the cluster).
+    """
     directory = directory.resolve()
     cluster = _load(directory)
     if cluster is None:
@@ -103,6 +113,8 @@ def stop_postgres(directory: Path, timeout: float = 30.0) -> None:
             _as_postgres(argv, cluster, directory / "logs" / "postgres-setup.log", "pg_ctl stop")
         except TestbedError:
             _kill_postmaster(pid)
+    if keep:
+        return
     if cluster.temporary:
         shutil.rmtree(cluster.path, ignore_errors=True)
         link = directory / "postgres"

@@ -162,6 +162,37 @@ def stop(servers: Sequence[Server], grace: float = 5.0) -> None:
                 proc.wait(timeout=grace)
 
 
+def descendants(pid: int) -> list[Server]:
+    """Every live process started, directly or not, by ``pid`` (sshd's sessions, which
+    leave its process group): for ``stop_service``, which ends them with their server."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        fields = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[Server] = []
+    pending = list(children.get(pid, []))
+    while pending:
+        child = pending.pop()
+        ticks = start_ticks(child)
+        if ticks is not None:
+            found.append(Server(f"child {child}", child, ticks, "", Path("/dev/null")))
+        pending.extend(children.get(child, []))
+    return found
+
+
+def end(started: Sequence[Server], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` s, processes that are still the ones seen."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for process in started:
+            if is_running(process):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(process.pid, sig)
+        deadline = time.monotonic() + grace
+        while any(is_running(p) for p in started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
 def wait_http(server: Server, url: str, timeout: float = 60.0) -> None:
     """Return once ``url`` answers 2xx; fail early if the server exits."""
     deadline = time.monotonic() + timeout

@@ -18,8 +18,15 @@ from .processes import Server
 
 
 def stop_service(directory: Path, name: str) -> None:
-    """Stop one recorded server (SIGTERM, then SIGKILL); its state stays in DIR."""
-    processes.stop([_recorded(directory.resolve(), name)])
+    """Stop one recorded server (SIGTERM, then SIGKILL); its state stays in DIR.
+
+    The processes it started go too, also those that left its process group (sshd's
+    sessions): a peer that goes away takes its open connections with it.
+    """
+    server = _recorded(directory.resolve(), name)
+    started = processes.descendants(server.pid) if processes.is_running(server) else []
+    processes.stop([server])
+    processes.end(started)
 
 
 def start_service(directory: Path, name: str, timeout: float = READY_TIMEOUT) -> Server:

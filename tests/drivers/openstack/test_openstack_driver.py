@@ -692,7 +692,7 @@ def test_a_stopped_glance_behind_the_catalog_is_transient(testbed: Any) -> None:
             driver.close()
     finally:
         testbed_lib.start_service(testbed.dir, "glance-site-b")
-    _one_line(caught.value, "site-b")
+    _one_line(caught.value, "site-b", "did not answer its version discovery (down, restarting")
 
 
 def test_an_answer_that_is_not_an_image_is_transient(
