@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from migratio.cli.context import EXIT_USAGE, Context, config_option
+from migratio.cli.context import ERROR_LINE_LIMIT, EXIT_USAGE, Context, config_option
 from migratio.config_path import CONFIG_ENV, DEFAULT_CONFIG_PATH
 from migratio.text import one_line, printable
 
@@ -45,7 +45,7 @@ class OneLineErrors(click.Group):
 
 
 def _error(message: str, code: int) -> None:
-    click.echo(f"migratio: {printable(one_line(message, 500))}", err=True)
+    click.echo(f"migratio: {printable(one_line(message, ERROR_LINE_LIMIT))}", err=True)
     sys.exit(code)
 
 
