@@ -154,3 +154,51 @@ def text_files(root: Path, *, skip: Iterable[Path] = ()) -> Iterator[Path]:
         if any(resolved.is_relative_to(other) for other in skipped):
             continue
         yield path
+
+
+def after_the_run(
+    bed_dir: Path,
+    basetemp: Path,
+    *,
+    redis_url: str,
+    postgres_url: str | None,
+    extra_secrets: Mapping[str, str] | None = None,
+) -> Scan:
+    """The session's grep: the bed's and the tests' secrets, in every text file
+    the run's daemons and commands wrote (under ``basetemp`` and the bed's work
+    dir, not the bed's own config and peers' logs), the bed's Redis and the
+    PostgreSQL ledger the tests shared."""
+    import redis
+    from sqlalchemy import create_engine
+
+    known = bed_secrets(bed_dir) | {
+        name: value.encode()
+        for name, value in {**remembered(), **(extra_secrets or {})}.items()
+        if len(value) >= MIN_SECRET_LENGTH
+    }
+    scan = Scan(known)
+    scan.files(text_files(basetemp, skip=[bed_dir]))
+    scan.files(text_files(bed_dir / "work"))
+    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    try:
+        scan.redis(client, "the bed's Redis")
+    finally:
+        client.close()
+    if postgres_url:
+        engine = create_engine(postgres_url)
+        if password := engine.url.password:
+            scan.secrets = {**scan.secrets, "the PostgreSQL password": str(password).encode()}
+        try:
+            with engine.connect() as connection:
+                scan.sql(connection, "the PostgreSQL ledger")
+        finally:
+            engine.dispose()
+    return scan
+
+
+def summary(scan: Scan) -> str:
+    lines = [
+        f"{len(scan.hits)} secret(s) found in {scan.places} places ({scan.bytes_scanned} bytes):"
+    ]
+    lines += [f"  {hit.secret} in {hit.place}" for hit in scan.hits[:50]]
+    return "\n".join(lines)
