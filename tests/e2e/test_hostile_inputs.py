@@ -40,8 +40,9 @@ from typing import Any
 import pytest
 import yaml
 from openstack.connection import Connection
+from testbed_lib import pidfile
 
-from tests.support import glance_peer, images, migratio_cli, secrets_grep
+from tests.support import aws_peer, glance_peer, images, migratio_cli, secrets_grep
 from tests.support.bad_jobs import BAD_JOBS
 from tests.support.child_argv import ChildArgvSampler
 from tests.support.daemon_config import write_daemon_config
@@ -409,6 +410,17 @@ def name_cases() -> list[Case]:
             dest="site-b-ssh",
         )
     )
+    # AWS keeps a name in tags and the AMI's description; its DEBUG logs are
+    # botocore's signed requests, the place an access key would leak.
+    cases.append(
+        Case(
+            "name-shell-metacharacters-to-aws",
+            "name",
+            "done",
+            make=_named(METACHARACTERS),
+            dest="aws-a",
+        )
+    )
     return cases
 
 
@@ -565,7 +577,7 @@ def cli_cases() -> list[Case]:
             "cli-unknown-site",
             "cli",
             r"usage error: --to: unknown site 'nowhere' "
-            r"\(known: site-a, site-b, site-b-raw, site-b-ssh\)$",
+            r"\(known: aws-a, site-a, site-b, site-b-raw, site-b-ssh\)$",
             argv=("submit", "--image", "img", "--to", "nowhere"),
         ),
         Case(
@@ -667,7 +679,7 @@ def suite_config(directory: Path, bed_sites: Path, redis_url: str) -> Path:
     (sites / "site-a.yml").write_text(
         yaml.safe_dump({"type": "openstack", "cloud": "site-a", "read_timeout": 3})
     )
-    for name in ("site-b.yml", "site-b-raw.yml", "site-b-ssh.yml"):
+    for name in ("site-b.yml", "site-b-raw.yml", "site-b-ssh.yml", "aws-a.yml"):
         shutil.copy(bed_sites / name, sites / name)
     return write_daemon_config(
         directory,
@@ -782,7 +794,8 @@ def test_every_hostile_input_gets_one_clear_line_and_the_daemon_stays_up(
     daemon = migratio_cli.start(config, suite_dir / "daemon.log")
     pid = daemon.pid
     try:
-        with ChildArgvSampler(pid, suite_dir / "child-argv.txt") as sampler:
+        sshd = [server.pid for server in pidfile.load(testbed.dir) if server.name == "sshd"]
+        with ChildArgvSampler([pid, *sshd], suite_dir / "child-argv.txt") as sampler:
             # Jobs first, oldest first: the dead set keeps the order they were taken in.
             dead_cases = [case for case in cases if case.category == "job"]
             for case in dead_cases:
@@ -855,11 +868,14 @@ def test_every_hostile_input_gets_one_clear_line_and_the_daemon_stays_up(
     found = migrations_by_job(config)
     feedback = failure_feedback(locked_redis)
     destination_copies: set[str] = set()
+    amis: list[str] = []
     for case in ledger_cases:
         migration_id, state, error, dest_image_id, image_id = found[_jid(case.id)]
         if case.expect == "done":
             outcome = Outcome(state, [] if state == "done" else [f"{state}: {error}"])
-            if state == "done":
+            if state == "done" and case.dest == "aws-a":
+                amis.append(dest_image_id)
+            elif state == "done":
                 destination_copies.add(dest_image_id)
                 outcome.problems += arrived_unchanged(site_a, site_b, image_id, dest_image_id)
         else:
@@ -929,6 +945,7 @@ def test_every_hostile_input_gets_one_clear_line_and_the_daemon_stays_up(
     )
     keep_for_the_secrets_grep(locked_redis, suite_dir)
     tidy(site_a, site_b, bed.created, destination_copies)
+    remove_amis(testbed.moto_url, amis)
 
     report = [
         f"{case.id}: {problem}"
@@ -964,6 +981,18 @@ def make_source(case: Case, bed: Bed) -> str:
     own = replace(bed, scratch=bed.scratch / case.id)
     own.scratch.mkdir()
     return case.make(own)
+
+
+def remove_amis(moto_url: str, amis: list[str]) -> None:
+    """The AMI and its snapshot: other tests count what the bed's moto holds."""
+    ec2 = aws_peer.client("ec2", moto_url)
+    for ami in amis:
+        described = ec2.describe_images(ImageIds=[ami])["Images"]
+        ec2.deregister_image(ImageId=ami)
+        for image in described:
+            for mapping in image.get("BlockDeviceMappings", []):
+                if snapshot := mapping.get("Ebs", {}).get("SnapshotId"):
+                    ec2.delete_snapshot(SnapshotId=snapshot)
 
 
 def keep_for_the_secrets_grep(peer: PrivateRedis, directory: Path) -> None:

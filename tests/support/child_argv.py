@@ -14,13 +14,15 @@ SAMPLE_SECONDS = 0.05
 
 
 class ChildArgvSampler:
-    """Records each distinct argv of ``pid`` and its descendants into ``out``
-    (one NUL-separated argv per line) until stopped."""
+    """Records each distinct argv of the processes ``roots`` (a daemon, the bed's
+    sshd whose children run the remote commands) and their descendants into
+    ``out`` (one NUL-separated argv per line) until stopped."""
 
-    def __init__(self, pid: int, out: Path) -> None:
-        self.pid = pid
+    def __init__(self, roots: list[int], out: Path) -> None:
+        self.roots = roots
         self.out = out
         self.seen: set[tuple[str, ...]] = set()
+        self.root_argv: set[tuple[str, ...]] = set()
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="argv-sampler", daemon=True)
@@ -43,19 +45,21 @@ class ChildArgvSampler:
 
     @property
     def children_seen(self) -> int:
-        """Distinct argv other than the daemon's own."""
-        return max(0, len(self.seen) - 1)
+        """Distinct argv of the roots' descendants."""
+        return len(self.seen - self.root_argv)
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
-            try:
-                daemon = psutil.Process(self.pid)
-                processes = [daemon, *daemon.children(recursive=True)]
-            except psutil.Error:
-                continue
             self.samples += 1
-            for process in processes:
+            for pid in self.roots:
                 try:
-                    self.seen.add(tuple(process.cmdline()))
-                except psutil.Error:  # exited between listing and reading
+                    root = psutil.Process(pid)
+                    self.root_argv.add(tuple(root.cmdline()))
+                    processes = [root, *root.children(recursive=True)]
+                except psutil.Error:
                     continue
+                for process in processes:
+                    try:
+                        self.seen.add(tuple(process.cmdline()))
+                    except psutil.Error:  # exited between listing and reading
+                        continue

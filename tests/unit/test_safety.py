@@ -388,9 +388,7 @@ def test_convert_refuses_a_backing_file_and_writes_nothing(images: Path, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_convert_refuses_a_truncated_qcow2_and_writes_nothing(
-    images: Path, tmp_path: Path
-) -> None:
+def test_convert_refuses_a_truncated_qcow2_and_writes_nothing(images: Path, tmp_path: Path) -> None:
     """qemu-img convert reads the missing clusters as zeros and exits 0."""
     whole = (images / "good.qcow2").read_bytes()
     truncated = tmp_path / "in" / "cut.qcow2"
