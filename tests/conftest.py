@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testbed_lib.Be
 def grep_for_secrets(bed: testbed_lib.Bed, basetemp: Path) -> secrets_grep.Scan:
     """Every secret of the bed and the tests, looked for in everything the run's
     daemons wrote; a token the session itself holds is one of them."""
+    started = time.monotonic()
     try:
         token = str(glance_peer.connect("site-a").auth_token)
     except Exception:  # Keystone left stopped by a failed test: the token shape still counts
@@ -66,6 +68,7 @@ def grep_for_secrets(bed: testbed_lib.Bed, basetemp: Path) -> secrets_grep.Scan:
         places=scan.places,
         bytes_scanned=scan.bytes_scanned,
         secrets=len(scan.secrets),
+        seconds=round(time.monotonic() - started, 1),
     )
     return scan
 
