@@ -63,16 +63,18 @@ SUITE_TIMEOUT = 150.0
 
 @dataclass(frozen=True)
 class Case:
-    """One hostile input: ``category`` says how it is inflicted and where its line
-    is read (dead set, ledger, CLI stderr); ``expect`` is a regular expression
-    the line must match from its start (``done`` for names that must arrive
-    unchanged)."""
+    """One hostile input and the line it must get. A job with a ``payload`` goes to
+    the dead set; a case that can ``make`` its source image becomes a migration
+    (its line is the ledger's error); ``config`` and ``argv`` cases run the CLI.
+    ``expect`` is a regular expression the line must match from its start
+    (``done``: a name or property that must arrive unchanged)."""
 
     id: str
     category: str  # "job", "image", "name", "config" or "cli"
     expect: str
     payload: bytes = b""  # job: pushed as is
     make: Callable[[Bed], str] | None = None  # image/name: returns the source image id
+    then: Callable[[Bed, str], None] | None = None  # changes that image, one case at a time
     dest: str = "site-b"
     argv: tuple[str, ...] = ()  # cli: arguments after --config
     config: Callable[[Path], Path] | None = None  # config: writes one, returns its path
@@ -158,25 +160,25 @@ def job_cases() -> list[Case]:
         # Well-formed jobs whose image is not there: migrations that fail.
         Case(
             "job-missing-image",
-            "image",
+            "job",
             f"site site-a: image {MISSING} does not exist$",
             make=lambda bed: MISSING,
         ),
         Case(
             "job-metachar-image-id",
-            "image",
+            "job",
             re.escape(f"site site-a: image {METACHAR_ID} does not exist"),
             make=lambda bed: METACHAR_ID,
         ),
         Case(
             "job-path-image-id",
-            "image",
+            "job",
             re.escape("site site-a: image ../../v2/images?limit=1 does not exist"),
             make=lambda bed: "../../v2/images?limit=1",
         ),
         Case(
             "job-non-ascii-image-id",
-            "image",
+            "job",
             "site site-a: image образ-ü-✓ does not exist$",
             make=lambda bed: "образ-ü-✓",
         ),
@@ -245,20 +247,21 @@ def _queued(bed: Bed) -> str:
     return str(image.id)
 
 
-def _deactivated(bed: Bed) -> str:
-    image_id = bed.upload(_random_raw(bed), "r4-deactivated", "raw")
+def _uploaded_raw(name: str) -> Callable[[Bed], str]:
+    return lambda bed: bed.upload(_random_raw(bed), name, "raw")
+
+
+def _deactivate(bed: Bed, image_id: str) -> None:
     response = bed.site_a.image.post(f"/images/{image_id}/actions/deactivate")
     assert response.status_code == 204, response.text
-    return image_id
 
 
-def _killed(bed: Bed) -> str:
+def _kill(bed: Bed, image_id: str) -> None:
     """Glance marks an image `killed` when its upload failed; no API sets it, so
-    the test writes it into the site's own database (the record is ours)."""
-    image_id = bed.upload(_random_raw(bed), "r4-killed", "raw")
+    the test writes it into the site's own database (the record is ours). Run
+    alone: a write lock held while Glance writes makes Glance answer 500."""
     with sqlite3.connect(bed.glance_a_dir / "glance.sqlite", timeout=30) as db:
         db.execute("UPDATE images SET status = 'killed' WHERE id = ?", (image_id,))
-    return image_id
 
 
 def _store_damage(damage: Callable[[Path], None], name: str) -> Callable[[Bed], str]:
@@ -343,10 +346,15 @@ def image_cases() -> list[Case]:
             "image-deactivated",
             "image",
             f"source image {UUID} is deactivated, not available$",
-            make=_deactivated,
+            make=_uploaded_raw("r4-deactivated"),
+            then=_deactivate,
         ),
         Case(
-            "image-killed", "image", f"source image {UUID} is killed, not available$", make=_killed
+            "image-killed",
+            "image",
+            f"source image {UUID} is killed, not available$",
+            make=_uploaded_raw("r4-killed"),
+            then=_kill,
         ),
         Case(
             "image-iso-to-raw-site",
@@ -677,7 +685,7 @@ def suite_config(directory: Path, bed_sites: Path, redis_url: str) -> Path:
     # A short read timeout: an image cut short in Glance's store makes Glance
     # promise more bytes than it sends, and only a timeout ends that read.
     (sites / "site-a.yml").write_text(
-        yaml.safe_dump({"type": "openstack", "cloud": "site-a", "read_timeout": 3})
+        yaml.safe_dump({"type": "openstack", "cloud": "site-a", "read_timeout": 2})
     )
     for name in ("site-b.yml", "site-b-raw.yml", "site-b-ssh.yml", "aws-a.yml"):
         shutil.copy(bed_sites / name, sites / name)
@@ -797,13 +805,13 @@ def test_every_hostile_input_gets_one_clear_line_and_the_daemon_stays_up(
         sshd = [server.pid for server in pidfile.load(testbed.dir) if server.name == "sshd"]
         with ChildArgvSampler([pid, *sshd], suite_dir / "child-argv.txt") as sampler:
             # Jobs first, oldest first: the dead set keeps the order they were taken in.
-            dead_cases = [case for case in cases if case.category == "job"]
+            dead_cases = [case for case in cases if case.category == "job" and not case.make]
             for case in dead_cases:
                 locked_redis.client.lpush(QUEUE, case.payload)
             # Images and names: uploaded to site-a, then one good job each.
             # The slowest first (the SSH destination, reads that must time out).
             ledger_cases = sorted(
-                (case for case in cases if case.category in ("image", "name")),
+                (case for case in cases if case.make is not None),
                 key=lambda case: (case.dest != "site-b-ssh", "in-store" not in case.id),
             )
             with ThreadPoolExecutor(4) as pool:
@@ -814,6 +822,9 @@ def test_every_hostile_input_gets_one_clear_line_and_the_daemon_stays_up(
                         strict=True,
                     )
                 )
+            for case in ledger_cases:
+                if case.then is not None:
+                    case.then(bed, sources[case.id])
             for case in ledger_cases:
                 locked_redis.client.lpush(QUEUE, _job(sources[case.id], case.dest, case.id))
             # Configs and command lines meanwhile, against the running daemon's config.
@@ -1021,7 +1032,8 @@ def keep_for_the_secrets_grep(peer: PrivateRedis, directory: Path) -> None:
 
 def tidy(site_a: Connection, site_b: Connection, sources: list[str], copies: set[str]) -> None:
     """Remove this suite's images: the bed is shared by the whole session."""
-    for image_id in sources:
-        glance_peer.delete(site_a, image_id)
-    for image_id in copies:
-        glance_peer.delete(site_b, image_id)
+    with ThreadPoolExecutor(4) as pool:
+        done = [pool.submit(glance_peer.delete, site_a, image_id) for image_id in sources]
+        done += [pool.submit(glance_peer.delete, site_b, image_id) for image_id in copies]
+    for future in done:
+        future.result()
