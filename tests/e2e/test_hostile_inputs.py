@@ -28,8 +28,6 @@ import secrets
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -743,14 +741,7 @@ def run_cli_case(case: Case, suite_config_path: Path, scratch: Path) -> Outcome:
         argv = ("run", "--until-idle")
     else:
         config, argv = suite_config_path, case.argv
-    result = subprocess.run(
-        [sys.executable, "-m", "migratio", "--config", str(config), *argv],
-        capture_output=True,
-        text=True,
-        errors="backslashreplace",
-        timeout=60,
-        check=False,
-    )
+    result = migratio_cli.cli(config, *argv, check=False, timeout=60)
     lines = result.stderr.splitlines()
     line = lines[0].removeprefix("migratio: ") if lines else ""
     outcome = Outcome(line, one_line_problems(line, case.expect))
