@@ -123,8 +123,10 @@ def job_cases() -> list[Case]:
     long_text = "x" * 10_000
     cases += [
         Case("job-empty", "job", "not JSON: ", payload=b""),
-        Case("job-null", "job", "not a JSON object but NoneType$", payload=b"null"),
-        Case("job-number", "job", "not a JSON object but int$", payload=b"42"),
+        Case("job-null", "job", "not a JSON object but null$", payload=b"null"),
+        Case("job-number", "job", "not a JSON object but a number$", payload=b"42"),
+        Case("job-boolean", "job", "not a JSON object but a boolean$", payload=b"true"),
+        Case("job-string", "job", "not a JSON object but a string$", payload=b'"img-1 site-b"'),
         Case(
             "job-10MB",
             "job",

@@ -9,7 +9,7 @@ BAD_JOBS: list[tuple[bytes, str]] = [
     (b"not json at all", "not JSON: "),
     (b"\xff\xfe{", "not JSON: "),
     (b"[" * 100_000 + b"]" * 100_000, "not JSON: nested too deeply"),
-    (b'["img-1", "site-b"]', "not a JSON object but list"),
+    (b'["img-1", "site-b"]', "not a JSON object but an array"),
     (sidekiq_job(["img-1", "site-b"], worker="Migratio::Worker::Nope"), "unknown class 'Migr"),
     (b'{"args": ["img-1", "site-b"]}', "no 'class' field"),
     (sidekiq_job(["img-1"]), "expected 2 args [source image uuid, destination site id], got 1"),
