@@ -128,6 +128,9 @@ def bed_secrets(bed_dir: Path) -> dict[str, bytes]:
                     found[f"AWS {option}"] = parser.get(section, option)
     for key_file in sorted((bed_dir / "sshd").glob("*_key")):
         found.update(private_key_lines(key_file))
+    # Keystone's own keys: whoever holds one can mint tokens or read credentials.
+    for key_file in sorted(bed_dir.glob("keystone/*-keys/*")):
+        found[f"keystone {key_file.parent.name}/{key_file.name}"] = key_file.read_text().strip()
     return {
         name: value.encode() for name, value in found.items() if len(value) >= MIN_SECRET_LENGTH
     }
