@@ -7,9 +7,10 @@ import os
 from migratio import config, sidekiq
 from migratio.errors import IllegalTransition, RedisUnavailable, UsageError
 from migratio.feedback.outbox import status_job
-from migratio.intake.jobs import BadJob, native_job, parse
+from migratio.intake.jobs import MAX_IMAGE_ID, BadJob, native_job, parse
 from migratio.ledger.store import Ledger, Migration
 from migratio.machine import TERMINAL, Trigger
+from migratio.text import ascii_line, is_printable
 
 
 def open_ledger(settings: config.Settings, *, migrate: bool = True) -> Ledger:
@@ -25,9 +26,15 @@ def open_ledger(settings: config.Settings, *, migrate: bool = True) -> Ledger:
 def submit(
     settings: config.Settings, ledger: Ledger, image_id: str, source: str, destination: str
 ) -> Migration:
-    """Queue a migration; both sites must be configured."""
+    """Queue a migration; both sites must be configured, and the image id must be
+    one the intake would take from a job (short, printable)."""
     if not image_id.strip():
         raise UsageError("image id must not be empty")
+    if len(image_id) > MAX_IMAGE_ID:
+        raise UsageError(f"image id is longer than {MAX_IMAGE_ID} characters")
+    if not is_printable(image_id):
+        shown = ascii_line(image_id, 80)
+        raise UsageError(f"image id holds control or invalid characters: {shown}")
     check_sites(settings, source, destination)
     return ledger.create(source, destination, image_id, message=f"submitted by pid {os.getpid()}")
 

@@ -121,6 +121,34 @@ def check_info_safe(info: dict[str, Any]) -> None:
         )
 
 
+def check_consistent(path: Path, fmt: str) -> None:
+    """Refuse an image whose metadata points past its own end (a truncated qcow2).
+
+    qemu-img convert reads the missing clusters as zeros and exits 0: without this
+    check a cut-short template converts "successfully" into a disk with holes.
+    `qemu-img check` exits 2 on corruption, 3 on leaked clusters only (harmless),
+    63 for formats it cannot check (raw, vpc).
+    """
+    qemu_img = _tool("qemu-img", "qemu-utils")
+    qemu_format = _qemu_format(fmt)
+    if qemu_format == "raw":
+        return
+    argv = [
+        *_limits(INFO_ADDRESS_SPACE, INFO_CPU_SECONDS),
+        qemu_img,
+        "check",
+        "--output=json",
+        "-f",
+        qemu_format,
+        _file_argument(path),
+    ]
+    done = _execute(argv, "check", INFO_TIMEOUT)
+    if done.returncode in (0, 3, 63):
+        return
+    reason = _failure(done, "check", INFO_CPU_SECONDS)
+    raise PermanentError(f"{fmt} image is damaged (qemu-img check): {reason}")
+
+
 def convert(source: Path, source_format: str, target: Path, target_format: str) -> None:
     """Convert source into target, which appears only once complete and on disk.
 
@@ -134,6 +162,7 @@ def convert(source: Path, source_format: str, target: Path, target_format: str) 
     qemu_img = _tool("qemu-img", "qemu-utils")
     described = info(source, source_format)
     check_info_safe(described)
+    check_consistent(source, source_format)
     virtual_size = described.get("virtual-size")
     if not isinstance(virtual_size, int):
         virtual_size = source.stat().st_size
@@ -199,8 +228,17 @@ def _tool(name: str, debian_package: str) -> str:
 
 def _run(argv: list[str], action: str, cpu_seconds: int, timeout: float) -> str:
     """Run qemu-img; its first stderr line becomes the error, stdout is returned."""
+    done = _execute(argv, action, timeout)
+    if done.returncode == 0:
+        return done.stdout
+    if any(text in done.stderr for text in _NO_SPACE_TEXTS):
+        raise _NoSpace(_first_line(done.stderr)[:_MESSAGE_LIMIT])
+    raise PermanentError(_failure(done, action, cpu_seconds))
+
+
+def _execute(argv: list[str], action: str, timeout: float) -> subprocess.CompletedProcess[str]:
     try:
-        done = subprocess.run(
+        return subprocess.run(
             argv,
             capture_output=True,
             encoding="utf-8",
@@ -211,23 +249,23 @@ def _run(argv: list[str], action: str, cpu_seconds: int, timeout: float) -> str:
         )
     except subprocess.TimeoutExpired as exc:
         raise TransientError(f"qemu-img {action} did not finish within {timeout:.0f} s") from exc
-    if done.returncode == 0:
-        return done.stdout
-    first_line = next((line.strip() for line in done.stderr.splitlines() if line.strip()), "")
-    if any(text in done.stderr for text in _NO_SPACE_TEXTS):
-        raise _NoSpace(first_line[:_MESSAGE_LIMIT])
-    if first_line:
-        raise PermanentError(first_line[:_MESSAGE_LIMIT])
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _failure(done: subprocess.CompletedProcess[str], action: str, cpu_seconds: int) -> str:
+    """Why a qemu-img run failed, in one line: its first stderr line, else the signal or status."""
+    if first_line := _first_line(done.stderr):
+        return first_line[:_MESSAGE_LIMIT]
     if done.returncode in (-signal.SIGKILL, -signal.SIGXCPU):
         # prlimit sets soft = hard, so the kernel's answer to the CPU cap is SIGKILL.
         name = signal.Signals(-done.returncode).name
-        raise PermanentError(
-            f"qemu-img {action} was killed by {name} (CPU-time limit {cpu_seconds} s)"
-        )
+        return f"qemu-img {action} was killed by {name} (CPU-time limit {cpu_seconds} s)"
     if done.returncode < 0:
-        name = signal.Signals(-done.returncode).name
-        raise PermanentError(f"qemu-img {action} was killed by {name}")
-    raise PermanentError(f"qemu-img {action} exited with status {done.returncode}")
+        return f"qemu-img {action} was killed by {signal.Signals(-done.returncode).name}"
+    return f"qemu-img {action} exited with status {done.returncode}"
 
 
 def _quoted(value: object) -> str:

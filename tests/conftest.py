@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +19,11 @@ from openstack.connection import Connection  # noqa: E402
 
 from migratio.ledger.database import upgrade  # noqa: E402
 from migratio.ledger.store import Ledger  # noqa: E402
-from tests.support import glance_peer, images  # noqa: E402
+from tests.support import glance_peer, images, secrets_grep  # noqa: E402
 from tests.support.daemon_config import write_daemon_config  # noqa: E402
 from tests.support.engine import EngineBed, open_engine_bed  # noqa: E402
 from tests.support.ledgers import empty_ledger_engine  # noqa: E402
+from tests.support.reliability import record  # noqa: E402
 
 # Property tests: a quick look in every run, a long one where support/chaos asks for it.
 settings.register_profile("default", deadline=None, max_examples=100)
@@ -38,6 +40,8 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testbed_lib.Be
     saved = {key: os.environ.get(key) for key in bed.env}
     os.environ.update(bed.env)
     yield bed
+    # Last, while the bed's Redis still answers: the secrets grep (R6).
+    scan = grep_for_secrets(bed, tmp_path_factory.getbasetemp())
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -45,6 +49,34 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testbed_lib.Be
             os.environ[key] = value
     if not reuse:
         testbed_lib.down(directory)
+    assert not scan.hits, secrets_grep.summary(scan)
+
+
+def grep_for_secrets(bed: testbed_lib.Bed, basetemp: Path) -> secrets_grep.Scan:
+    """Every secret of the bed and the tests, looked for in everything the run's
+    daemons wrote; a token the session itself holds is one of them."""
+    started = time.monotonic()
+    try:
+        token = str(glance_peer.connect("site-a").auth_token)
+    except Exception:  # Keystone left stopped by a failed test: the token shape still counts
+        token = ""
+    scan = secrets_grep.after_the_run(
+        bed.dir,
+        basetemp,
+        redis_url=bed.redis_url,
+        postgres_url=os.environ.get("MIGRATIO_TEST_POSTGRES_URL"),
+        extra_secrets={"a token of this session": token},
+    )
+    record(
+        "R6",
+        "secrets grep",
+        hits=len(scan.hits),
+        places=scan.places,
+        bytes_scanned=scan.bytes_scanned,
+        secrets=len(scan.secrets),
+        seconds=round(time.monotonic() - started, 1),
+    )
+    return scan
 
 
 @pytest.fixture(scope="session")

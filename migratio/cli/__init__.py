@@ -6,13 +6,50 @@ so ``migratio --help`` does not load the cloud SDKs, Redis or the supervisor.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
+from typing import Any
+
 import click
 
-from migratio.cli.context import Context, config_option
+from migratio.cli.context import ERROR_LINE_LIMIT, EXIT_USAGE, Context, config_option
 from migratio.config_path import CONFIG_ENV, DEFAULT_CONFIG_PATH
+from migratio.text import one_line, printable
 
 
-@click.group()
+class OneLineErrors(click.Group):
+    """click prints a bad command line as four lines (usage, hint, blank line,
+    error); every other migratio error is one line on stderr, and scripts and
+    log collectors read one line per error. So is this: the usage line is what
+    ``--help`` is for."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            _error(f"usage error: {exc.format_message()} (see --help)", EXIT_USAGE)
+        except click.ClickException as exc:
+            _error(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            _error("aborted", 1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _error(message: str, code: int) -> None:
+    click.echo(f"migratio: {printable(one_line(message, ERROR_LINE_LIMIT))}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=OneLineErrors)
 @click.option(
     "--config",
     "config_path",

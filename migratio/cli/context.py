@@ -24,6 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_FAILED = 1  # the operation failed
 EXIT_USAGE = 2  # a bad command line or configuration
 EXIT_UNAVAILABLE = 3  # a dependency (the ledger, Redis) cannot be reached
+ERROR_LINE_LIMIT = 1000
 
 
 def one_line_errors(func: F) -> F:
@@ -39,7 +40,8 @@ def one_line_errors(func: F) -> F:
             if context is not None and context.debug:
                 raise
             line, code = _verdict(exc)
-            click.echo(f"migratio: {printable(line)}", err=True)
+            # Bounded: a message may quote what the operator typed (a 10 KB argument).
+            click.echo(f"migratio: {printable(one_line(line, ERROR_LINE_LIMIT))}", err=True)
             sys.exit(code)
 
     return wrapper  # type: ignore[return-value]

@@ -112,7 +112,7 @@ def _parse(
     except RecursionError:
         raise BadJob("not JSON: nested too deeply") from None
     if not isinstance(body, dict):
-        raise BadJob(f"not a JSON object but {type(body).__name__}")
+        raise BadJob(f"not a JSON object but {_json_kind(body)}")
     worker_class = body.get("class")
     if "class" in body and not isinstance(worker_class, str):
         raise BadJob(f"'class' must be a string, got {_short(worker_class)}")
@@ -202,6 +202,19 @@ def _job_id(body: Mapping[str, Any], raw: bytes) -> str:
         return hashlib.sha256(raw).hexdigest()[:24]
     _check_text("jid", jid, MAX_JOB_ID)
     return str(jid)
+
+
+def _json_kind(value: Any) -> str:
+    """What JSON calls the kind of ``value`` (operators read JSON, not Python)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else type(value).__name__
 
 
 def _short(value: Any) -> str:

@@ -32,8 +32,9 @@ def find(session: Session, prefix: str) -> Migration:
     id, so no LIKE wildcard or case folding can widen the match.
     """
     if not ID_PREFIX.fullmatch(prefix):
+        shown = repr(prefix) if len(prefix) <= 80 else f"{prefix[:77]!r}..."
         raise UsageError(
-            f"{prefix!r} is not a migration id or id prefix (lowercase hex digits and '-')"
+            f"{shown} is not a migration id or id prefix (lowercase hex digits and '-')"
         )
     rows = session.scalars(
         select(MigrationRow).where(MigrationRow.id.startswith(prefix, autoescape=True)).limit(2)

@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from migratio.intake.dead_set import DEAD_PAYLOAD_BYTES
 from migratio.ledger.database import make_engine
 from tests.support import migratio_cli
+from tests.support.bad_jobs import BAD_JOBS
 from tests.support.daemon_config import write_daemon_config
 from tests.support.redis_peer import PrivateRedis, sidekiq_job
 
@@ -79,36 +80,6 @@ def wait_until(predicate: Any, timeout: float = 60, what: str = "condition") -> 
 
 def processing_lists(peer: PrivateRedis) -> list[bytes]:
     return list(peer.client.scan_iter(match=f"{NS}:migratio:processing:*"))
-
-
-BAD_JOBS: list[tuple[bytes, str]] = [
-    (b"not json at all", "not JSON: "),
-    (b"\xff\xfe{", "not JSON: "),
-    (b"[" * 100_000 + b"]" * 100_000, "not JSON: nested too deeply"),
-    (b'["img-1", "site-b"]', "not a JSON object but list"),
-    (sidekiq_job(["img-1", "site-b"], worker="Migratio::Worker::Nope"), "unknown class 'Migr"),
-    (b'{"args": ["img-1", "site-b"]}', "no 'class' field"),
-    (sidekiq_job(["img-1"]), "expected 2 args [source image uuid, destination site id], got 1"),
-    (sidekiq_job(["img-1", "site-b", "x"]), "expected 2 args"),
-    (sidekiq_job("img-1 site-b"), "args must be a list"),
-    (sidekiq_job(["", "site-b"]), "args[0] (source image uuid) must be a non-empty string"),
-    (sidekiq_job([" ", "site-b"]), "args[0] (source image uuid) must be a non-empty string"),
-    (sidekiq_job([42, "site-b"]), "args[0] (source image uuid) must be a non-empty string, got 42"),
-    (sidekiq_job(["img-1", None]), "args[1] (destination site id) must be a non-empty string"),
-    (sidekiq_job(["img-x", "nowhere"]), "unknown destination site 'nowhere'"),
-    (sidekiq_job(["img-y", "site-a"]), "source and destination are the same site 'site-a'"),
-    (b'{"class": "migratio", "image": "img-1"}', "'to' must be a non-empty string, got null"),
-    (b'{"class": "migratio", "image": "i", "to": "site-b", "jid": 7}', "jid must be"),
-    # Poison that once stopped the whole intake: a class that is not a string
-    # (unhashable), and lone surrogates that cannot be stored as UTF-8.
-    (b'{"class": ["x"], "args": ["img-1", "site-b"]}', "'class' must be a string, got [\"x\"]"),
-    (b'{"class": {"a": 1}, "args": ["img-1", "site-b"]}', "'class' must be a string"),
-    (sidekiq_job(["\ud800", "site-b"]), "args[0] (source image uuid) holds control or invalid"),
-    (sidekiq_job(["img-1", "site-\udfff"]), "args[1] (destination site id) holds control or"),
-    (sidekiq_job(["img-1", "site-b"], jid="\ud800" * 3), "jid holds control or invalid"),
-    (b'{"class": "migratio", "image": "i\\u0000x", "to": "site-b"}', "'image' holds control"),
-    (sidekiq_job(["img\x1b[31m\u202e\n", "site-b"]), "args[0] (source image uuid) holds"),
-]
 
 
 def test_bad_jobs_are_dead_lettered_with_their_reason_and_the_consumer_goes_on(

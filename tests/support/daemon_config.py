@@ -18,6 +18,9 @@ def write_daemon_config(directory: Path, sites_dir: Path, **overrides: object) -
         "poll_seconds": 0.2,
         "progress_seconds": 0.1,
         "retry": {"max_attempts": 3, "base_delay": 0.2, "max_delay": 1.0},
+        # Every daemon of the tests logs at DEBUG: the secrets grep (R6) at the end
+        # of the session reads those logs, and DEBUG is where secrets would slip.
+        "log_level": "DEBUG",
     }
     if bed_redis := os.environ.get("MIGRATIO_REDIS_URL"):
         # The bed's private Redis: a test daemon never touches the machine's.

@@ -49,3 +49,53 @@ def as_raw(qcow2: Path, target: Path) -> Path:
         ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow2), str(target)], check=True
     )
     return target
+
+
+def qcow2_with_data_file(path: Path, data_file: Path) -> Path:
+    """A qcow2 whose clusters live in another host file (``data_file=``)."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(data_file), "16M"], check=True)
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            f"data_file={data_file}",
+            str(path),
+            "16M",
+        ],
+        check=True,
+    )
+    return path
+
+
+def vmdk_descriptor(path: Path, extent: str, create_type: str = "monolithicSparse") -> Path:
+    """A bare VMDK descriptor (text) whose one extent is ``extent``: a host path
+    (``/etc/hostname``) makes qemu-img read that file as the disk."""
+    path.write_text(
+        "# Disk DescriptorFile\nversion=1\nCID=35caa4fa\nparentCID=ffffffff\n"
+        f'createType="{create_type}"\n\n# Extent description\n'
+        f'RW 32768 SPARSE "{extent}"\n\n# The Disk Data Base\n#DDB\n\n'
+        'ddb.virtualHWVersion = "4"\nddb.adapterType = "ide"\n',
+        encoding="ascii",
+    )
+    return path
+
+
+def iso_image(path: Path, size_mib: int = 2) -> Path:
+    """An ISO 9660 image as far as any format probe can tell (the CD001 volume
+    descriptor at 32 KiB), random data elsewhere."""
+    data = bytearray(os.urandom(size_mib * MIB))
+    data[0:32768] = bytes(32768)
+    data[32768:32774] = b"\x01CD001"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def truncated(source: Path, path: Path, keep: int) -> Path:
+    """The first ``keep`` bytes of ``source``: an image cut short in transit."""
+    with source.open("rb") as handle:
+        path.write_bytes(handle.read(keep))
+    return path

@@ -17,14 +17,17 @@ from testbed_lib.ports import free_ports
 
 class PrivateRedis:
     """A ``redis-server`` of this test only. ``persistent``: every acknowledged write
-    survives a SIGKILL (append-only file, fsync always)."""
+    survives a SIGKILL (append-only file, fsync always). ``password``: clients must
+    AUTH (``requirepass``); ``url`` carries it."""
 
-    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False, password: str = "") -> None:
         self.layout = redis_server.RedisLayout(
-            directory, directory, free_ports(1)[0], persistent=persistent
+            directory, directory, free_ports(1)[0], persistent=persistent, password=password
         )
         self.server: processes.Server | None = None
-        self.client = redis.Redis(port=self.layout.port, socket_timeout=10)
+        self.client = redis.Redis(
+            port=self.layout.port, password=password or None, socket_timeout=10
+        )
 
     @property
     def url(self) -> str:

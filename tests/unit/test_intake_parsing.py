@@ -104,3 +104,14 @@ def test_a_job_from_a_destination_only_site_is_a_bad_job() -> None:
         assert (exc.image_id, exc.dest_site) == ("i", "site-a")
     else:
         raise AssertionError("a destination-only source was accepted")
+
+
+def test_a_job_that_is_not_an_object_is_named_in_json_words() -> None:
+    assert [_read(body) for body in (None, True, 42, 1.5, "x", ["i", "site-b"])] == [
+        "not a JSON object but null",
+        "not a JSON object but a boolean",
+        "not a JSON object but a number",
+        "not a JSON object but a number",
+        "not a JSON object but a string",
+        "not a JSON object but an array",
+    ]

@@ -388,6 +388,21 @@ def test_convert_refuses_a_backing_file_and_writes_nothing(images: Path, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_convert_refuses_a_truncated_qcow2_and_writes_nothing(images: Path, tmp_path: Path) -> None:
+    """qemu-img convert reads the missing clusters as zeros and exits 0."""
+    whole = (images / "good.qcow2").read_bytes()
+    truncated = tmp_path / "in" / "cut.qcow2"
+    truncated.parent.mkdir()
+    truncated.write_bytes(whole[: len(whole) // 3])
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(PermanentError, match=r"^qcow2 image is damaged \(qemu-img check\): "):
+        qemu.convert(truncated, "qcow2", out / "out.raw", "raw")
+    assert list(out.iterdir()) == []
+    qemu.convert(images / "good.qcow2", "qcow2", out / "whole.raw", "raw")
+    assert (out / "whole.raw").read_bytes() == (images / "good.raw").read_bytes()
+
+
 def test_convert_failure_is_permanent_and_cleans_up(images: Path, tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match=r"qemu-img: .*Image is not in qcow2 format"):
         qemu.convert(images / "good.raw", "qcow2", tmp_path / "out.raw", "raw")

@@ -9,6 +9,8 @@ profile that the site file names; the site file itself holds no keys, as in
 production. ``DIR/env`` points boto3 at those files.
 """
 
+import secrets
+import string
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,9 +64,13 @@ def write_aws_files(directory: Path, sites_dir: Path, moto_url: str) -> dict[str
     aws_dir = directory / "aws"
     credentials = aws_dir / "credentials"
     config = aws_dir / "config"
+    # moto takes any keys; these look like real ones so that the secrets grep
+    # (and the log redaction) meet the shapes a real deployment has.
+    key_id = "AKIA" + "".join(secrets.choice(string.ascii_uppercase + "234567") for _ in range(16))
+    secret = "".join(secrets.choice(string.ascii_letters + string.digits + "/+") for _ in range(40))
     files.write_private(
         credentials,
-        f"[{PROFILE}]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+        f"[{PROFILE}]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n",
     )
     files.write_private(config, f"[profile {PROFILE}]\nregion = {REGION}\n")
     files.write_yaml(

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import files
 from .errors import TestbedError
 from .packages import ensure_packages
 from .processes import Server, is_running, spawn
@@ -28,10 +29,13 @@ class RedisLayout:
     logs: Path
     port: int
     persistent: bool = False
+    # A ``requirepass``, kept in a 0600 config file: never on the command line.
+    password: str = ""
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def log(self) -> Path:
@@ -47,8 +51,12 @@ def start_redis(layout: RedisLayout, mark: str, timeout: float = 30.0) -> Server
         if layout.persistent
         else ["--appendonly", "no"]
     )
-    argv = [
-        REDIS_SERVER,
+    argv = [REDIS_SERVER]
+    if layout.password:
+        conf = layout.dir / "redis.conf"
+        files.write_private(conf, f"requirepass {layout.password}\n")
+        argv.append(str(conf))
+    argv += [
         "--bind",
         "127.0.0.1",
         "--port",
@@ -66,18 +74,18 @@ def start_redis(layout: RedisLayout, mark: str, timeout: float = 30.0) -> Server
         "",
     ]
     server = spawn("redis", argv, layout.log, mark=mark)
-    wait_redis(server, layout.port, timeout)
+    wait_redis(server, layout.port, timeout, password=layout.password)
     return server
 
 
-def wait_redis(server: Server, port: int, timeout: float = 30.0) -> None:
+def wait_redis(server: Server, port: int, timeout: float = 30.0, *, password: str = "") -> None:
     """Return once Redis on ``port`` answers PING; fail early if it exits.
 
     A Redis replaying its append-only file answers ``-LOADING``: not ready yet.
     """
     deadline = time.monotonic() + timeout
     while True:
-        if ping(port):
+        if ping(port, password):
             return
         if not is_running(server):
             raise TestbedError(f"redis exited while starting; read {server.log}")
@@ -86,9 +94,14 @@ def wait_redis(server: Server, port: int, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
-def ping(port: int) -> bool:
+def ping(port: int, password: str = "") -> bool:
     """Whether a Redis on 127.0.0.1:``port`` answers PING with PONG."""
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as conn:
+        if password:
+            secret = password.encode()
+            conn.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
+            if not conn.recv(64).startswith(b"+OK"):
+                return False
         conn.sendall(b"PING\r\n")
         return conn.recv(64).startswith(b"+PONG")
     return False

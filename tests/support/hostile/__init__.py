@@ -1,0 +1,1 @@
+"""The hostile-inputs suite (reliability row R4): its cases, by how they are inflicted."""
