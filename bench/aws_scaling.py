@@ -18,7 +18,7 @@ worst case: max of the largest over min of the smallest) and peak disk use over
 the data. Goals (issue "Performance", goal 2): ratio <= 1.3, disk <= 2x the data.
 
     python3 bench/aws_scaling.py [--rounds 3] [--data-mib 64] [--virtual-mib 1024 8192 65536]
-    python3 bench/aws_scaling.py --tiny      # 4 MiB of data at 64 and 4096 MiB, 1 round: seconds
+    python3 bench/aws_scaling.py --tiny      # 4 MiB of data at 64 and 1024 MiB, 1 round: seconds
 
 moto is reset after each migration (its snapshot blocks live in its RAM, and a
 second migration of the same image would otherwise be deduplicated), so use a
@@ -196,10 +196,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data-mib", type=int, default=64)
     parser.add_argument("--virtual-mib", type=int, nargs="+", default=[1024, 8192, 65536])
-    parser.add_argument("--tiny", action="store_true", help="4 MiB at 64 and 4096 MiB, 1 round")
+    parser.add_argument("--tiny", action="store_true", help="4 MiB at 64 and 1024 MiB, 1 round")
     args = parser.parse_args()
     if args.tiny:
-        args.rounds, args.data_mib, args.virtual_mib = 1, 4, [64, 4096]
+        args.rounds, args.data_mib, args.virtual_mib = 1, 4, [64, 1024]
     data_size = args.data_mib * MIB
     sizes = sorted(mib * MIB for mib in args.virtual_mib)
     with tempfile.TemporaryDirectory(prefix="migratio-bench-") as scratch:
