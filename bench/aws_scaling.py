@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
 import testbed_lib  # noqa: E402
 
+from bench import daemon_run  # noqa: E402
 from bench.rounds import emit  # noqa: E402
 from migratio.drivers.aws.blocks import BLOCK_SIZE, scan  # noqa: E402
 from tests.support import aws_peer, glance_peer, migratio_cli  # noqa: E402
@@ -126,11 +127,11 @@ def migrate(source_id: str, workdir: Path, sites: Path, moto_url: str) -> dict[s
     """One migration by a real daemon; its timings, peak disk use and bytes sent."""
     workdir.mkdir(parents=True)
     config = write_daemon_config(workdir, sites, concurrency=1)
-    migration_id = migratio_cli.submit(config, source_id, dest="aws-a")
+    [migration_id] = daemon_run.submit(config, [source_id], "aws-a")
     (workdir / "work").mkdir(exist_ok=True)
     with DiskWatch(workdir / "work") as disk:
         migratio_cli.run_until_idle(config, timeout=1800)
-    shown = migratio_cli.show(config, migration_id)
+    [shown] = daemon_run.show(config, [migration_id])
     assert shown["state"] == "done", shown["error"]
     assert [row["to"] for row in shown["history"]][-2:] == ["registering", "done"], "deduplicated?"
     stamps = {row["to"]: datetime.fromisoformat(row["at"].rstrip("Z")) for row in shown["history"]}

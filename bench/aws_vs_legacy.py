@@ -44,9 +44,9 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 import testbed_lib  # noqa: E402
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 
-from bench.daemon_run import run_until_idle  # noqa: E402
+from bench import daemon_run  # noqa: E402
 from bench.rounds import emit  # noqa: E402
-from tests.support import aws_peer, glance_peer, images, migratio_cli  # noqa: E402
+from tests.support import aws_peer, glance_peer, images  # noqa: E402
 from tests.support.daemon_config import write_daemon_config  # noqa: E402
 
 MIB = aws_peer.MIB
@@ -117,9 +117,9 @@ class _Slice:
 def ebs_direct(source_id: str, moto_url: str, workdir: Path, sites: Path) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_daemon_config(workdir, sites, concurrency=1)
-    migration_id = migratio_cli.submit(config, source_id, dest="aws-a")
-    daemon = run_until_idle(config)
-    shown = migratio_cli.show(config, migration_id)
+    [migration_id] = daemon_run.submit(config, [source_id], "aws-a")
+    daemon = daemon_run.run_until_idle(config)
+    [shown] = daemon_run.show(config, [migration_id])
     assert shown["state"] == "done", shown["error"]
     assert [row["to"] for row in shown["history"]][-2:] == ["registering", "done"], "deduplicated?"
     stamps = {row["to"]: datetime.fromisoformat(row["at"].rstrip("Z")) for row in shown["history"]}

@@ -40,11 +40,9 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
 import testbed_lib  # noqa: E402
 
-from bench.daemon_run import run_until_idle  # noqa: E402
+from bench import daemon_run  # noqa: E402
 from bench.rounds import emit  # noqa: E402
 from bench.transfer_vs_curl import curl_copy  # noqa: E402
-from migratio import operations, reports  # noqa: E402
-from migratio.config import load_settings  # noqa: E402
 from tests.support import aws_peer, glance_peer, images  # noqa: E402
 from tests.support.daemon_config import write_daemon_config  # noqa: E402
 
@@ -64,20 +62,18 @@ def curl_streams(sources: list[str], size: int, workdir: Path) -> float:
 
 def migrate_all(sources: list[str], dest: str, workdir: Path, sites: Path) -> dict[str, Any]:
     """One daemon, ``concurrency`` = the number of sources; the ledger's aggregate
-    wall, the daemon's peak RSS and the finished migrations as ``show`` gives them.
-    Submitted and read in this process: a CLI start-up per migration would cost
-    more than a tiny run's transfers."""
+    wall, the daemon's peak RSS and the finished migrations as ``show`` gives them."""
     workdir.mkdir(parents=True)
     config = write_daemon_config(workdir, sites, concurrency=len(sources))
-    settings = load_settings(config)
-    ledger = operations.open_ledger(settings)
-    ids = [operations.submit(settings, ledger, source, "site-a", dest).id for source in sources]
-    daemon = run_until_idle(config)
-    shown = [reports.describe(ledger, ledger.get(migration_id)) for migration_id in ids]
-    ledger.engine.dispose()
+    ids = daemon_run.submit(config, sources, dest)
+    daemon = daemon_run.run_until_idle(config)
+    shown = daemon_run.show(config, ids)
     for migration in shown:
         assert migration["state"] == "done", migration["error"]
-    stamps = [{row["to"]: _when(row["at"]) for row in m["history"]} for m in shown]
+    stamps = [
+        {row["to"]: datetime.fromisoformat(row["at"].rstrip("Z")) for row in m["history"]}
+        for m in shown
+    ]
     first = min(s["exporting"] for s in stamps)
     last = max(s["done"] for s in stamps)
     return {
@@ -85,10 +81,6 @@ def migrate_all(sources: list[str], dest: str, workdir: Path, sites: Path) -> di
         "peak_rss_mib": daemon.peak_rss_mib,
         "shown": shown,
     }
-
-
-def _when(at: str | datetime) -> datetime:
-    return at if isinstance(at, datetime) else datetime.fromisoformat(at.rstrip("Z"))
 
 
 def clear_site_b(shown: list[dict[str, Any]]) -> None:

@@ -2,8 +2,8 @@
 
 Both run in the same process tree against the same two Glances of the test bed;
 the ratio is what matters, not the absolute figures. Also reports the daemon's
-peak RSS (from wait4's rusage of the daemon process) and curl's (both curls'
-peak RSS added up).
+peak RSS and curl's (both curls' added up), each process's VmHWM
+(bench/daemon_run.py).
 
     python3 bench/transfer_vs_curl.py [--size-mib 1024] [--rounds 2] [--tiny]
 
@@ -13,7 +13,6 @@ Uses $MIGRATIO_TESTBED_DIR when it points at a running test bed, else starts one
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
 import testbed_lib  # noqa: E402
 
+from bench import daemon_run  # noqa: E402
 from bench.rounds import emit  # noqa: E402
 from tests.support import glance_peer, images  # noqa: E402
 from tests.support.daemon_config import write_daemon_config  # noqa: E402
@@ -82,73 +82,28 @@ def curl_copy(source_id: str, size: int, workdir: Path) -> CurlRun:
     writer = subprocess.Popen(upload, stdin=reader.stdout)
     assert reader.stdout is not None
     reader.stdout.close()
-    _, writer_status, writer_usage = os.wait4(writer.pid, 0)
-    _, reader_status, reader_usage = os.wait4(reader.pid, 0)
-    assert reader_status == 0 and writer_status == 0
+    peak = daemon_run.peak_rss_mib([reader, writer])
+    assert reader.returncode == 0 and writer.returncode == 0
     finished = time.monotonic()
-    # Popen must not wait for them again.
-    reader.returncode = writer.returncode = 0
     copied = glance_peer.wait_active(site_b, str(target.id))
     assert copied["size"] == size
     glance_peer.delete(site_b, str(target.id))
-    return CurlRun(started, finished, (reader_usage.ru_maxrss + writer_usage.ru_maxrss) / 1024)
+    return CurlRun(started, finished, peak)
 
 
 def migratio_copy(source_id: str, workdir: Path, sites: Path) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_daemon_config(workdir, sites, concurrency=1)
-    submit = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "migratio",
-            "--config",
-            str(config),
-            "submit",
-            "--image",
-            source_id,
-            "--from",
-            "site-a",
-            "--to",
-            "site-b",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    migration_id = submit.stdout.strip()
-    started = time.monotonic()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "migratio", "--config", str(config), "run", "--until-idle"],
-        stderr=subprocess.DEVNULL,
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    process_wall = time.monotonic() - started
-    assert status == 0
-    shown = json.loads(
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "migratio",
-                "--config",
-                str(config),
-                "show",
-                "--json",
-                migration_id,
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
+    [migration_id] = daemon_run.submit(config, [source_id], "site-b")
+    daemon = daemon_run.run_until_idle(config)
+    [shown] = daemon_run.show(config, [migration_id])
     assert shown["state"] == "done", shown["error"]
     stamps = {row["to"]: datetime.fromisoformat(row["at"].rstrip("Z")) for row in shown["history"]}
     glance_peer.delete(glance_peer.connect("site-b"), shown["dest_image_id"])
     return {
         "migration_seconds": (stamps["done"] - stamps["exporting"]).total_seconds(),
-        "process_seconds": process_wall,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "process_seconds": daemon.seconds,
+        "peak_rss_mib": daemon.peak_rss_mib,
     }
 
 
