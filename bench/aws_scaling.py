@@ -18,7 +18,7 @@ worst case: max of the largest over min of the smallest) and peak disk use over
 the data. Goals (issue "Performance", goal 2): ratio <= 1.3, disk <= 2x the data.
 
     python3 bench/aws_scaling.py [--rounds 3] [--data-mib 64] [--virtual-mib 1024 8192 65536]
-    python3 bench/aws_scaling.py --tiny      # 4 MiB of data at 64/512/4096 MiB, 1 round: seconds
+    python3 bench/aws_scaling.py --tiny      # 4 MiB of data at 64 and 1024 MiB, 1 round: seconds
 
 moto is reset after each migration (its snapshot blocks live in its RAM, and a
 second migration of the same image would otherwise be deduplicated), so use a
@@ -29,7 +29,6 @@ else one started (and stopped) here.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -48,6 +47,8 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
 import testbed_lib  # noqa: E402
 
+from bench import daemon_run  # noqa: E402
+from bench.rounds import emit  # noqa: E402
 from migratio.drivers.aws.blocks import BLOCK_SIZE, scan  # noqa: E402
 from tests.support import aws_peer, glance_peer, migratio_cli  # noqa: E402
 from tests.support.daemon_config import write_daemon_config  # noqa: E402
@@ -126,11 +127,11 @@ def migrate(source_id: str, workdir: Path, sites: Path, moto_url: str) -> dict[s
     """One migration by a real daemon; its timings, peak disk use and bytes sent."""
     workdir.mkdir(parents=True)
     config = write_daemon_config(workdir, sites, concurrency=1)
-    migration_id = migratio_cli.submit(config, source_id, dest="aws-a")
+    [migration_id] = daemon_run.submit(config, [source_id], "aws-a")
     (workdir / "work").mkdir(exist_ok=True)
     with DiskWatch(workdir / "work") as disk:
         migratio_cli.run_until_idle(config, timeout=1800)
-    shown = migratio_cli.show(config, migration_id)
+    [shown] = daemon_run.show(config, [migration_id])
     assert shown["state"] == "done", shown["error"]
     assert [row["to"] for row in shown["history"]][-2:] == ["registering", "done"], "deduplicated?"
     stamps = {row["to"]: datetime.fromisoformat(row["at"].rstrip("Z")) for row in shown["history"]}
@@ -196,10 +197,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data-mib", type=int, default=64)
     parser.add_argument("--virtual-mib", type=int, nargs="+", default=[1024, 8192, 65536])
-    parser.add_argument("--tiny", action="store_true", help="4 MiB at 64/512/4096 MiB, 1 round")
+    parser.add_argument("--tiny", action="store_true", help="4 MiB at 64 and 1024 MiB, 1 round")
     args = parser.parse_args()
     if args.tiny:
-        args.rounds, args.data_mib, args.virtual_mib = 1, 4, [64, 512, 4096]
+        args.rounds, args.data_mib, args.virtual_mib = 1, 4, [64, 1024]
     data_size = args.data_mib * MIB
     sizes = sorted(mib * MIB for mib in args.virtual_mib)
     with tempfile.TemporaryDirectory(prefix="migratio-bench-") as scratch:
@@ -229,8 +230,14 @@ def main() -> None:
                         moto_url,
                     )
                     runs[virtual].append(measured)
-                    line = {"round": round_number, "virtual_mib": virtual // MIB, **measured}
-                    print(json.dumps(line), flush=True)
+                    emit(
+                        "aws_scaling",
+                        round=round_number,
+                        data_mib=args.data_mib,
+                        virtual_mib=virtual // MIB,
+                        nonzero_blocks=sources[virtual][1],
+                        **measured,
+                    )
             report(data_size, [summarise(v, sources[v][1], runs[v]) for v in sizes])
         finally:
             for source_id, _ in sources.values():

@@ -1,7 +1,9 @@
 """Benchmark: OpenStack → AWS by ebs-direct versus the legacy path, same image, same run.
 
 The image is a qcow2 of 1 GiB virtual size with ~40 MiB of random data at
-scattered offsets (tests/aws_peer.py). Both paths start from the image in the
+scattered offsets (tests/aws_peer.py), or with ``--size-mib N`` a qcow2 of N MiB
+of random data, every block of it (data = virtual size: how cost grows with
+the image). Both paths start from the image in the
 test bed's Glance site-a and end at the bed's moto:
 
 - ebs-direct: a real migration by the daemon to site ``aws-a`` (download,
@@ -18,7 +20,7 @@ Bytes sent are payload bytes (HTTP framing not counted): blocks PUT x 512 KiB
 from the migration's journal, and the raw file's size. Goals: ebs-direct
 <= 0.5x the legacy wall time, <= 1.05x the non-zero 512 KiB blocks' bytes.
 
-    python3 bench/aws_vs_legacy.py [--rounds 3]
+    python3 bench/aws_vs_legacy.py [--rounds 3] [--size-mib N] [--tiny]
 
 Uses $MIGRATIO_TESTBED_DIR when it points at a running test bed, else starts one.
 """
@@ -26,7 +28,6 @@ Uses $MIGRATIO_TESTBED_DIR when it points at a running test bed, else starts one
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -43,7 +44,9 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 import testbed_lib  # noqa: E402
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 
-from tests.support import aws_peer, glance_peer, images, migratio_cli  # noqa: E402
+from bench import daemon_run  # noqa: E402
+from bench.rounds import emit  # noqa: E402
+from tests.support import aws_peer, glance_peer, images  # noqa: E402
 from tests.support.daemon_config import write_daemon_config  # noqa: E402
 
 MIB = aws_peer.MIB
@@ -54,6 +57,9 @@ BUCKET = "migratio-bench-legacy"
 def legacy(source_id: str, moto_url: str, workdir: Path) -> dict[str, float]:
     """Download, convert to raw, upload the whole raw file to S3."""
     s3 = aws_peer.client("s3", moto_url)
+    # Made each round: ebs_direct resets moto, the bucket with it.
+    region = {"LocationConstraint": aws_peer.REGION}
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration=region)
     site_a = glance_peer.connect("site-a")
     source = workdir / "legacy.qcow2"
     raw = workdir / "legacy.raw"
@@ -114,69 +120,54 @@ class _Slice:
 def ebs_direct(source_id: str, moto_url: str, workdir: Path, sites: Path) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_daemon_config(workdir, sites, concurrency=1)
-    migration_id = migratio_cli.submit(config, source_id, dest="aws-a")
-    started = time.monotonic()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "migratio", "--config", str(config), "run", "--until-idle"],
-        stderr=subprocess.DEVNULL,
-    )
-    peak_kib = 0
-    while process.poll() is None:
-        # The daemon's own high-water mark (wait4's ru_maxrss would also count
-        # this benchmark's RSS at fork time, which the legacy run inflates).
-        peak_kib = max(peak_kib, _vm_hwm_kib(process.pid))
-        time.sleep(0.01)
-    process_seconds = time.monotonic() - started
-    assert process.returncode == 0
-    shown = migratio_cli.show(config, migration_id)
+    [migration_id] = daemon_run.submit(config, [source_id], "aws-a")
+    daemon = daemon_run.run_until_idle(config)
+    [shown] = daemon_run.show(config, [migration_id])
     assert shown["state"] == "done", shown["error"]
     assert [row["to"] for row in shown["history"]][-2:] == ["registering", "done"], "deduplicated?"
     stamps = {row["to"]: datetime.fromisoformat(row["at"].rstrip("Z")) for row in shown["history"]}
     journal = shown["transfer_state"]
-    # The next round must not find this AMI (dedup would skip the copy).
-    ec2 = aws_peer.client("ec2", moto_url)
-    ec2.deregister_image(ImageId=shown["dest_image_id"])
-    ec2.delete_snapshot(SnapshotId=journal["snapshot_id"])
+    # The next round must not find this AMI (dedup would skip the copy), and
+    # moto keeps snapshot blocks in its RAM (4 GiB a round at --size-mib 4096).
+    aws_peer.reset(moto_url)
     return {
         "ebs_seconds": (stamps["done"] - stamps["exporting"]).total_seconds(),
         "ebs_uploading_seconds": (stamps["registering"] - stamps["uploading"]).total_seconds(),
-        "ebs_process_seconds": process_seconds,
-        "ebs_peak_rss_mib": peak_kib / 1024,
+        "ebs_process_seconds": daemon.seconds,
+        "ebs_peak_rss_mib": daemon.peak_rss_mib,
         "ebs_blocks_put": journal["blocks_put"],
         "ebs_bytes_sent": journal["blocks_put"] * aws_peer.BLOCK,
     }
 
 
-def _vm_hwm_kib(pid: int) -> int:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--size-mib", type=int, help="N MiB of random data, virtual size N MiB (default: scattered)"
+    )
+    parser.add_argument("--tiny", action="store_true", help="8 MiB of data, 1 round (CI)")
     args = parser.parse_args()
+    if args.tiny:
+        args.size_mib, args.rounds = 8, 1
     with tempfile.TemporaryDirectory(prefix="migratio-bench-") as scratch:
         scratch_dir = Path(scratch)
         reuse = os.environ.get("MIGRATIO_TESTBED_DIR")
         bed = testbed_lib.up(Path(reuse) if reuse else scratch_dir / "bed")
         os.environ.update(bed.env)
         moto_url = bed.env["MIGRATIO_MOTO_URL"]
-        s3 = aws_peer.client("s3", moto_url)
-        s3.create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": aws_peer.REGION}
-        )
         try:
-            image = aws_peer.scattered_qcow2(scratch_dir / "bench.qcow2")
-            raw = images.as_raw(image, scratch_dir / "bench.raw")
-            nonzero = aws_peer.nonzero_blocks(raw)
-            raw.unlink()
+            if args.size_mib:
+                image = images.random_qcow2(scratch_dir / "bench.qcow2", args.size_mib)
+                # Random data: every 512 KiB block is non-zero (no 4 GiB raw to read).
+                nonzero = -(-args.size_mib * MIB // aws_peer.BLOCK)
+                described = f"{args.size_mib} MiB of random data"
+            else:
+                image = aws_peer.scattered_qcow2(scratch_dir / "bench.qcow2")
+                raw = images.as_raw(image, scratch_dir / "bench.raw")
+                nonzero = aws_peer.nonzero_blocks(raw)
+                raw.unlink()
+                described = "1 GiB virtual"
             site_a = glance_peer.connect("site-a")
             source_id = glance_peer.upload(site_a, image, name="bench-aws", architecture="x86_64")
             results = []
@@ -190,14 +181,21 @@ def main() -> None:
                 measured["time_ratio"] = measured["ebs_seconds"] / measured["legacy_seconds"]
                 measured["bytes_vs_nonzero"] = measured["ebs_blocks_put"] / nonzero
                 results.append(measured)
-                print(json.dumps({k: round(v, 3) for k, v in measured.items()}), flush=True)
+                emit(
+                    "aws_vs_legacy",
+                    size_mib=args.size_mib,
+                    image="random" if args.size_mib else "scattered-1GiB-virtual",
+                    round=round_number,
+                    nonzero_blocks=nonzero,
+                    **measured,
+                )
             glance_peer.delete(site_a, source_id)
             ratios = sorted(r["time_ratio"] for r in results)
             median = ratios[len(ratios) // 2]
             legacy_median = sorted(r["legacy_seconds"] for r in results)[len(results) // 2]
             ebs_median = sorted(r["ebs_seconds"] for r in results)[len(results) // 2]
             print(
-                f"1 GiB virtual, {nonzero} non-zero 512 KiB blocks "
+                f"{described}, {nonzero} non-zero 512 KiB blocks "
                 f"({nonzero * aws_peer.BLOCK / MIB:.1f} MiB), {len(results)} rounds:\n"
                 f"  ebs-direct: {ebs_median:.2f} s median, "
                 f"{max(r['ebs_bytes_sent'] for r in results) / MIB:.1f} MiB sent "

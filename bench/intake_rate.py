@@ -5,9 +5,12 @@ feedback on, so every job also writes its ``Migration started`` outbox row in
 the same transaction) consumes N Sidekiq jobs from a private Redis. The clock
 starts when the first job is pushed and stops when the ledger holds all N.
 For scale, the same run measures a bare consumer: the same moves and
-acknowledgements against the same Redis with no ledger at all.
+acknowledgements against the same Redis with no ledger at all. With
+``--prefill N`` the ledger already holds N migrations (every state, as
+bench/ledger_cost.py fills it) before the jobs arrive: how intake slows as the
+ledger grows.
 
-    python3 bench/intake_rate.py [--jobs 5000] [--rounds 2] [--batch 50]
+    python3 bench/intake_rate.py [--jobs 5000] [--rounds 2] [--batch 50] [--prefill N] [--tiny]
 
 PostgreSQL: $MIGRATIO_TEST_POSTGRES_URL, else a private cluster (testbed_lib).
 Goal: at least 500 jobs/s on both.
@@ -26,7 +29,7 @@ import time
 from pathlib import Path
 
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,19 +39,14 @@ import testbed_lib  # noqa: E402
 from testbed_lib import processes, redis_server  # noqa: E402
 from testbed_lib.ports import free_ports  # noqa: E402
 
+from bench.ledger_cost import fill  # noqa: E402
+from bench.rounds import emit  # noqa: E402
 from migratio.intake.reliable_queue import ReliableQueue  # noqa: E402
-from migratio.ledger.database import upgrade  # noqa: E402
+from migratio.ledger.database import make_engine  # noqa: E402
 from tests.support.daemon_config import write_daemon_config  # noqa: E402
-from tests.support.ledgers import empty_ledger_engine  # noqa: E402
 from tests.support.redis_peer import sidekiq_job  # noqa: E402
 
 QUEUE = "atmosphere:queue:migration_site-a"
-
-
-def fresh_ledger(url: str) -> Engine:
-    engine = empty_ledger_engine(url)
-    upgrade(engine)
-    return engine
 
 
 def payloads(count: int, tag: str) -> list[bytes]:
@@ -56,7 +54,13 @@ def payloads(count: int, tag: str) -> list[bytes]:
 
 
 def daemon_rate(
-    workdir: Path, redis_url: str, ledger_url: str, jobs: int, batch: int, tag: str
+    workdir: Path,
+    redis_url: str,
+    ledger_url: str,
+    jobs: int,
+    batch: int,
+    tag: str,
+    prefill: int = 0,
 ) -> float:
     """Jobs/s of a real daemon from first push to the last job in the ledger."""
     workdir.mkdir(parents=True)
@@ -73,9 +77,9 @@ def daemon_rate(
         intake_batch=batch,
         log_level="WARNING",
     )
-    engine = fresh_ledger(
-        ledger_url if ledger_url else f"sqlite:///{workdir / 'work/ledger.sqlite'}"
-    )
+    url = ledger_url if ledger_url else f"sqlite:///{workdir / 'work/ledger.sqlite'}"
+    fill(url, prefill)  # a fresh ledger at the newest schema, with ``prefill`` migrations
+    engine = make_engine(url)
     client = redis.Redis.from_url(redis_url)
     log = workdir / "daemon.log"
     with log.open("wb") as out:
@@ -100,7 +104,7 @@ def daemon_rate(
             while True:
                 count = connection.execute(text("SELECT count(*) FROM migrations")).scalar_one()
                 connection.rollback()
-                if count >= jobs:
+                if count >= prefill + jobs:
                     break
                 assert time.monotonic() - started < 120, f"stuck at {count}; read {log}"
                 time.sleep(0.01)
@@ -145,8 +149,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=50, help="intake_batch of the daemon")
+    parser.add_argument("--prefill", type=int, default=0, metavar="N")
     parser.add_argument("--keep", type=Path, help="work in this (new) dir and keep it (logs)")
+    parser.add_argument("--tiny", action="store_true", help="100 jobs, 1 round, --batch only (CI)")
     args = parser.parse_args()
+    # Each daemon start costs seconds: a tiny run skips the batch-1 comparison.
+    batches = (args.batch,) if args.tiny else (args.batch, 1)
+    if args.tiny:
+        args.jobs, args.rounds = 100, 1
     with tempfile.TemporaryDirectory(prefix="migratio-intake-bench-") as scratch:
         scratch_dir = Path(args.keep or scratch).resolve()
         layout = redis_server.RedisLayout(scratch_dir / "redis", scratch_dir, free_ports(1)[0])
@@ -159,7 +169,7 @@ def main() -> None:
             results: dict[str, list[float]] = {}
             for round_number in range(args.rounds):
                 for name, url in (("sqlite", ""), ("postgresql", pg_url)):
-                    for batch in (args.batch, 1):
+                    for batch in batches:
                         rate = daemon_rate(
                             scratch_dir / f"{name}-b{batch}-r{round_number}",
                             layout.url,
@@ -167,13 +177,33 @@ def main() -> None:
                             args.jobs,
                             batch,
                             f"{name[0]}{batch}r{round_number}",
+                            args.prefill,
                         )
                         results.setdefault(f"{name} batch {batch}", []).append(rate)
-                        print(json.dumps({"ledger": name, "batch": batch, "jobs_per_s": rate}))
+                        emit(
+                            "intake_rate",
+                            ledger=name,
+                            batch=batch,
+                            jobs=args.jobs,
+                            prefill=args.prefill,
+                            round=round_number,
+                            jobs_per_s=rate,
+                        )
                 bare = bare_rate(layout.url, args.jobs, args.batch)
                 results.setdefault(f"bare redis batch {args.batch}", []).append(bare)
-                print(json.dumps({"ledger": None, "batch": args.batch, "jobs_per_s": bare}))
-            print(f"{args.jobs} jobs per run, {args.rounds} rounds; jobs/s (best of rounds):")
+                emit(
+                    "intake_rate",
+                    ledger=None,
+                    batch=args.batch,
+                    jobs=args.jobs,
+                    prefill=args.prefill,
+                    round=round_number,
+                    jobs_per_s=bare,
+                )
+            print(
+                f"{args.jobs} jobs per run, ledger prefilled with {args.prefill:,}, "
+                f"{args.rounds} rounds; jobs/s (best of rounds):"
+            )
             for label, rates in results.items():
                 every = ", ".join(f"{rate:.0f}" for rate in rates)
                 print(f"  {label:26} {max(rates):8.0f}   (all: {every})")

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
 import testbed_lib  # noqa: E402
 
+from bench.rounds import emit  # noqa: E402
 from migratio.feedback.outbox import status_job  # noqa: E402
 from migratio.ledger.database import upgrade  # noqa: E402
 from migratio.ledger.models import MigrationRow  # noqa: E402
@@ -100,11 +101,30 @@ def transition_costs(url: str, migrations: int) -> list[float]:
     return costs
 
 
-def line(what: str, values: list[float], unit: float = 1.0, suffix: str = "s") -> str:
+def report(
+    what: str,
+    figure: str,
+    values: list[float],
+    unit: float = 1.0,
+    suffix: str = "s",
+    **params: object,
+) -> None:
+    """A human line and a JSON line (``figure``, ``params``, median/min/max in ``suffix``)."""
     scaled = [v * unit for v in values]
-    return (
-        f"{what:<44} median {statistics.median(scaled):8.3f} {suffix}  "
+    median = statistics.median(scaled)
+    print(
+        f"{what:<44} median {median:8.3f} {suffix}  "
         f"min {min(scaled):8.3f}  max {max(scaled):8.3f}  (n={len(values)})"
+    )
+    emit(
+        "ledger_cost",
+        figure=figure,
+        **params,
+        unit=suffix,
+        median=median,
+        min=min(scaled),
+        max=max(scaled),
+        n=len(values),
     )
 
 
@@ -116,7 +136,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a few seconds (CI)")
     args = parser.parse_args()
     if args.tiny:
-        args.migrations, args.rounds, args.transitions_of = 500, 1, 3
+        args.migrations, args.rounds, args.transitions_of = 1000, 1, 3
 
     with tempfile.TemporaryDirectory(prefix="migratio-bench-") as tmp:
         directory = Path(tmp)
@@ -133,8 +153,9 @@ def main() -> None:
 
 def run(directory: Path, postgres: str, args: argparse.Namespace) -> None:
     python = sys.executable
-    print(line("baseline: python3 -c pass", timed([python, "-c", "pass"], args.rounds)))
-    print(line("migratio --help", timed([python, "-m", "migratio", "--help"], args.rounds)))
+    report("baseline: python3 -c pass", "python_start", timed([python, "-c", "pass"], args.rounds))
+    help_times = timed([python, "-m", "migratio", "--help"], args.rounds)
+    report("migratio --help", "help", help_times)
     sites = directory / "sites"
     sites.mkdir()
     for site in ("site-a", "site-b"):
@@ -149,10 +170,11 @@ def run(directory: Path, postgres: str, args: argparse.Namespace) -> None:
         config = write_daemon_config(directory / name, sites, database_url=url)
         status = [python, "-m", "migratio", "--config", str(config), "status"]
         what = f"migratio status, {args.migrations:,} migrations ({name})"
-        print(line(what, timed(status, args.rounds)))
+        report(what, "status", timed(status, args.rounds), ledger=name, migrations=args.migrations)
     for name, url in ledgers.items():
         costs = transition_costs(url, args.transitions_of)
-        print(line(f"one transition + audit + outbox ({name})", costs, 1000, "ms"))
+        what = f"one transition + audit + outbox ({name})"
+        report(what, "transition", costs, 1000, "ms", ledger=name)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Both send one local file to the test bed's sshd (the "external host" of
 With ``--migrate``, also one whole migration site-a → site-b-ssh of a qcow2 of
 the same size through the daemon, with the time spent in each state.
 
-    python3 bench/ssh_vs_scp.py [--size-mib 1024] [--rounds 3] [--migrate]
+    python3 bench/ssh_vs_scp.py [--size-mib 1024] [--rounds 3] [--migrate] [--tiny]
 
 Uses $MIGRATIO_TESTBED_DIR when it points at a running test bed, else starts one.
 """
@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
 import testbed_lib  # noqa: E402
 
+from bench.rounds import emit  # noqa: E402
 from migratio.config import OpenStackSshSite  # noqa: E402
 from migratio.drivers.base import RecordSpec  # noqa: E402
 from migratio.drivers.ssh.driver import OpenStackSshSiteDriver  # noqa: E402
@@ -114,7 +115,10 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--migrate", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="8 MiB, 1 round (CI)")
     args = parser.parse_args()
+    if args.tiny:
+        args.size_mib, args.rounds = 8, 1
     with tempfile.TemporaryDirectory(prefix="migratio-bench-") as scratch:
         scratch_dir = Path(scratch)
         reuse = os.environ.get("MIGRATIO_TESTBED_DIR")
@@ -129,7 +133,7 @@ def main() -> None:
             size = source.stat().st_size
             target = scratch_dir / "scp-target"
             results = []
-            for _ in range(args.rounds):
+            for round_number in range(args.rounds):
                 scp_seconds = scp_copy(settings, source, str(target))
                 target.unlink()
                 receive_seconds = receive_copy(settings, source, sha512)
@@ -142,7 +146,7 @@ def main() -> None:
                         "ratio": round(receive_seconds / scp_seconds, 3),
                     }
                 )
-                print(json.dumps(results[-1]), flush=True)
+                emit("ssh_vs_scp", size_mib=args.size_mib, round=round_number, **results[-1])
             ratios = sorted(r["ratio"] for r in results)
             print(
                 f"size {size / MiB:.0f} MiB, {len(results)} rounds: time ratio receive/scp "
@@ -152,7 +156,8 @@ def main() -> None:
             )
             source.unlink()
             if args.migrate:
-                print(json.dumps(migrate(bed, args.size_mib, scratch_dir / "migrate")))
+                migrated = migrate(bed, args.size_mib, scratch_dir / "migrate")
+                emit("ssh_migrate", size_mib=args.size_mib, **migrated)
         finally:
             if not reuse:
                 testbed_lib.down(bed.dir)

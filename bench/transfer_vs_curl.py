@@ -2,9 +2,10 @@
 
 Both run in the same process tree against the same two Glances of the test bed;
 the ratio is what matters, not the absolute figures. Also reports the daemon's
-peak RSS (from wait4's rusage of the daemon process).
+peak RSS and curl's (both curls' added up), each process's VmHWM
+(bench/daemon_run.py).
 
-    python3 bench/transfer_vs_curl.py [--size-mib 1024] [--rounds 2]
+    python3 bench/transfer_vs_curl.py [--size-mib 1024] [--rounds 2] [--tiny]
 
 Uses $MIGRATIO_TESTBED_DIR when it points at a running test bed, else starts one.
 """
@@ -12,12 +13,12 @@ Uses $MIGRATIO_TESTBED_DIR when it points at a running test bed, else starts one
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +30,8 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
 import testbed_lib  # noqa: E402
 
+from bench import daemon_run  # noqa: E402
+from bench.rounds import emit  # noqa: E402
 from tests.support import glance_peer, images  # noqa: E402
 from tests.support.daemon_config import write_daemon_config  # noqa: E402
 
@@ -45,7 +48,21 @@ def _token_header(workdir: Path, conn: Connection, name: str) -> Path:
     return path
 
 
-def curl_copy(source_id: str, size: int, workdir: Path) -> float:
+@dataclass(frozen=True)
+class CurlRun:
+    """One ``curl GET | curl -T PUT``: when it ran (monotonic clock) and the two
+    curls' peak RSS added up."""
+
+    started: float
+    finished: float
+    peak_rss_mib: float
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+
+def curl_copy(source_id: str, size: int, workdir: Path) -> CurlRun:
     """The baseline: Glance A's download piped straight into Glance B's upload."""
     site_a, site_b = glance_peer.connect("site-a"), glance_peer.connect("site-b")
     target = site_b.image.create_image(
@@ -62,70 +79,31 @@ def curl_copy(source_id: str, size: int, workdir: Path) -> float:
     )
     upload = ["curl", "-sSf", "-X", "PUT", "-T", "-", "-H", f"@{headers_b}", put_url]
     upload[-1:-1] = ["-H", "Content-Type: application/octet-stream"]
-    writer = subprocess.run(upload, stdin=reader.stdout, check=True)
-    assert reader.wait() == 0 and writer.returncode == 0
-    elapsed = time.monotonic() - started
+    writer = subprocess.Popen(upload, stdin=reader.stdout)
+    assert reader.stdout is not None
+    reader.stdout.close()
+    peak = daemon_run.peak_rss_mib([reader, writer])
+    assert reader.returncode == 0 and writer.returncode == 0
+    finished = time.monotonic()
     copied = glance_peer.wait_active(site_b, str(target.id))
     assert copied["size"] == size
     glance_peer.delete(site_b, str(target.id))
-    return elapsed
+    return CurlRun(started, finished, peak)
 
 
 def migratio_copy(source_id: str, workdir: Path, sites: Path) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_daemon_config(workdir, sites, concurrency=1)
-    submit = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "migratio",
-            "--config",
-            str(config),
-            "submit",
-            "--image",
-            source_id,
-            "--from",
-            "site-a",
-            "--to",
-            "site-b",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    migration_id = submit.stdout.strip()
-    started = time.monotonic()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "migratio", "--config", str(config), "run", "--until-idle"],
-        stderr=subprocess.DEVNULL,
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    process_wall = time.monotonic() - started
-    assert status == 0
-    shown = json.loads(
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "migratio",
-                "--config",
-                str(config),
-                "show",
-                "--json",
-                migration_id,
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
+    [migration_id] = daemon_run.submit(config, [source_id], "site-b")
+    daemon = daemon_run.run_until_idle(config)
+    [shown] = daemon_run.show(config, [migration_id])
     assert shown["state"] == "done", shown["error"]
     stamps = {row["to"]: datetime.fromisoformat(row["at"].rstrip("Z")) for row in shown["history"]}
     glance_peer.delete(glance_peer.connect("site-b"), shown["dest_image_id"])
     return {
         "migration_seconds": (stamps["done"] - stamps["exporting"]).total_seconds(),
-        "process_seconds": process_wall,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "process_seconds": daemon.seconds,
+        "peak_rss_mib": daemon.peak_rss_mib,
     }
 
 
@@ -133,7 +111,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="8 MiB, 1 round (CI)")
     args = parser.parse_args()
+    if args.tiny:
+        args.size_mib, args.rounds = 8, 1
     with tempfile.TemporaryDirectory(prefix="migratio-bench-") as scratch:
         scratch_dir = Path(scratch)
         reuse = os.environ.get("MIGRATIO_TESTBED_DIR")
@@ -147,18 +128,24 @@ def main() -> None:
             image.unlink()
             results = []
             for round_number in range(args.rounds):
-                baseline = curl_copy(source_id, size, scratch_dir)
+                curl = curl_copy(source_id, size, scratch_dir)
                 measured = migratio_copy(
                     source_id, scratch_dir / f"run{round_number}", bed.dir / "sites"
                 )
                 results.append(
                     {
-                        "curl_seconds": baseline,
+                        "curl_seconds": curl.seconds,
+                        "curl_peak_rss_mib": curl.peak_rss_mib,
                         **measured,
-                        "ratio": measured["migration_seconds"] / baseline,
+                        "ratio": measured["migration_seconds"] / curl.seconds,
                     }
                 )
-                print(json.dumps(results[-1]), flush=True)
+                emit(
+                    "transfer_vs_curl",
+                    size_mib=args.size_mib,
+                    round=round_number,
+                    **results[-1],
+                )
             glance_peer.delete(site_a, source_id)
             ratios = sorted(r["ratio"] for r in results)
             median = ratios[len(ratios) // 2]

@@ -1,0 +1,81 @@
+"""Run ``migratio run --until-idle`` as a benchmark does: wall time and the
+daemon's own peak RSS; and submit and show migrations around it.
+
+A peak RSS is the process's VmHWM, polled every 10 ms: wait4's ru_maxrss would
+count the benchmark's own RSS, which the child carries until its exec. Submitting and
+showing happen in this process, through the functions the CLI calls: each
+``migratio`` start-up costs seconds on a busy machine, outside what is measured,
+and CI runs every benchmark within two minutes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from migratio import operations, reports
+from migratio.config import load_settings
+
+
+@dataclass(frozen=True)
+class DaemonRun:
+    seconds: float
+    peak_rss_mib: float
+
+
+def run_until_idle(config: Path) -> DaemonRun:
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "migratio", "--config", str(config), "run", "--until-idle"],
+        stderr=subprocess.DEVNULL,
+    )
+    peak_mib = peak_rss_mib([process])
+    seconds = time.monotonic() - started
+    assert process.returncode == 0, f"migratio run exited {process.returncode}"
+    return DaemonRun(seconds, peak_mib)
+
+
+def peak_rss_mib(processes: list[subprocess.Popen[Any]]) -> float:
+    """Wait for the processes to exit; the sum of their peak RSS (each one's
+    VmHWM, polled every 10 ms)."""
+    peaks = dict.fromkeys((p.pid for p in processes), 0)
+    while any(p.poll() is None for p in processes):
+        for pid in peaks:
+            peaks[pid] = max(peaks[pid], vm_hwm_kib(pid))
+        time.sleep(0.01)
+    return sum(peaks.values()) / 1024
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """The process's peak resident set so far (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def submit(config: Path, image_ids: list[str], dest: str, source: str = "site-a") -> list[str]:
+    """Queue one migration per image, as ``migratio submit`` does; their ids."""
+    settings = load_settings(config)
+    ledger = operations.open_ledger(settings)
+    try:
+        return [operations.submit(settings, ledger, i, source, dest).id for i in image_ids]
+    finally:
+        ledger.engine.dispose()
+
+
+def show(config: Path, migration_ids: list[str]) -> list[dict[str, Any]]:
+    """Each migration as ``migratio show --json`` prints it."""
+    ledger = operations.open_ledger(load_settings(config), migrate=False)
+    try:
+        return [reports.describe(ledger, ledger.get(m)) for m in migration_ids]
+    finally:
+        ledger.engine.dispose()

@@ -1,0 +1,80 @@
+"""docs/PERFORMANCE.md's rendering (bench/performance_report.py) from hand-made
+records: which size a goal reads, median and range, met or not, and a row per
+size in the growth tables. The benchmarks themselves run in
+tests/e2e/test_benchmarks.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.performance_report import render, spread
+
+MIB = 1 << 20
+
+
+def transfer(size: int, ratio: float, round_number: int = 0) -> dict[str, Any]:
+    return {
+        "bench": "transfer_vs_curl",
+        "size_mib": size,
+        "round": round_number,
+        "curl_seconds": 1.0,
+        "curl_peak_rss_mib": 20.0,
+        "migration_seconds": ratio,
+        "peak_rss_mib": 110.0,
+        "ratio": ratio,
+        "command": f"python3 bench/transfer_vs_curl.py --size-mib {size}",
+    }
+
+
+def ssh(ratio: float, round_number: int) -> dict[str, Any]:
+    return {
+        "bench": "ssh_vs_scp",
+        "size_mib": 1024,
+        "round": round_number,
+        "scp_seconds": 3.0,
+        "receive_seconds": 3.0 * ratio,
+        "ratio": ratio,
+        "command": "python3 bench/ssh_vs_scp.py --size-mib 1024",
+    }
+
+
+def goal_row(document: str, starts: str) -> list[str]:
+    line = next(line for line in document.splitlines() if line.startswith(f"| {starts}"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_spread_is_median_then_range_and_one_value_alone() -> None:
+    assert spread([1.0, 3.0, 2.0]) == "2.00 (1.00-3.00)"
+    assert spread([1.5]) == "1.50"
+    assert spread([2.0, 2.0], 0) == "2"
+    assert spread([]) == "not measured"
+
+
+def test_a_goal_reads_its_rounds_median_against_its_bound() -> None:
+    met = render([ssh(1.0, 0), ssh(1.05, 1), ssh(1.5, 2)], [], [], "bench/all", False)
+    assert goal_row(met, "1 ")[2:6] == ["1.050 (1.000-1.500)", "scp 3.00 s", "≤ 1.1", "met"]
+    missed = render([ssh(1.2, 0), ssh(1.3, 1), ssh(1.0, 2)], [], [], "bench/all", False)
+    assert goal_row(missed, "1 ")[5] == "**not met**"
+
+
+def test_missing_benchmarks_say_so_instead_of_a_figure() -> None:
+    document = render([], ["python3 bench/ssh_vs_scp.py"], [], "bench/all", False)
+    assert goal_row(document, "1 ")[2] == "not measured"
+    assert "- `python3 bench/ssh_vs_scp.py`" in document
+
+
+def test_growth_has_a_row_per_size_and_the_goal_reads_the_largest() -> None:
+    records = [transfer(size, size / 1024) for size in (64, 256, 1024, 4096)]
+    document = render(records, [], ["- machine"], "bench/all", False)
+    rows = [line for line in document.splitlines() if line.split("|")[1:2] == [" 64 MiB "]]
+    assert len(rows) == 1 and "0.062" in rows[0]
+    for size in (256, 1024, 4096):
+        assert f"| {size} MiB |" in document
+    assert "4096 MiB | 4.000 |" in document
+    assert "Tiny smoke run" not in document
+
+
+def test_a_tiny_run_is_headed_as_such() -> None:
+    document = render([], [], [], "bench/all --tiny --out x.md", True)
+    assert document.splitlines()[2].startswith("> **Tiny smoke run")
+    assert "bench/all --rounds 3" in document
