@@ -94,8 +94,13 @@ class WorkDirSpace:
 
     def reserve(self, migration_id: str, files: Mapping[Path, int]) -> None:
         """Hold space for ``files`` of this migration, or raise ``WaitingForSpace``
-        (``PermanentError`` if they could never fit in this file system)."""
+        (``PermanentError`` if they could never fit in this file system). Held
+        until ``release``: later states of the same run are not asked again."""
         with self._lock:
+            if files.keys() <= self._reserved.get(migration_id, {}).keys():
+                # Admitted already in this run: a promise kept. Space another writer
+                # takes meanwhile makes the write fail (WorkDirFull), not wait.
+                return
             space = self._disk(self.work_dir)
             needed = outstanding(files)
             others = sum(
