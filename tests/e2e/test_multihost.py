@@ -47,6 +47,7 @@ HEARTBEAT_SECONDS = LEASE_SECONDS / 3  # the supervisor renews every lease_secon
 # On top of lease + heartbeat: the claim loop's poll and a busy CI machine.
 TAKEOVER_SLACK_SECONDS = 2.0
 IMAGE_KIB = 320
+STARTED = "starting (concurrency"  # the supervisor's first line, after the signal handlers
 HAPPY = [
     (None, "queued"),
     ("queued", "exporting"),
@@ -72,11 +73,16 @@ class Daemon:
     host: Host
     config: Path
     process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def log(self) -> Path:
+        return self.config.parent / "migratio.log"
 
     def start(self) -> None:
-        log = self.config.parent / "migratio.log"
+        self.starts += 1
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with log.open("ab") as out:
+        with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 self.host.migratio("--config", str(self.config), "run"),
                 stdout=out,
@@ -92,8 +98,15 @@ class Daemon:
         return self.process.pid
 
     def stop(self) -> int | None:
+        """SIGTERM, once the last start got as far as handling it (a daemon still
+        importing would die of it): the exit status says whether it stopped cleanly."""
         if self.process is None:
             return None
+        deadline = time.monotonic() + 60
+        while self.process.poll() is None and time.monotonic() < deadline:
+            if self.log.read_text(errors="replace").count(STARTED) >= self.starts:
+                break
+            time.sleep(0.1)
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(60)
 

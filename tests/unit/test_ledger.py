@@ -92,6 +92,24 @@ def test_retry_waits_for_its_time(ledger: Ledger) -> None:
     assert "retrying in 60.0s: connection refused" in ledger.history(migration.id)[-1].message
 
 
+def test_a_wait_costs_no_attempt_and_is_noted_once_however_often_it_is_looked_at(
+    ledger: Ledger,
+) -> None:
+    migration = ledger.create("site-a", "site-b", "image-1")
+    written = []
+    for free in (1, 2, 3):
+        assert ledger.claim("daemon-1", 30) is not None
+        written.append(ledger.wait(migration.id, "daemon-1", 0, f"waiting for space: {free}"))
+    assert written == [True, False, False]
+    ledger.claim("daemon-1", 30)
+    ledger.wait(migration.id, "daemon-1", 60, "waiting for space: 4")
+    assert ledger.claim("daemon-1", 30) is None  # not due for a minute
+    row = ledger.get(migration.id)
+    assert (row.attempt, row.last_error, row.lease_owner) == (0, None, None)
+    notes = [t.message for t in ledger.history(migration.id) if t.from_state == t.to_state]
+    assert notes == ["waiting for space: 1"]
+
+
 def test_concurrent_claims_never_share_a_migration(ledger: Ledger) -> None:
     created = {ledger.create("site-a", "site-b", f"image-{n}").id for n in range(24)}
     claimed: dict[str, list[str]] = {}
