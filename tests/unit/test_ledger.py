@@ -12,6 +12,7 @@ import pytest
 from migratio.errors import IllegalTransition, LeaseLost, UsageError
 from migratio.ledger.database import SCHEMA_HEAD, current_revision, head_revision, upgrade
 from migratio.ledger.store import Ledger
+from migratio.machine import Trigger
 from tests.support.ledgers import empty_ledger_engine
 
 
@@ -67,6 +68,9 @@ def test_writes_are_fenced_by_the_lease(ledger: Ledger) -> None:
     with pytest.raises(LeaseLost):
         ledger.record(migration.id, "daemon-2", bytes_done=5)
     assert ledger.renew("daemon-2", [migration.id], 30) == {migration.id}
+    assert ledger.renew("daemon-1", [migration.id], 30) == set()
+    # Ended by its holder (the lease goes with the last transition): not lost.
+    ledger.transition(migration.id, "daemon-1", Trigger.CANCEL, "cancelled by operator")
     assert ledger.renew("daemon-1", [migration.id], 30) == set()
 
 
