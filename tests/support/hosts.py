@@ -48,6 +48,7 @@ class Host:
     namespace: str | None = None
     address: str = "127.0.0.1"  # the host's end of its link
     gateway: str = "127.0.0.1"  # the root namespace's end
+    link: str = ""  # the root namespace's end of the veth pair
 
     @property
     def hostname(self) -> str:
@@ -110,11 +111,12 @@ def _make_namespaces(count: int, tag: str) -> list[Host]:
                 f"{tag}-{n}",
                 address=f"10.{first}.{second}.{4 * n + 2}",
                 gateway=f"10.{first}.{second}.{4 * n + 1}",
+                link=f"{tag}r{n}",
             )
             assert host.namespace is not None
             _ip("netns", "add", host.namespace)
             made.append(host)
-            outside, inside = f"{tag}r{n}", f"{tag}h{n}"
+            outside, inside = host.link, f"{tag}h{n}"
             _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
             _ip("link", "set", inside, "netns", host.namespace)
             _ip("addr", "add", f"{host.gateway}/30", "dev", outside)
@@ -130,10 +132,13 @@ def _make_namespaces(count: int, tag: str) -> list[Host]:
 
 
 def _remove_namespaces(hosts: list[Host]) -> None:
-    # Removing a namespace removes its veth end, and with it the pair.
+    # Removing a namespace removes its veth end, and with it the pair; a pair
+    # left whole in the root namespace (a setup that failed half-way) goes too.
     for host in hosts:
         if host.namespace is not None:
             subprocess.run(["ip", "netns", "del", host.namespace], check=False, capture_output=True)
+        if host.link:
+            subprocess.run(["ip", "link", "del", host.link], check=False, capture_output=True)
 
 
 @contextlib.contextmanager
