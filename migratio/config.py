@@ -117,6 +117,9 @@ class DaemonConfig(Strict):
     # A transfer that moves no byte for this long is aborted (its connections
     # cut) and retried as a transient error ("stalled: no progress for N s").
     stall_seconds: float = Field(default=120.0, gt=0)
+    # A migration whose staged or converted files do not fit in the work dir
+    # now waits (one audit note) and looks again this often.
+    space_wait_seconds: float = Field(default=10.0, gt=0)
     # Redis: seconds to connect, and to wait for any answer (on top of the
     # wait a blocking command asks for).
     redis_connect_timeout: float = Field(default=5.0, gt=0)

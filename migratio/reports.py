@@ -3,8 +3,9 @@ the ``show`` details. The CLI prints these; tests and tools read the same dicts.
 
 A migration's *activity* says what is happening to it now, in an operator's
 words: ``running`` (a daemon holds its lease), ``waiting to retry`` (a transient
-error, next attempt at ...), ``paused`` (released by a daemon that stopped, due
-again at once), ``queued``, or ended.
+error, next attempt at ...), ``waiting`` (for something it needs, e.g. work-dir
+space: its history's last note says what; looked at again at ...), ``paused``
+(released by a daemon that stopped, due again at once), ``queued``, or ended.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def activity(migration: Migration, now: datetime | None = None) -> str:
         return "running"
     if migration.attempt and migration.next_attempt_at > now:
         return "waiting to retry"
+    if migration.next_attempt_at > now:
+        return "waiting"
     if migration.state == State.QUEUED:
         return "queued"
     return "paused"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from migratio import faults, stall
+from migratio.admission import WorkDirSpace, planned_files
 from migratio.drivers.base import DestinationSite, ImageStatus, SourceImage, SourceSite
 from migratio.errors import CancelRequested, LeaseLost, ShuttingDown
 from migratio.feedback.progress import ProgressPacer
@@ -60,6 +61,7 @@ class Step:
         progress_seconds: float = PROGRESS_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         stall_seconds: float = stall.STALL_SECONDS,
+        space: WorkDirSpace | None = None,
     ) -> None:
         self.migration = migration
         self.ledger = ledger
@@ -68,6 +70,7 @@ class Step:
         self.destination = destination
         self.work_dir = work_dir
         self.signals = signals
+        self.space = space
         self._progress_seconds = progress_seconds
         self._last_progress = 0.0
         self._clock = clock
@@ -109,6 +112,15 @@ class Step:
         if self.needs_conversion:
             return self.path(f"converted.{self.target_format}")
         return self.staged_source
+
+    def reserve_space(self) -> None:
+        """Before writing the staged or converted file: hold the work-dir space it
+        will still take, or wait (``WaitingForSpace``) until it fits."""
+        if self.space is None or not self.stages_payload:
+            return
+        converted = self.payload_file if self.needs_conversion else None
+        files = planned_files(self.source_image, self.staged_source, converted)
+        self.space.reserve(self.migration.id, files)
 
     def path(self, name: str) -> Path:
         """A file in this migration's own work directory."""

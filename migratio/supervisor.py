@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from datetime import timedelta
 
 from migratio import config, faults, logs
+from migratio.admission import WaitingForSpace, WorkDirSpace
 from migratio.drivers.base import DestinationDriver, DestinationSite, SourceDriver
 from migratio.drivers.registry import Drivers, SiteOpener
 from migratio.errors import (
@@ -75,6 +76,8 @@ class Supervisor:
         self.signals = Signals()
         self._sites = site_opener or Drivers()
         self.janitor = Janitor(ledger, lambda: self.settings, self._sites.destination)
+        # Shared by this daemon's workers: what the running migrations will still write.
+        self.space = WorkDirSpace(self.daemon.work_dir)
         self._running: dict[str, Future[None]] = {}
         self._lock = threading.Lock()  # _running is read by the heartbeat thread
         self._wake = threading.Event()
@@ -236,6 +239,8 @@ class Supervisor:
             # at once, forever. The retry schedule spaces the attempts out.
             log.exception("migration %s: unexpected error", migration.id)
             self._postpone(migration.id, exc)
+        finally:
+            self.space.release(migration.id)
 
     def _advance_all(
         self, migration: Migration, sites: ExitStack, log_context: dict[str, str]
@@ -265,6 +270,7 @@ class Supervisor:
                 signals=self.signals,
                 progress_seconds=self.daemon.progress_seconds,
                 stall_seconds=self.daemon.stall_seconds,
+                space=self.space,
             )
             if not self._advance_one(step):
                 return
@@ -282,6 +288,10 @@ class Supervisor:
         except ShuttingDown:
             log.info("migration %s: paused in %s for shutdown", migration.id, migration.state)
             self._release(migration.id)
+        except WaitingForSpace as exc:
+            # Handed back, no lease or worker held meanwhile, no attempt counted.
+            if self.ledger.wait(migration.id, self.owner, self.daemon.space_wait_seconds, str(exc)):
+                log.info("migration %s: %s", migration.id, exc)
         except PermanentError as exc:
             metrics.failure(exc)
             self._finish(migration, Trigger.FAIL, _one_line(exc), step.destination)
@@ -336,11 +346,7 @@ class Supervisor:
         delay = backoff_delay(self.daemon.retry, attempt)
         log.warning(
             "migration %s: attempt %d/%d failed (%s); retrying in %.1fs",
-            migration.id,
-            attempt,
-            limit,
-            reason,
-            delay,
+            *(migration.id, attempt, limit, reason, delay),
         )
         self.ledger.schedule_retry(migration.id, self.owner, attempt, delay, reason)
         metrics.retry(cause)

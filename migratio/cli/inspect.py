@@ -191,8 +191,8 @@ def _state_text(row: dict[str, Any]) -> str:
     match row["activity"]:
         case "waiting to retry":
             return f"{row['state']} (retry in {row['retry_in_seconds']:.0f}s)"
-        case "paused":
-            return f"{row['state']} (paused)"
+        case "paused" | "waiting":
+            return f"{row['state']} ({row['activity']})"
         case _:
             return str(row["state"])
 

@@ -18,7 +18,7 @@ from migratio import metrics
 from migratio.ledger.models import MigrationRow
 from migratio.ledger.rows import audit, migration_of, rowcount
 from migratio.ledger.types import Migration, utcnow
-from migratio.machine import ACTIVE
+from migratio.machine import ACTIVE, TERMINAL
 
 # Due migrations looked at per claim: enough that a few lost races still find one.
 CLAIM_CANDIDATES = 8
@@ -76,6 +76,13 @@ def renew(
         )
         if not renewed:
             lost.add(migration_id)
+    # A migration that has just ended gave its lease up with its last transition
+    # (its worker is still cleaning up): finished, not lost to another daemon.
+    if lost:
+        ended = select(MigrationRow.id).where(
+            MigrationRow.id.in_(lost), MigrationRow.state.in_([s.value for s in TERMINAL])
+        )
+        lost -= set(session.scalars(ended))
     return lost
 
 

@@ -236,6 +236,13 @@ class Ledger:
         with self._tx() as session:
             writes.schedule_retry(session, migration_id, owner, attempt, delay, error)
 
+    def wait(self, migration_id: str, owner: str, delay: float, note: str) -> bool:
+        """Hand the migration back for ``delay`` seconds without counting an attempt
+        (it waits for something, it did not fail); ``note`` ("<why>: <details>")
+        goes to the audit trail once per wait. True if it was written now."""
+        with self._tx() as session:
+            return writes.wait(session, migration_id, owner, delay, note)
+
     def request_cancel(self, migration_id: str) -> Migration:
         with self._tx() as session:
             return writes.request_cancel(session, migration_id)

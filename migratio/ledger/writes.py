@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from migratio.errors import LeaseLost, UnknownMigration
 from migratio.ledger import artifacts
 from migratio.ledger.leases import lease_free
-from migratio.ledger.models import MigrationRow
+from migratio.ledger.models import MigrationRow, TransitionRow
 from migratio.ledger.rows import audit, migration_of, new_migration, rowcount
 from migratio.ledger.types import RECORDABLE, ArtifactStatus, Change, Migration, utcnow
 from migratio.machine import TERMINAL, State, next_state
@@ -111,6 +111,36 @@ def schedule_retry(
     row.updated_at = now
     message = f"attempt {attempt} failed, retrying in {delay:.1f}s: {error}"
     session.add(audit(migration_id, row.state, row.state, now, message))
+
+
+def wait(session: Session, migration_id: str, owner: str, delay: float, note: str) -> bool:
+    """Hand the migration back until ``delay`` has passed, costing no attempt.
+
+    ``note`` ("<why>: <details>") is written unless the latest audit row is
+    already a note of the same why in this state: a migration that waits a long
+    time leaves one line in its history, not one per look. True if written.
+    """
+    now = utcnow()
+    row = fenced_row(session, migration_id, owner)
+    row.next_attempt_at = now + timedelta(seconds=delay)
+    row.lease_owner = None
+    row.lease_expires_at = None
+    row.updated_at = now
+    latest = session.scalars(
+        select(TransitionRow)
+        .where(TransitionRow.migration_id == migration_id)
+        .order_by(TransitionRow.id.desc())
+        .limit(1)
+    ).first()
+    why = note.split(":", 1)[0]
+    if (
+        latest is not None
+        and latest.from_state == latest.to_state == row.state
+        and latest.message.split(":", 1)[0] == why
+    ):
+        return False
+    session.add(audit(migration_id, row.state, row.state, now, note))
+    return True
 
 
 def request_cancel(session: Session, migration_id: str) -> Migration:

@@ -24,6 +24,7 @@ def run(step: Step) -> Advance:
     staged = step.staged_source
     converted = step.payload_file
     if not converted.exists():
+        step.reserve_space()
         safety.check_file(staged, image.disk_format)
         step.add_artifact("file", str(converted))
         step.checkpoint()

@@ -2,7 +2,8 @@
 check its bytes are safe before anything else touches them.
 
 Without conversion the bytes are only probed here (the upload streams them later,
-guarded again); with conversion they are staged in the work dir, sha512-verified.
+guarded again); with conversion they are staged in the work dir, sha512-verified,
+once the work dir has room for the files this migration will write (admission).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def run(step: Step) -> Advance:
     if copy := _existing_copy(step, image):
         return copy
     if step.stages_payload:
+        step.reserve_space()
         staged = stage(step, image)
         detected = safety.check_file(staged, image.disk_format)
         where = f"staged as {staged.name}"

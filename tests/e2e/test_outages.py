@@ -14,12 +14,14 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import testbed_lib
 from openstack.connection import Connection
 
+from migratio.admission import WAITING_NOTE
 from migratio.ledger.store import Ledger
 from tests.support import glance_peer, images, migratio_cli, outages
 from tests.support.daemon_config import write_daemon_config
@@ -216,28 +218,37 @@ def _attempts(ledger: Ledger, migration_id: str) -> int:
     return max((a.attempts for a in ledger.artifacts(migration_id)), default=0)
 
 
+@pytest.mark.reliability
 def test_a_full_work_dir_is_transient_and_the_migration_ends_done_once_space_frees(
     testbed: testbed_lib.Bed,
     tmp_path: Path,
     site_a: Connection,
     site_b: Connection,
     tmpfs: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    work = tmpfs("work", "12m")
+    work = tmpfs("work", "24m")
     config = write_daemon_config(
         tmp_path,
         testbed.dir / "sites",
         work_dir=str(work),
         database_url=f"sqlite:///{tmp_path / 'ledger.sqlite'}",
         retry=OUTLASTING,
+        space_wait_seconds=0.3,
     )
-    # 8 MiB of data: staged it fits in 12 MiB, converted beside it it does not.
+    # 8 MiB of data staged, 8 MiB more converted: admitted into 24 MiB. Between
+    # staging and converting (a pause there), another writer takes 12 MiB: the
+    # conversion runs out of space that admission had counted on.
+    monkeypatch.setenv("MIGRATIO_FAULTS", "transition.after_commit.exporting=pause:5")
     source_file = images.random_qcow2(tmp_path / "full.qcow2", 8)
     source_id = glance_peer.upload(site_a, source_file, name="work-dir-full")
     migration_id = migratio_cli.submit(config, source_id, dest="site-b-raw")
     running = migratio_cli.start(config, tmp_path / "migratio_cli.log")
+    filler = work / "another-writer"
     try:
         ledger = migratio_cli.ledger_of(config)
+        migratio_cli.wait_for(ledger, migration_id, state="converting", timeout=60)
+        filler.write_bytes(b"\x01" * 12 * images.MIB)
 
         def full() -> bool:
             return "work dir full" in (ledger.get(migration_id).last_error or "")
@@ -249,14 +260,92 @@ def test_a_full_work_dir_is_transient_and_the_migration_ends_done_once_space_fre
         assert ledger.get(migration_id).state == "converting"
         # The half-written conversion is gone: only the staged source takes space.
         assert sorted(p.name for p in (work / migration_id).iterdir()) == ["source.qcow2"]
-        _remount(work, "size=64m")
+        # The next attempt is not let in while the space is still taken: it waits.
+        _wait(lambda: _waiting_notes(ledger, migration_id) != [], 30, "the waiting note")
+        filler.unlink()
         migratio_cli.wait_for(ledger, migration_id, state="done", timeout=120)
     finally:
         running.send_signal(signal.SIGTERM)
         assert running.wait(60) == 0
     shown = migratio_cli.show(config, migration_id)
-    assert any("work dir full" in row["message"] for row in shown["history"])
+    full_notes = [row for row in shown["history"] if "work dir full" in row["message"]]
+    assert len(full_notes) == 1
+    assert len(_waiting_notes(ledger, migration_id)) == 1
     copy = glance_peer.get(site_b, shown["dest_image_id"])
     expected = images.sha512_of(images.as_raw(source_file, tmp_path / "expected.raw"))
     assert copy is not None and copy["os_hash_value"] == expected
     assert list(work.iterdir()) == []
+    record(
+        "R8",
+        "disk full mid-conversion (24 MiB tmpfs, 12 MiB taken by another writer)",
+        outcome=shown["state"],
+        leftovers=0,
+        notes=len(full_notes),
+    )
+
+
+def _waiting_notes(ledger: Ledger, migration_id: str) -> list[str]:
+    history = ledger.history(migration_id)
+    return [row.message for row in history if row.message.startswith(WAITING_NOTE)]
+
+
+@pytest.mark.reliability
+def test_a_migration_that_does_not_fit_the_work_dir_waits_then_finishes_once_space_frees(
+    testbed: testbed_lib.Bed,
+    tmp_path: Path,
+    site_a: Connection,
+    site_b: Connection,
+    tmpfs: Callable[..., Path],
+) -> None:
+    work = tmpfs("work", "16m")
+    config = write_daemon_config(
+        tmp_path,
+        testbed.dir / "sites",
+        work_dir=str(work),
+        database_url=f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        space_wait_seconds=0.3,
+    )
+    # Staged (~4 MiB) and converted to raw (4 MiB virtual) beside it: ~8 MiB needed,
+    # ~6 MiB free while the operator's 10 MiB file is there.
+    filler = work / "operator-left-this"
+    filler.write_bytes(b"\x01" * 10 * images.MIB)
+    source_file = images.random_qcow2(tmp_path / "admission.qcow2", 4)
+    source_id = glance_peer.upload(site_a, source_file, name="admission")
+    migration_id = migratio_cli.submit(config, source_id, dest="site-b-raw")
+    running = migratio_cli.start(config, tmp_path / "migratio_cli.log")
+    try:
+        ledger = migratio_cli.ledger_of(config)
+
+        _wait(lambda: _waiting_notes(ledger, migration_id) != [], 60, "the waiting note")
+        looked_at = ledger.get(migration_id).next_attempt_at
+        _wait(
+            lambda: ledger.get(migration_id).next_attempt_at > looked_at + timedelta(seconds=1),
+            30,
+            "several more looks at the free space",
+        )
+        [note] = _waiting_notes(ledger, migration_id)
+        waiting = ledger.get(migration_id)
+        assert (waiting.state, waiting.attempt, waiting.last_error) == ("exporting", 0, None)
+        assert f"free in {work}" in note
+        assert [p for p in (work / migration_id).glob("*")] == []  # not a byte staged
+        filler.unlink()
+        migratio_cli.wait_for(ledger, migration_id, state="done", timeout=120)
+    finally:
+        running.send_signal(signal.SIGTERM)
+        assert running.wait(60) == 0
+    shown = migratio_cli.show(config, migration_id)
+    assert len(_waiting_notes(ledger, migration_id)) == 1
+    copy = glance_peer.get(site_b, shown["dest_image_id"])
+    expected = images.sha512_of(images.as_raw(source_file, tmp_path / "expected.raw"))
+    assert copy is not None and copy["os_hash_value"] == expected
+    assert [c["id"] for c in glance_peer.find(site_b, migratio_migration_id=migration_id)] == [
+        shown["dest_image_id"]
+    ]
+    assert list(work.iterdir()) == []
+    record(
+        "R8",
+        "admission: 16 MiB tmpfs, 10 MiB taken, image needs ~8 MiB",
+        outcome=shown["state"],
+        leftovers=0,
+        notes=1,
+    )

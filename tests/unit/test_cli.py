@@ -250,18 +250,31 @@ def test_status_tells_waiting_paused_and_running_apart(ledger: Ledger, config: P
     waiting = ledger.create("site-a", "site-b", "img-wait")
     paused = ledger.create("site-a", "site-b", "img-paused")
     running = ledger.create("site-a", "site-b", "img-run")
-    for migration in (waiting, paused, running):
+    for_space = ledger.create("site-a", "site-b", "img-space")
+    for migration in (waiting, paused, running, for_space):
         assert ledger.acquire(migration.id, "test-daemon", 60)
         ledger.transition(migration.id, "test-daemon", Trigger.START, "test")
     ledger.schedule_retry(waiting.id, "test-daemon", 1, 300, "site down")
     ledger.release(paused.id, "test-daemon")
+    # Waiting for work-dir space, looked at again twice: one note, no attempt spent.
+    for free in (10, 20, 30):
+        if free > 10:
+            assert ledger.acquire(for_space.id, "test-daemon", 60)
+        noted = ledger.wait(for_space.id, "test-daemon", 300, f"waiting for space: {free} free")
+        assert noted is (free == 10)
+    space = ledger.get(for_space.id)
+    assert (space.attempt, space.lease_owner, space.last_error) == (0, None, None)
+    notes = [t.message for t in ledger.history(for_space.id) if t.from_state == t.to_state]
+    assert notes == ["waiting for space: 10 free"]
     rows = {row["image"]: row for row in json.loads(_cli(config, "status", "--json").stdout)}
     assert rows["img-wait"]["activity"] == "waiting to retry"
     assert 200 < rows["img-wait"]["retry_in_seconds"] <= 300
     assert rows["img-paused"]["activity"] == "paused"
+    assert rows["img-space"]["activity"] == "waiting"
     assert (rows["img-run"]["activity"], rows["img-run"]["held_by"]) == ("running", "test-daemon")
     table = _cli(config, "status").stdout
     assert "exporting (retry in" in table and "exporting (paused)" in table
+    assert "exporting (waiting)" in table
     assert "site down" in table
 
 

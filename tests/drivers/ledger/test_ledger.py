@@ -12,6 +12,7 @@ import pytest
 from migratio.errors import IllegalTransition, LeaseLost, UsageError
 from migratio.ledger.database import SCHEMA_HEAD, current_revision, head_revision, upgrade
 from migratio.ledger.store import Ledger
+from migratio.machine import Trigger
 from tests.support.ledgers import empty_ledger_engine
 
 
@@ -68,6 +69,9 @@ def test_writes_are_fenced_by_the_lease(ledger: Ledger) -> None:
         ledger.record(migration.id, "daemon-2", bytes_done=5)
     assert ledger.renew("daemon-2", [migration.id], 30) == {migration.id}
     assert ledger.renew("daemon-1", [migration.id], 30) == set()
+    # Ended by its holder (the lease goes with the last transition): not lost.
+    ledger.transition(migration.id, "daemon-1", Trigger.CANCEL, "cancelled by operator")
+    assert ledger.renew("daemon-1", [migration.id], 30) == set()
 
 
 def test_expired_lease_is_taken_over_with_a_note(ledger: Ledger) -> None:
@@ -90,6 +94,24 @@ def test_retry_waits_for_its_time(ledger: Ledger) -> None:
     row = ledger.get(migration.id)
     assert (row.attempt, row.last_error, row.lease_owner) == (1, "connection refused", None)
     assert "retrying in 60.0s: connection refused" in ledger.history(migration.id)[-1].message
+
+
+def test_a_wait_costs_no_attempt_and_is_noted_once_however_often_it_is_looked_at(
+    ledger: Ledger,
+) -> None:
+    migration = ledger.create("site-a", "site-b", "image-1")
+    written = []
+    for free in (1, 2, 3):
+        assert ledger.claim("daemon-1", 30) is not None
+        written.append(ledger.wait(migration.id, "daemon-1", 0, f"waiting for space: {free}"))
+    assert written == [True, False, False]
+    ledger.claim("daemon-1", 30)
+    ledger.wait(migration.id, "daemon-1", 60, "waiting for space: 4")
+    assert ledger.claim("daemon-1", 30) is None  # not due for a minute
+    row = ledger.get(migration.id)
+    assert (row.attempt, row.last_error, row.lease_owner) == (0, None, None)
+    notes = [t.message for t in ledger.history(migration.id) if t.from_state == t.to_state]
+    assert notes == ["waiting for space: 1"]
 
 
 def test_concurrent_claims_never_share_a_migration(ledger: Ledger) -> None:
