@@ -25,6 +25,10 @@ from pathlib import Path
 from migratio.drivers.base import SourceImage
 from migratio.errors import PermanentError, StepInterrupted
 
+# What a converted file may take beyond its data: qcow2's tables (an 8-byte entry
+# per 64 KiB cluster, refcounts) are well inside data/1024 plus this.
+METADATA_MARGIN = 1 << 20
+
 # The audit note of a waiting migration begins with this (written once per wait).
 WAITING_NOTE = "waiting for work-dir space"
 
@@ -49,17 +53,22 @@ def disk_space(path: Path) -> DiskSpace:
     return DiskSpace(usage.total, usage.free)
 
 
-def planned_files(image: SourceImage, staged: Path, converted: Path | None) -> dict[Path, int]:
+def planned_files(
+    image: SourceImage, staged: Path, converted: Path | None, data: int | None = None
+) -> dict[Path, int]:
     """The files a migration writes and the most each will take.
 
-    The staged source is the image's size. A conversion's output is at most the
-    virtual size (raw is exactly that, before sparseness; qcow2 and vmdk hold no
-    more than the data), so the virtual size is what is asked for; a source that
-    does not report it is assumed to hold its size (raw, where they are equal).
+    The staged source is the image's size. A conversion writes the image's data
+    (a raw file is sparse: its holes take no space; qcow2 adds its tables, a
+    small margin): ``data`` once the staged file can be measured (``qemu-img
+    map``), else the image's size -- the data of any image but a compressed one,
+    which the measure then corrects before the conversion starts. Asking for the
+    virtual size instead would keep a 1 TiB disk holding 2 GiB waiting forever.
     """
     files = {staged: image.size}
     if converted is not None:
-        files[converted] = max(image.virtual_size or 0, image.size)
+        written = image.size if data is None else data
+        files[converted] = written + written // 1024 + METADATA_MARGIN
     return files
 
 
@@ -97,9 +106,12 @@ class WorkDirSpace:
         (``PermanentError`` if they could never fit in this file system). Held
         until ``release``: later states of the same run are not asked again."""
         with self._lock:
-            if files.keys() <= self._reserved.get(migration_id, {}).keys():
+            held = self._reserved.get(migration_id, {})
+            if all(held.get(path, -1) >= size for path, size in files.items()):
                 # Admitted already in this run: a promise kept. Space another writer
                 # takes meanwhile makes the write fail (WorkDirFull), not wait.
+                # Asked again for more (the measured data of a compressed image),
+                # it is a new question.
                 return
             space = self._disk(self.work_dir)
             needed = outstanding(files)

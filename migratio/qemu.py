@@ -102,6 +102,28 @@ def info(path: Path, fmt: str) -> dict[str, Any]:
     return described
 
 
+def data_size(path: Path, fmt: str) -> int:
+    """Bytes of guest data in the image (`qemu-img map`): what a sparse raw copy
+    of it takes on disk. Only for a file that passed the safety check (map follows
+    backing files)."""
+    qemu_img = _tool("qemu-img", "qemu-utils")
+    argv = [
+        *_limits(INFO_ADDRESS_SPACE, INFO_CPU_SECONDS),
+        qemu_img,
+        "map",
+        "--output=json",
+        "-f",
+        _qemu_format(fmt),
+        _file_argument(path),
+    ]
+    output = _run(argv, "map", INFO_CPU_SECONDS, INFO_TIMEOUT)
+    try:
+        extents = json.loads(output)
+        return sum(int(e["length"]) for e in extents if e.get("data") and not e.get("zero"))
+    except (json.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
+        raise PermanentError(f"qemu-img map printed no extent list for {path.name}") from exc
+
+
 def check_info_safe(info: dict[str, Any]) -> None:
     """Refuse what qemu-img itself reports as pointing at other host files."""
     fmt = info.get("format", "image")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from migratio import faults, stall
+from migratio import faults, qemu, stall
 from migratio.admission import WorkDirSpace, planned_files
 from migratio.drivers.base import DestinationSite, ImageStatus, SourceImage, SourceSite
 from migratio.errors import CancelRequested, LeaseLost, ShuttingDown
@@ -119,7 +119,11 @@ class Step:
         if self.space is None or not self.stages_payload:
             return
         converted = self.payload_file if self.needs_conversion else None
-        files = planned_files(self.source_image, self.staged_source, converted)
+        data = None
+        if converted is not None and self.staged_source.exists():
+            # Staged (and checked safe) already: what the conversion writes is known.
+            data = qemu.data_size(self.staged_source, self.source_image.disk_format)
+        files = planned_files(self.source_image, self.staged_source, converted, data)
         self.space.reserve(self.migration.id, files)
 
     def path(self, name: str) -> Path:

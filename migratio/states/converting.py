@@ -24,8 +24,8 @@ def run(step: Step) -> Advance:
     staged = step.staged_source
     converted = step.payload_file
     if not converted.exists():
-        step.reserve_space()
         safety.check_file(staged, image.disk_format)
+        step.reserve_space()
         step.add_artifact("file", str(converted))
         step.checkpoint()
         qemu.convert(staged, image.disk_format, converted, step.target_format)

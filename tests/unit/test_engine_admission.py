@@ -10,11 +10,21 @@ move the free space as on a real disk.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from migratio.admission import WAITING_NOTE, DiskSpace, WorkDirSpace, allocated, planned_files
+from migratio import qemu
+from migratio.admission import (
+    METADATA_MARGIN,
+    WAITING_NOTE,
+    DiskSpace,
+    WaitingForSpace,
+    WorkDirSpace,
+    allocated,
+    planned_files,
+)
 from migratio.drivers.base import ImageStatus, SourceImage
 from migratio.supervisor import Supervisor
 from tests.support import reliability
@@ -180,15 +190,40 @@ def test_files_larger_than_the_whole_work_dir_fail_at_once_with_the_reason(
     assert bed.source.reads == [] and bed.leftovers(migration_id) == []
 
 
-@pytest.mark.parametrize(
-    ("virtual_size", "converted"), [(4 * KIB * KIB, 4 * KIB * KIB), (None, 300 * KIB)]
-)
-def test_a_conversion_plans_for_the_virtual_size(
-    tmp_path: Path, virtual_size: int | None, converted: int
-) -> None:
+def test_a_conversion_plans_for_the_data_not_the_virtual_size(tmp_path: Path) -> None:
+    """A 4 GiB disk holding 300 KiB: the sparse raw takes the data, with a margin
+    for qcow2's tables; before the staged file is measured, the image's size."""
     image = SourceImage(
-        "i", "n", ImageStatus.AVAILABLE, "qcow2", "bare", 300 * KIB, virtual_size, None, None
+        "i", "n", ImageStatus.AVAILABLE, "qcow2", "bare", 300 * KIB, 4 << 30, None, None
     )
     staged, raw = tmp_path / "source.qcow2", tmp_path / "converted.raw"
-    assert planned_files(image, staged, raw) == {staged: 300 * KIB, raw: converted}
+    margin = METADATA_MARGIN
+    assert planned_files(image, staged, raw) == {staged: 300 * KIB, raw: 300 * KIB + 300 + margin}
+    measured = planned_files(image, staged, raw, data=2048 * KIB)
+    assert measured == {staged: 300 * KIB, raw: 2048 * KIB + 2 * KIB + margin}
     assert planned_files(image, staged, None) == {staged: 300 * KIB}
+
+
+def test_the_data_of_a_sparse_image_is_measured_by_qemu_img_map(tmp_path: Path) -> None:
+    sparse = tmp_path / "sparse.raw"
+    with sparse.open("wb") as disk:
+        disk.truncate(64 * KIB * KIB)  # 64 MiB virtual
+        for offset in (0, 32 * KIB * KIB):
+            disk.seek(offset)
+            disk.write(b"\x01" * 256 * KIB)
+    qcow2 = tmp_path / "sparse.qcow2"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(sparse), str(qcow2)], check=True
+    )
+    assert qemu.data_size(sparse, "raw") == 512 * KIB
+    assert qemu.data_size(qcow2, "qcow2") == 512 * KIB
+
+
+def test_asked_again_for_more_space_the_reservation_is_checked_again(tmp_path: Path) -> None:
+    """A compressed image's data, measured once staged, exceeds its size: a new question."""
+    space = WorkDirSpace(tmp_path, lambda _: DiskSpace(10 * KIB * KIB, 4 * KIB * KIB))
+    planned = tmp_path / "converted.raw"
+    space.reserve("m", {planned: 3 * KIB * KIB})
+    space.reserve("m", {planned: 2 * KIB * KIB})  # less than held: admitted already
+    with pytest.raises(WaitingForSpace):
+        space.reserve("m", {planned: 5 * KIB * KIB})
