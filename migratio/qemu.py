@@ -82,21 +82,7 @@ class _NoSpace(TransientError):
 
 def info(path: Path, fmt: str) -> dict[str, Any]:
     """`qemu-img info --output=json` with the format forced, within OpenStack's limits."""
-    qemu_img = _tool("qemu-img", "qemu-utils")
-    argv = [
-        *_limits(INFO_ADDRESS_SPACE, INFO_CPU_SECONDS),
-        qemu_img,
-        "info",
-        "--output=json",
-        "-f",
-        _qemu_format(fmt),
-        _file_argument(path),
-    ]
-    output = _run(argv, "info", INFO_CPU_SECONDS, INFO_TIMEOUT)
-    try:
-        described = json.loads(output)
-    except json.JSONDecodeError as exc:
-        raise PermanentError(f"qemu-img info printed no JSON for {path.name}") from exc
+    described = _json_of("info", path, fmt)
     if not isinstance(described, dict):
         raise PermanentError(f"qemu-img info printed no JSON object for {path.name}")
     return described
@@ -106,22 +92,30 @@ def data_size(path: Path, fmt: str) -> int:
     """Bytes of guest data in the image (`qemu-img map`): what a sparse raw copy
     of it takes on disk. Only for a file that passed the safety check (map follows
     backing files)."""
-    qemu_img = _tool("qemu-img", "qemu-utils")
+    extents = _json_of("map", path, fmt)
+    try:
+        return sum(int(e["length"]) for e in extents if e.get("data") and not e.get("zero"))
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:
+        raise PermanentError(f"qemu-img map printed no extent list for {path.name}") from exc
+
+
+def _json_of(action: str, path: Path, fmt: str) -> Any:
+    """What `qemu-img ACTION --output=json` prints, the format forced, within the
+    limits OpenStack puts on qemu-img info."""
     argv = [
         *_limits(INFO_ADDRESS_SPACE, INFO_CPU_SECONDS),
-        qemu_img,
-        "map",
+        _tool("qemu-img", "qemu-utils"),
+        action,
         "--output=json",
         "-f",
         _qemu_format(fmt),
         _file_argument(path),
     ]
-    output = _run(argv, "map", INFO_CPU_SECONDS, INFO_TIMEOUT)
+    output = _run(argv, action, INFO_CPU_SECONDS, INFO_TIMEOUT)
     try:
-        extents = json.loads(output)
-        return sum(int(e["length"]) for e in extents if e.get("data") and not e.get("zero"))
-    except (json.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
-        raise PermanentError(f"qemu-img map printed no extent list for {path.name}") from exc
+        return json.loads(output)
+    except json.JSONDecodeError as exc:
+        raise PermanentError(f"qemu-img {action} printed no JSON for {path.name}") from exc
 
 
 def check_info_safe(info: dict[str, Any]) -> None:
