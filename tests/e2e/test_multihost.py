@@ -233,13 +233,26 @@ def _remove_images(
         list(pool.map(lambda item: glance_peer.delete(*item), work))
 
 
-def test_three_hosts_share_a_ledger_through_kills_and_restarts_quick(
+@pytest.mark.parametrize(
+    ("count", "interval", "kill_every", "budget"),
+    [
+        pytest.param(30, 0.8, 2.0, 60, id="quick"),
+        pytest.param(
+            200, 1.0, 4.0, 600, id="200", marks=[pytest.mark.chaos, pytest.mark.timeout(1500)]
+        ),
+    ],
+)
+def test_three_hosts_share_a_ledger_through_kills_and_restarts(
     testbed: testbed_lib.Bed,
     tmp_path: Path,
     postgres_url: str,
     site_a: Connection,
     site_b: Connection,
     three_hosts: Hosts,
+    count: int,
+    interval: float,
+    kill_every: float,
+    budget: float,
 ) -> None:
     _run(
         testbed=testbed,
@@ -248,32 +261,8 @@ def test_three_hosts_share_a_ledger_through_kills_and_restarts_quick(
         site_a=site_a,
         site_b=site_b,
         made=three_hosts,
-        count=30,
-        interval=0.8,
-        kill_every=2.0,
-        budget=60,
-    )
-
-
-@pytest.mark.chaos
-@pytest.mark.timeout(1500)
-def test_three_hosts_share_a_ledger_through_kills_and_restarts_200(
-    testbed: testbed_lib.Bed,
-    tmp_path: Path,
-    postgres_url: str,
-    site_a: Connection,
-    site_b: Connection,
-    three_hosts: Hosts,
-) -> None:
-    _run(
-        testbed=testbed,
-        tmp_path=tmp_path,
-        postgres_url=postgres_url,
-        site_a=site_a,
-        site_b=site_b,
-        made=three_hosts,
-        count=200,
-        interval=1.0,
-        kill_every=4.0,
-        budget=600,
+        count=count,
+        interval=interval,
+        kill_every=kill_every,
+        budget=budget,
     )
