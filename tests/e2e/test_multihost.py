@@ -46,6 +46,7 @@ from tests.support.chaos_daemons import (
     wait_all_ended,
 )
 from tests.support.daemon_config import write_daemon_config
+from tests.support.engine import HAPPY_PATH
 from tests.support.hosts import Hosts, hosts
 from tests.support.ledgers import empty_ledger_engine
 
@@ -56,14 +57,6 @@ HEARTBEAT_SECONDS = LEASE_SECONDS / 3  # the supervisor renews every lease_secon
 # On top of lease + heartbeat: the claim loop's poll and a busy CI machine.
 TAKEOVER_SLACK_SECONDS = 2.0
 IMAGE_KIB = 320
-HAPPY = [
-    (None, "queued"),
-    ("queued", "exporting"),
-    ("exporting", "converting"),
-    ("converting", "uploading"),
-    ("uploading", "registering"),
-    ("registering", "done"),
-]
 
 
 def _raw_disk(seed: int) -> bytes:
@@ -174,7 +167,7 @@ def _run(
         history = ledger.history(migration_id)
         silent += handed_over_silently(history)
         images = copies.get(migration_id, [])
-        if state_changes(history) != HAPPY or len(images) != 1:
+        if state_changes(history) != HAPPY_PATH or len(images) != 1:
             twice.append(migration_id)
             continue
         [image] = images

@@ -13,6 +13,7 @@ from migratio.errors import IllegalTransition, LeaseLost, UsageError
 from migratio.ledger.database import SCHEMA_HEAD, current_revision, head_revision, upgrade
 from migratio.ledger.store import Ledger
 from migratio.machine import Trigger
+from tests.support.engine import HAPPY_PATH
 from tests.support.ledgers import empty_ledger_engine
 
 
@@ -32,14 +33,7 @@ def test_every_transition_has_its_audit_row(ledger: Ledger) -> None:
     assert final.finished_at is not None
     assert final.lease_owner is None
     history = ledger.history(migration.id)
-    assert [(row.from_state, row.to_state) for row in history] == [
-        (None, "queued"),
-        ("queued", "exporting"),
-        ("exporting", "converting"),
-        ("converting", "uploading"),
-        ("uploading", "registering"),
-        ("registering", "done"),
-    ]
+    assert [(row.from_state, row.to_state) for row in history] == HAPPY_PATH
     assert [row.message for row in history[1:]] == [
         "did start",
         "did exported",
