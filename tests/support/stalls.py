@@ -21,6 +21,7 @@ from migratio import stall
 from migratio.errors import Stalled, TransientError
 from tests.support.freezing_proxy import FreezingProxy
 from tests.support.payloads import Payload
+from tests.support.reliability import record
 
 STALL_SECONDS = 3.0
 # What detection may take beyond stall_seconds: the watchdog's look interval,
@@ -83,4 +84,12 @@ def expect_stall(
     assert isinstance(caught.value, TransientError)
     assert str(caught.value).startswith(f"stalled: no progress for {watchdog.seconds:g} s")
     assert watchdog.seconds <= seconds < watchdog.seconds + margin
+    # The test goes on to resume the transfer and check its bytes.
+    record(
+        "R7",
+        peer,
+        stall_seconds=watchdog.seconds,
+        detected_s=round(seconds, 2),
+        outcome="aborted as a transient error, then resumed",
+    )
     return Detected(peer, seconds, caught.value)

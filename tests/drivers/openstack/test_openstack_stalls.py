@@ -26,7 +26,7 @@ from tests.support.freezing_proxy import DOWN, FreezingProxy
 from tests.support.payloads import Payload
 from tests.support.stalls import STALL_SECONDS, Watched, expect_stall
 
-pytestmark = pytest.mark.testbed
+pytestmark = [pytest.mark.testbed, pytest.mark.reliability]
 
 MiB = 1024 * 1024
 

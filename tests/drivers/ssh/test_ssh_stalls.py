@@ -27,7 +27,7 @@ from tests.support.freezing_proxy import FreezingProxy
 from tests.support.payloads import Payload
 from tests.support.stalls import STALL_SECONDS, Watched, expect_stall
 
-pytestmark = pytest.mark.testbed
+pytestmark = [pytest.mark.testbed, pytest.mark.reliability]
 
 
 @pytest.fixture
