@@ -21,6 +21,7 @@ import random
 import shutil
 import signal
 import subprocess
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ pytestmark = [pytest.mark.testbed, pytest.mark.reliability]
 
 SOURCE_MIB = 8
 LEASE_SECONDS = 3
+INTAKE_HEARTBEAT_SECONDS = 1
 CRASH_TIMEOUT = 180
 # Run after run the one source image is uploaded anew: a new source uuid, so no
 # run finds an earlier run's copy (dedup) and each one really migrates.
@@ -219,7 +221,7 @@ def _crash_run(
         bed.sites_dir,
         namespace=namespace,
         lease_seconds=LEASE_SECONDS,
-        intake_heartbeat_seconds=1,
+        intake_heartbeat_seconds=INTAKE_HEARTBEAT_SECONDS,
         concurrency=1,
         retry={"max_attempts": 5, "base_delay": 0.2, "max_delay": 1.0},
     )
@@ -235,6 +237,9 @@ def _crash_run(
         ledger = migratio_cli.ledger_of(config)
         if name == "intake.after_move":
             assert ledger.migrations() == [], "the job reached the ledger before the crash"
+            # The dead consumer's jobs are handed back once its heartbeat expires;
+            # ``--until-idle`` started sooner may find nothing to do and exit.
+            time.sleep(INTAKE_HEARTBEAT_SECONDS * 1.5)
         migratio_cli.run_until_idle(config, timeout=300)
         (migration,) = ledger.migrations()
         migration_id = migration.id
