@@ -104,10 +104,12 @@ POINTS = {
 QUICK = [("o2o", "transfer.bytes.uploading@1"), ("o2aws", "aws.image_registered"),
          ("o2ssh", "ssh.sftp_bytes@1")]  # fmt: skip
 RANDOM_KILLS = 50
-QUICK_RANDOM_KILLS = 3
-# Seconds from the daemon's start to ``done`` on an idle machine (measured: about
-# 2, 4 and 4.5): kills are drawn over a little more, so some land after the end.
-KILL_WINDOW = {"o2o": 3.0, "o2aws": 5.0, "o2ssh": 6.0}
+# Seconds from the daemon's start to ``done`` (measured on a 2-core machine: about
+# 3.3, 3.5 and 19; the SSH host's ``openstack`` CLI takes ~2 s a call): kills are
+# drawn over a little more, so a few land after the end (counted apart).
+KILL_WINDOW = {"o2o": 4.0, "o2aws": 4.5, "o2ssh": 21.0}
+# The quick subset's kills leave SSH (~30 s a run) to its crash point.
+QUICK_RANDOM_ROUTES = ("o2o", "o2aws", "o2o")
 
 
 def _matrix() -> Iterator[Any]:
@@ -116,8 +118,7 @@ def _matrix() -> Iterator[Any]:
             yield pytest.param(key, point, id=f"{key}-{point}", marks=pytest.mark.chaos)
 
 
-def _random_kills(count: int, seed: int, chaos: bool) -> Iterator[Any]:
-    keys = list(ROUTES)
+def _random_kills(count: int, seed: int, keys: tuple[str, ...], chaos: bool) -> Iterator[Any]:
     for index in range(count):
         key = keys[index % len(keys)]
         delay = round(random.Random(seed + index).uniform(0.3, KILL_WINDOW[key]), 2)
@@ -365,7 +366,9 @@ def test_crash_point_quick(
     _check(outcome)
 
 
-@pytest.mark.parametrize(("key", "delay"), list(_random_kills(RANDOM_KILLS, 1100, chaos=True)))
+@pytest.mark.parametrize(
+    ("key", "delay"), list(_random_kills(RANDOM_KILLS, 1100, tuple(ROUTES), chaos=True))
+)
 def test_random_kill(
     bed: Bed, tally: dict[str, Counter[str]], tmp_path: Path, key: str, delay: float
 ) -> None:
@@ -374,7 +377,10 @@ def test_random_kill(
     _check(outcome)
 
 
-@pytest.mark.parametrize(("key", "delay"), list(_random_kills(QUICK_RANDOM_KILLS, 7, chaos=False)))
+@pytest.mark.parametrize(
+    ("key", "delay"),
+    list(_random_kills(len(QUICK_RANDOM_ROUTES), 7, QUICK_RANDOM_ROUTES, chaos=False)),
+)
 def test_random_kill_quick(
     bed: Bed, tally: dict[str, Counter[str]], tmp_path: Path, key: str, delay: float
 ) -> None:
