@@ -387,3 +387,65 @@ def test_random_kill_quick(
     outcome, crashed = _crash_run(bed, tmp_path, key, delay=delay)
     _count(tally, "random kills, quick subset", outcome, crashed)
     _check(outcome)
+
+
+def test_the_leak_checker_sees_what_a_run_could_leave(bed: Bed, tmp_path: Path) -> None:
+    """Every kind of leftover the matrix looks for, planted on the real peers, is found."""
+    migration_id = str(uuid.uuid4())
+    source_id = str(uuid.uuid4())
+    work = tmp_path / "work"
+    (work / migration_id).mkdir(parents=True)
+    (work / migration_id / "converted.raw").write_bytes(b"x")
+    (work / "ledger.sqlite").write_bytes(b"")
+    bed.staging_dir.mkdir(parents=True, exist_ok=True)
+    staged = bed.staging_dir / f"{migration_id}.part"
+    staged.write_bytes(b"x")
+    tag = {"Key": MIGRATION_ID, "Value": migration_id}
+    queued = bed.site_b.image.post(
+        "/images",
+        json={"name": "leak", "disk_format": "raw", "container_format": "bare",
+              MIGRATION_ID: migration_id},
+    ).json()["id"]  # fmt: skip
+    snapshot = bed.ebs.start_snapshot(VolumeSize=1, Tags=[tag])["SnapshotId"]
+    ami = bed.ec2.register_image(
+        Name=f"untagged-{source_id}",
+        RootDeviceName="/dev/xvda",
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snapshot}}],
+    )["ImageId"]
+    bucket = f"crash-leaks-{uuid.uuid4().hex[:8]}"
+    bed.s3.create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": aws_peer.REGION}
+    )
+    key = f"migratio/{migration_id}/disk.vmdk"
+    bed.s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    upload = bed.s3.create_multipart_upload(Bucket=bucket, Key=key + ".2")["UploadId"]
+    try:
+        peers = leaks.Peers(work, bed.site_b, bed.ec2, bed.s3, bed.staging_dir)
+        found = leaks.leftovers(peers, migration_id, source_id)
+        assert sorted(line.split(" (")[0] for line in found) == sorted(
+            [
+                f"work dir file {work / migration_id / 'converted.raw'}",
+                f"Glance image {queued}",
+                f"AMI {ami}",
+                f"EBS snapshot {snapshot}",
+                f"S3 object s3://{bucket}/{key}",
+                f"S3 multipart upload s3://{bucket}/{key}.2",
+                f"SSH staging file {staged.name}",
+            ]
+        )
+        assert leaks.destination_images(peers, migration_id, source_id) == sorted([queued, ami])
+        assert leaks.leftovers(peers, migration_id, source_id, kept=[queued, ami, snapshot]) == [
+            f"work dir file {work / migration_id / 'converted.raw'}",
+            f"Glance image {queued} (queued)",  # kept, but not finished
+            f"S3 object s3://{bucket}/{key}",
+            f"S3 multipart upload s3://{bucket}/{key}.2 ({upload})",
+            f"SSH staging file {staged.name}",
+        ]
+    finally:
+        staged.unlink()
+        glance_peer.delete(bed.site_b, queued)
+        bed.ec2.deregister_image(ImageId=ami)
+        bed.ec2.delete_snapshot(SnapshotId=snapshot)
+        bed.s3.abort_multipart_upload(Bucket=bucket, Key=key + ".2", UploadId=upload)
+        bed.s3.delete_object(Bucket=bucket, Key=key)
+        bed.s3.delete_bucket(Bucket=bucket)
