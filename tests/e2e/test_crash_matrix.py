@@ -38,6 +38,7 @@ from migratio import faults
 from migratio.drivers.base import MIGRATION_ID
 from tests.support import aws_peer, glance_peer, images, leaks, migratio_cli, reliability
 from tests.support.daemon_config import write_daemon_config
+from tests.support.ledgers import empty_ledger_engine
 from tests.support.redis_peer import sidekiq_job
 
 pytestmark = [pytest.mark.testbed, pytest.mark.reliability]
@@ -110,6 +111,7 @@ RANDOM_KILLS = 50
 KILL_WINDOW = {"o2o": 4.0, "o2aws": 4.5, "o2ssh": 21.0}
 # The quick subset's kills leave SSH (~30 s a run) to its crash point.
 QUICK_RANDOM_ROUTES = ("o2o", "o2aws", "o2o")
+LEDGERS = ("sqlite", "postgresql")
 
 
 def _matrix() -> Iterator[Any]:
@@ -119,11 +121,14 @@ def _matrix() -> Iterator[Any]:
 
 
 def _random_kills(count: int, seed: int, keys: tuple[str, ...], chaos: bool) -> Iterator[Any]:
+    """Paths in turn, every other run on a PostgreSQL ledger; a delay drawn per run."""
     for index in range(count):
         key = keys[index % len(keys)]
+        ledger = LEDGERS[index % len(LEDGERS)]
         delay = round(random.Random(seed + index).uniform(0.3, KILL_WINDOW[key]), 2)
         marks = pytest.mark.chaos if chaos else ()
-        yield pytest.param(key, delay, id=f"{key}-{index:02d}-{delay}s", marks=marks)
+        case = f"{key}-{ledger}-{index:02d}-{delay}s"
+        yield pytest.param(key, ledger, delay, id=case, marks=marks)
 
 
 # -- the peers and the tally --------------------------------------------------------
@@ -209,6 +214,7 @@ def _crash_run(
     *,
     point: str | None = None,
     delay: float | None = None,
+    database_url: str = "",
 ) -> tuple[Outcome, bool]:
     """One migration, crashed once, then finished by a second daemon; the outcome
     and whether the crash came before the first daemon had finished."""
@@ -225,6 +231,7 @@ def _crash_run(
         intake_heartbeat_seconds=INTAKE_HEARTBEAT_SECONDS,
         concurrency=1,
         retry={"max_attempts": 5, "base_delay": 0.2, "max_delay": 1.0},
+        **({"database_url": database_url} if database_url else {}),
     )
     source_id = glance_peer.upload(bed.site_a, bed.source, name=f"crash {key} {run_dir.name}")
     migration_id = ""
@@ -327,7 +334,13 @@ def _tidy(bed: Bed, namespace: str, source_id: str, migration_id: str) -> None:
         bed.ec2.delete_snapshot(SnapshotId=snapshot["SnapshotId"])
 
 
-def _count(tally: dict[str, Counter[str]], case: str, outcome: Outcome, crashed: bool) -> None:
+def _count(
+    tally: dict[str, Counter[str]],
+    case: str,
+    outcome: Outcome,
+    crashed: bool,
+    ledger: str = "sqlite",
+) -> None:
     figures = tally.setdefault(case, Counter())
     figures["runs"] += 1
     figures["done"] += outcome.state == "done"
@@ -336,6 +349,16 @@ def _count(tally: dict[str, Counter[str]], case: str, outcome: Outcome, crashed:
     figures["byte_mismatches"] += outcome.byte_mismatch
     if "random" in case:
         figures["killed_before_done"] += crashed
+        figures["on_postgresql"] += ledger == "postgresql"
+
+
+def _ledger_url(request: pytest.FixtureRequest, ledger: str) -> str:
+    """ "" (the daemon's SQLite file) or the session's PostgreSQL, emptied for this run."""
+    if ledger == "sqlite":
+        return ""
+    url = str(request.getfixturevalue("postgres_url"))
+    empty_ledger_engine(url).dispose()
+    return url
 
 
 def _check(outcome: Outcome) -> None:
@@ -367,25 +390,39 @@ def test_crash_point_quick(
 
 
 @pytest.mark.parametrize(
-    ("key", "delay"), list(_random_kills(RANDOM_KILLS, 1100, tuple(ROUTES), chaos=True))
+    ("key", "ledger", "delay"), list(_random_kills(RANDOM_KILLS, 1100, tuple(ROUTES), chaos=True))
 )
 def test_random_kill(
-    bed: Bed, tally: dict[str, Counter[str]], tmp_path: Path, key: str, delay: float
+    request: pytest.FixtureRequest,
+    bed: Bed,
+    tally: dict[str, Counter[str]],
+    tmp_path: Path,
+    key: str,
+    ledger: str,
+    delay: float,
 ) -> None:
-    outcome, crashed = _crash_run(bed, tmp_path, key, delay=delay)
-    _count(tally, f"{ROUTES[key].name} random kills", outcome, crashed)
+    url = _ledger_url(request, ledger)
+    outcome, crashed = _crash_run(bed, tmp_path, key, delay=delay, database_url=url)
+    _count(tally, f"{ROUTES[key].name} random kills", outcome, crashed, ledger)
     _check(outcome)
 
 
 @pytest.mark.parametrize(
-    ("key", "delay"),
+    ("key", "ledger", "delay"),
     list(_random_kills(len(QUICK_RANDOM_ROUTES), 7, QUICK_RANDOM_ROUTES, chaos=False)),
 )
 def test_random_kill_quick(
-    bed: Bed, tally: dict[str, Counter[str]], tmp_path: Path, key: str, delay: float
+    request: pytest.FixtureRequest,
+    bed: Bed,
+    tally: dict[str, Counter[str]],
+    tmp_path: Path,
+    key: str,
+    ledger: str,
+    delay: float,
 ) -> None:
-    outcome, crashed = _crash_run(bed, tmp_path, key, delay=delay)
-    _count(tally, "random kills, quick subset", outcome, crashed)
+    url = _ledger_url(request, ledger)
+    outcome, crashed = _crash_run(bed, tmp_path, key, delay=delay, database_url=url)
+    _count(tally, "random kills, quick subset", outcome, crashed, ledger)
     _check(outcome)
 
 
