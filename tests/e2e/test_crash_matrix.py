@@ -105,6 +105,7 @@ POINTS = {
 QUICK = [("o2o", "transfer.bytes.uploading@1"), ("o2aws", "aws.image_registered"),
          ("o2ssh", "ssh.sftp_bytes@1")]  # fmt: skip
 RANDOM_KILLS = 50
+KILLED_IN = "killed in "
 # Seconds from the daemon's start to ``done`` (measured on a 2-core machine: about
 # 3.3, 3.5 and 19; the SSH host's ``openstack`` CLI takes ~2 s a call): kills are
 # drawn over a little more, so a few land after the end (counted apart).
@@ -191,7 +192,18 @@ def tally() -> Iterator[dict[str, Counter[str]]]:
     counts: dict[str, Counter[str]] = {}
     yield counts
     for case, figures in counts.items():
-        reliability.record("R1", case, **dict(figures))
+        shown: dict[str, Any] = {}
+        states = []
+        for name, value in figures.items():
+            if name.startswith(KILLED_IN):
+                states.append(f"{name.removeprefix(KILLED_IN)} {value}")
+            else:
+                shown[name] = value
+        if states:  # where the random kills found the migration
+            order = ["intake", *STATES, "after"]
+            states.sort(key=lambda state: order.index(state.split()[0]))
+            shown["killed_in"] = ", ".join(states)
+        reliability.record("R1", case, **shown)
 
 
 # -- one run ------------------------------------------------------------------------
@@ -215,9 +227,9 @@ def _crash_run(
     point: str | None = None,
     delay: float | None = None,
     database_url: str = "",
-) -> tuple[Outcome, bool]:
+) -> tuple[Outcome, str]:
     """One migration, crashed once, then finished by a second daemon; the outcome
-    and whether the crash came before the first daemon had finished."""
+    and the state the crash found it in ("" when the first daemon finished first)."""
     route = ROUTES[key]
     name = point.partition("@")[0] if point else ""
     converting = name.startswith("convert.")
@@ -243,6 +255,8 @@ def _crash_run(
             migration_id = migratio_cli.submit(config, source_id, dest=destination)
         crashed = _first_daemon(config, run_dir / "daemon1.log", point, delay)
         ledger = migratio_cli.ledger_of(config)
+        killed_in = ledger.get(migration_id).state if migration_id else "intake"
+        killed_in = killed_in if crashed else ""
         if name == "intake.after_move":
             assert ledger.migrations() == [], "the job reached the ledger before the crash"
             # The dead consumer's jobs are handed back once its heartbeat expires;
@@ -251,7 +265,7 @@ def _crash_run(
         migratio_cli.run_until_idle(config, timeout=300)
         (migration,) = ledger.migrations()
         migration_id = migration.id
-        return _outcome(bed, route, config, migration_id, source_id, converting), crashed
+        return _outcome(bed, route, config, migration_id, source_id, converting), killed_in
     finally:
         _tidy(bed, namespace, source_id, migration_id)
 
@@ -338,7 +352,7 @@ def _count(
     tally: dict[str, Counter[str]],
     case: str,
     outcome: Outcome,
-    crashed: bool,
+    killed_in: str,
     ledger: str = "sqlite",
 ) -> None:
     figures = tally.setdefault(case, Counter())
@@ -348,7 +362,8 @@ def _count(
     figures["leaked"] += len(outcome.leftovers)
     figures["byte_mismatches"] += outcome.byte_mismatch
     if "random" in case:
-        figures["killed_before_done"] += crashed
+        figures["killed_before_done"] += bool(killed_in)
+        figures[f"{KILLED_IN}{killed_in or 'after done'}"] += 1
         figures["on_postgresql"] += ledger == "postgresql"
 
 
@@ -375,8 +390,8 @@ def _check(outcome: Outcome) -> None:
 def test_crash_point(
     bed: Bed, tally: dict[str, Counter[str]], tmp_path: Path, key: str, point: str
 ) -> None:
-    outcome, crashed = _crash_run(bed, tmp_path, key, point=point)
-    _count(tally, f"{ROUTES[key].name} crash points", outcome, crashed)
+    outcome, killed_in = _crash_run(bed, tmp_path, key, point=point)
+    _count(tally, f"{ROUTES[key].name} crash points", outcome, killed_in)
     _check(outcome)
 
 
@@ -384,8 +399,8 @@ def test_crash_point(
 def test_crash_point_quick(
     bed: Bed, tally: dict[str, Counter[str]], tmp_path: Path, key: str, point: str
 ) -> None:
-    outcome, crashed = _crash_run(bed, tmp_path, key, point=point)
-    _count(tally, "crash points, quick subset", outcome, crashed)
+    outcome, killed_in = _crash_run(bed, tmp_path, key, point=point)
+    _count(tally, "crash points, quick subset", outcome, killed_in)
     _check(outcome)
 
 
@@ -402,8 +417,8 @@ def test_random_kill(
     delay: float,
 ) -> None:
     url = _ledger_url(request, ledger)
-    outcome, crashed = _crash_run(bed, tmp_path, key, delay=delay, database_url=url)
-    _count(tally, f"{ROUTES[key].name} random kills", outcome, crashed, ledger)
+    outcome, killed_in = _crash_run(bed, tmp_path, key, delay=delay, database_url=url)
+    _count(tally, f"{ROUTES[key].name} random kills", outcome, killed_in, ledger)
     _check(outcome)
 
 
@@ -421,8 +436,8 @@ def test_random_kill_quick(
     delay: float,
 ) -> None:
     url = _ledger_url(request, ledger)
-    outcome, crashed = _crash_run(bed, tmp_path, key, delay=delay, database_url=url)
-    _count(tally, "random kills, quick subset", outcome, crashed, ledger)
+    outcome, killed_in = _crash_run(bed, tmp_path, key, delay=delay, database_url=url)
+    _count(tally, "random kills, quick subset", outcome, killed_in, ledger)
     _check(outcome)
 
 
