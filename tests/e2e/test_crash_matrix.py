@@ -110,6 +110,8 @@ KILLED_IN = "killed in "
 # 3.3, 3.5 and 19; the SSH host's ``openstack`` CLI takes ~2 s a call): kills are
 # drawn over a little more, so a few land after the end (counted apart).
 KILL_WINDOW = {"o2o": 4.0, "o2aws": 4.5, "o2ssh": 21.0}
+# Before about a second the daemon is still starting (imports, ledger, sites).
+KILL_FROM = 1.0
 # The quick subset's kills leave SSH (~30 s a run) to its crash point.
 QUICK_RANDOM_ROUTES = ("o2o", "o2aws", "o2o")
 LEDGERS = ("sqlite", "postgresql")
@@ -126,7 +128,7 @@ def _random_kills(count: int, seed: int, keys: tuple[str, ...], chaos: bool) -> 
     for index in range(count):
         key = keys[index % len(keys)]
         ledger = LEDGERS[index % len(LEDGERS)]
-        delay = round(random.Random(seed + index).uniform(0.3, KILL_WINDOW[key]), 2)
+        delay = round(random.Random(seed + index).uniform(KILL_FROM, KILL_WINDOW[key]), 2)
         marks = pytest.mark.chaos if chaos else ()
         case = f"{key}-{ledger}-{index:02d}-{delay}s"
         yield pytest.param(key, ledger, delay, id=case, marks=marks)
