@@ -25,6 +25,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from openstack.connection import Connection
 
 from migratio import faults
 from migratio.drivers.base import MIGRATION_ID
+from migratio.ledger.store import Ledger
 from tests.support import aws_peer, glance_peer, images, leaks, migratio_cli, reliability
 from tests.support.daemon_config import write_daemon_config
 from tests.support.ledgers import empty_ledger_engine
@@ -249,7 +251,8 @@ def _crash_run(
     )
     source_id = glance_peer.upload(bed.site_a, bed.source, name=f"crash {key} {run_dir.name}")
     migration_id = ""
-    try:
+    with ExitStack() as stack:
+        stack.callback(lambda: _tidy(bed, namespace, source_id, migration_id))
         if name == "intake.after_move":
             job = sidekiq_job([source_id, destination], jid=uuid.uuid4().hex[:24])
             bed.redis.lpush(f"{namespace}:queue:migration_site-a", job)
@@ -257,6 +260,7 @@ def _crash_run(
             migration_id = migratio_cli.submit(config, source_id, dest=destination)
         crashed = _first_daemon(config, run_dir / "daemon1.log", point, delay)
         ledger = migratio_cli.ledger_of(config)
+        stack.callback(ledger.close)
         killed_in = ledger.get(migration_id).state if migration_id else "intake"
         killed_in = killed_in if crashed else ""
         if name == "intake.after_move":
@@ -267,9 +271,8 @@ def _crash_run(
         migratio_cli.run_until_idle(config, timeout=300)
         (migration,) = ledger.migrations()
         migration_id = migration.id
-        return _outcome(bed, route, config, migration_id, source_id, converting), killed_in
-    finally:
-        _tidy(bed, namespace, source_id, migration_id)
+        outcome = _outcome(bed, route, config, ledger, source_id, migration_id, converting)
+        return outcome, killed_in
 
 
 def _first_daemon(config: Path, log: Path, point: str | None, delay: float | None) -> bool:
@@ -280,7 +283,12 @@ def _first_daemon(config: Path, log: Path, point: str | None, delay: float | Non
         daemon = migratio_cli.start(
             config, log, until_idle=True, env={faults.ENVIRONMENT_VARIABLE: rule}
         )
-        returncode = daemon.wait(CRASH_TIMEOUT)
+        try:
+            returncode = daemon.wait(CRASH_TIMEOUT)
+        finally:
+            if daemon.poll() is None:  # never reached the point: not left running
+                daemon.kill()
+                daemon.wait(30)
         text = log.read_text(errors="replace")
         assert returncode == -signal.SIGKILL, f"no crash at {point} (exit {returncode}):\n{text}"
         assert f"fault point {name}: crash" in text
@@ -298,10 +306,15 @@ def _first_daemon(config: Path, log: Path, point: str | None, delay: float | Non
 
 
 def _outcome(
-    bed: Bed, route: Route, config: Path, migration_id: str, source_id: str, converting: bool
+    bed: Bed,
+    route: Route,
+    config: Path,
+    ledger: Ledger,
+    source_id: str,
+    migration_id: str,
+    converting: bool,
 ) -> Outcome:
     shown = migratio_cli.show(config, migration_id)
-    ledger = migratio_cli.ledger_of(config)
     peers = leaks.Peers(
         work_dir=config.parent / "work",
         glance=None if route.is_aws else bed.site_b,
