@@ -204,8 +204,9 @@ def tally() -> Iterator[dict[str, Counter[str]]]:
             else:
                 shown[name] = value
         if states:  # where the random kills found the migration
-            order = ["intake", *STATES, "after"]
-            states.sort(key=lambda state: order.index(state.split()[0]))
+            order = ["intake", *STATES, "done", "after"]
+            rank = {word: index for index, word in enumerate(order)}
+            states.sort(key=lambda state: rank.get(state.split()[0], len(order)))
             shown["killed_in"] = ", ".join(states)
         reliability.record("R1", case, **shown)
 
