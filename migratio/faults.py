@@ -18,8 +18,25 @@ TransientError, as a flaky peer would). ``@N`` fires only once a point's
 ``amount`` (bytes so far) reaches N. Unset (production), every point is one
 dictionary lookup and does nothing.
 
-The points: ``intake.after_move``, ``transition.before_commit.<state>``,
-``transition.after_commit.<state>``, ``transfer.bytes``.
+The points (``<state>``: the state the migration is in, or leaves):
+
+- ``intake.after_move``: jobs moved to this consumer's Redis list, not yet in
+  the ledger.
+- ``transition.before_commit.<state>``, ``transition.after_commit.<state>``:
+  around the commit of a state's transition and its audit row.
+- ``transfer.bytes.<state>`` (``amount``: bytes so far): a checkpoint of a
+  transfer (staging the source while exporting, the payload while uploading).
+- ``destination.record_created``: the destination record exists at the site,
+  not yet in the ledger.
+- ``aws.block_sent`` (``amount``: the end of the block): a PutSnapshotBlock
+  answered, not yet journalled.
+- ``aws.snapshot_completed``: CompleteSnapshot accepted, not yet journalled.
+- ``aws.image_registered``: RegisterImage answered, the AMI not yet tagged.
+- ``ssh.sftp_bytes`` (``amount``: bytes written): an SFTP write of the staging
+  file, not yet journalled.
+- ``convert.running``, ``info.running``: qemu-img started, still running.
+
+``support/chaos`` and ``tests/e2e/test_crash_matrix.py`` crash at each of them.
 """
 
 from __future__ import annotations

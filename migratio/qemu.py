@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from migratio import faults
 from migratio.errors import PermanentError, TransientError, UnsafeImage
 from migratio.workspace import filling, work_dir_full
 
@@ -225,7 +226,13 @@ def _file_argument(path: Path) -> str:
 
 
 def _limits(address_space: int, cpu_seconds: int) -> list[str]:
+    # setpriv: qemu-img dies with the daemon (SIGKILL included) instead of
+    # running on, orphaned, into a work dir the next daemon cleans and reuses.
     return [
+        _tool("setpriv", "util-linux"),
+        "--pdeathsig",
+        "KILL",
+        "--",
         _tool("prlimit", "util-linux"),
         f"--as={address_space}",
         f"--cpu={cpu_seconds}",
@@ -253,18 +260,27 @@ def _run(argv: list[str], action: str, cpu_seconds: int, timeout: float) -> str:
 
 
 def _execute(argv: list[str], action: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            argv,
-            capture_output=True,
-            encoding="utf-8",
-            errors="replace",
-            env=os.environ | {"LC_ALL": "C"},
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise TransientError(f"qemu-img {action} did not finish within {timeout:.0f} s") from exc
+    with subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        encoding="utf-8",
+        errors="replace",
+        env=os.environ | {"LC_ALL": "C"},
+    ) as process:
+        faults.point(f"{action}.running")
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            process.kill()
+            process.communicate()
+            raise TransientError(
+                f"qemu-img {action} did not finish within {timeout:.0f} s"
+            ) from exc
+        except BaseException:
+            process.kill()
+            raise
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
 def _first_line(text: str) -> str:

@@ -156,7 +156,7 @@ class Step:
         if bytes_done is None:
             return
         self.watchdog.saw(bytes_done)
-        faults.point("transfer.bytes", amount=bytes_done)
+        faults.point("transfer.bytes", self.migration.state, amount=bytes_done)
         now = self._clock()
         rate = None
         if self.migration.state == State.UPLOADING:

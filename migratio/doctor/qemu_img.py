@@ -1,4 +1,5 @@
-"""The local tools conversions run: qemu-img, and prlimit, which bounds it.
+"""The local tools conversions run: qemu-img, prlimit, which bounds it, and
+setpriv, which makes it die with the daemon.
 
 They are needed when some site requires a disk format of its own (``disk_format``
 set) or is an AWS site (its uploads are raw or stream-optimized VMDK); without
@@ -31,6 +32,11 @@ def chain(sites: Sequence[Site]) -> Chain:
             Check(
                 "prlimit",
                 lambda: tool(["prlimit", "--version"], "util-linux", needed_by),
+                gate=False,
+            ),
+            Check(
+                "setpriv",
+                lambda: tool(["setpriv", "--version"], "util-linux", needed_by),
                 gate=False,
             ),
         ],

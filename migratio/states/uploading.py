@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import closing
 
+from migratio import faults
 from migratio.drivers.base import DestinationImage, RecordSpec, RecordStatus
 from migratio.errors import IntegrityError
 from migratio.machine import Trigger
@@ -76,6 +77,9 @@ def _create_record(step: Step) -> DestinationImage:
             step.migration.bytes_total,
         )
     )
+    # The record exists at the site but not yet in the ledger: a resumed run must
+    # find it by its migration tag.
+    faults.point("destination.record_created")
     step.add_artifact("dest_image", record.id, step.migration.dest_site)
     step.record(dest_image_id=record.id)
     return record

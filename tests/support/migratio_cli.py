@@ -62,12 +62,16 @@ def run_until_idle(
     return cli(config, "run", "--until-idle", timeout=timeout, env=env)
 
 
-def start(config: Path, log: Path, *, until_idle: bool = False) -> subprocess.Popen[bytes]:
+def start(
+    config: Path, log: Path, *, until_idle: bool = False, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "migratio", "--config", str(config), "run"]
     if until_idle:
         args.append("--until-idle")
     with log.open("ab") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
 
 
 def show(config: Path, migration_id: str) -> dict[str, Any]:

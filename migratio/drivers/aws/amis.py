@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from migratio import faults
 from migratio.drivers.aws.errors import translated
 from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.aws.snapshots import volume_bytes
@@ -110,6 +111,7 @@ class Amis:
         image_id = self._registered(migration_id, name)
         if image_id is None:
             image_id = self._register(name, registration, str(snapshot["SnapshotId"]), tags)
+            faults.point("aws.image_registered")
         put_tags(self.clients, image_id, tags)
         return self.available(image_id, snapshot)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migratio import stall
+from migratio import faults, stall
 from migratio.drivers.aws.blocks import (
     BLOCK_SIZE,
     Block,
@@ -131,6 +131,7 @@ class SnapshotWriter:
         transfer.progress(size)
         if not journal.completed:
             self._complete(snapshot_id, digests)
+            faults.point("aws.snapshot_completed")
             journal.completed = True
             journal.save(transfer, blocks_total=len(digests), manifest_sha512=manifest.hexdigest())
         self._wait_completed(snapshot_id, transfer, size)
@@ -196,6 +197,8 @@ class SnapshotWriter:
                 Checksum=block.checksum,
                 ChecksumAlgorithm="SHA256",
             )
+        # Landed at AWS, not yet in the journal: a resumed run sends it again.
+        faults.point("aws.block_sent", amount=(block.index + 1) * BLOCK_SIZE)
 
     def _complete(self, snapshot_id: str, digests: list[bytes]) -> None:
         try:

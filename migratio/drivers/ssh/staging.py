@@ -22,7 +22,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from migratio import stall
+from migratio import faults, stall
 from migratio.drivers.base import Transfer
 from migratio.drivers.ssh.hashes import Digest, Journal, RemoteHashes
 from migratio.drivers.ssh.remote import RemoteHost
@@ -150,6 +150,7 @@ class StagingArea:
                     remote.write(chunk)
                 journal.add(chunk)
                 done += len(chunk)
+                faults.point("ssh.sftp_bytes", amount=done)
                 if local is not None:
                     local.update(chunk)
                 now = time.monotonic()
