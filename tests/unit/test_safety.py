@@ -453,9 +453,10 @@ def test_missing_qemu_img_names_the_debian_package(
 ) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    prlimit = shutil.which("prlimit")
-    assert prlimit is not None
-    (bin_dir / "prlimit").symlink_to(prlimit)
+    for tool in ("setpriv", "prlimit"):  # what qemu-img runs under is there
+        found = shutil.which(tool)
+        assert found is not None
+        (bin_dir / tool).symlink_to(found)
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(PermanentError, match=r"qemu-img not found.*qemu-utils"):
         qemu.info(images / "good.qcow2", "qcow2")
