@@ -127,14 +127,16 @@ def _matrix() -> Iterator[Any]:
 
 
 def _random_kills(count: int, seed: int, keys: tuple[str, ...], chaos: bool) -> Iterator[Any]:
-    """Paths in turn, every other run on a PostgreSQL ledger; a delay drawn per run."""
+    """Paths in turn, every other run on a PostgreSQL ledger; a delay drawn per run.
+    The figures count the whole matrix per path, the quick subset as one row."""
     for index in range(count):
         key = keys[index % len(keys)]
         ledger = LEDGERS[index % len(LEDGERS)]
         delay = round(random.Random(seed + index).uniform(0.0, KILL_WINDOW[key]), 2)
         marks = pytest.mark.chaos if chaos else ()
+        tally = f"{ROUTES[key].name} random kills" if chaos else "random kills, quick subset"
         case = f"{key}-{ledger}-{index:02d}-{delay}s"
-        yield pytest.param(key, ledger, delay, id=case, marks=marks)
+        yield pytest.param(key, ledger, delay, tally, id=case, marks=marks)
 
 
 # -- the peers and the tally --------------------------------------------------------
@@ -431,7 +433,11 @@ def test_crash_point_quick(
 
 
 @pytest.mark.parametrize(
-    ("key", "ledger", "delay"), list(_random_kills(RANDOM_KILLS, 1100, tuple(ROUTES), chaos=True))
+    ("key", "ledger", "delay", "tally_as"),
+    [
+        *_random_kills(RANDOM_KILLS, 1100, tuple(ROUTES), chaos=True),
+        *_random_kills(len(QUICK_RANDOM_ROUTES), 7, QUICK_RANDOM_ROUTES, chaos=False),
+    ],
 )
 def test_random_kill(
     request: pytest.FixtureRequest,
@@ -441,29 +447,11 @@ def test_random_kill(
     key: str,
     ledger: str,
     delay: float,
+    tally_as: str,
 ) -> None:
     url = _ledger_url(request, ledger)
     outcome, killed_in = _crash_run(bed, tmp_path, key, delay=delay, database_url=url)
-    _count(tally, f"{ROUTES[key].name} random kills", outcome, killed_in, ledger)
-    _check(outcome)
-
-
-@pytest.mark.parametrize(
-    ("key", "ledger", "delay"),
-    list(_random_kills(len(QUICK_RANDOM_ROUTES), 7, QUICK_RANDOM_ROUTES, chaos=False)),
-)
-def test_random_kill_quick(
-    request: pytest.FixtureRequest,
-    bed: Bed,
-    tally: dict[str, Counter[str]],
-    tmp_path: Path,
-    key: str,
-    ledger: str,
-    delay: float,
-) -> None:
-    url = _ledger_url(request, ledger)
-    outcome, killed_in = _crash_run(bed, tmp_path, key, delay=delay, database_url=url)
-    _count(tally, "random kills, quick subset", outcome, killed_in, ledger)
+    _count(tally, tally_as, outcome, killed_in, ledger)
     _check(outcome)
 
 
