@@ -82,6 +82,14 @@ class OpenStackSshSite(_DiskFormatChoice, _SiteTimeouts):
 
 
 AWS_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
+KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/\S+$")
+# Launch permissions: an account id, an organisation or an organisational unit.
+SHARE_PRINCIPAL = re.compile(
+    r"^(\d{12}"
+    r"|arn:aws[a-z-]*:organizations::\d{12}:organization/o-[a-z0-9]{10,32}"
+    r"|arn:aws[a-z-]*:organizations::\d{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}"
+    r")$"
+)
 
 
 class AwsSite(_SiteTimeouts):
@@ -100,6 +108,22 @@ class AwsSite(_SiteTimeouts):
     # clients of the EBS direct APIs to retry throttled blocks; longer trouble
     # is the retry policy's.
     request_attempts: int = Field(default=3, ge=1, le=10)
+    # Snapshots started encrypted: with this KMS key (id, ARN or alias), or with
+    # the account's default EBS key when only ``encrypted`` is set.
+    encrypted: bool = False
+    kms_key_id: str | None = Field(default=None, min_length=1)
+    # Who may launch the AMI (and its copies): account ids, organisation ARNs,
+    # organisational unit ARNs. Accounts also get the snapshots' create-volume permission.
+    share_with: tuple[str, ...] = ()
+    # Other regions the AMI is copied to; the migration is done once every copy is available.
+    copy_to_regions: tuple[str, ...] = ()
+    # The KMS key each copy is encrypted with (a key lives in one region); a copy
+    # region not named here uses that region's default EBS key.
+    copy_kms_key_ids: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def encrypts(self) -> bool:
+        return self.encrypted or self.kms_key_id is not None
 
     @field_validator("region")
     @classmethod
@@ -107,6 +131,24 @@ class AwsSite(_SiteTimeouts):
         if not AWS_REGION.match(value):
             raise ValueError(f"{value!r} is not an AWS region name (like eu-west-1)")
         return value
+
+    @field_validator("share_with")
+    @classmethod
+    def _principals(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for principal in value:
+            if not SHARE_PRINCIPAL.match(principal):
+                raise ValueError(
+                    f"{principal!r} is neither a 12-digit account id nor an organisation "
+                    "or organisational unit ARN"
+                )
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("copy_to_regions")
+    @classmethod
+    def _copy_regions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for region in value:
+            cls._region(region)
+        return tuple(dict.fromkeys(value))
 
     @field_validator("endpoint_url")
     @classmethod
@@ -116,9 +158,28 @@ class AwsSite(_SiteTimeouts):
         return value
 
     @model_validator(mode="after")
-    def _bucket_for_import(self) -> AwsSite:
+    def _consistent(self) -> AwsSite:
         if self.method == "import-snapshot" and not self.bucket:
             raise ValueError("import-snapshot needs an S3 'bucket'")
+        if (
+            self.method == "ebs-direct"
+            and self.kms_key_id
+            and not KMS_KEY_ARN.match(self.kms_key_id)
+        ):
+            # StartSnapshot takes only a key ARN (ImportSnapshot also ids and aliases).
+            raise ValueError("kms_key_id: ebs-direct needs a KMS key ARN (arn:aws:kms:…:key/…)")
+        if self.share_with and self.encrypts and not self.kms_key_id:
+            # AWS refuses to share what its managed EBS key encrypted.
+            raise ValueError("share_with on an encrypted site needs a customer managed kms_key_id")
+        if unknown := set(self.copy_kms_key_ids) - set(self.copy_to_regions):
+            raise ValueError(
+                f"copy_kms_key_ids names regions not in copy_to_regions: {sorted(unknown)}"
+            )
+        unkeyed = [r for r in self.copy_to_regions if r not in self.copy_kms_key_ids]
+        if self.share_with and self.encrypts and unkeyed:
+            raise ValueError(f"share_with on an encrypted site needs copy_kms_key_ids: {unkeyed}")
+        if self.region in self.copy_to_regions:
+            raise ValueError(f"copy_to_regions names the site's own region {self.region!r}")
         return self
 
 

@@ -168,6 +168,18 @@ class Step:
             if self.ledger.get(self.migration.id).cancel_requested:
                 raise CancelRequested("cancelled by operator")
 
+    def stop_if_asked(self) -> None:
+        """Between the polls of a wait with no bytes moving (copies being made):
+        stop on shutdown, a lost lease or an operator's cancel."""
+        self.checkpoint()
+        if self.ledger.get(self.migration.id).cancel_requested:
+            raise CancelRequested("cancelled by operator")
+
+    @property
+    def tracker(self) -> StepTracker:
+        """What the destination records its copies through while it finishes an image."""
+        return StepTracker(self)
+
     def tracked(self, chunks: Iterable[bytes], start: int = 0) -> Iterator[bytes]:
         """Pass chunks through, reporting progress and honouring checkpoints."""
         done = start
@@ -176,3 +188,17 @@ class Step:
             yield chunk
             done += len(chunk)
         self.checkpoint(done, force=True)
+
+
+class StepTracker:
+    """The ``Tracker`` a destination is given by a step: its records become the
+    migration's artifacts at the destination site; its waits are stop points."""
+
+    def __init__(self, step: Step) -> None:
+        self._step = step
+
+    def add_artifact(self, kind: str, ref: str) -> None:
+        self._step.add_artifact(kind, ref, self._step.migration.dest_site)
+
+    def checkpoint(self) -> None:
+        self._step.stop_if_asked()

@@ -173,6 +173,21 @@ class Transfer(Protocol):
         ...
 
 
+class Tracker(Protocol):
+    """What a destination is given while it finishes a registered image (sharing
+    it, copying it to other regions): where to record what it creates, and a
+    point to stop at during long waits."""
+
+    def add_artifact(self, kind: str, ref: str) -> None:
+        """Record a record the destination created (removed if the migration ends
+        otherwise than done, kept with the image when it is done)."""
+        ...
+
+    def checkpoint(self) -> None:
+        """Stop here if asked to: shutdown, a lost lease, an operator's cancel."""
+        ...
+
+
 class SourceSite(Protocol):
     """A site images are read from."""
 
@@ -226,6 +241,14 @@ class DestinationSite(Protocol):
         re-entered registering finds what an interrupted one created."""
         ...
 
+    def distribute(self, image_id: str, tracker: Tracker) -> tuple[DestinationImage, ...]:
+        """After registration: share the image and copy it as the site's settings
+        say; return the copies (ids the site's ``remove`` takes, each with the
+        records it is made of) once every one is complete. Idempotent: a re-entered
+        registering finds the copies already made. Each copy is announced to
+        ``tracker`` as soon as it exists, so that a cancel removes it."""
+        ...
+
     def remove(self, record_id: str) -> None:
         """Delete a record; a record that is already gone is not an error."""
         ...
@@ -245,6 +268,10 @@ class StreamedGlanceDestination:
     @property
     def wants_file(self) -> bool:
         return False
+
+    def distribute(self, image_id: str, tracker: Tracker) -> tuple[DestinationImage, ...]:
+        """A Glance image is complete once registered: nothing to copy."""
+        return ()
 
 
 class Site(Protocol):

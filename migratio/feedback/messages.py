@@ -40,6 +40,11 @@ def status_text(change: Change) -> str:
                 f"Migration done: {migration.dest_site} already had it as image "
                 f"{migration.dest_image_id}"
             )
+        case State.DONE if migration.dest_copies:
+            return (
+                f"Migration done: image {migration.dest_image_id} at {migration.dest_site}; "
+                f"copies {', '.join(migration.dest_copies)}"
+            )
         case State.DONE:
             return f"Migration done: image {migration.dest_image_id} at {migration.dest_site}"
         case State.FAILED:

@@ -39,6 +39,8 @@ class MigrationRow(Base):
     dest_image_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     source_image: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     transfer_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The result's copies beside dest_image_id (an AMI's in other regions).
+    dest_copies: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)

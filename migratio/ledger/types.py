@@ -52,6 +52,8 @@ class Migration:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    # Copies of the result beside dest_image_id (an AMI's in other regions), once done.
+    dest_copies: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ RECORDABLE = frozenset(
         "payload_sha512",
         "dest_sha512",
         "dest_image_id",
+        "dest_copies",
         "source_image",
         "transfer_state",
         "last_error",

@@ -35,8 +35,20 @@ def run(step: Step) -> Advance:
         raise IntegrityError(
             f"destination image {registered.id} sha512 differs from the bytes sent"
         )
+    # Shared and copied only once its bytes are proven; done once every copy is.
+    copies = step.destination.distribute(registered.id, step.tracker)
+    if pending := [copy.id for copy in copies if not copy.is_complete]:
+        raise TransientError(f"copies of image {registered.id} not finished: {', '.join(pending)}")
+    message = f"registered as image {registered.id} on {migration.dest_site}; sha512 verified"
+    if copies:
+        message += f"; copied as {', '.join(copy.id for copy in copies)}"
     return Advance(
         Trigger.REGISTERED,
-        f"registered as image {registered.id} on {migration.dest_site}; sha512 verified",
-        keep=(registered.id, *registered.parts),
+        message,
+        fields={"dest_copies": [copy.id for copy in copies]} if copies else {},
+        keep=(
+            registered.id,
+            *registered.parts,
+            *(ref for copy in copies for ref in (copy.id, *copy.parts)),
+        ),
     )

@@ -22,19 +22,28 @@ BLOCK = 512 * 1024
 REGION = "eu-west-1"
 
 
-def client(service: str, endpoint_url: str) -> Any:
-    return boto3.session.Session().client(
-        service,
-        region_name=REGION,
-        endpoint_url=endpoint_url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=botocore.config.Config(
-            retries={"mode": "standard", "total_max_attempts": 2},
-            s3={"addressing_style": "path"},
-            max_pool_connections=16,
-        ),
-    )
+def client(service: str, endpoint_url: str, region: str = REGION) -> Any:
+    return clients(service, endpoint_url, (region,))[region]
+
+
+def clients(service: str, endpoint_url: str, regions: tuple[str, ...]) -> dict[str, Any]:
+    """One client per region, from one session (its service model loaded once)."""
+    session = boto3.session.Session()
+    return {
+        region: session.client(
+            service,
+            region_name=region,
+            endpoint_url=endpoint_url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=botocore.config.Config(
+                retries={"mode": "standard", "total_max_attempts": 2},
+                s3={"addressing_style": "path"},
+                max_pool_connections=16,
+            ),
+        )
+        for region in regions
+    }
 
 
 def reset(moto_url: str) -> None:

@@ -5,12 +5,16 @@ VM Import emulation does). The front also counts the EBS direct
 ``PutSnapshotBlock`` calls moto answered, per snapshot and block index -- a
 witness independent of migratio's own journal -- and can slow them down
 (``block_delay``), as a slow link to AWS would, so a test can stop a daemon
-mid-upload.
+mid-upload. It keeps the JSON bodies of EBS direct calls other than blocks
+(``ebs_calls``: what StartSnapshot asked, which moto ignores in part), and can
+hold the AMIs of some regions ``pending`` (``hold_images``), as AWS shows a
+copy being made, which moto makes at once.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import sys
 import threading
@@ -23,6 +27,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 BLOCK_PUT = re.compile(r"^/snapshots/(?P<snapshot>[^/]+)/blocks/(?P<index>\d+)$")
+# The region of a signed request: ``Credential=<key>/<date>/<region>/<service>/aws4_request``.
+SIGNED_REGION = re.compile(r"Credential=[^/]+/\d+/(?P<region>[^/]+)/")
+AVAILABLE = b"<imageState>available</imageState>"
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "expect"}
 )
@@ -67,6 +74,10 @@ class MotoFront:
         self.hooks: list[Hook] = []
         # Every request seen: (method, path with query, EC2 Query API fields if any).
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        # EBS direct calls with a JSON body: (method, path, body).
+        self.ebs_json: list[tuple[str, str, dict[str, Any]]] = []
+        # Regions whose available AMIs DescribeImages reports pending.
+        self.held_regions: set[str] = set()
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -96,9 +107,28 @@ class MotoFront:
         with self._lock:
             return [form for _, _, form in self.requests if form.get("Action") == action]
 
-    def answer(self, request: FrontRequest) -> FrontResponse:
+    def ebs_calls(self, method: str, path: str) -> list[dict[str, Any]]:
+        """The JSON bodies of every EBS direct call to ``path`` seen so far."""
         with self._lock:
-            self.requests.append((request.method, request.path, request.form()))
+            return [body for m, p, body in self.ebs_json if (m, p) == (method, path)]
+
+    def hold_images(self, *regions: str) -> None:
+        """Report the AMIs of ``regions`` pending until ``release_images``."""
+        with self._lock:
+            self.held_regions |= set(regions)
+
+    def release_images(self) -> None:
+        with self._lock:
+            self.held_regions.clear()
+
+    def answer(self, request: FrontRequest) -> FrontResponse:
+        form = request.form()
+        with self._lock:
+            self.requests.append((request.method, request.path, form))
+            if request.headers.get("content-type", "").startswith("application/json"):
+                path = urllib.parse.urlsplit(request.path).path
+                if request.body and not BLOCK_PUT.match(path):
+                    self.ebs_json.append((request.method, path, json.loads(request.body)))
         for hook in self.hooks:
             response = hook(request)
             if response is not None:
@@ -110,7 +140,14 @@ class MotoFront:
         if put and request.method == "PUT" and 200 <= response.status < 300:
             with self._lock:
                 self.block_puts[(put["snapshot"], int(put["index"]))] += 1
+        if form.get("Action") == "DescribeImages" and self._held(request):
+            response.body = response.body.replace(AVAILABLE, b"<imageState>pending</imageState>")
         return response
+
+    def _held(self, request: FrontRequest) -> bool:
+        signed = SIGNED_REGION.search(request.headers.get("authorization", ""))
+        with self._lock:
+            return signed is not None and signed["region"] in self.held_regions
 
     def forward(self, request: FrontRequest) -> FrontResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}

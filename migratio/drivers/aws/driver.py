@@ -15,17 +15,20 @@ import botocore.loaders
 
 from migratio.config import AwsSite
 from migratio.drivers.aws.amis import Amis, ami_image
+from migratio.drivers.aws.copies import RegionalCopies
 from migratio.drivers.aws.ebs_direct import EbsDirect
 from migratio.drivers.aws.import_snapshot import ImportSnapshot, ImportTasks
 from migratio.drivers.aws.records import (
     AmiRef,
     ImportTaskRef,
     RecordRef,
+    RegionalAmiRef,
     SnapshotRef,
     StagedObjectRef,
     parse_record,
 )
 from migratio.drivers.aws.session import AwsClients
+from migratio.drivers.aws.sharing import share_image
 from migratio.drivers.aws.snapshots import Snapshots, snapshot_image
 from migratio.drivers.aws.staging import Staging
 from migratio.drivers.aws.upload import UploadMethod
@@ -35,6 +38,7 @@ from migratio.drivers.base import (
     RecordSpec,
     RecordStatus,
     Registration,
+    Tracker,
     Transfer,
 )
 from migratio.errors import ConfigError, NotFound, PermanentError
@@ -47,7 +51,9 @@ class AwsSiteDriver:
     settings: region, credentials by ``profile`` or boto3's default chain,
         ``endpoint_url`` for emulators, ``method`` (ebs-direct or
         import-snapshot), ``bucket`` (import-snapshot), ``workers``, the socket
-        timeouts and ``timeout`` (how long ``register`` waits for an AMI).
+        timeouts and ``timeout`` (how long ``register`` waits for an AMI);
+        encryption (``encryption``), ``share_with`` and ``copy_to_regions``
+        (``distribute``).
     clients: already made connections (tests, tools); by default made on first use.
     """
 
@@ -61,6 +67,7 @@ class AwsSiteDriver:
         # a migration may have made them before the site's method was changed.
         self.staging = Staging(self.clients, settings.bucket)
         self.tasks = ImportTasks(self.clients)
+        self.copies = RegionalCopies(self.clients, settings)
         self.method = self._upload_method()
 
     def _upload_method(self) -> UploadMethod:
@@ -110,6 +117,9 @@ class AwsSiteDriver:
                     if self.staging.exists(ref):
                         return DestinationImage(ref.id, RecordStatus.OPEN, None, None)
                     return None
+                case RegionalAmiRef():
+                    copy = self.copies.described(ref)
+                    return None if copy is None else ami_image(copy)
                 case ImportTaskRef():
                     # An artifact, never a record the states hold.
                     raise PermanentError(
@@ -139,8 +149,30 @@ class AwsSiteDriver:
                 # What VM Import made of the staged object.
                 snapshot = self.snapshots.finished_of(staged.migration_id)
                 return self.amis.register(snapshot, registration)
-            case ImportTaskRef(task_id):
-                raise PermanentError(f"site {self.site_id}: {task_id} is not a record to register")
+            case ImportTaskRef() | RegionalAmiRef() as other:
+                raise PermanentError(f"site {self.site_id}: {other.id} is not a record to register")
+
+    def distribute(self, image_id: str, tracker: Tracker) -> tuple[DestinationImage, ...]:
+        """Share the AMI (``share_with``) and copy it to ``copy_to_regions``;
+        the copies once all are available."""
+        settings = self.settings
+        if not (settings.share_with or settings.copy_to_regions):
+            return ()
+        ref = self._ref(image_id)
+        if not isinstance(ref, AmiRef):
+            raise PermanentError(f"site {self.site_id}: {image_id} is not an AMI to distribute")
+        home = self.amis.get(ref.id)
+        if settings.share_with:
+            # EC2 describes the AMI's own snapshot; an emulator may not (moto does not).
+            snapshot = self.snapshots.finished_of(self.amis.migration_of(ref.id))
+            share_image(
+                self.site_id,
+                self.clients.ec2,
+                home,
+                settings.share_with,
+                snapshots=[str(snapshot["SnapshotId"])],
+            )
+        return self.copies.make(home, tracker)
 
     def remove(self, record_id: str) -> None:
         match self._ref(record_id):
@@ -152,6 +184,8 @@ class AwsSiteDriver:
                 self.staging.delete(staged)
             case ImportTaskRef(task_id):
                 self.tasks.cancel(task_id)
+            case RegionalAmiRef() as copy:
+                self.copies.remove(copy)
 
     def close(self) -> None:
         self.clients.close()
@@ -172,10 +206,14 @@ def check_region(site_id: str, settings: AwsSite) -> None:
     # credentials are looked at (a bad AWS_PROFILE must not pass for a bad region).
     endpoints = botocore.loaders.create_loader().load_data("endpoints")
     known = {region for partition in endpoints["partitions"] for region in partition["regions"]}
-    if settings.region not in known:
-        raise ConfigError(
-            site_id,
-            "region",
-            f"unknown AWS region {settings.region!r} (botocore {botocore.__version__} "
-            "knows none by that name; set endpoint_url for a private or newer one)",
-        )
+    for key, region in (
+        ("region", settings.region),
+        *(("copy_to_regions", r) for r in settings.copy_to_regions),
+    ):
+        if region not in known:
+            raise ConfigError(
+                site_id,
+                key,
+                f"unknown AWS region {region!r} (botocore {botocore.__version__} "
+                "knows none by that name; set endpoint_url for a private or newer one)",
+            )

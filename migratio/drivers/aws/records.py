@@ -2,7 +2,8 @@
 
 The engine and the ledger keep record ids as strings (``snap-0abc``,
 ``ami-0abc``, ``s3://bucket/migratio/<migration>/<stamp>.vmdk``,
-``import-snap-0abc``). The driver turns each into one of the references here
+``import-snap-0abc``, ``eu-central-1/ami-0abc`` for a copy in another region).
+The driver turns each into one of the references here
 by a table of full-match patterns, then dispatches on the reference's type, so
 no code guesses what an id is from how it starts. References are plain values:
 they never call AWS themselves (the site's parts do).
@@ -69,7 +70,19 @@ class StagedObjectRef:
         return cls(bucket, f"{staging_prefix(migration_id)}{stamp}.vmdk")
 
 
-RecordRef = SnapshotRef | AmiRef | ImportTaskRef | StagedObjectRef
+@dataclass(frozen=True)
+class RegionalAmiRef:
+    """A copy of the AMI in another region (``copy_to_regions``): ``<region>/<ami id>``."""
+
+    region: str
+    image_id: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.region}/{self.image_id}"
+
+
+RecordRef = SnapshotRef | AmiRef | ImportTaskRef | StagedObjectRef | RegionalAmiRef
 
 # EC2 ids are a prefix and lowercase hex (8 or 17 digits at AWS, 17 at moto).
 PATTERNS: tuple[tuple[re.Pattern[str], type[SnapshotRef | AmiRef | ImportTaskRef]], ...] = (
@@ -78,6 +91,7 @@ PATTERNS: tuple[tuple[re.Pattern[str], type[SnapshotRef | AmiRef | ImportTaskRef
     (re.compile(r"import-snap-[0-9a-f]+"), ImportTaskRef),
 )
 STAGED_OBJECT = re.compile(re.escape(S3_SCHEME) + r"(?P<bucket>[^/]+)/(?P<key>.+)")
+REGIONAL_AMI = re.compile(r"(?P<region>[a-z]{2}(-[a-z]+)+-\d+)/(?P<image>ami-[0-9a-f]+)")
 
 
 def parse_record(site_id: str, record_id: str) -> RecordRef:
@@ -88,6 +102,8 @@ def parse_record(site_id: str, record_id: str) -> RecordRef:
             return kind(record_id)
     if staged := STAGED_OBJECT.fullmatch(record_id):
         return StagedObjectRef(staged["bucket"], staged["key"])
+    if copy := REGIONAL_AMI.fullmatch(record_id):
+        return RegionalAmiRef(copy["region"], copy["image"])
     raise PermanentError(f"site {site_id}: {record_id!r} is not a record of an AWS site")
 
 

@@ -55,6 +55,10 @@ class AwsClients:
     def s3(self) -> Any:
         return self._client("s3")
 
+    def ec2_in(self, region: str) -> Any:
+        """EC2 in another region (where AMIs are copied to), same credentials."""
+        return self.ec2 if region == self.settings.region else self._client("ec2", region)
+
     def close(self) -> None:
         with self._lock:
             clients, self._clients = self._clients, {}
@@ -66,9 +70,10 @@ class AwsClients:
         """Cut every open connection (any thread; never blocks)."""
         self.sockets.cut()
 
-    def _client(self, service: str) -> Any:
+    def _client(self, service: str, region: str | None = None) -> Any:
+        key = f"{service}@{region}" if region else service
         with self._lock:
-            client = self._clients.get(service)
+            client = self._clients.get(key)
             if client is None:
                 with translated(self.site_id, f"connect to {service}"):
                     if self._session is None:
@@ -79,17 +84,18 @@ class AwsClients:
                     client = self._session.client(
                         service,
                         endpoint_url=self.settings.endpoint_url,
-                        config=self._config(service),
+                        region_name=region or self.settings.region,
+                        config=self._config(service, region),
                     )
                 # botocore's pools (one dict per client, shared with its proxy pools).
                 track_pools(client._endpoint.http_session._pool_classes_by_scheme, self.sockets)
-                self._clients[service] = client
+                self._clients[key] = client
             return client
 
-    def _config(self, service: str) -> botocore.config.Config:
+    def _config(self, service: str, region: str | None = None) -> botocore.config.Config:
         settings = self.settings
         options: dict[str, Any] = {
-            "region_name": settings.region,
+            "region_name": region or settings.region,
             "connect_timeout": settings.connect_timeout,
             "read_timeout": settings.read_timeout,
             "retries": {"mode": "standard", "total_max_attempts": settings.request_attempts},

@@ -28,6 +28,7 @@ METHODS = frozenset(
         "create_record",
         "receive",
         "register",
+        "distribute",
         "remove",
         "close",
         # StubSites, opening a site for a role

@@ -26,11 +26,14 @@ from migratio.drivers.base import (
     RecordStatus,
     Registration,
     SourceImage,
+    Tracker,
     Transfer,
 )
 from migratio.drivers.stub.scripting import Scriptable
 from migratio.errors import ImageNotFound, NotFound, PermanentError, TransientError
 
+# What a copy made by ``distribute`` is tagged with: ``<image id>><region>``.
+COPY_OF = "stub_copy_of"
 # Small, so that a payload of a few hundred KiB is already many chunks: every
 # checkpoint and callback between them gets its turn.
 CHUNK_SIZE = 64 * 1024
@@ -144,6 +147,8 @@ class StubSite(Scriptable):
         (BROKEN: the site cannot continue it).
     registers_image: ``register`` makes a new image out of the record (as an
         AMI is made from a snapshot) instead of completing the record itself.
+    copy_regions: ``distribute`` copies the registered image once per name here
+        (as an AMI is copied to other regions).
     chunk_size: the most ``read`` hands out at once.
     """
 
@@ -157,6 +162,7 @@ class StubSite(Scriptable):
         returns_sha512: bool = True,
         interrupted_status: RecordStatus = RecordStatus.OPEN,
         registers_image: bool = False,
+        copy_regions: tuple[str, ...] = (),
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
         super().__init__()
@@ -167,6 +173,7 @@ class StubSite(Scriptable):
         self.returns_sha512 = returns_sha512
         self.interrupted_status = interrupted_status
         self.registers_image = registers_image
+        self.copy_regions = copy_regions
         self.chunk_size = chunk_size
         self.images: dict[str, StubImage] = {}
         self.records: dict[str, StubRecord] = {}
@@ -324,6 +331,31 @@ class StubSite(Scriptable):
         image.data = bytearray(snapshot.data)
         image.status = snapshot.status
         return image
+
+    def distribute(self, image_id: str, tracker: Tracker) -> tuple[DestinationImage, ...]:
+        """One copy of the image per ``copy_regions`` entry, each announced as it is
+        made; a checkpoint after each (a copy takes a while)."""
+        self._enter("distribute")
+        image = self._record(image_id)
+        copies = []
+        for region in self.copy_regions:
+            origin = f"{image.id}>{region}"
+            found = [r for r in self._records() if r.properties.get(COPY_OF) == origin]
+            copy = found[0] if found else self._copy(image, origin)
+            tracker.add_artifact("dest_copy", copy.id)
+            copies.append(copy)
+            tracker.checkpoint()
+        return tuple(copy.view() for copy in copies)
+
+    def _copy(self, image: StubRecord, origin: str) -> StubRecord:
+        # Untagged with the migration, as an AMI's copy is in a region find_record
+        # does not search.
+        properties = {k: v for k, v in image.properties.items() if k != MIGRATION_ID}
+        properties[COPY_OF] = origin
+        copy = self._new_record(image.name, image.disk_format, image.container_format, properties)
+        copy.data = bytearray(image.data)
+        copy.status = image.status
+        return copy
 
     def remove(self, record_id: str) -> None:
         self._enter("remove")

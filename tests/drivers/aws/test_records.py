@@ -8,6 +8,7 @@ from migratio.drivers.aws.amis import ami_tags
 from migratio.drivers.aws.records import (
     AmiRef,
     ImportTaskRef,
+    RegionalAmiRef,
     SnapshotRef,
     StagedObjectRef,
     parse_record,
@@ -33,6 +34,8 @@ from migratio.errors import PermanentError
             "s3://bucket/migratio/m-1/20250101T000000000000001.vmdk",
             StagedObjectRef("bucket", "migratio/m-1/20250101T000000000000001.vmdk"),
         ),
+        ("eu-central-1/ami-0abc1234", RegionalAmiRef("eu-central-1", "ami-0abc1234")),
+        ("us-gov-west-1/ami-0abc1234", RegionalAmiRef("us-gov-west-1", "ami-0abc1234")),
     ],
 )
 def test_record_ids_parse_into_their_reference(record_id: str, expected: object) -> None:
@@ -53,6 +56,9 @@ def test_record_ids_parse_into_their_reference(record_id: str, expected: object)
         "import-ami-0abc",
         "s3://bucket",
         "s3:///key",
+        "eu-central-1/snap-0abc",
+        "eu-central-1/ami-0abc/x",
+        "EU-central-1/ami-0abc",
         "076ea369-183c-4fdd-b37d-5b0e1c3aa9d6",  # a Glance image id
     ],
 )
