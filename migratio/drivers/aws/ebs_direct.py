@@ -4,8 +4,9 @@
 tagged with the migration id; ``ebs_writer`` fills it from a sparse raw file,
 sending only allocated blocks; the snapshot is then tagged finished with what
 it was verified to hold (its manifest digest, and the payload's sha512 when one
-was checked), which the AMI carries on. A zero block is never sent: EBS reads
-an unwritten block as zeros.
+was checked), which the AMI carries on. A zero block is not sent to an
+unencrypted snapshot (EBS reads an unwritten block as zeros); an encrypted one
+gets every block of the payload (``encryption``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from migratio.drivers.aws.blocks import GIB, volume_size_gib
 from migratio.drivers.aws.ebs_writer import SnapshotWriter
+from migratio.drivers.aws.encryption import start_snapshot_arguments
 from migratio.drivers.aws.errors import translated
 from migratio.drivers.aws.records import RecordRef, SnapshotRef
 from migratio.drivers.aws.session import AwsClients
@@ -55,7 +57,10 @@ class EbsDirect:
     def __init__(self, clients: AwsClients, snapshots: Snapshots, workers: int) -> None:
         self.clients = clients
         self.site_id = clients.site_id
-        self.writer = SnapshotWriter(clients, snapshots, workers)
+        # An encrypted snapshot reads unwritten blocks as noise, not zeros (encryption.py).
+        self.writer = SnapshotWriter(
+            clients, snapshots, workers, write_zeros=clients.settings.encrypts
+        )
 
     def create_record(self, spec: RecordSpec) -> DestinationImage:
         """A pending snapshot of the payload's size in whole GiB, tagged with the migration."""
@@ -71,6 +76,7 @@ class EbsDirect:
                 # One token per request (AWS asks never to reuse one for another);
                 # a crashed run finds its snapshot by the tag, not by the token.
                 ClientToken=f"{spec.migration_id}-{time.time_ns():x}"[:64],
+                **start_snapshot_arguments(self.clients.settings),
             )
         snapshot_id = str(answer["SnapshotId"])
         log.info(

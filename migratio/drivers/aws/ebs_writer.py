@@ -34,6 +34,7 @@ from migratio.drivers.aws.blocks import (
     linear_checksum,
     scan,
 )
+from migratio.drivers.aws.encryption import is_zero, with_zero_blocks
 from migratio.drivers.aws.errors import translated
 from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.aws.snapshots import Snapshots
@@ -104,13 +105,18 @@ class SnapshotWriter:
     snapshots: the site's snapshots (their state, while completing).
     workers: PutSnapshotBlock calls in flight at once; AWS documents ~100
         connections for full speed, coldsnap uses 64, the site default is 16.
+    write_zeros: send the payload's all-zero blocks too (an encrypted snapshot,
+        whose unwritten blocks do not read as zeros).
     """
 
-    def __init__(self, clients: AwsClients, snapshots: Snapshots, workers: int) -> None:
+    def __init__(
+        self, clients: AwsClients, snapshots: Snapshots, workers: int, *, write_zeros: bool = False
+    ) -> None:
         self.clients = clients
         self.site_id = clients.site_id
         self.snapshots = snapshots
         self.workers = workers
+        self.write_zeros = write_zeros
 
     def write(self, snapshot_id: str, path: Path, transfer: Transfer) -> Written:
         """Send what the journal lacks, complete the snapshot; return its manifest
@@ -136,7 +142,7 @@ class SnapshotWriter:
             journal.save(transfer, blocks_total=len(digests), manifest_sha512=manifest.hexdigest())
         self._wait_completed(snapshot_id, transfer, size)
         log.info(
-            "site %s: snapshot %s complete: %d non-zero blocks, %d PutSnapshotBlock calls",
+            "site %s: snapshot %s complete: %d blocks, %d PutSnapshotBlock calls",
             self.site_id,
             snapshot_id,
             len(digests),
@@ -158,9 +164,13 @@ class SnapshotWriter:
         saved = time.monotonic()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ebs-block") as pool:
             try:
-                for block in scan(fd, size, payload):
+                blocks = scan(fd, size, payload)
+                if self.write_zeros:
+                    blocks = with_zero_blocks(blocks, size)
+                for block in blocks:
                     digests.append(block.sha256)
-                    manifest.add(block.index, block.sha256)
+                    if not is_zero(block):  # the manifest lists data blocks only
+                        manifest.add(block.index, block.sha256)
                     if block.index not in journal.sent:
                         while len(inflight) >= 2 * self.workers:
                             done, _ = wait(inflight, return_when=FIRST_COMPLETED)

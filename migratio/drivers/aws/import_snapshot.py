@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from migratio import qemu, stall
+from migratio.drivers.aws.encryption import import_snapshot_arguments
 from migratio.drivers.aws.errors import translated
 from migratio.drivers.aws.multipart import MultipartUpload
 from migratio.drivers.aws.records import RecordRef, SnapshotRef, StagedObjectRef
@@ -151,6 +152,7 @@ class ImportTasks:
                         "Tags": [{"Key": MIGRATION_ID, "Value": migration_id}],
                     }
                 ],
+                **import_snapshot_arguments(self.clients.settings),
             )
         task_id = str(answer["ImportTaskId"])
         log.info("site %s: import task %s started for %s", self.site_id, task_id, target.id)
