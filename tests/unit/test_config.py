@@ -12,6 +12,7 @@ from migratio.config import load_settings
 from migratio.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
+KEY = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
 def _write(directory: Path, config: str, sites: dict[str, str]) -> Path:
@@ -85,6 +86,37 @@ def test_example_configs_are_valid(tmp_path: Path) -> None:
             "name: a\n",
             "type: openstack-ssh\nhost: h\nuser: u\ncloud: c\n",
             "site-x.yml: key_file: Field required",
+        ),
+        (
+            "name: a\n",
+            "type: aws\nregion: eu-west-1\nkms_key_id: alias/mine\n",
+            "ebs-direct needs a KMS key ARN",
+        ),
+        (
+            "name: a\n",
+            "type: aws\nregion: eu-west-1\nshare_with: ['12345', '210987654321']\n",
+            "site-x.yml: share_with: Value error, '12345' is neither a 12-digit account id",
+        ),
+        (
+            "name: a\n",
+            "type: aws\nregion: eu-west-1\nencrypted: true\nshare_with: ['210987654321']\n",
+            "share_with on an encrypted site needs a customer managed kms_key_id",
+        ),
+        (
+            "name: a\n",
+            f"type: aws\nregion: eu-west-1\nkms_key_id: {KEY}\nshare_with: ['210987654321']\n"
+            "copy_to_regions: [us-east-1]\n",
+            "share_with on an encrypted site needs copy_kms_key_ids: ['us-east-1']",
+        ),
+        (
+            "name: a\n",
+            "type: aws\nregion: eu-west-1\ncopy_to_regions: [us-east-1, eu-west-1]\n",
+            "copy_to_regions names the site's own region 'eu-west-1'",
+        ),
+        (
+            "name: a\n",
+            "type: aws\nregion: eu-west-1\ncopy_to_regions: [mars-1]\n",
+            "site-x.yml: copy_to_regions: ",
         ),
     ],
 )

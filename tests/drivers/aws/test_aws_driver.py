@@ -134,6 +134,9 @@ def test_unknown_region_is_refused_unless_an_endpoint_names_it() -> None:
         check_region("aws-x", _site(region="xx-nowhere-9"))
     assert caught.value.key == "region"
     check_region("aws-x", _site(region="xx-nowhere-9", endpoint_url="http://127.0.0.1:1"))
+    with pytest.raises(ConfigError, match="unknown AWS region 'xx-nowhere-9'") as caught:
+        check_region("aws-x", _site(copy_to_regions=["us-east-1", "xx-nowhere-9"]))
+    assert caught.value.key == "copy_to_regions"
 
 
 def _client_error(status: int, code: str) -> botocore.exceptions.ClientError:
