@@ -32,6 +32,8 @@ The points (``<state>``: the state the migration is in, or leaves):
   answered, not yet journalled.
 - ``aws.snapshot_completed``: CompleteSnapshot accepted, not yet journalled.
 - ``aws.image_registered``: RegisterImage answered, the AMI not yet tagged.
+- ``aws.image_copied``: CopyImage answered and the copy recorded as an
+  artifact, not yet tagged (``copy_to_regions``).
 - ``ssh.sftp_bytes`` (``amount``: bytes written): an SFTP write of the staging
   file, not yet journalled.
 - ``convert.running``, ``info.running``: qemu-img started, still running.
