@@ -32,6 +32,7 @@ from migratio.text import error_text, one_line
 NO_SNAPSHOT = "snap-00000000000000000"
 NO_AMI = "ami-00000000000000000"
 NO_IMPORT_TASK = "import-snap-00000000000000000"
+NO_ACCOUNT = "000000000000"
 # The tag the dry runs would set: none of migratio's own, so an endpoint that
 # ignored DryRun could not relabel a real snapshot.
 PROBE_TAG = {"Key": "migratio_doctor_probe", "Value": "dry-run"}
@@ -146,7 +147,42 @@ class AwsProbe:
             checks["CancelImportTask"] = lambda: dry_run(
                 lambda ec2: ec2.cancel_import_task(ImportTaskId=NO_IMPORT_TASK, DryRun=True)
             )
+        checks |= self._distribution_permissions()
         return checks
+
+    def _distribution_permissions(self) -> dict[str, Callable[[], Verdict]]:
+        """Sharing (``share_with``) and CopyImage in each of ``copy_to_regions``."""
+        checks: dict[str, Callable[[], Verdict]] = {}
+        if self.settings.share_with:
+            nobody = [NO_ACCOUNT]
+            checks["ModifyImageAttribute"] = lambda: self._dry_run(
+                lambda ec2: ec2.modify_image_attribute(
+                    ImageId=NO_AMI, LaunchPermission={"Add": [{"UserId": NO_ACCOUNT}]}, DryRun=True
+                )
+            )
+            checks["ModifySnapshotAttribute"] = lambda: self._dry_run(
+                lambda ec2: ec2.modify_snapshot_attribute(
+                    SnapshotId=NO_SNAPSHOT,
+                    Attribute="createVolumePermission",
+                    OperationType="add",
+                    UserIds=nobody,
+                    DryRun=True,
+                )
+            )
+        for region in self.settings.copy_to_regions:
+            checks[f"CopyImage to {region}"] = self._copy_check(region)
+        return checks
+
+    def _copy_check(self, region: str) -> Callable[[], Verdict]:
+        def copy(_: Any) -> Any:
+            return self.clients.ec2_in(region).copy_image(
+                SourceImageId=NO_AMI,
+                SourceRegion=self.settings.region,
+                Name="migratio-doctor-probe",
+                DryRun=True,
+            )
+
+        return lambda: self._dry_run(copy)
 
     def ebs_direct(self) -> Verdict:
         """A block list of a snapshot that does not exist: a not-found answer

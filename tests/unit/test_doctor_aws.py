@@ -78,3 +78,24 @@ def test_an_unreachable_endpoint_is_an_error_not_a_verdict() -> None:
     error = boto.EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
     with pytest.raises(TransientError, match="site aws-x: dry run: EndpointConnectionError"):
         _probe()._dry_run(_raising(error))
+
+
+def test_sharing_and_copies_add_their_permission_checks() -> None:
+    plain = AwsProbe("aws-x", AwsSite(type="aws", region="eu-west-1"), 5)
+    distributing = AwsProbe(
+        "aws-x",
+        AwsSite(
+            type="aws",
+            region="eu-west-1",
+            share_with=("210987654321",),
+            copy_to_regions=("eu-central-1", "us-east-1"),
+        ),
+        5,
+    )
+    added = set(distributing.permissions()) - set(plain.permissions())
+    assert added == {
+        "ModifyImageAttribute",
+        "ModifySnapshotAttribute",
+        "CopyImage to eu-central-1",
+        "CopyImage to us-east-1",
+    }
