@@ -19,6 +19,7 @@ import redis
 import yaml
 from openstack.connection import Connection
 
+from migratio.ledger.store import Ledger
 from tests.support import aws_peer, glance_peer, images, migratio_cli
 from tests.support.daemon_config import write_daemon_config
 from tests.support.moto_front import MotoFront
@@ -42,17 +43,18 @@ def ec2_in(moto_url: str) -> dict[str, Any]:
     return aws_peer.clients("ec2", moto_url, (aws_peer.REGION, *REGIONS))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def front(moto_url: str) -> Iterator[MotoFront]:
     running = MotoFront(moto_url).start()
     yield running
     running.stop()
 
 
-@pytest.fixture
-def config(testbed: Any, front: MotoFront, tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def config(testbed: Any, front: MotoFront, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A daemon whose ``aws-regions`` site copies to two more regions, with its
     own Redis namespace (its feedback is read back)."""
+    tmp_path = tmp_path_factory.mktemp("regions")
     sites = tmp_path / "sites"
     sites.mkdir()
     (sites / "site-a.yml").write_text(
@@ -69,6 +71,15 @@ def config(testbed: Any, front: MotoFront, tmp_path: Path) -> Path:
     return write_daemon_config(tmp_path, sites, namespace=f"regions-{uuid.uuid4().hex[:8]}")
 
 
+@pytest.fixture(scope="module")
+def daemon(config: Path) -> Iterator[Ledger]:
+    """One daemon for the module's migrations; its ledger, read in process."""
+    running = migratio_cli.start(config, config.parent / "daemon.log")
+    yield migratio_cli.ledger_of(config)
+    running.send_signal(signal.SIGTERM)
+    assert running.wait(30) == 0
+
+
 def _amis(ec2_in: dict[str, Any], migration_id: str) -> dict[str, list[dict[str, Any]]]:
     """Every region's AMIs tagged with the migration."""
     return {
@@ -78,17 +89,21 @@ def _amis(ec2_in: dict[str, Any], migration_id: str) -> dict[str, list[dict[str,
 
 
 def test_copy_to_regions_makes_three_tagged_amis_all_in_the_ledger(
-    config: Path, site_a: Connection, ec2_in: dict[str, Any], front: MotoFront, tmp_path: Path
+    config: Path,
+    daemon: Ledger,
+    site_a: Connection,
+    ec2_in: dict[str, Any],
+    front: MotoFront,
+    tmp_path: Path,
 ) -> None:
     small = images.random_qcow2(tmp_path / "small.qcow2", 1)
     source_id = glance_peer.upload(site_a, small, name="regional", architecture="x86_64")
     migration_id = migratio_cli.submit(config, source_id, dest="aws-regions")
-    migratio_cli.run_until_idle(config)
+    done = migratio_cli.wait_for(daemon, migration_id, state="done", timeout=120)
 
-    shown = migratio_cli.show(config, migration_id)
-    assert shown["state"] == "done", shown["error"]
-    home_id = shown["dest_image_id"]
-    copies = shown["dest_copies"]
+    home_id = done.dest_image_id
+    copies = done.dest_copies
+    assert home_id is not None and copies is not None
     assert [copy.split("/")[0] for copy in copies] == list(REGIONS)
 
     # Three AMIs, one per region, each tagged alike (a copy also names its origin).
@@ -110,18 +125,20 @@ def test_copy_to_regions_makes_three_tagged_amis_all_in_the_ledger(
         assert granted["LaunchPermissions"] == [{"UserId": ACCOUNT}]
 
     # All in the ledger, kept with the result.
-    kept = [(a["kind"], a["ref"]) for a in shown["artifacts"] if a["status"] == "kept"]
-    snapshot_id = shown["transfer_state"]["snapshot_id"]
+    kept = [(a.kind, a.ref) for a in daemon.artifacts(migration_id, status="kept")]
+    snapshot_id = (done.transfer_state or {})["snapshot_id"]
     assert kept == [
         ("dest_image", snapshot_id),
         ("dest_image", home_id),
         ("dest_copy", copies[0]),
         ("dest_copy", copies[1]),
     ]
-    assert shown["history"][-1]["message"].endswith(f"; copied as {', '.join(copies)}")
+    assert daemon.history(migration_id)[-1].message.endswith(f"; copied as {', '.join(copies)}")
     # CopyImage as asked on the wire (moto ignores the tag specifications).
-    for asked in front.ec2_calls("CopyImage"):
-        assert (asked["SourceImageId"], asked["SourceRegion"]) == (home_id, aws_peer.REGION)
+    asked_for = [c for c in front.ec2_calls("CopyImage") if c["SourceImageId"] == home_id]
+    assert len(asked_for) == len(REGIONS)
+    for asked in asked_for:
+        assert asked["SourceRegion"] == aws_peer.REGION
         assert asked["TagSpecification.1.Tag.1.Key"] in home_tags
 
     # The platform's last line names every AMI.
@@ -136,17 +153,21 @@ def test_copy_to_regions_makes_three_tagged_amis_all_in_the_ledger(
 
 
 def test_a_cancel_while_copying_removes_all_three_amis_and_their_snapshots(
-    config: Path, site_a: Connection, ec2_in: dict[str, Any], front: MotoFront, tmp_path: Path
+    config: Path,
+    daemon: Ledger,
+    site_a: Connection,
+    ec2_in: dict[str, Any],
+    front: MotoFront,
+    tmp_path: Path,
 ) -> None:
     from migratio import operations
     from migratio.config import load_settings
 
+    ledger = daemon
     small = images.random_qcow2(tmp_path / "small.qcow2", 1)
     source_id = glance_peer.upload(site_a, small, name="regional cancel")
-    migration_id = migratio_cli.submit(config, source_id, dest="aws-regions")
-    ledger = migratio_cli.ledger_of(config)
     front.hold_images(*REGIONS)  # the copies stay pending, as at AWS for minutes
-    running = migratio_cli.start(config, tmp_path / "daemon.log")
+    migration_id = migratio_cli.submit(config, source_id, dest="aws-regions")
     try:
         copies = _wait_for_copies(ledger, migration_id, len(REGIONS))
         snapshots = {}
@@ -156,15 +177,14 @@ def test_a_cancel_while_copying_removes_all_three_amis_and_their_snapshots(
             snapshots[region] = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"]]
         assert ledger.get(migration_id).state == "registering"
         operations.cancel(load_settings(config), ledger, migration_id)
-        migratio_cli.wait_for(ledger, migration_id, state="cancelled", timeout=60)
+        cancelled = migratio_cli.wait_for(ledger, migration_id, state="cancelled", timeout=60)
     finally:
-        running.send_signal(signal.SIGTERM)
-        assert running.wait(30) == 0
-    shown = migratio_cli.show(config, migration_id)
-    assert shown["history"][-1]["from"] == "registering"
-    assert shown["dest_copies"] is None
-    assert {a["status"] for a in shown["artifacts"]} == {"removed"}
-    assert [a["kind"] for a in shown["artifacts"] if a["kind"] != "file"] == [
+        front.release_images()
+    assert ledger.history(migration_id)[-1].from_state == "registering"
+    assert cancelled.dest_copies is None
+    artifacts = ledger.artifacts(migration_id, status=None)
+    assert {a.status for a in artifacts} == {"removed"}
+    assert [a.kind for a in artifacts if a.kind != "file"] == [
         "dest_image", "dest_image", "dest_copy", "dest_copy",
     ]  # fmt: skip
     assert _amis(ec2_in, migration_id) == {region: [] for region in ec2_in}
