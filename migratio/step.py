@@ -163,9 +163,11 @@ class Step:
             rate = self._pacer.due(bytes_done, self.migration.bytes_total, now)
         if force or rate is not None or now - self._last_progress >= self._progress_seconds:
             self._last_progress = now
-            self.ledger.record_progress(self.migration.id, self.owner, bytes_done, rate=rate)
+            cancel = self.ledger.record_progress(
+                self.migration.id, self.owner, bytes_done, rate=rate
+            )
             self.migration = replace(self.migration, bytes_done=bytes_done)
-            if self.ledger.get(self.migration.id).cancel_requested:
+            if cancel:
                 raise CancelRequested("cancelled by operator")
 
     def tracked(self, chunks: Iterable[bytes], start: int = 0) -> Iterator[bytes]:

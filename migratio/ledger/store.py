@@ -218,12 +218,14 @@ class Ledger:
 
     def record_progress(
         self, migration_id: str, owner: str, bytes_done: int, *, rate: float | None = None
-    ) -> None:
+    ) -> bool:
         """Record how far the running step has got; with ``rate`` (bytes/s), the
         feedback line that reports it goes to the outbox in the same transaction,
-        so it reaches the platform in order with the state changes around it."""
+        so it reaches the platform in order with the state changes around it.
+        Returns whether an operator asked to cancel (read in the same transaction)."""
         with self._tx() as session:
             writes.record(session, migration_id, owner, {"bytes_done": bytes_done})
+            cancel = reads.cancel_requested(session, migration_id)
             if rate is not None and self._on_change is not None:
                 migration = reads.get(session, migration_id)
                 progress = UploadProgress(
@@ -235,6 +237,7 @@ class Ledger:
                     bytes_per_second=rate,
                 )
                 self._notify(session, progress)
+            return cancel
 
     def schedule_retry(
         self, migration_id: str, owner: str, attempt: int, delay: float, error: str
