@@ -87,7 +87,9 @@ class Step:
         recorded = self.migration.source_image
         if recorded is None:
             raise RuntimeError(f"migration {self.migration.id} has no recorded source image")
-        return SourceImage(**{**recorded, "status": ImageStatus.AVAILABLE})
+        # JSON gave the tags back as a list; earlier ledgers recorded none.
+        tags = tuple(recorded.get("tags") or ())
+        return SourceImage(**{**recorded, "status": ImageStatus.AVAILABLE, "tags": tags})
 
     @property
     def target_format(self) -> str:
