@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from rich.progress_bar import ProgressBar
     from rich.table import Table
 
-    from migratio.ledger.store import Ledger, MigrationFilter
+    from migratio.ledger.listing import Listing
+    from migratio.ledger.types import MigrationFilter
 
 DEFAULT_LIMIT = 50
 MIB = 1024 * 1024
@@ -58,15 +59,18 @@ def status(
     watch: bool,
 ) -> None:
     """List migrations, newest first: what each is doing, its progress and its error."""
-    from migratio.ledger.store import MigrationFilter
+    from migratio.ledger.types import MigrationFilter
 
     wanted = MigrationFilter(states=states, image_id=image_id, job_id=job_id, site=site)
-    ledger = ctx.existing_ledger()
+    listing = ctx.listing()
     shown = None if show_all else limit
-    if watch:
-        _watch(ledger, wanted, shown)
-        return
-    rows, total = _rows(ledger, wanted, shown)
+    try:
+        if watch:
+            _watch(listing, wanted, shown)
+            return
+        rows, total = _rows(listing, wanted, shown)
+    finally:
+        listing.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -153,16 +157,15 @@ def show(ctx: Context, migration_id: str, as_json: bool) -> None:
 
 
 def _rows(
-    ledger: Ledger, wanted: MigrationFilter, limit: int | None
+    listing: Listing, wanted: MigrationFilter, limit: int | None
 ) -> tuple[list[dict[str, Any]], int]:
     from migratio import reports
 
-    migrations = ledger.migrations(limit=limit, wanted=wanted)
-    total = len(migrations) if limit is None or len(migrations) < limit else ledger.count(wanted)
+    migrations, total = listing.newest(wanted, limit)
     return [reports.summary(m) for m in migrations], total
 
 
-def _watch(ledger: Ledger, wanted: MigrationFilter, limit: int | None) -> None:
+def _watch(listing: Listing, wanted: MigrationFilter, limit: int | None) -> None:
     """Redraw in place once a second; speed from the bytes done between redraws."""
     from rich.console import Group
     from rich.live import Live
@@ -173,7 +176,7 @@ def _watch(ledger: Ledger, wanted: MigrationFilter, limit: int | None) -> None:
     with Live(auto_refresh=False, screen=False) as live:
         try:
             while True:
-                rows, total = _rows(ledger, wanted, limit)
+                rows, total = _rows(listing, wanted, limit)
                 now = time.monotonic()
                 for row in rows:
                     before = seen.get(row["id"])
