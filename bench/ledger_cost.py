@@ -102,10 +102,10 @@ class Timed:
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
 
-    def run(self, env: dict[str, str]) -> None:
+    def run(self, env: dict[str, str], source: Path) -> None:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        subprocess.run(self.command, check=True, capture_output=True, env=env)
+        subprocess.run(self.command, check=True, capture_output=True, env=env, cwd=source)
         self.walls.append(time.perf_counter() - started)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
@@ -129,15 +129,17 @@ def mode_env(source: Path, compiled: bool) -> dict[str, str]:
     return env
 
 
-def start_up(commands: list[Timed], env: dict[str, str], rounds: int, warm_up: bool) -> None:
-    """Every command once per round, in turns; first one untimed run of each
-    (``warm_up``: it writes the bytecode the timed runs read)."""
-    if warm_up:
+def start_up(commands: list[Timed], source: Path, rounds: int, compiled: bool) -> None:
+    """Every command once per round, in turns, run from ``source`` (``python -m``
+    looks in the working directory first); with bytecode, first one untimed run
+    of each, which writes the bytecode the timed runs read."""
+    env = mode_env(source, compiled)
+    if compiled:
         for command in commands:
-            subprocess.run(command.command, check=True, capture_output=True, env=env)
+            subprocess.run(command.command, check=True, capture_output=True, env=env, cwd=source)
     for _ in range(rounds):
         for command in commands:
-            command.run(env)
+            command.run(env, source)
 
 
 def transition_costs(url: str, migrations: int) -> list[float]:
@@ -246,8 +248,7 @@ def run(directory: Path, postgres: str, args: argparse.Namespace) -> None:
             ledger = {"ledger": name, "migrations": args.migrations}
             what = f"migratio status, {args.migrations:,} migrations ({name})"
             commands.append(Timed(what, status, {**params, **ledger}))
-        env = mode_env(source_copy(directory, mode), compiled)
-        start_up(commands, env, args.rounds, warm_up=compiled)
+        start_up(commands, source_copy(directory, mode), args.rounds, compiled)
         figures = ["python_start", "help"] + ["status"] * len(configs)
         for command, figure in zip(commands, figures, strict=True):
             what = f"{command.what} [{label}]"
