@@ -41,7 +41,7 @@ _TIMES = frozenset(
 _JSON = frozenset({"source_image", "transfer_state"})
 REASON_CHARS = 300
 
-Mark = Callable[[str], str]
+Mark = Callable[[str], str]  # a named parameter's placeholder in the driver's style
 
 
 class Listing:
@@ -133,7 +133,7 @@ class Listing:
 class Driver:
     """What differs between sqlite3 and psycopg here."""
 
-    mark: Callable[[str], str]  # a named parameter's placeholder
+    mark: Mark  # a named parameter's placeholder
     begin: Callable[[Any], None]  # starts a read-only transaction on a connection
     version_table: str  # a select of one row: true when alembic_version exists
     errors: type[Exception]  # the driver's base exception
@@ -194,7 +194,6 @@ def _open_sqlite(url: str) -> Listing:
             uri=database.startswith("file:"),
             timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
             isolation_level=None,  # transactions begun by _snapshot, not by sqlite3
-            check_same_thread=False,
         )
     except sqlite3.Error as exc:
         reason = one_line(exc, REASON_CHARS)
