@@ -4,9 +4,10 @@
   ``migratio --help`` wall time, median/min/max over the rounds, on a ledger of
   N migrations; the baseline in the same run is ``python3 -c pass`` (the
   interpreter's own start-up, which no command can beat). The rounds take
-  turns (pass, help, status on each ledger), so a busy moment hits all alike;
-  each line also gives the median user+sys CPU time, which a shared machine
-  disturbs less than wall time.
+  turns (pass, help, status on each ledger, in both modes below), so a busy
+  moment hits all alike; each line also gives the median user+sys CPU time,
+  which a shared machine disturbs less than wall time. PostgreSQL's ledger is
+  vacuumed and analysed after it is filled, as autovacuum would soon do.
 - Both with and without bytecode (``--bytecode``), each line saying which:
   ``compiled`` is what an operator runs (``pip install`` compiles migratio's
   modules; one untimed warm-up run writes them here); ``none`` is
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -86,6 +87,11 @@ def fill(url: str, count: int) -> None:
                 for n in range(first, min(count, first + 5000))
             ]
             connection.execute(insert(MigrationRow), rows)
+    if engine.dialect.name == "postgresql":
+        # What autovacuum does to a ledger soon after: without it the first
+        # rounds would share the server with it.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text("VACUUM ANALYZE migrations"))
     engine.dispose()
 
 
@@ -94,21 +100,27 @@ BYTECODE = {"compiled": True, "none": False}
 
 @dataclass
 class Timed:
-    """One command's rounds: wall seconds and the child's user+sys CPU seconds."""
+    """One command's rounds, run from ``source`` with ``env``: wall seconds and
+    the child's user+sys CPU seconds."""
 
     what: str
+    figure: str
     command: list[str]
     params: dict[str, object]
+    source: Path
+    env: dict[str, str]
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
 
-    def run(self, env: dict[str, str], source: Path) -> None:
+    def run(self, timed: bool = True) -> None:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        subprocess.run(self.command, check=True, capture_output=True, env=env, cwd=source)
-        self.walls.append(time.perf_counter() - started)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        # From the source copy: ``python -m`` looks in the working directory first.
+        subprocess.run(self.command, check=True, capture_output=True, env=self.env, cwd=self.source)
+        if timed:
+            self.walls.append(time.perf_counter() - started)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            self.cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
 
 
 def source_copy(directory: Path, mode: str) -> Path:
@@ -129,17 +141,15 @@ def mode_env(source: Path, compiled: bool) -> dict[str, str]:
     return env
 
 
-def start_up(commands: list[Timed], source: Path, rounds: int, compiled: bool) -> None:
-    """Every command once per round, in turns, run from ``source`` (``python -m``
-    looks in the working directory first); with bytecode, first one untimed run
-    of each, which writes the bytecode the timed runs read."""
-    env = mode_env(source, compiled)
-    if compiled:
-        for command in commands:
-            subprocess.run(command.command, check=True, capture_output=True, env=env, cwd=source)
+def start_up(commands: list[Timed], rounds: int) -> None:
+    """One untimed run of each command (with bytecode, it writes what the timed
+    runs read; it warms the page cache and the database's buffers alike for
+    both modes), then every command once per round, in turns."""
+    for command in commands:
+        command.run(timed=False)
     for _ in range(rounds):
         for command in commands:
-            command.run(env, source)
+            command.run()
 
 
 def transition_costs(url: str, migrations: int) -> list[float]:
@@ -235,24 +245,27 @@ def run(directory: Path, postgres: str, args: argparse.Namespace) -> None:
         (directory / name).mkdir()
         configs[name] = write_daemon_config(directory / name, sites, database_url=url)
     modes = list(BYTECODE) if args.bytecode == "both" else [args.bytecode]
+    commands = []
     for mode in modes:
         compiled = BYTECODE[mode]
+        source = source_copy(directory, mode)
+        env = mode_env(source, compiled)
         label = "bytecode compiled" if compiled else "no bytecode"
         params = {"bytecode": compiled}
-        commands = [
-            Timed("baseline: python3 -c pass", [python, "-c", "pass"], params),
-            Timed("migratio --help", [python, "-m", "migratio", "--help"], params),
-        ]
+        commands += [
+            Timed(f"baseline: python3 -c pass [{label}]", "python_start",
+                  [python, "-c", "pass"], params, source, env),
+            Timed(f"migratio --help [{label}]", "help",
+                  [python, "-m", "migratio", "--help"], params, source, env),
+        ]  # fmt: skip
         for name, config in configs.items():
             status = [python, "-m", "migratio", "--config", str(config), "status"]
             ledger = {"ledger": name, "migrations": args.migrations}
-            what = f"migratio status, {args.migrations:,} migrations ({name})"
-            commands.append(Timed(what, status, {**params, **ledger}))
-        start_up(commands, source_copy(directory, mode), args.rounds, compiled)
-        figures = ["python_start", "help"] + ["status"] * len(configs)
-        for command, figure in zip(commands, figures, strict=True):
-            what = f"{command.what} [{label}]"
-            report(what, figure, command.walls, cpus=command.cpus, **command.params)
+            what = f"migratio status, {args.migrations:,} migrations ({name}) [{label}]"
+            commands.append(Timed(what, "status", status, {**params, **ledger}, source, env))
+    start_up(commands, args.rounds)
+    for command in commands:
+        report(command.what, command.figure, command.walls, cpus=command.cpus, **command.params)
     for name, url in ledgers.items():
         costs = transition_costs(url, args.transitions_of)
         what = f"one transition + audit + outbox ({name})"
