@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 DEFAULT_LIMIT = 50
 MIB = 1024 * 1024
+COLUMNS = ("ID", "IMAGE", "FROM → TO", "STATE", "PROGRESS", "AGE", "ERROR")
+# The table is laid out for at least this width, wrapping only beyond it.
+MIN_WIDTH = 100
 
 
 @click.command()
@@ -74,12 +77,24 @@ def status(
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
+    _print_table(rows)
+    if total > len(rows):
+        click.echo(f"showing the newest {len(rows)} of {total}; --limit N or --all for more")
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    """Plain text where it looks the same as rich's table (start-up time); rich otherwise."""
+    from migratio.cli.columns import plain_table, terminal_width
+
+    width = terminal_width(least=MIN_WIDTH)
+    stdout = click.get_text_stream("stdout")
+    lines = plain_table(COLUMNS, [_cells(row) for row in rows], width, bold=stdout.isatty())
+    if lines is not None:
+        click.echo("\n".join(lines))
+        return
     from rich.console import Console
 
-    console = Console(width=max(100, Console().width))
-    console.print(status_table(rows))
-    if total > len(rows):
-        console.print(f"showing the newest {len(rows)} of {total}; --limit N or --all for more")
+    Console(width=max(MIN_WIDTH, Console().width)).print(status_table(rows))
 
 
 def status_table(rows: list[dict[str, Any]], rates: dict[str, float] | None = None) -> Table:
@@ -90,29 +105,34 @@ def status_table(rows: list[dict[str, Any]], rates: dict[str, float] | None = No
     from rich.text import Text
 
     table = Table(box=None, header_style="bold")
-    columns = ["ID", "IMAGE", "FROM → TO", "STATE", "PROGRESS", "AGE", "ERROR"]
+    columns = list(COLUMNS)
     if rates is not None:
         columns[4:5] = ["PROGRESS", "SPEED", "ETA"]
     for column in columns:
         table.add_column(column)
     for row in rows:
-        image = row["image"] if not row["name"] else f"{row['name']} ({row['image'][:8]})"
-        cells: list[Any] = [
-            row["id"][:8],
-            image,
-            f"{row['source_site']} → {row['dest_site']}",
-            _state_text(row),
-            _progress_text(row["progress"]),
-            _age_text(row["age_seconds"]),
-            _short(row["error"]) if row["state"] != State.DONE else "",
-        ]
+        cells: list[Any] = _cells(row)
         if rates is not None:
             rate = rates.get(row["id"]) if row["activity"] == "running" else None
             cells[4:5] = [_bar(row["progress"]), _speed_text(rate), _eta_text(row, rate)]
         # Text, not str: rich would read "[...]" in an image id as markup.
-        table.add_row(*(cell if isinstance(cell, ProgressBar) else Text(printable(cell))
-                        for cell in cells))  # fmt: skip
+        table.add_row(*(cell if isinstance(cell, ProgressBar) else Text(cell) for cell in cells))
     return table
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    """One status row's cells, remote text escaped."""
+    image = row["image"] if not row["name"] else f"{row['name']} ({row['image'][:8]})"
+    cells = [
+        row["id"][:8],
+        image,
+        f"{row['source_site']} → {row['dest_site']}",
+        _state_text(row),
+        _progress_text(row["progress"]),
+        _age_text(row["age_seconds"]),
+        _short(row["error"]) if row["state"] != State.DONE else "",
+    ]
+    return [printable(cell) for cell in cells]
 
 
 @click.command()
