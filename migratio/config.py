@@ -18,6 +18,7 @@ from pydantic import (
     field_validator,
 )
 
+from migratio.cap_schedule import Cap
 from migratio.config_path import CONFIG_ENV, DEFAULT_CONFIG_PATH, config_path
 from migratio.errors import ConfigError
 from migratio.site_settings import (
@@ -125,6 +126,9 @@ class DaemonConfig(Strict):
     redis_connect_timeout: float = Field(default=5.0, gt=0)
     redis_timeout: float = Field(default=10.0, gt=0)
     retry: RetryPolicy = RetryPolicy()
+    # MiB/s this daemon moves in all, every migration together (reads and
+    # writes); a number or a weekly schedule, like a site's. Unset: no cap.
+    max_mib_per_s: Cap = None
     # migratio's own loggers.
     log_level: LogLevel = "INFO"
     # Every other logger (openstacksdk, keystoneauth, botocore, urllib3, paramiko,
@@ -176,6 +180,20 @@ class Settings:
         self.path = path
         self.daemon = daemon
         self.sites = sites
+
+    @property
+    def slots(self) -> dict[str, int]:
+        """``max_concurrent`` of every site that has one: the ledger's claim keeps to it."""
+        return {
+            site.id: site.settings.max_concurrent
+            for site in self.sites.values()
+            if site.settings.max_concurrent is not None
+        }
+
+    def cap(self, site_id: str) -> Cap:
+        """``max_mib_per_s`` of a site, or of the daemon for any id that is not a site's."""
+        site = self.sites.get(site_id)
+        return site.settings.max_mib_per_s if site is not None else self.daemon.max_mib_per_s
 
     @property
     def source_sites(self) -> set[str]:

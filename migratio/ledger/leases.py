@@ -8,13 +8,14 @@ daemon may then take the migration over.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from migratio import metrics
+from migratio.ledger import slots as slots_module
 from migratio.ledger.models import MigrationRow
 from migratio.ledger.rows import audit, migration_of, rowcount
 from migratio.ledger.types import Migration, utcnow
@@ -30,9 +31,16 @@ def lease_free(now: datetime) -> ColumnElement[bool]:
 
 
 def claim(
-    session: Session, owner: str, lease_seconds: float, skip: Sequence[str]
+    session: Session,
+    owner: str,
+    lease_seconds: float,
+    skip: Sequence[str],
+    slots: Mapping[str, int],
 ) -> Migration | None:
-    """Take the lease of one due migration (or one asked to cancel), oldest due first."""
+    """Take the lease of one due migration (or one asked to cancel), oldest due
+    first; a queued one only while its destination has a free slot (``slots``)."""
+    if slots:
+        slots_module.take_turns(session)
     now = utcnow()
     due = and_(
         MigrationRow.state.in_([s.value for s in ACTIVE]),
@@ -40,6 +48,9 @@ def claim(
         lease_free(now),
     )
     candidates = select(MigrationRow.id, MigrationRow.lease_owner).where(due)
+    if full := slots_module.full_sites(session, slots, now) if slots else {}:
+        slots_module.note_waiting(session, full, slots, due, now)
+        candidates = candidates.where(not_(slots_module.held_back(full)))
     if skip:
         candidates = candidates.where(MigrationRow.id.not_in(list(skip)))
     candidates = candidates.order_by(MigrationRow.next_attempt_at).limit(CLAIM_CANDIDATES)

@@ -9,7 +9,7 @@ its lease changes nothing. Database failures come out as ``LedgerUnavailable``,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -164,10 +164,20 @@ class Ledger:
 
     # ---- leases ---------------------------------------------------------------
 
-    def claim(self, owner: str, lease_seconds: float, skip: Sequence[str] = ()) -> Migration | None:
-        """Take the lease of one due migration, or None; two daemons never both win."""
+    def claim(
+        self,
+        owner: str,
+        lease_seconds: float,
+        skip: Sequence[str] = (),
+        slots: Mapping[str, int] | None = None,
+    ) -> Migration | None:
+        """Take the lease of one due migration, or None; two daemons never both win.
+
+        ``slots``: destination site → most migrations running to it at once; a
+        queued migration to a full site is not started, and gets a note saying why.
+        """
         with self._tx() as session:
-            return leases.claim(session, owner, lease_seconds, skip)
+            return leases.claim(session, owner, lease_seconds, skip, slots or {})
 
     def acquire(self, migration_id: str, owner: str, lease_seconds: float) -> bool:
         """Take the lease of one migration if nobody holds it (operator commands)."""

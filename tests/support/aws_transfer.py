@@ -45,6 +45,9 @@ class FileTransfer:
         if self.stop_when is not None and self.stop_when(self.state):
             raise ShuttingDown("test: daemon stopping")
 
+    def pace(self, amount: int) -> None:
+        """No caps here: nothing to wait for."""
+
     def load_state(self) -> dict[str, Any]:
         return dict(self.state)
 
