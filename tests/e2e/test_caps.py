@@ -6,7 +6,6 @@ Small sizes (CI); bench/caps.py gives the issue's figure (40 MiB/s).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -36,11 +35,7 @@ def test_two_migrations_to_a_capped_site_share_its_cap(
     ledger = migratio_cli.ledger_of(config)
     ids = [ledger.create("site-a", "site-b", image_id).id for image_id in sources]
 
-    daemon = migratio_cli.start(config, tmp_path / "migratio.log")
-    try:
-        samples = caps_run.watch_uploads(ledger, ids, timeout=120)
-    finally:
-        assert caps_run.stop(daemon) == 0
+    samples = caps_run.run_daemons([config], ledger, ids, timeout=120)
 
     for migration_id, sha512 in zip(ids, sources.values(), strict=True):
         migration = ledger.get(migration_id)
@@ -81,16 +76,7 @@ def test_max_concurrent_holds_across_two_daemons_on_postgresql(
     sources = caps_run.raw_sources(site_a, tmp_path, [1, 1, 1])
     ledger = Ledger.open(postgres_url, migrate=False)
     ids = [ledger.create("site-a", "site-b", image_id).id for image_id in sources]
-    daemons = [migratio_cli.start(config, config.parent / "migratio.log") for config in configs]
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if all(ledger.get(i).state in caps_run.ENDED for i in ids):
-                break
-            time.sleep(0.1)
-    finally:
-        exits = [caps_run.stop(daemon) for daemon in daemons]
-    assert exits == [0, 0]
+    caps_run.run_daemons(configs, ledger, ids, timeout=120)
     assert [ledger.get(i).state for i in ids] == ["done"] * len(ids)
     seen = caps_run.concurrency(ledger, ids)
     print(f"caps: two daemons, max_concurrent 1: {seen}")

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from migratio.ledger.models import TransitionRow
 from migratio.ledger.store import Ledger
 from migratio.machine import TERMINAL
-from tests.support import glance_peer
+from tests.support import glance_peer, migratio_cli
 
 MIB = 1 << 20
 ENDED = {state.value for state in TERMINAL}
@@ -136,6 +136,20 @@ def concurrency(ledger: Ledger, ids: list[str]) -> Concurrency:
             notes += 1
         most = max(most, running)
     return Concurrency(most, notes, len(runners))
+
+
+def run_daemons(
+    configs: list[Path], ledger: Ledger, ids: list[str], timeout: float = 300
+) -> list[tuple[float, int]]:
+    """Start a ``migratio run`` per config, watch the uploads (``watch_uploads``)
+    until every migration has ended, stop the daemons (each must exit 0)."""
+    daemons = [migratio_cli.start(config, config.parent / "migratio.log") for config in configs]
+    try:
+        samples = watch_uploads(ledger, ids, timeout)
+    finally:
+        exits = [stop(daemon) for daemon in daemons]
+    assert exits == [0] * len(daemons), exits
+    return samples
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:
