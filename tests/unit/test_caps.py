@@ -3,7 +3,9 @@ the claim that keeps ``max_concurrent``, and the engine keeping both."""
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -207,6 +209,23 @@ def test_the_claim_starts_no_queued_migration_to_a_full_site_and_says_why_once(
     assert _claimed(ledger.claim("daemon-2", 30, slots=slots)) == third.id
 
 
+def test_daemons_claiming_at_the_same_moment_start_one_migration_to_a_one_slot_site(
+    ledger: Ledger,
+) -> None:
+    slots = {"site-b": 1}
+    for n in range(4):
+        ledger.create("site-a", "site-b", f"img-{n}")
+    start = threading.Barrier(6)
+
+    def claim(owner: str) -> Migration | None:
+        start.wait()
+        return ledger.claim(owner, 30, slots=slots)
+
+    with ThreadPoolExecutor(6) as pool:
+        claimed = [m for m in pool.map(claim, [f"daemon-{n}" for n in range(6)]) if m]
+    assert len(claimed) == 1
+
+
 def _claimed(migration: Migration | None) -> str | None:
     return None if migration is None else migration.id
 
@@ -249,3 +268,33 @@ def test_max_concurrent_one_runs_three_migrations_one_after_another(
     assert most == 1
     waited = [i for i in ids if any(m.startswith(WAITING_NOTE) for m in bed.messages(i))]
     assert len(waited) >= 2  # the two that waited said why, in queued
+
+
+@pytest.mark.parametrize("staged", [False, True], ids=["streamed", "staged"])
+def test_a_migration_moves_its_bytes_within_the_caps_of_its_sites_and_the_daemon(
+    engine_bed: EngineBed, staged: bool
+) -> None:
+    bed = engine_bed
+    # Streamed: the upload counts against site-b's cap. Staged (the destination
+    # reads a file): the download into the work dir counts against the daemon's.
+    bed.destination.wants_file = staged
+    site_b = bed.settings.sites["site-b"].settings
+    if staged:
+        bed.configure(max_mib_per_s=0.25)
+    else:
+        limited = site_b.model_copy(update={"max_mib_per_s": 0.25})
+        bed.settings.sites["site-b"] = config.Site(id="site-b", settings=limited)
+    data = payload(512 * KIB)
+    migration_id = bed.submit(bed.source.add_image(data).id).id
+    supervisor = bed.supervisor()
+    clock = FakeTime()
+    supervisor.bandwidth = Bandwidth(bed.settings.cap, clock=clock, sleep=clock.sleep)
+
+    bed.run(supervisor)
+
+    migration = bed.ledger.get(migration_id)
+    assert migration.state == "done", migration.last_error
+    [record] = bed.records_of(migration_id)
+    assert bytes(bed.destination.records[record].data) == data
+    # 512 KiB at 256 KiB/s, less the first burst (a quarter second's worth).
+    assert clock.slept == pytest.approx(2 - 0.25, abs=0.01)
