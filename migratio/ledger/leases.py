@@ -15,9 +15,9 @@ from sqlalchemy import ColumnElement, and_, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from migratio import metrics
-from migratio.ledger import slots as slots_module
 from migratio.ledger.models import MigrationRow
 from migratio.ledger.rows import audit, migration_of, rowcount
+from migratio.ledger.slots import full_sites, held_back, note_waiting, take_turns
 from migratio.ledger.types import Migration, utcnow
 from migratio.machine import ACTIVE, TERMINAL
 
@@ -40,7 +40,7 @@ def claim(
     """Take the lease of one due migration (or one asked to cancel), oldest due
     first; a queued one only while its destination has a free slot (``slots``)."""
     if slots:
-        slots_module.take_turns(session)
+        take_turns(session)
     now = utcnow()
     due = and_(
         MigrationRow.state.in_([s.value for s in ACTIVE]),
@@ -48,9 +48,10 @@ def claim(
         lease_free(now),
     )
     candidates = select(MigrationRow.id, MigrationRow.lease_owner).where(due)
-    if full := slots_module.full_sites(session, slots, now) if slots else {}:
-        slots_module.note_waiting(session, full, slots, due, now)
-        candidates = candidates.where(not_(slots_module.held_back(full)))
+    full = full_sites(session, slots, now) if slots else {}
+    if full:
+        note_waiting(session, full, slots, due, now)
+        candidates = candidates.where(not_(held_back(full)))
     if skip:
         candidates = candidates.where(MigrationRow.id.not_in(list(skip)))
     candidates = candidates.order_by(MigrationRow.next_attempt_at).limit(CLAIM_CANDIDATES)
