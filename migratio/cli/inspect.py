@@ -64,9 +64,9 @@ def status(
     ledger = ctx.existing_ledger()
     shown = None if show_all else limit
     if watch:
-        _watch(ledger, wanted, shown)
+        _watch(ledger, wanted, shown, ctx.settings.slots)
         return
-    rows, total = _rows(ledger, wanted, shown)
+    rows, total = _rows(ledger, wanted, shown, ctx.settings.slots)
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -153,16 +153,19 @@ def show(ctx: Context, migration_id: str, as_json: bool) -> None:
 
 
 def _rows(
-    ledger: Ledger, wanted: MigrationFilter, limit: int | None
+    ledger: Ledger, wanted: MigrationFilter, limit: int | None, slots: dict[str, int]
 ) -> tuple[list[dict[str, Any]], int]:
     from migratio import reports
 
     migrations = ledger.migrations(limit=limit, wanted=wanted)
     total = len(migrations) if limit is None or len(migrations) < limit else ledger.count(wanted)
-    return [reports.summary(m) for m in migrations], total
+    full = ledger.full_sites(slots)
+    return [reports.summary(m, full=full) for m in migrations], total
 
 
-def _watch(ledger: Ledger, wanted: MigrationFilter, limit: int | None) -> None:
+def _watch(
+    ledger: Ledger, wanted: MigrationFilter, limit: int | None, slots: dict[str, int]
+) -> None:
     """Redraw in place once a second; speed from the bytes done between redraws."""
     from rich.console import Group
     from rich.live import Live
@@ -173,7 +176,7 @@ def _watch(ledger: Ledger, wanted: MigrationFilter, limit: int | None) -> None:
     with Live(auto_refresh=False, screen=False) as live:
         try:
             while True:
-                rows, total = _rows(ledger, wanted, limit)
+                rows, total = _rows(ledger, wanted, limit, slots)
                 now = time.monotonic()
                 for row in rows:
                     before = seen.get(row["id"])
@@ -191,7 +194,7 @@ def _state_text(row: dict[str, Any]) -> str:
     match row["activity"]:
         case "waiting to retry":
             return f"{row['state']} (retry in {row['retry_in_seconds']:.0f}s)"
-        case "paused" | "waiting":
+        case "paused" | "waiting" | "waiting for a slot":
             return f"{row['state']} ({row['activity']})"
         case _:
             return str(row["state"])

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from migratio.errors import JobConflict, LedgerError
 from migratio.ledger import artifacts, census, leases, reads, writes
 from migratio.ledger import jobs as intake_jobs
+from migratio.ledger import slots as site_slots
 from migratio.ledger.boundary import reading, transaction
 from migratio.ledger.census import Census
 from migratio.ledger.database import open_engine
@@ -152,6 +153,12 @@ class Ledger:
     def history(self, migration_id: str) -> list[Transition]:
         with self._read() as session:
             return reads.history(session, migration_id)
+
+    def full_sites(self, slots: Mapping[str, int]) -> dict[str, int]:
+        """Of the sites with a ``max_concurrent`` (``slots``), those with no free
+        slot now, and how many migrations run to each (for ``status``)."""
+        with self._read() as session:
+            return site_slots.full_sites(session, slots, utcnow()) if slots else {}
 
     def count_active(self) -> int:
         with self._read() as session:

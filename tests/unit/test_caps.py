@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from migratio import config
+from migratio import config, reports
 from migratio.bandwidth import DAEMON, Bandwidth
 from migratio.cap_schedule import MIB, Cap, CapSchedule, bytes_per_second
 from migratio.errors import ConfigError
@@ -207,6 +207,20 @@ def test_the_claim_starts_no_queued_migration_to_a_full_site_and_says_why_once(
     # A cancel request still reaches a held-back migration.
     ledger.request_cancel(third.id)
     assert _claimed(ledger.claim("daemon-2", 30, slots=slots)) == third.id
+
+
+def test_status_says_a_queued_migration_waits_for_a_slot(ledger: Ledger) -> None:
+    slots = {"site-b": 1}
+    running, waiting = (ledger.create("site-a", "site-b", f"img-{n}") for n in range(2))
+    elsewhere = ledger.create("site-a", "site-c", "img-c")
+    assert ledger.full_sites(slots) == {}
+    assert _claimed(ledger.claim("daemon-1", 30, slots=slots)) == running.id
+    full = ledger.full_sites(slots)
+    assert full == {"site-b": 1}
+    rows = {m.id: reports.summary(m, full=full) for m in ledger.migrations()}
+    assert rows[running.id]["activity"] == "running"
+    assert rows[waiting.id]["activity"] == "waiting for a slot"
+    assert rows[elsewhere.id]["activity"] == "queued"
 
 
 def test_daemons_claiming_at_the_same_moment_start_one_migration_to_a_one_slot_site(
