@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 
+from migratio import metrics
 from migratio.cap_schedule import Cap, bytes_per_second
 from migratio.throttle import TokenBucket
 
@@ -65,7 +66,7 @@ class Bandwidth:
             if not buckets:
                 yield chunk
                 continue
-            piece = max(MIN_PIECE, int(min(bucket.burst for bucket in buckets)))
+            piece = max(MIN_PIECE, int(min(bucket.burst for _, bucket in buckets)))
             if len(chunk) <= piece:
                 self._wait(buckets, len(chunk))
                 yield chunk
@@ -87,7 +88,7 @@ class Bandwidth:
         """The cap of a site (or ``DAEMON``) in force now, bytes per second."""
         return bytes_per_second(self._caps(site), self._now())
 
-    def _buckets_of(self, sites: Sequence[str]) -> list[TokenBucket]:
+    def _buckets_of(self, sites: Sequence[str]) -> list[tuple[str, TokenBucket]]:
         buckets = []
         for key in (*dict.fromkeys(sites), DAEMON):
             rate = self.rate(key)
@@ -101,10 +102,11 @@ class Bandwidth:
                     bucket = self._buckets[key] = TokenBucket(rate, self._clock)
                 elif bucket.rate != rate:
                     bucket.set_rate(rate)
-            buckets.append(bucket)
+            buckets.append((key, bucket))
         return buckets
 
-    def _wait(self, buckets: list[TokenBucket], amount: int) -> None:
-        delay = max(bucket.reserve(amount) for bucket in buckets)
+    def _wait(self, buckets: list[tuple[str, TokenBucket]], amount: int) -> None:
+        delay, key = max((bucket.reserve(amount), key) for key, bucket in buckets)
         if delay > 0 and not self._stop.is_set():
+            metrics.throttled("daemon" if key == DAEMON else key, delay)
             self._sleep(delay)

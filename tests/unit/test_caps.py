@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from migratio import config, reports
+from migratio import config, metrics, reports
 from migratio.bandwidth import DAEMON, Bandwidth
 from migratio.cap_schedule import MIB, Cap, CapSchedule, bytes_per_second
 from migratio.errors import ConfigError
@@ -20,6 +22,7 @@ from migratio.ledger.models import TransitionRow
 from migratio.ledger.slots import WAITING_NOTE
 from migratio.ledger.store import Ledger, Migration
 from migratio.machine import TERMINAL, Trigger
+from migratio.metrics.recorder import Recorder
 from tests.support.engine import KIB, EngineBed, payload
 
 
@@ -74,10 +77,23 @@ def test_a_chunk_moved_between_two_capped_sites_waits_for_the_slower_cap_not_bot
     clock = FakeTime()
     bandwidth = _bandwidth({"site-a": 10.0, "site-b": 5.0, DAEMON: 20.0}, clock)
     data = bytes(10 * MIB)
-    moved = b"".join(bandwidth.paced([data], ["site-a", "site-b"]))
+    recorder = Recorder(CollectorRegistry())
+    previous = metrics.install(recorder)
+    try:
+        moved = b"".join(bandwidth.paced([data], ["site-a", "site-b"]))
+    finally:
+        metrics.install(previous)
     assert moved == data
     # 10 MiB at 5 MiB/s, less the first burst (1.25 MiB): 1.75 s, not 1.75 + 0.75 + 0.375.
     assert clock.slept == pytest.approx(1.75, abs=0.01)
+    # The metric names the cap that held the transfer back, for all of that time.
+    waited = {
+        sample.labels["cap"]: sample.value
+        for family in text_string_to_metric_families(generate_latest(recorder.registry).decode())
+        for sample in family.samples
+        if sample.name == "migratio_throttled_seconds_total"
+    }
+    assert waited == {"site-b": pytest.approx(1.75, abs=0.01)}
 
 
 def test_sites_without_a_cap_are_not_paced_and_the_daemon_cap_counts_every_site() -> None:
