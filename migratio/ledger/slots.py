@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from migratio.ledger.models import MigrationRow, TransitionRow
@@ -28,7 +28,7 @@ CLAIM_LOCK_KEY = 0x6D696763  # "migc"
 # The audit note of a queued migration held back (written once per wait).
 WAITING_NOTE = "waiting for a free slot"
 
-# Held-back migrations given their note per claim: the rest get theirs next time.
+# Held-back migrations given their note per claim: the rest get theirs at the next.
 NOTES_PER_CLAIM = 50
 
 
@@ -73,32 +73,20 @@ def note_waiting(
 ) -> None:
     """Say why each due migration held back waits, once per wait: not when its
     latest audit row already is this note."""
+    latest = (
+        select(TransitionRow.message)
+        .where(TransitionRow.migration_id == MigrationRow.id)
+        .order_by(TransitionRow.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     query = (
         select(MigrationRow.id, MigrationRow.dest_site)
-        .where(due, held_back(full))
+        .where(due, held_back(full), not_(func.coalesce(latest, "").startswith(WAITING_NOTE)))
         .order_by(MigrationRow.next_attempt_at)
         .limit(NOTES_PER_CLAIM)
     )
-    sites = {migration_id: site for migration_id, site in session.execute(query)}
-    if not sites:
-        return
-    waiting = list(sites)
-    latest = (
-        select(func.max(TransitionRow.id))
-        .where(TransitionRow.migration_id.in_(waiting))
-        .group_by(TransitionRow.migration_id)
-    )
-    noted = set(
-        session.scalars(
-            select(TransitionRow.migration_id).where(
-                TransitionRow.id.in_(latest), TransitionRow.message.startswith(WAITING_NOTE)
-            )
-        )
-    )
-    for migration_id in waiting:
-        if migration_id in noted:
-            continue
-        site = sites[migration_id]
+    for migration_id, site in session.execute(query).all():
         note = (
             f"{WAITING_NOTE}: {full[site]} of max_concurrent {slots[site]} "
             f"migrations to {site} running"

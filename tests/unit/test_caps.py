@@ -18,6 +18,7 @@ from migratio import config, metrics, reports
 from migratio.bandwidth import DAEMON, Bandwidth
 from migratio.cap_schedule import MIB, Cap, CapSchedule, bytes_per_second
 from migratio.errors import ConfigError
+from migratio.ledger import slots as slots_module
 from migratio.ledger.models import TransitionRow
 from migratio.ledger.slots import WAITING_NOTE
 from migratio.ledger.store import Ledger, Migration
@@ -223,6 +224,20 @@ def test_the_claim_starts_no_queued_migration_to_a_full_site_and_says_why_once(
     # A cancel request still reaches a held-back migration.
     ledger.request_cancel(third.id)
     assert _claimed(ledger.claim("daemon-2", 30, slots=slots)) == third.id
+
+
+def test_every_held_back_migration_gets_its_note_however_many_wait(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slots_module, "NOTES_PER_CLAIM", 2)
+    slots = {"site-b": 1}
+    created = [ledger.create("site-a", "site-b", f"img-{n}") for n in range(6)]
+    assert _claimed(ledger.claim("daemon-1", 30, slots=slots)) == created[0].id
+    for _ in range(4):
+        assert ledger.claim("daemon-2", 30, slots=slots) is None
+    for waiting in created[1:]:
+        notes = [m for m in (t.message for t in ledger.history(waiting.id)) if WAITING_NOTE in m]
+        assert len(notes) == 1, waiting.id
 
 
 def test_status_says_a_queued_migration_waits_for_a_slot(ledger: Ledger) -> None:

@@ -25,6 +25,9 @@ test_the_census_counts_by_state_and_pair_and_the_undelivered_feedback = (
 test_the_claim_starts_no_queued_migration_to_a_full_site_and_says_why_once = (
     test_caps.test_the_claim_starts_no_queued_migration_to_a_full_site_and_says_why_once
 )
+test_every_held_back_migration_gets_its_note_however_many_wait = (
+    test_caps.test_every_held_back_migration_gets_its_note_however_many_wait
+)
 test_daemons_claiming_at_the_same_moment_start_one_migration_to_a_one_slot_site = (
     test_caps.test_daemons_claiming_at_the_same_moment_start_one_migration_to_a_one_slot_site
 )
