@@ -26,16 +26,14 @@ from migratio.throttle import TokenBucket
 # cannot exceed the burst; never smaller than this, to keep the overhead small.
 MIN_PIECE = 16 * 1024
 
-# The daemon-wide cap's key among the sites' (not a valid site id).
-DAEMON = "(daemon)"
-
-CapsOf = Callable[[str], Cap]
+# The cap of a site id, or with None the daemon's, as configured now.
+CapsOf = Callable[[str | None], Cap]
 
 
 class Bandwidth:
     """Paces the bytes of this daemon's transfers.
 
-    caps: the cap of a site id, or of ``DAEMON``, as configured now.
+    caps: the cap of a site id, or with None the daemon's, as configured now.
     stop: set when the daemon stops: a waiting sender returns at once (its next
         checkpoint stops it).
     clock, now, sleep: monotonic time, wall time for schedules, and the wait
@@ -57,7 +55,7 @@ class Bandwidth:
         self._stop = stop or threading.Event()
         self._sleep = sleep or self._stop.wait
         self._lock = threading.Lock()
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[str | None, TokenBucket] = {}
 
     def paced(self, chunks: Iterable[bytes], sites: Sequence[str]) -> Iterator[bytes]:
         """Pass ``chunks`` through, each once the caps of ``sites`` and the daemon allow."""
@@ -84,13 +82,13 @@ class Bandwidth:
         if buckets:
             self._wait(buckets, amount)
 
-    def rate(self, site: str) -> float | None:
-        """The cap of a site (or ``DAEMON``) in force now, bytes per second."""
+    def rate(self, site: str | None) -> float | None:
+        """The cap of a site (None: the daemon's) in force now, bytes per second."""
         return bytes_per_second(self._caps(site), self._now())
 
-    def _buckets_of(self, sites: Sequence[str]) -> list[tuple[str, TokenBucket]]:
+    def _buckets_of(self, sites: Sequence[str]) -> list[tuple[str | None, TokenBucket]]:
         buckets = []
-        for key in (*dict.fromkeys(sites), DAEMON):
+        for key in (*dict.fromkeys(sites), None):
             rate = self.rate(key)
             with self._lock:
                 if rate is None:
@@ -105,8 +103,9 @@ class Bandwidth:
             buckets.append((key, bucket))
         return buckets
 
-    def _wait(self, buckets: list[tuple[str, TokenBucket]], amount: int) -> None:
-        delay, key = max((bucket.reserve(amount), key) for key, bucket in buckets)
+    def _wait(self, buckets: list[tuple[str | None, TokenBucket]], amount: int) -> None:
+        delays = [(bucket.reserve(amount), key or "daemon") for key, bucket in buckets]
+        delay, held_by = max(delays)
         if delay > 0 and not self._stop.is_set():
-            metrics.throttled("daemon" if key == DAEMON else key, delay)
+            metrics.throttled(held_by, delay)
             self._sleep(delay)

@@ -190,10 +190,13 @@ class Settings:
             if site.settings.max_concurrent is not None
         }
 
-    def cap(self, site_id: str) -> Cap:
-        """``max_mib_per_s`` of a site, or of the daemon for any id that is not a site's."""
+    def cap(self, site_id: str | None) -> Cap:
+        """``max_mib_per_s`` of a site (none for a site no longer configured), or
+        with None, the daemon's."""
+        if site_id is None:
+            return self.daemon.max_mib_per_s
         site = self.sites.get(site_id)
-        return site.settings.max_mib_per_s if site is not None else self.daemon.max_mib_per_s
+        return site.settings.max_mib_per_s if site is not None else None
 
     @property
     def source_sites(self) -> set[str]:

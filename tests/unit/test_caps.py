@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from migratio import config, metrics, reports
-from migratio.bandwidth import DAEMON, Bandwidth
+from migratio.bandwidth import Bandwidth
 from migratio.cap_schedule import MIB, Cap, CapSchedule, bytes_per_second
 from migratio.errors import ConfigError
 from migratio.ledger import slots as slots_module
@@ -42,7 +42,7 @@ class FakeTime:
         self.slept += seconds
 
 
-def _bandwidth(caps: dict[str, Cap], clock: FakeTime, **kwargs: object) -> Bandwidth:
+def _bandwidth(caps: dict[str | None, Cap], clock: FakeTime, **kwargs: object) -> Bandwidth:
     return Bandwidth(lambda site: caps.get(site), clock=clock, sleep=clock.sleep, **kwargs)  # type: ignore[arg-type]
 
 
@@ -76,7 +76,7 @@ def test_no_window_carries_more_than_a_quarter_second_of_burst_over_the_cap() ->
 
 def test_a_chunk_moved_between_two_capped_sites_waits_for_the_slower_cap_not_both() -> None:
     clock = FakeTime()
-    bandwidth = _bandwidth({"site-a": 10.0, "site-b": 5.0, DAEMON: 20.0}, clock)
+    bandwidth = _bandwidth({"site-a": 10.0, "site-b": 5.0, None: 20.0}, clock)
     data = bytes(10 * MIB)
     recorder = Recorder(CollectorRegistry())
     previous = metrics.install(recorder)
@@ -99,12 +99,12 @@ def test_a_chunk_moved_between_two_capped_sites_waits_for_the_slower_cap_not_bot
 
 def test_sites_without_a_cap_are_not_paced_and_the_daemon_cap_counts_every_site() -> None:
     clock = FakeTime()
-    caps: dict[str, Cap] = {}
+    caps: dict[str | None, Cap] = {}
     bandwidth = _bandwidth(caps, clock)
     data = bytes(4 * MIB)
     assert list(bandwidth.paced([data], ["site-a"])) == [data]  # untouched, no copy
     assert clock.slept == 0
-    caps[DAEMON] = 2.0
+    caps[None] = 2.0  # the daemon's
     bandwidth.pace(4 * MIB, ["site-a"])
     bandwidth.pace(4 * MIB, ["site-c"])
     assert clock.slept == pytest.approx(8 / 2 - 0.25, abs=0.01)  # less its first burst
