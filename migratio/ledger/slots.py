@@ -64,15 +64,11 @@ def held_back(full: Mapping[str, int]) -> ColumnElement[bool]:
     )
 
 
-def note_waiting(
-    session: Session,
-    full: Mapping[str, int],
-    slots: Mapping[str, int],
-    due: ColumnElement[bool],
-    now: datetime,
-) -> None:
-    """Say why each due migration held back waits, once per wait: not when its
-    latest audit row already is this note."""
+def _unnoted(
+    session: Session, full: Mapping[str, int], due: ColumnElement[bool], limit: int
+) -> list[tuple[str, str]]:
+    """(id, destination) of due migrations held back whose latest audit row is
+    not this note yet, oldest due first."""
     latest = (
         select(TransitionRow.message)
         .where(TransitionRow.migration_id == MigrationRow.id)
@@ -84,9 +80,26 @@ def note_waiting(
         select(MigrationRow.id, MigrationRow.dest_site)
         .where(due, held_back(full), not_(func.coalesce(latest, "").startswith(WAITING_NOTE)))
         .order_by(MigrationRow.next_attempt_at)
-        .limit(NOTES_PER_CLAIM)
+        .limit(limit)
     )
-    for migration_id, site in session.execute(query).all():
+    return [(str(migration_id), str(site)) for migration_id, site in session.execute(query)]
+
+
+def unnoted(session: Session, full: Mapping[str, int], due: ColumnElement[bool]) -> bool:
+    """Whether a held-back migration still waits for its note (a read)."""
+    return bool(_unnoted(session, full, due, 1))
+
+
+def note_waiting(
+    session: Session,
+    full: Mapping[str, int],
+    slots: Mapping[str, int],
+    due: ColumnElement[bool],
+    now: datetime,
+) -> None:
+    """Say why each due migration held back waits, once per wait: not when its
+    latest audit row already is this note."""
+    for migration_id, site in _unnoted(session, full, due, NOTES_PER_CLAIM):
         note = (
             f"{WAITING_NOTE}: {full[site]} of max_concurrent {slots[site]} "
             f"migrations to {site} running"

@@ -166,7 +166,7 @@ class Ledger:
 
     def count_queued_and_failed_since(self, since: datetime) -> tuple[int, int]:
         """For the daemon's one-line status: queued now, failed since ``since`` (naive UTC)."""
-        with self._tx() as session:
+        with self._read() as session:
             return reads.count_queued_and_failed_since(session, since)
 
     # ---- leases ---------------------------------------------------------------
@@ -180,11 +180,17 @@ class Ledger:
     ) -> Migration | None:
         """Take the lease of one due migration, or None; two daemons never both win.
 
-        ``slots``: destination site → most migrations running to it at once; a
+        The candidates are looked up in a read first: an idle daemon polling the
+        ledger takes no write lock (SQLite) and opens no write transaction.
+        ``slots``: destination site -> most migrations running to it at once; a
         queued migration to a full site is not started, and gets a note saying why.
         """
+        with self._read() as session:
+            candidates = leases.claimable(session, skip, slots)
+        if not candidates:
+            return None
         with self._tx() as session:
-            return leases.claim(session, owner, lease_seconds, skip, slots or {})
+            return leases.claim(session, owner, lease_seconds, candidates, slots)
 
     def acquire(self, migration_id: str, owner: str, lease_seconds: float) -> bool:
         """Take the lease of one migration if nobody holds it (operator commands)."""
@@ -228,12 +234,14 @@ class Ledger:
 
     def record_progress(
         self, migration_id: str, owner: str, bytes_done: int, *, rate: float | None = None
-    ) -> None:
+    ) -> bool:
         """Record how far the running step has got; with ``rate`` (bytes/s), the
         feedback line that reports it goes to the outbox in the same transaction,
-        so it reaches the platform in order with the state changes around it."""
+        so it reaches the platform in order with the state changes around it.
+        Returns whether an operator asked to cancel (read in the same transaction)."""
         with self._tx() as session:
             writes.record(session, migration_id, owner, {"bytes_done": bytes_done})
+            cancel = reads.cancel_requested(session, migration_id)
             if rate is not None and self._on_change is not None:
                 migration = reads.get(session, migration_id)
                 progress = UploadProgress(
@@ -245,6 +253,7 @@ class Ledger:
                     bytes_per_second=rate,
                 )
                 self._notify(session, progress)
+            return cancel
 
     def schedule_retry(
         self, migration_id: str, owner: str, attempt: int, delay: float, error: str
@@ -292,7 +301,7 @@ class Ledger:
         """The migration's artifacts, oldest first; ``due_only``: those whose
         removal is not waiting for a retry."""
         wanted = None if status is None else ArtifactStatus(status)
-        with self._tx() as session:
+        with self._read() as session:
             return artifacts.listing(session, migration_id, wanted, due_only)
 
     def settle_ref(
@@ -317,7 +326,7 @@ class Ledger:
 
     def unsettled_terminal(self) -> list[str]:
         """Finished migrations that still hold artifacts due for removal."""
-        with self._tx() as session:
+        with self._read() as session:
             return artifacts.unsettled_terminal(session)
 
     def purge(self, migration_id: str) -> None:

@@ -75,6 +75,8 @@ def _create_record(step: Step) -> DestinationImage:
             step.target_format,
             image.container_format,
             step.migration.bytes_total,
+            architecture=image.architecture,
+            properties=image.properties,
         )
     )
     # The record exists at the site but not yet in the ledger: a resumed run must

@@ -54,6 +54,8 @@ class StubImage:
     architecture: str | None = None
     properties: dict[str, str] = field(default_factory=dict)
     reports_sha512: bool = True
+    tags: tuple[str, ...] = ()
+    protected: bool = False
 
     @property
     def sha512(self) -> str:
@@ -75,6 +77,8 @@ class StubImage:
             architecture=self.architecture,
             properties=dict(self.properties),
             site_status=self.status.value,
+            tags=self.tags,
+            protected=self.protected,
         )
 
 
@@ -98,6 +102,8 @@ class StubRecord:
     min_ram: int = 0
     architecture: str | None = None
     parts: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    protected: bool = False
 
     @property
     def migration_id(self) -> str | None:
@@ -310,6 +316,8 @@ class StubSite(Scriptable):
         record.min_ram = registration.min_ram
         record.architecture = registration.architecture
         record.properties.update(registration.properties)
+        record.tags = registration.tags
+        record.protected = registration.protected
         return record.view()
 
     def _image_of(self, snapshot: StubRecord) -> StubRecord:
