@@ -17,6 +17,7 @@ from pydantic import (
     field_validator,
 )
 
+from migratio.cap_schedule import Cap
 from migratio.config_files import (
     DEFAULT_SITES_DIR,
     DEFAULT_WORK_DIR,
@@ -134,6 +135,9 @@ class DaemonConfig(Strict):
     redis_connect_timeout: float = Field(default=5.0, gt=0)
     redis_timeout: float = Field(default=10.0, gt=0)
     retry: RetryPolicy = RetryPolicy()
+    # MiB/s this daemon moves in all, every migration together (reads and
+    # writes); a number or a weekly schedule, like a site's. Unset: no cap.
+    max_mib_per_s: Cap = None
     # migratio's own loggers.
     log_level: LogLevel = "INFO"
     # Every other logger (openstacksdk, keystoneauth, botocore, urllib3, paramiko,
@@ -182,6 +186,23 @@ class Settings:
         self.path = path
         self.daemon = daemon
         self.sites = sites
+
+    @property
+    def slots(self) -> dict[str, int]:
+        """``max_concurrent`` of every site that has one: the ledger's claim keeps to it."""
+        return {
+            site.id: site.settings.max_concurrent
+            for site in self.sites.values()
+            if site.settings.max_concurrent is not None
+        }
+
+    def cap(self, site_id: str | None) -> Cap:
+        """``max_mib_per_s`` of a site (none for a site no longer configured), or
+        with None, the daemon's."""
+        if site_id is None:
+            return self.daemon.max_mib_per_s
+        site = self.sites.get(site_id)
+        return site.settings.max_mib_per_s if site is not None else None
 
     @property
     def source_sites(self) -> set[str]:

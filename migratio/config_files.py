@@ -52,6 +52,20 @@ def ledger_url(path: Path) -> str:
     return database_url or default_ledger_url(work_dir)
 
 
+def site_slots(path: Path) -> dict[str, int]:
+    """``max_concurrent`` of every site of the daemon config at ``path`` that has
+    one (for ``status``: which queued migrations wait for a slot), read as YAML
+    only; a value the full validation would refuse is left out."""
+    raw = read_yaml(path)
+    sites_dir = resolve(path.parent, Path(_text(raw, "sites_dir", DEFAULT_SITES_DIR, path)))
+    slots: dict[str, int] = {}
+    for file in site_files(sites_dir):
+        value = read_yaml(file).get("max_concurrent")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            slots[file.name.rsplit(".", 1)[0]] = value
+    return slots
+
+
 def _text(raw: dict[str, Any], key: str, default: str, path: Path) -> str:
     value = raw.get(key, default)
     if not isinstance(value, str):

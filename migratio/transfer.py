@@ -34,8 +34,20 @@ class StepTransfer:
         self._streams: list[Generator[bytes, None, None]] = []
 
     def chunks(self, offset: int = 0) -> Iterator[bytes]:
-        """The payload from ``offset``, counted as sent as the destination takes it."""
-        return self._sent.stream(self._payload(offset), offset)
+        """The payload from ``offset``, counted as sent as the destination takes it,
+        within the bandwidth caps: of the destination, and of the source when the
+        payload is streamed from it (not staged)."""
+        migration = self._step.migration
+        sites = [migration.dest_site]
+        if not self._step.stages_payload:
+            sites.insert(0, migration.source_site)
+        paced = self._step.paced(self._payload(offset), *sites)
+        return self._sent.stream(iter(paced), offset)
+
+    def pace(self, amount: int) -> None:
+        """For a destination that reads ``path`` itself: wait until ``amount`` more
+        bytes may be sent within the destination's and the daemon's caps."""
+        self._step.pace(amount, self._step.migration.dest_site)
 
     def _payload(self, offset: int) -> Iterator[bytes]:
         """From offset 0 the stream is hashed, verified and guarded end to end; a

@@ -124,5 +124,11 @@ class Context:
         url = ledger_url(self.path) if self._settings is None else self.settings.daemon.ledger_url
         return Listing.open(url)
 
+    def slots(self) -> dict[str, int]:
+        """``max_concurrent`` per site, for ``status`` (the config read as YAML only)."""
+        from migratio.config_files import site_slots
+
+        return site_slots(self.path) if self._settings is None else self.settings.slots
+
 
 pass_context = click.make_pass_decorator(Context)

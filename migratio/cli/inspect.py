@@ -67,11 +67,12 @@ def status(
     wanted = MigrationFilter(states=states, image_id=image_id, job_id=job_id, site=site)
     listing = ctx.listing()
     shown = None if show_all else limit
+    slots = ctx.slots()
     try:
         if watch:
-            _watch(listing, wanted, shown)
+            _watch(listing, wanted, shown, slots)
             return
-        rows, total = _rows(listing, wanted, shown)
+        rows, total = _rows(listing, wanted, shown, slots)
     finally:
         listing.close()
     if as_json:
@@ -177,15 +178,18 @@ def show(ctx: Context, migration_id: str, as_json: bool) -> None:
 
 
 def _rows(
-    listing: Listing, wanted: MigrationFilter, limit: int | None
+    listing: Listing, wanted: MigrationFilter, limit: int | None, slots: dict[str, int]
 ) -> tuple[list[dict[str, Any]], int]:
     from migratio import reports
 
     migrations, total = listing.newest(wanted, limit)
-    return [reports.summary(m) for m in migrations], total
+    full = listing.full_sites(slots)
+    return [reports.summary(m, full=full) for m in migrations], total
 
 
-def _watch(listing: Listing, wanted: MigrationFilter, limit: int | None) -> None:
+def _watch(
+    listing: Listing, wanted: MigrationFilter, limit: int | None, slots: dict[str, int]
+) -> None:
     """Redraw in place once a second; speed from the bytes done between redraws."""
     from rich.console import Group
     from rich.live import Live
@@ -196,7 +200,7 @@ def _watch(listing: Listing, wanted: MigrationFilter, limit: int | None) -> None
     with Live(auto_refresh=False, screen=False) as live:
         try:
             while True:
-                rows, total = _rows(listing, wanted, limit)
+                rows, total = _rows(listing, wanted, limit, slots)
                 now = time.monotonic()
                 for row in rows:
                     before = seen.get(row["id"])
@@ -214,7 +218,7 @@ def _state_text(row: dict[str, Any]) -> str:
     match row["activity"]:
         case "waiting to retry":
             return f"{row['state']} (retry in {row['retry_in_seconds']:.0f}s)"
-        case "paused" | "waiting":
+        case "paused" | "waiting" | "waiting for a slot":
             return f"{row['state']} ({row['activity']})"
         case _:
             return str(row["state"])

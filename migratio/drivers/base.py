@@ -170,6 +170,12 @@ class Transfer(Protocol):
         """Record progress; also the point where shutdown or cancel stops a transfer."""
         ...
 
+    def pace(self, amount: int) -> None:
+        """Wait until ``amount`` more bytes may be sent within the bandwidth caps;
+        a destination reading ``path`` calls it before sending each piece
+        (``chunks`` are paced already)."""
+        ...
+
     def load_state(self) -> dict[str, Any]:
         """What ``save_state`` last stored for this migration (empty at first)."""
         ...

@@ -13,7 +13,8 @@ those matching only when some were left out. It creates and changes nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +24,7 @@ from urllib.parse import quote
 
 from migratio.errors import LedgerError, LedgerUnavailable
 from migratio.ledger.schema import check_revision
-from migratio.ledger.types import Migration, MigrationFilter
+from migratio.ledger.types import Migration, MigrationFilter, utcnow
 from migratio.ledger.urls import (
     SQLITE_BUSY_TIMEOUT_MS,
     describe_url,
@@ -31,6 +32,7 @@ from migratio.ledger.urls import (
     parse_url,
     postgres_connect_args,
 )
+from migratio.machine import ACTIVE, State
 from migratio.text import one_line
 
 COLUMNS = tuple(Migration.__dataclass_fields__)
@@ -100,6 +102,35 @@ class Listing:
         except self._driver.errors as exc:
             raise self._typed(exc) from exc
         return [_migration(row) for row in rows], total
+
+    def full_sites(self, slots: Mapping[str, int]) -> dict[str, int]:
+        """Of the sites with a ``max_concurrent`` (``slots``), those with no free
+        slot now, and how many migrations hold one (the rule of ledger/slots.py:
+        every active state but queued, and a queued one whose claim holds a lease)."""
+        if not slots:
+            return {}
+        mark = self._driver.mark
+        params: dict[str, Any] = {f"site_{n}": site for n, site in enumerate(slots)}
+        params |= {f"state_{n}": state.value for n, state in enumerate(ACTIVE)}
+        sites = ", ".join(mark(name) for name in params if name.startswith("site_"))
+        states = ", ".join(mark(name) for name in params if name.startswith("state_"))
+        query = (
+            "SELECT dest_site, state, lease_owner, lease_expires_at FROM migrations "  # noqa: S608
+            f"WHERE dest_site IN ({sites}) AND state IN ({states})"
+        )
+        try:
+            with self._snapshot():
+                rows = self._select(query, params)
+        except self._driver.errors as exc:
+            raise self._typed(exc) from exc
+        now = utcnow()
+        running: Counter[str] = Counter()
+        for site, state, owner, expires in rows:
+            if isinstance(expires, str):
+                expires = datetime.fromisoformat(expires)
+            if state != State.QUEUED.value or (owner is not None and expires >= now):
+                running[site] += 1
+        return {site: count for site, count in running.items() if count >= slots[site]}
 
     def close(self) -> None:
         with suppress(self._driver.errors):  # a connection that is gone is closed

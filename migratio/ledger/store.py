@@ -9,7 +9,7 @@ its lease changes nothing. Database failures come out as ``LedgerUnavailable``,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from migratio.errors import JobConflict, LedgerError
 from migratio.ledger import artifacts, census, leases, reads, writes
 from migratio.ledger import jobs as intake_jobs
+from migratio.ledger import slots as site_slots
 from migratio.ledger.boundary import reading, transaction
 from migratio.ledger.census import Census
 from migratio.ledger.database import open_engine
@@ -144,6 +145,12 @@ class Ledger:
         with self._read() as session:
             return reads.history(session, migration_id)
 
+    def full_sites(self, slots: Mapping[str, int]) -> dict[str, int]:
+        """Of the sites with a ``max_concurrent`` (``slots``), those with no free
+        slot now, and how many migrations run to each (for ``status``)."""
+        with self._read() as session:
+            return site_slots.full_sites(session, slots, utcnow()) if slots else {}
+
     def count_active(self) -> int:
         with self._read() as session:
             return reads.count_active(session)
@@ -155,17 +162,26 @@ class Ledger:
 
     # ---- leases ---------------------------------------------------------------
 
-    def claim(self, owner: str, lease_seconds: float, skip: Sequence[str] = ()) -> Migration | None:
+    def claim(
+        self,
+        owner: str,
+        lease_seconds: float,
+        skip: Sequence[str] = (),
+        slots: Mapping[str, int] | None = None,
+    ) -> Migration | None:
         """Take the lease of one due migration, or None; two daemons never both win.
 
         The candidates are looked up in a read first: an idle daemon polling the
-        ledger takes no write lock (SQLite) and opens no write transaction."""
+        ledger takes no write lock (SQLite) and opens no write transaction.
+        ``slots``: destination site -> most migrations running to it at once; a
+        queued migration to a full site is not started, and gets a note saying why.
+        """
         with self._read() as session:
-            due = leases.claimable(session, skip)
-        if not due:
+            candidates = leases.claimable(session, skip, slots)
+        if not candidates:
             return None
         with self._tx() as session:
-            return leases.claim(session, owner, lease_seconds, due)
+            return leases.claim(session, owner, lease_seconds, candidates, slots)
 
     def acquire(self, migration_id: str, owner: str, lease_seconds: float) -> bool:
         """Take the lease of one migration if nobody holds it (operator commands)."""

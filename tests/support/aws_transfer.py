@@ -32,6 +32,7 @@ class FileTransfer:
         self.saves = 0
         self.artifacts: list[tuple[str, str]] = []
         self.checkpoints = 0
+        self.paced = 0
         self.stop_after = stop_after
         self.stop_when = stop_when
 
@@ -44,6 +45,10 @@ class FileTransfer:
             raise ShuttingDown("test: daemon stopping")
         if self.stop_when is not None and self.stop_when(self.state):
             raise ShuttingDown("test: daemon stopping")
+
+    def pace(self, amount: int) -> None:
+        """No caps here: only counted (every byte sent must be asked for first)."""
+        self.paced += amount
 
     def load_state(self) -> dict[str, Any]:
         return dict(self.state)

@@ -44,6 +44,9 @@ class Payload:
     def progress(self, bytes_done: int) -> None:
         self.progress_calls += 1
 
+    def pace(self, amount: int) -> None:
+        """No caps here: nothing to wait for."""
+
     def load_state(self) -> dict[str, Any]:
         return dict(self.state)
 

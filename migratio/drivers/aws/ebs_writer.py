@@ -165,6 +165,7 @@ class SnapshotWriter:
                         while len(inflight) >= 2 * self.workers:
                             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                             _settle(done, inflight, journal)
+                        transfer.pace(BLOCK_SIZE)
                         inflight[pool.submit(self._put, journal.snapshot_id, block)] = block.index
                     # Progress is the offset below which every block has landed.
                     done_below = min(inflight.values(), default=block.index + 1)
