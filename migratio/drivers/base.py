@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 # Properties a destination copy carries so the platform (and dedup) can link it
 # back to its source. `source_cs` is the legacy tool's name for the source site.
@@ -24,6 +24,8 @@ SOURCE_CS = "source_cs"
 SOURCE_T = "source_t"
 SOURCE_SHA512 = "migratio_source_sha512"
 MIGRATION_ID = "migratio_migration_id"
+# On a record started from an earlier version's record: that record's id.
+BASE_RECORD = "migratio_base_record"
 
 
 class ImageStatus(StrEnum):
@@ -63,6 +65,9 @@ class SourceImage:
     architecture: str | None = None
     properties: Mapping[str, str] = field(default_factory=dict)
     site_status: str = ""
+    # The image this one was made from (an instance snapshot's ``base_image_ref``):
+    # its previous version, which an incremental upload may start from.
+    base_image_ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,14 +92,39 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class BaseVersion:
+    """An earlier version of the image, already migrated to this destination, that
+    a new version's record may start from (then only what changed is sent).
+
+    image_id: the earlier version's source image id.
+    migration_id: the migration that moved it.
+    record_id: its record at the destination (an EBS snapshot).
+    result_id: the image it became there (an AMI), for people.
+    manifest: what the record holds, as the destination described it when it was
+        written (``Transfer.keep_manifest``); opaque to the engine.
+    """
+
+    image_id: str
+    migration_id: str
+    record_id: str
+    result_id: str | None
+    manifest: bytes
+
+
+@dataclass(frozen=True)
 class RecordSpec:
-    """What a destination record is created with, before any byte is sent."""
+    """What a destination record is created with, before any byte is sent.
+
+    ``base``: an earlier version to start from; a destination that cannot use it
+    starts empty, and its record then carries no ``BASE_RECORD`` property.
+    """
 
     migration_id: str
     name: str
     disk_format: str
     container_format: str
     size: int | None = None
+    base: BaseVersion | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +202,16 @@ class Transfer(Protocol):
         """Record a temporary thing the destination created, for cleanup."""
         ...
 
+    @property
+    def base(self) -> BaseVersion | None:
+        """The earlier version the record was started from (its ``BASE_RECORD``), if any."""
+        ...
+
+    def keep_manifest(self, record_id: str, manifest: bytes) -> None:
+        """Keep what the finished record holds in the ledger, so that a later
+        version can start from it (``BaseVersion.manifest``)."""
+        ...
+
 
 class SourceSite(Protocol):
     """A site images are read from."""
@@ -228,6 +268,17 @@ class DestinationSite(Protocol):
 
     def remove(self, record_id: str) -> None:
         """Delete a record; a record that is already gone is not an error."""
+        ...
+
+
+@runtime_checkable
+class VersionedDestination(Protocol):
+    """A destination whose records can start from an earlier version's record
+    (``RecordSpec.base``), so that only what changed is sent."""
+
+    @property
+    def takes_base_version(self) -> bool:
+        """Whether this site, as configured, can start a record from a base."""
         ...
 
 

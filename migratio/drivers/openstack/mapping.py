@@ -91,6 +91,8 @@ def source_image(image: Mapping[str, Any]) -> SourceImage:
         min_ram=int(image.get("min_ram") or 0),
         architecture=image.get("architecture") or None,
         properties=copied_properties(image),
+        # Nova sets it on an instance snapshot: the image the instance booted from.
+        base_image_ref=str(image.get("base_image_ref") or "") or None,
     )
 
 
