@@ -37,13 +37,14 @@ def base_for_new_record(step: Step) -> BaseVersion | None:
     kept = step.ledger.latest_version(migration.source_site, site, image_id)
     if kept is None:
         step.note(
-            f"base version {image_id}: never migrated to {site} by ebs-direct; sending all of it"
+            f"base version {image_id}: not migrated to {site} (no block manifest in the "
+            "ledger); sending all of it"
         )
         return None
     record = destination.get_record(kept.record_id)
     if record is None or not record.is_complete:
         step.note(
-            f"base version {image_id}: its snapshot {kept.record_id} at {site} (migration "
+            f"base version {image_id}: its record {kept.record_id} at {site} (migration "
             f"{kept.migration_id}) is gone; sending all of it"
         )
         return None

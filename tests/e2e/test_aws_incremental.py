@@ -180,7 +180,7 @@ def _two_rounds(
         versions.second
     )
     assert (
-        f"base version {orphan_id}: its snapshot {orphan_snapshot} at aws-inc (migration "
+        f"base version {orphan_id}: its record {orphan_snapshot} at aws-inc (migration "
         f"{orphan.id}) is gone; sending all of it"
     ) in daemon.notes(third)
     (image,) = ec2.describe_images(ImageIds=[third.dest_image_id])["Images"]

@@ -65,7 +65,8 @@ def test_nothing_to_start_from_is_a_full_upload_with_its_reason_noted(
     never = _version(bed, 3)
     lonely = _migrate(bed, _version(bed, 4), base=never.id)
     assert (
-        f"base version {never.id}: never migrated to {DESTINATION} by ebs-direct; sending all of it"
+        f"base version {never.id}: not migrated to {DESTINATION} (no block manifest in the "
+        "ledger); sending all of it"
     ) in bed.messages(lonely)
 
     first = _version(bed, 5)
@@ -77,7 +78,7 @@ def test_nothing_to_start_from_is_a_full_upload_with_its_reason_noted(
     assert BASE_RECORD not in bed.destination.records[record].properties
     assert bed.destination.bases[record] is None
     assert (
-        f"base version {first.id}: its snapshot {first_record} at {DESTINATION} "
+        f"base version {first.id}: its record {first_record} at {DESTINATION} "
         f"(migration {first_migration}) is gone; sending all of it"
     ) in bed.messages(orphan)
 

@@ -12,7 +12,9 @@ read as the parent's.
 What the parent held is its ``BlockMap`` (index -> SHA-256 of every non-zero
 block, with the payload size), kept in the ledger when it was migrated, packed
 as 36 bytes per block (~18 KiB for 256 MiB of data); never read back from AWS,
-which would mean reading every block of the parent.
+which would mean reading every block of the parent. The child's manifest
+digest still covers every one of its blocks: those not sent by the parent's
+SHA-256s, which EBS checked when the parent was written.
 """
 
 from __future__ import annotations
