@@ -162,12 +162,15 @@ def _two_rounds(
 
     # The AMI names both versions.
     (image,) = ec2.describe_images(ImageIds=[second.dest_image_id])["Images"]
-    assert aws_peer.tags(image).items() >= {
-        "source_uuid": second_id,
-        "migratio_base_source_uuid": first_id,
-        "migratio_base_ami": first.dest_image_id,
-        "migratio_base_record": first_snapshot,
-    }.items()
+    assert (
+        aws_peer.tags(image).items()
+        >= {
+            "source_uuid": second_id,
+            "migratio_base_source_uuid": first_id,
+            "migratio_base_ami": first.dest_image_id,
+            "migratio_base_record": first_snapshot,
+        }.items()
+    )
 
     # The ledger keeps each version's block map, 36 bytes a block.
     kept = daemon.ledger.version_of_record("aws-inc", second_snapshot)
@@ -176,9 +179,7 @@ def _two_rounds(
     assert BlockMap.unpack(kept.manifest).size == SIZE
 
     # Its parent deleted: sent whole, started empty, and the trail says why.
-    assert sum(front.puts_for(third_snapshot).values()) == aws_peer.nonzero_blocks(
-        versions.second
-    )
+    assert sum(front.puts_for(third_snapshot).values()) == aws_peer.nonzero_blocks(versions.second)
     assert (
         f"base version {orphan_id}: its record {orphan_snapshot} at aws-inc (migration "
         f"{orphan.id}) is gone; sending all of it"

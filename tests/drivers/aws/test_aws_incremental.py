@@ -104,12 +104,15 @@ def test_a_stopped_child_resumes_and_reads_as_the_new_version(
         "v2", "raw", "bare", 0, 0, "x86_64", {SOURCE_UUID: "image-v2", SOURCE_T: "site-a"}
     )
     ami = driver.register(child.id, registration)
-    assert ami.properties.items() >= {
-        SOURCE_UUID: "image-v2",
-        "migratio_base_source_uuid": "image-v1",
-        "migratio_base_ami": "ami-v1",
-        BASE_RECORD: base.record_id,
-    }.items()
+    assert (
+        ami.properties.items()
+        >= {
+            SOURCE_UUID: "image-v2",
+            "migratio_base_source_uuid": "image-v1",
+            "migratio_base_ami": "ami-v1",
+            BASE_RECORD: base.record_id,
+        }.items()
+    )
 
 
 def test_a_base_larger_than_the_new_version_or_not_the_snapshot_s_is_refused(
