@@ -155,7 +155,14 @@ class EbsDirect:
                 f"site {self.site_id}: snapshot {snapshot_id} was started from "
                 f"{started_from or 'nothing'}, not from {base.record_id if base else 'nothing'}"
             )
-        return BlockMap.unpack(base.manifest) if base else None
+        if base is None:
+            return None
+        try:
+            return BlockMap.unpack(base.manifest)
+        except ValueError as exc:
+            raise PermanentError(
+                f"site {self.site_id}: the block manifest of {base.record_id} is unreadable: {exc}"
+            ) from None
 
 
 def base_tags(base: BaseVersion) -> dict[str, str]:

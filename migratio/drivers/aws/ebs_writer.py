@@ -143,7 +143,6 @@ class SnapshotWriter:
         size = path.stat().st_size
         payload = hashlib.sha512() if transfer.sha512 else None
         tally = _Tally(Manifest(size))
-        manifest, digests = tally.manifest, tally.written
         with path.open("rb") as handle:
             self._send(handle.fileno(), size, payload, tally, parent, journal, transfer)
         if payload is not None and payload.hexdigest() != transfer.sha512:
@@ -153,13 +152,13 @@ class SnapshotWriter:
             )
         transfer.progress(size)
         if not journal.completed:
-            self._complete(snapshot_id, digests)
+            self._complete(snapshot_id, tally.written)
             faults.point("aws.snapshot_completed")
             journal.completed = True
             journal.save(
                 transfer,
-                blocks_total=len(digests),
-                manifest_sha512=manifest.hexdigest(),
+                blocks_total=len(tally.written),
+                manifest_sha512=tally.manifest.hexdigest(),
                 blocks=tally.kinds,
             )
         self._wait_completed(snapshot_id, transfer, size)
@@ -167,12 +166,12 @@ class SnapshotWriter:
             "site %s: snapshot %s complete: %d blocks written (%s), %d PutSnapshotBlock calls",
             self.site_id,
             snapshot_id,
-            len(digests),
+            len(tally.written),
             ", ".join(f"{n} {kind}" for kind, n in tally.kinds.items() if n),
             journal.blocks_put,
         )
         return Written(
-            manifest.hexdigest(),
+            tally.manifest.hexdigest(),
             payload.hexdigest() if payload else None,
             BlockMap(size, tally.blocks),
             tally.kinds,
