@@ -2,10 +2,12 @@
 
 Two capabilities: a *source* can describe an image and stream its bytes; a
 *destination* can find an earlier copy, hold a record for a migration, receive
-bytes and register the result. A driver implements the ones its kind of site
-supports (an AWS region is only a destination). The states call only this, and
-speak only its words (``ImageStatus``, ``RecordStatus``): each driver maps its
-cloud's status words onto them. Adding a kind of site means a new driver.
+bytes and register the result; a *versioned destination* can also start a
+record from an earlier version's and take only what changed. A driver implements
+the ones its kind of site supports (an AWS region is only a destination). The
+states call only this, and speak only its words (``ImageStatus``,
+``RecordStatus``): each driver maps its cloud's status words onto them. Adding
+a kind of site means a new driver.
 """
 
 from __future__ import annotations
