@@ -1,6 +1,6 @@
 """The one small interface between the migration states and the clouds.
 
-Two capabilities: a *source* can describe an image and stream its bytes; a
+Capabilities: a *source* can describe an image and stream its bytes; a
 *destination* can find an earlier copy, hold a record for a migration, receive
 bytes and register the result; a *versioned destination* can also start a
 record from an earlier version's and take only what changed. A driver implements
