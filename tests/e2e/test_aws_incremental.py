@@ -10,6 +10,7 @@ Small sizes here; ``bench/incremental.py`` has the 2 GiB / 256 MiB figures.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -23,7 +24,6 @@ from migratio import operations
 from migratio.config import load_settings
 from migratio.drivers.aws.versions import BlockMap
 from migratio.ledger.store import Migration
-from tests.e2e.test_aws_migration import private_sites
 from tests.support import aws_peer, glance_peer, migratio_cli
 from tests.support.daemon_config import write_daemon_config
 from tests.support.ebs_parent_emulation import EbsParentEmulation
@@ -94,7 +94,9 @@ def test_a_new_version_sends_only_its_changed_blocks_and_falls_back_without_its_
     versions = aws_peer.two_versions(
         tmp_path, virtual_size=SIZE, data_mib=8, changed_mib=1, zeroed_mib=1, added_mib=1
     )
-    sites = private_sites(testbed, tmp_path)
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    shutil.copy(testbed.dir / "sites" / "site-a.yml", sites)
     aws_peer.write_site(sites, "aws-inc", front.url, workers=4)
     config = write_daemon_config(tmp_path, sites, poll_seconds=0.05)
     daemon = Daemon(config)
