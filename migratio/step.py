@@ -87,7 +87,9 @@ class Step:
         recorded = self.migration.source_image
         if recorded is None:
             raise RuntimeError(f"migration {self.migration.id} has no recorded source image")
-        return SourceImage(**{**recorded, "status": ImageStatus.AVAILABLE})
+        # JSON gave the tags back as a list; earlier ledgers recorded none.
+        tags = tuple(recorded.get("tags") or ())
+        return SourceImage(**{**recorded, "status": ImageStatus.AVAILABLE, "tags": tags})
 
     @property
     def target_format(self) -> str:
@@ -167,9 +169,11 @@ class Step:
             rate = self._pacer.due(bytes_done, self.migration.bytes_total, now)
         if force or rate is not None or now - self._last_progress >= self._progress_seconds:
             self._last_progress = now
-            self.ledger.record_progress(self.migration.id, self.owner, bytes_done, rate=rate)
+            cancel = self.ledger.record_progress(
+                self.migration.id, self.owner, bytes_done, rate=rate
+            )
             self.migration = replace(self.migration, bytes_done=bytes_done)
-            if self.ledger.get(self.migration.id).cancel_requested:
+            if cancel:
                 raise CancelRequested("cancelled by operator")
 
     def tracked(self, chunks: Iterable[bytes], start: int = 0) -> Iterator[bytes]:

@@ -67,6 +67,9 @@ class SourceImage:
     architecture: str | None = None
     properties: Mapping[str, str] = field(default_factory=dict)
     site_status: str = ""
+    # Glance's tags (a set of strings, kept sorted) and its protected flag.
+    tags: tuple[str, ...] = ()
+    protected: bool = False
     # The image this one was made from (an instance snapshot's ``base_image_ref``):
     # its previous version, which an incremental upload may start from.
     base_image_ref: str | None = None
@@ -126,12 +129,17 @@ class RecordSpec:
     disk_format: str
     container_format: str
     size: int | None = None
+    # What the copy will say about its hardware, so a destination can refuse an
+    # image it cannot hold before any byte is sent.
+    architecture: str | None = None
+    properties: Mapping[str, str] = field(default_factory=dict)
     base: BaseVersion | None = None
 
 
 @dataclass(frozen=True)
 class Registration:
-    """The metadata a finished copy carries."""
+    """The metadata a finished copy carries; ``protected`` is the source's flag,
+    which the destination's policy may override."""
 
     name: str
     disk_format: str
@@ -140,6 +148,8 @@ class Registration:
     min_ram: int
     architecture: str | None
     properties: Mapping[str, str]
+    tags: tuple[str, ...] = ()
+    protected: bool = False
 
 
 @dataclass(frozen=True)

@@ -29,22 +29,37 @@ def lease_free(now: datetime) -> ColumnElement[bool]:
     return or_(MigrationRow.lease_owner.is_(None), MigrationRow.lease_expires_at < now)
 
 
-def claim(
-    session: Session, owner: str, lease_seconds: float, skip: Sequence[str]
-) -> Migration | None:
-    """Take the lease of one due migration (or one asked to cancel), oldest due first."""
-    now = utcnow()
-    due = and_(
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    """Active, due (or asked to cancel), and nobody holds its lease."""
+    return and_(
         MigrationRow.state.in_([s.value for s in ACTIVE]),
         or_(MigrationRow.next_attempt_at <= now, MigrationRow.cancel_requested.is_(True)),
         lease_free(now),
     )
-    candidates = select(MigrationRow.id, MigrationRow.lease_owner).where(due)
+
+
+def claimable(session: Session, skip: Sequence[str]) -> list[tuple[str, str | None]]:
+    """(id, lease owner) of due migrations (or ones asked to cancel) whose lease is
+    free, oldest due first, leaving out ``skip``: the candidates of a claim."""
+    candidates = select(MigrationRow.id, MigrationRow.lease_owner).where(_claimable(utcnow()))
     if skip:
         candidates = candidates.where(MigrationRow.id.not_in(list(skip)))
     candidates = candidates.order_by(MigrationRow.next_attempt_at).limit(CLAIM_CANDIDATES)
-    for migration_id, previous_owner in session.execute(candidates).all():
-        if not _take(session, migration_id, owner, lease_seconds, now):
+    return [(str(id_), owner) for id_, owner in session.execute(candidates).all()]
+
+
+def claim(
+    session: Session,
+    owner: str,
+    lease_seconds: float,
+    candidates: Sequence[tuple[str, str | None]],
+) -> Migration | None:
+    """Take the lease of the first of ``candidates`` (from ``claimable``) still free:
+    a compare-and-set each, so a candidate another daemon took meanwhile is passed."""
+    now = utcnow()
+    for migration_id, previous_owner in candidates:
+        # Still claimable: another daemon may have run it on since it was looked up.
+        if not _take(session, migration_id, owner, lease_seconds, now, _claimable(now)):
             continue
         row = session.get(MigrationRow, migration_id)
         assert row is not None
@@ -96,12 +111,19 @@ def release(session: Session, migration_id: str, owner: str) -> None:
 
 
 def _take(
-    session: Session, migration_id: str, owner: str, lease_seconds: float, now: datetime
+    session: Session,
+    migration_id: str,
+    owner: str,
+    lease_seconds: float,
+    now: datetime,
+    condition: ColumnElement[bool] | None = None,
 ) -> bool:
+    """Compare-and-set of the lease: won only while ``condition`` (default: the
+    lease is free) holds for the row."""
     won = rowcount(
         session,
         update(MigrationRow)
-        .where(MigrationRow.id == migration_id, lease_free(now))
+        .where(MigrationRow.id == migration_id, lease_free(now) if condition is None else condition)
         .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds)),
     )
     return bool(won)

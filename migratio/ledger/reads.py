@@ -25,6 +25,12 @@ def get(session: Session, migration_id: str) -> Migration:
     return migration_of(row)
 
 
+def cancel_requested(session: Session, migration_id: str) -> bool:
+    """Whether an operator asked to cancel the migration."""
+    query = select(MigrationRow.cancel_requested).where(MigrationRow.id == migration_id)
+    return bool(session.scalar(query))
+
+
 def find(session: Session, prefix: str) -> Migration:
     """A migration by full id or unique id prefix (operators type short ids).
 

@@ -170,15 +170,22 @@ class Ledger:
 
     def count_queued_and_failed_since(self, since: datetime) -> tuple[int, int]:
         """For the daemon's one-line status: queued now, failed since ``since`` (naive UTC)."""
-        with self._tx() as session:
+        with self._read() as session:
             return reads.count_queued_and_failed_since(session, since)
 
     # ---- leases ---------------------------------------------------------------
 
     def claim(self, owner: str, lease_seconds: float, skip: Sequence[str] = ()) -> Migration | None:
-        """Take the lease of one due migration, or None; two daemons never both win."""
+        """Take the lease of one due migration, or None; two daemons never both win.
+
+        The candidates are looked up in a read first: an idle daemon polling the
+        ledger takes no write lock (SQLite) and opens no write transaction."""
+        with self._read() as session:
+            due = leases.claimable(session, skip)
+        if not due:
+            return None
         with self._tx() as session:
-            return leases.claim(session, owner, lease_seconds, skip)
+            return leases.claim(session, owner, lease_seconds, due)
 
     def acquire(self, migration_id: str, owner: str, lease_seconds: float) -> bool:
         """Take the lease of one migration if nobody holds it (operator commands)."""
@@ -222,12 +229,14 @@ class Ledger:
 
     def record_progress(
         self, migration_id: str, owner: str, bytes_done: int, *, rate: float | None = None
-    ) -> None:
+    ) -> bool:
         """Record how far the running step has got; with ``rate`` (bytes/s), the
         feedback line that reports it goes to the outbox in the same transaction,
-        so it reaches the platform in order with the state changes around it."""
+        so it reaches the platform in order with the state changes around it.
+        Returns whether an operator asked to cancel (read in the same transaction)."""
         with self._tx() as session:
             writes.record(session, migration_id, owner, {"bytes_done": bytes_done})
+            cancel = reads.cancel_requested(session, migration_id)
             if rate is not None and self._on_change is not None:
                 migration = reads.get(session, migration_id)
                 progress = UploadProgress(
@@ -239,6 +248,7 @@ class Ledger:
                     bytes_per_second=rate,
                 )
                 self._notify(session, progress)
+            return cancel
 
     def schedule_retry(
         self, migration_id: str, owner: str, attempt: int, delay: float, error: str
@@ -310,7 +320,7 @@ class Ledger:
         """The migration's artifacts, oldest first; ``due_only``: those whose
         removal is not waiting for a retry."""
         wanted = None if status is None else ArtifactStatus(status)
-        with self._tx() as session:
+        with self._read() as session:
             return artifacts.listing(session, migration_id, wanted, due_only)
 
     def settle_ref(
@@ -335,7 +345,7 @@ class Ledger:
 
     def unsettled_terminal(self) -> list[str]:
         """Finished migrations that still hold artifacts due for removal."""
-        with self._tx() as session:
+        with self._read() as session:
             return artifacts.unsettled_terminal(session)
 
     def purge(self, migration_id: str) -> None:

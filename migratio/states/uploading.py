@@ -77,7 +77,9 @@ def _create_record(step: Step) -> DestinationImage:
             step.target_format,
             image.container_format,
             step.migration.bytes_total,
-            base,
+            architecture=image.architecture,
+            properties=image.properties,
+            base=base,
         )
     )
     # The record exists at the site but not yet in the ledger: a resumed run must

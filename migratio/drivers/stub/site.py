@@ -56,6 +56,8 @@ class StubImage:
     architecture: str | None = None
     properties: dict[str, str] = field(default_factory=dict)
     reports_sha512: bool = True
+    tags: tuple[str, ...] = ()
+    protected: bool = False
     base_image_ref: str | None = None
 
     @property
@@ -78,6 +80,8 @@ class StubImage:
             architecture=self.architecture,
             properties=dict(self.properties),
             site_status=self.status.value,
+            tags=self.tags,
+            protected=self.protected,
             base_image_ref=self.base_image_ref,
         )
 
@@ -102,6 +106,8 @@ class StubRecord:
     min_ram: int = 0
     architecture: str | None = None
     parts: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    protected: bool = False
 
     @property
     def migration_id(self) -> str | None:
@@ -326,6 +332,8 @@ class StubSite(Scriptable):
         record.min_ram = registration.min_ram
         record.architecture = registration.architecture
         record.properties.update(registration.properties)
+        record.tags = registration.tags
+        record.protected = registration.protected
         return record.view()
 
     def _image_of(self, snapshot: StubRecord) -> StubRecord:

@@ -17,7 +17,8 @@ import pytest
 
 from migratio.config import AwsSite
 from migratio.drivers.aws import errors as aws_errors
-from migratio.drivers.aws.amis import ami_name, ec2_architecture
+from migratio.drivers.aws.ami_boot import ec2_architecture
+from migratio.drivers.aws.amis import ami_name
 from migratio.drivers.aws.blocks import BLOCK_SIZE, BlockSet, linear_checksum, scan
 from migratio.drivers.aws.driver import AwsSiteDriver, check_region
 from migratio.drivers.base import (
@@ -208,6 +209,18 @@ def _registration(source_uuid: str, sha512: str) -> Registration:
             "os_distro": "ubuntu",
         },
     )
+
+
+@pytest.mark.testbed
+def test_an_image_aws_cannot_boot_is_refused_before_any_snapshot(
+    driver: AwsSiteDriver, front: MotoFront
+) -> None:
+    migration_id = str(uuid.uuid4())
+    calls = len(front.requests)
+    spec = RecordSpec(migration_id, "ppc", "raw", "bare", 1024, architecture="ppc64le")
+    with pytest.raises(PermanentError, match="site aws-t: AWS has no AMIs for architecture"):
+        driver.create_record(spec)
+    assert len(front.requests) == calls  # not one request: refused before AWS is asked
 
 
 @pytest.mark.testbed

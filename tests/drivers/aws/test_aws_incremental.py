@@ -80,7 +80,9 @@ def test_a_stopped_child_resumes_and_reads_as_the_new_version(
         tmp_path, virtual_size=SIZE, data_mib=4, changed_mib=1, zeroed_mib=1, added_mib=1
     )
     base = _first_version(driver, versions.first)
-    child = driver.create_record(RecordSpec(str(uuid.uuid4()), "v2", "raw", "bare", SIZE, base))
+    child = driver.create_record(
+        RecordSpec(str(uuid.uuid4()), "v2", "raw", "bare", SIZE, base=base)
+    )
     assert child.properties == {BASE_RECORD: base.record_id}
 
     stopped = FileTransfer(versions.second, base=base, stop_after=4)
@@ -125,11 +127,15 @@ def test_a_base_larger_than_the_new_version_or_not_the_snapshot_s_is_refused(
     base = _first_version(driver, raw)
     larger = BaseVersion("image-big", "m", base.record_id, None, BlockMap(3 << 30, {}).pack())
     # StartSnapshot refuses a child smaller than its parent: started empty instead.
-    record = driver.create_record(RecordSpec(str(uuid.uuid4()), "v2", "raw", "bare", SIZE, larger))
+    record = driver.create_record(
+        RecordSpec(str(uuid.uuid4()), "v2", "raw", "bare", SIZE, base=larger)
+    )
     assert BASE_RECORD not in record.properties
     # A snapshot started empty cannot be written as a child, nor a child without its base.
     with pytest.raises(PermanentError, match=r"started from nothing, not from snap-"):
         driver.receive(record.id, FileTransfer(raw, base=base))
-    child = driver.create_record(RecordSpec(str(uuid.uuid4()), "v2", "raw", "bare", SIZE, base))
+    child = driver.create_record(
+        RecordSpec(str(uuid.uuid4()), "v2", "raw", "bare", SIZE, base=base)
+    )
     with pytest.raises(PermanentError, match=rf"started from {base.record_id}, not from nothing"):
         driver.receive(child.id, FileTransfer(raw))
