@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from migratio.ledger.store import Ledger, Migration, Transition, utcnow
+from migratio.ledger.types import Migration, Transition, utcnow
 from migratio.machine import State, is_terminal
+
+if TYPE_CHECKING:
+    from migratio.ledger.store import Ledger
 
 # Errors in the status table are cut to this many characters (``show`` has them whole).
 SHORT_ERROR = 60

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from datetime import datetime
 
@@ -10,8 +11,11 @@ from sqlalchemy import CursorResult, Executable
 from sqlalchemy.orm import Session
 
 from migratio.ledger.models import ArtifactRow, MigrationRow, TransitionRow
-from migratio.ledger.types import HOST, Artifact, ArtifactStatus, Migration, Transition, utcnow
+from migratio.ledger.types import Artifact, ArtifactStatus, Migration, Transition, utcnow
 from migratio.machine import State
+
+# Written into every audit row, so operators see which daemon did what.
+HOST = socket.gethostname()
 
 
 def migration_of(row: MigrationRow) -> Migration:

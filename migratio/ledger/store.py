@@ -24,8 +24,8 @@ from migratio.ledger.boundary import reading, transaction
 from migratio.ledger.census import Census
 from migratio.ledger.database import open_engine
 from migratio.ledger.outbox import OutboxTable
+from migratio.ledger.rows import HOST
 from migratio.ledger.types import (
-    HOST,
     RECORDABLE,
     Artifact,
     ArtifactStatus,
@@ -145,20 +145,11 @@ class Ledger:
             return reads.find(session, prefix)
 
     def migrations(
-        self,
-        states: Sequence[str] | None = None,
-        limit: int | None = 1000,
-        *,
-        wanted: MigrationFilter | None = None,
+        self, states: Sequence[str] | None = None, limit: int | None = 1000
     ) -> list[Migration]:
-        """Newest first: those in ``states`` (or matching ``wanted``), at most ``limit``."""
-        wanted = wanted or MigrationFilter(states=tuple(states or ()))
+        """Newest first: those in ``states`` (all when None), at most ``limit``."""
         with self._read() as session:
-            return reads.migrations(session, wanted, limit)
-
-    def count(self, wanted: MigrationFilter) -> int:
-        with self._read() as session:
-            return reads.count(session, wanted)
+            return reads.migrations(session, states or (), limit)
 
     def history(self, migration_id: str) -> list[Transition]:
         with self._read() as session:

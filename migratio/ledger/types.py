@@ -6,17 +6,14 @@ and feedback); none of them needs to know a table or a session.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from migratio import sidekiq
-
-# Written into every audit row, so operators see which daemon did what.
-HOST = socket.gethostname()
+if TYPE_CHECKING:
+    from migratio import sidekiq
 
 
 def utcnow() -> datetime:
@@ -126,7 +123,7 @@ class Change:
 
 # The feedback job that reports a change. The ledger writes it to its outbox in
 # the transaction that makes the change, so the report commits with it.
-ChangeHook = Callable[[Change], sidekiq.Job]
+ChangeHook = Callable[[Change], "sidekiq.Job"]
 
 
 @dataclass(frozen=True)

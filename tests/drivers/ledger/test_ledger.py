@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from migratio.errors import IllegalTransition, LeaseLost, UsageError
-from migratio.ledger.database import SCHEMA_HEAD, current_revision, head_revision, upgrade
+from migratio.ledger.database import current_revision, head_revision, upgrade
+from migratio.ledger.schema import SCHEMA_HEAD
 from migratio.ledger.store import Ledger
 from migratio.machine import Trigger
 from tests.support.engine import HAPPY_PATH

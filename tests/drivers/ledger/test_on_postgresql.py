@@ -12,12 +12,21 @@ from migratio.errors import JobConflict, LedgerError, LedgerUnavailable
 from migratio.ledger.database import make_engine, upgrade
 from migratio.ledger.store import Ledger
 from tests.support.ledgers import empty_ledger_engine
-from tests.unit import test_ledger_errors, test_metrics
+from tests.unit import test_ledger_errors, test_listing, test_metrics
 
 test_a_job_id_recorded_meanwhile_is_a_job_conflict = (
     test_ledger_errors.test_a_job_id_recorded_meanwhile_is_a_job_conflict
 )
 test_intake_outcomes_are_counted = test_metrics.test_intake_outcomes_are_counted
+test_the_listing_gives_the_ledgers_own_snapshots = (
+    test_listing.test_the_listing_gives_the_ledgers_own_snapshots
+)
+test_the_listing_filters_limits_and_counts_the_rest = (
+    test_listing.test_the_listing_filters_limits_and_counts_the_rest
+)
+test_a_ledger_behind_the_schema_is_refused_by_name = (
+    test_listing.test_a_ledger_behind_the_schema_is_refused_by_name
+)
 test_the_census_counts_by_state_and_pair_and_the_undelivered_feedback = (
     test_metrics.test_the_census_counts_by_state_and_pair_and_the_undelivered_feedback
 )
