@@ -144,6 +144,10 @@ class Step:
     def add_artifact(self, kind: str, ref: str, site: str | None = None) -> None:
         self.ledger.add_artifact(self.migration.id, kind, ref, site, owner=self.owner)
 
+    def note(self, message: str) -> None:
+        """A line in the audit trail, no state change."""
+        self.ledger.note(self.migration.id, self.owner, message)
+
     def remove_record(self, record_id: str) -> None:
         """Delete a destination record this migration no longer needs."""
         self.destination.remove(record_id)

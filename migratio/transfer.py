@@ -14,6 +14,7 @@ from typing import Any
 
 from migratio import metrics, safety
 from migratio.checksums import Sha512Meter, file_chunks
+from migratio.drivers.base import BaseVersion
 from migratio.prefetch import prefetched
 from migratio.step import Step
 
@@ -21,8 +22,9 @@ from migratio.step import Step
 class StepTransfer:
     """Implements ``drivers.base.Transfer`` for one uploading step."""
 
-    def __init__(self, step: Step) -> None:
+    def __init__(self, step: Step, base: BaseVersion | None = None) -> None:
         self._step = step
+        self.base = base
         self.meter = Sha512Meter()
         self._sent = metrics.PayloadMeter(step.migration)
         image = step.source_image
@@ -98,3 +100,7 @@ class StepTransfer:
 
     def add_artifact(self, kind: str, ref: str) -> None:
         self._step.add_artifact(kind, ref, self._step.migration.dest_site)
+
+    def keep_manifest(self, record_id: str, manifest: bytes) -> None:
+        step = self._step
+        step.ledger.keep_manifest(step.migration.id, step.owner, record_id, manifest)

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from migratio.errors import JobConflict, LedgerError
-from migratio.ledger import artifacts, census, leases, reads, writes
+from migratio.ledger import artifacts, census, leases, reads, versions, writes
 from migratio.ledger import jobs as intake_jobs
 from migratio.ledger import slots as site_slots
 from migratio.ledger.boundary import reading, transaction
@@ -35,6 +35,7 @@ from migratio.ledger.types import (
     JobOutcome,
     JobRecorded,
     JobRequest,
+    KeptManifest,
     Migration,
     MigrationFilter,
     Transition,
@@ -52,6 +53,7 @@ __all__ = [
     "JobOutcome",
     "JobRecorded",
     "JobRequest",
+    "KeptManifest",
     "Ledger",
     "Migration",
     "MigrationFilter",
@@ -109,10 +111,19 @@ class Ledger:
         *,
         job_id: str | None = None,
         message: str = "submitted",
+        base_image_id: str | None = None,
     ) -> Migration:
+        """A new queued migration; ``base_image_id`` names the image's previous version."""
         with self._tx() as session:
             return writes.create(
-                session, self._notify, source_site, dest_site, image_id, job_id, message
+                session,
+                self._notify,
+                source_site,
+                dest_site,
+                image_id,
+                job_id,
+                message,
+                base_image_id,
             )
 
     def accept_jobs(self, jobs: Sequence[JobRequest]) -> list[JobRecorded]:
@@ -259,6 +270,30 @@ class Ledger:
         goes to the audit trail once per wait. True if it was written now."""
         with self._tx() as session:
             return writes.wait(session, migration_id, owner, delay, note)
+
+    def note(self, migration_id: str, owner: str, message: str) -> None:
+        """An audit note (no state change) by the lease holder."""
+        with self._tx() as session:
+            writes.note(session, migration_id, owner, message)
+
+    # ---- versions (incremental uploads) ---------------------------------------
+
+    def keep_manifest(self, migration_id: str, owner: str, record_id: str, manifest: bytes) -> None:
+        """Keep what the migration's destination record holds, for later versions."""
+        with self._tx() as session:
+            versions.keep(session, migration_id, owner, record_id, manifest)
+
+    def latest_version(
+        self, source_site: str, dest_site: str, image_id: str
+    ) -> KeptManifest | None:
+        """The newest finished migration of ``image_id`` on that route, with its manifest."""
+        with self._read() as session:
+            return versions.latest(session, source_site, dest_site, image_id)
+
+    def version_of_record(self, dest_site: str, record_id: str) -> KeptManifest | None:
+        """The kept manifest of a destination record, if migratio kept one."""
+        with self._read() as session:
+            return versions.of_record(session, dest_site, record_id)
 
     def request_cancel(self, migration_id: str) -> Migration:
         with self._tx() as session:

@@ -49,6 +49,19 @@ class Migration:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    base_image_id: str | None = None
+
+
+@dataclass(frozen=True)
+class KeptManifest:
+    """A migrated version's record and what it holds (``block_manifests``)."""
+
+    migration_id: str
+    image_id: str
+    dest_site: str
+    record_id: str
+    result_id: str | None  # the migration's destination image (an AMI)
+    manifest: bytes
 
 
 @dataclass(frozen=True)
@@ -137,6 +150,7 @@ class JobRequest:
     dest_site: str
     image_id: str
     origin: str
+    base_image_id: str | None = None
 
 
 class JobOutcome(StrEnum):

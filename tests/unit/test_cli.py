@@ -229,6 +229,17 @@ def test_config_after_the_command_and_json_everywhere(ledger: Ledger, config: Pa
     assert json.loads(_cli(config, "db", "upgrade", "--json").stdout) == {"schema": "up to date"}
 
 
+def test_submit_names_the_previous_version_with_base(ledger: Ledger, config: Path) -> None:
+    submitted = json.loads(
+        _cli(config, "submit", "--image", "v2", "--to", "site-b", "--base", "v1", "--json").stdout
+    )
+    migration = ledger.get(submitted["id"])
+    assert (migration.image_id, migration.base_image_id) == ("v2", "v1")
+    assert ledger.history(migration.id)[0].message.endswith("; base version v1")
+    result = _cli(config, "submit", "--image", "v2", "--to", "site-b", "--base", " ", check=False)
+    assert _one_line(result, 2) == "migratio: usage error: --base must not be empty"
+
+
 def test_a_repeated_destination_is_refused_not_dropped(ledger: Ledger, config: Path) -> None:
     result = _cli(config, "submit", "--image", "i", "--to", "site-b", "--to", "site-a", check=False)
     assert _one_line(result, 2) == (
