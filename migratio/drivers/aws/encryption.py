@@ -14,15 +14,14 @@ is written, zero blocks included. docs/aws-encryption.md has the sources.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from migratio.config import AwsSite
 from migratio.drivers.aws.blocks import BLOCK_SIZE, Block
+from migratio.drivers.aws.versions import ZERO_BLOCK_SHA256
 
 ZERO_BLOCK = bytes(BLOCK_SIZE)
-ZERO_BLOCK_SHA256 = hashlib.sha256(ZERO_BLOCK).digest()
 
 
 def start_snapshot_arguments(settings: AwsSite) -> dict[str, Any]:

@@ -18,7 +18,9 @@ from typing import Any
 
 from migratio.checksums import file_chunks
 from migratio.drivers.base import (
+    BASE_RECORD,
     MIGRATION_ID,
+    BaseVersion,
     DestinationImage,
     ImageStatus,
     Provenance,
@@ -29,11 +31,10 @@ from migratio.drivers.base import (
     Tracker,
     Transfer,
 )
+from migratio.drivers.stub import copies
 from migratio.drivers.stub.scripting import Scriptable
 from migratio.errors import ImageNotFound, NotFound, PermanentError, TransientError
 
-# What a copy made by ``distribute`` is tagged with: ``<image id>><region>``.
-COPY_OF = "stub_copy_of"
 # Small, so that a payload of a few hundred KiB is already many chunks: every
 # checkpoint and callback between them gets its turn.
 CHUNK_SIZE = 64 * 1024
@@ -57,6 +58,9 @@ class StubImage:
     architecture: str | None = None
     properties: dict[str, str] = field(default_factory=dict)
     reports_sha512: bool = True
+    tags: tuple[str, ...] = ()
+    protected: bool = False
+    base_image_ref: str | None = None
 
     @property
     def sha512(self) -> str:
@@ -78,6 +82,9 @@ class StubImage:
             architecture=self.architecture,
             properties=dict(self.properties),
             site_status=self.status.value,
+            tags=self.tags,
+            protected=self.protected,
+            base_image_ref=self.base_image_ref,
         )
 
 
@@ -101,6 +108,8 @@ class StubRecord:
     min_ram: int = 0
     architecture: str | None = None
     parts: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    protected: bool = False
 
     @property
     def migration_id(self) -> str | None:
@@ -147,9 +156,12 @@ class StubSite(Scriptable):
         (BROKEN: the site cannot continue it).
     registers_image: ``register`` makes a new image out of the record (as an
         AMI is made from a snapshot) instead of completing the record itself.
-    copy_regions: ``distribute`` copies the registered image once per name here
-        (as an AMI is copied to other regions).
+    copy_regions: ``distribute`` copies the image once per name (``copies``).
     chunk_size: the most ``read`` hands out at once.
+    takes_base_version: a record may start from an earlier version's
+        (``RecordSpec.base``, as ebs-direct does); ``bases`` then says, per record,
+        what its ``receive`` was told it started from, and each finished record's
+        manifest (its SHA-256) is kept through the transfer.
     """
 
     def __init__(
@@ -164,6 +176,7 @@ class StubSite(Scriptable):
         registers_image: bool = False,
         copy_regions: tuple[str, ...] = (),
         chunk_size: int = CHUNK_SIZE,
+        takes_base_version: bool = False,
     ) -> None:
         super().__init__()
         self.site_id = site_id
@@ -175,6 +188,8 @@ class StubSite(Scriptable):
         self.registers_image = registers_image
         self.copy_regions = copy_regions
         self.chunk_size = chunk_size
+        self.takes_base_version = takes_base_version
+        self.bases: dict[str, BaseVersion | None] = {}
         self.images: dict[str, StubImage] = {}
         self.records: dict[str, StubRecord] = {}
         # (image id, offset) of every read, and the streams still open.
@@ -259,6 +274,8 @@ class StubSite(Scriptable):
     def create_record(self, spec: RecordSpec) -> DestinationImage:
         self._enter("create_record")
         tag = {MIGRATION_ID: spec.migration_id}
+        if spec.base is not None and self.takes_base_version:
+            tag[BASE_RECORD] = spec.base.record_id
         return self._new_record(spec.name, spec.disk_format, spec.container_format, tag).view()
 
     def receive(self, record_id: str, transfer: Transfer) -> str | None:
@@ -292,6 +309,9 @@ class StubSite(Scriptable):
                 "of another sha512; sending it again"
             )
         record.status = RecordStatus.COMPLETE
+        if self.takes_base_version:
+            self.bases[record_id] = transfer.base
+            transfer.keep_manifest(record_id, hashlib.sha256(record.data).digest())
         return held if self.returns_sha512 else None
 
     def _payload(self, transfer: Transfer, offset: int) -> Iterator[bytes]:
@@ -317,6 +337,8 @@ class StubSite(Scriptable):
         record.min_ram = registration.min_ram
         record.architecture = registration.architecture
         record.properties.update(registration.properties)
+        record.tags = registration.tags
+        record.protected = registration.protected
         return record.view()
 
     def _image_of(self, snapshot: StubRecord) -> StubRecord:
@@ -333,29 +355,9 @@ class StubSite(Scriptable):
         return image
 
     def distribute(self, image_id: str, tracker: Tracker) -> tuple[DestinationImage, ...]:
-        """One copy of the image per ``copy_regions`` entry, each announced as it is
-        made; a checkpoint after each (a copy takes a while)."""
+        """One copy of the image per ``copy_regions`` entry (``copies``)."""
         self._enter("distribute")
-        image = self._record(image_id)
-        copies = []
-        for region in self.copy_regions:
-            origin = f"{image.id}>{region}"
-            found = [r for r in self._records() if r.properties.get(COPY_OF) == origin]
-            copy = found[0] if found else self._copy(image, origin)
-            tracker.add_artifact("dest_copy", copy.id)
-            copies.append(copy)
-            tracker.checkpoint()
-        return tuple(copy.view() for copy in copies)
-
-    def _copy(self, image: StubRecord, origin: str) -> StubRecord:
-        # Untagged with the migration, as an AMI's copy is in a region find_record
-        # does not search.
-        properties = {k: v for k, v in image.properties.items() if k != MIGRATION_ID}
-        properties[COPY_OF] = origin
-        copy = self._new_record(image.name, image.disk_format, image.container_format, properties)
-        copy.data = bytearray(image.data)
-        copy.status = image.status
-        return copy
+        return copies.distribute(self, self._record(image_id), tracker)
 
     def remove(self, record_id: str) -> None:
         self._enter("remove")
