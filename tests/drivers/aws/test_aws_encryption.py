@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from migratio.drivers.aws.records import StagedObjectRef
-from migratio.drivers.base import RecordSpec
+from migratio.drivers.base import BaseVersion, RecordSpec
 from tests.drivers.aws.manifest_spec import manifest_of_raw
 from tests.drivers.aws.site_helpers import site_driver, six_block_disk
 from tests.support import aws_peer
@@ -97,3 +97,29 @@ def test_an_encrypted_import_asks_vm_import_for_the_key(front: MotoFront, moto_u
         emulation.close()
     (asked,) = front.ec2_calls("ImportSnapshot")
     assert (asked["Encrypted"], asked["KmsKeyId"]) == ("true", alias)
+
+
+def test_an_encrypted_site_never_starts_from_a_parent_and_uploads_in_full(
+    front: MotoFront, tmp_path: Path
+) -> None:
+    """StartSnapshot refuses Encrypted with ParentSnapshotId, and a block neither
+    version wrote would read as noise: a new version goes up whole."""
+    disk = six_block_disk(tmp_path / "disk.raw")
+    driver = site_driver(front, kms_key_id=KEY)
+    try:
+        first = driver.create_record(
+            RecordSpec(str(uuid.uuid4()), "v1", "raw", "bare", disk.stat().st_size)
+        )
+        transfer = FileTransfer(disk)
+        driver.receive(first.id, transfer)
+        base = BaseVersion("image-v1", "m-1", first.id, None, transfer.manifests[first.id])
+        second = driver.create_record(
+            RecordSpec(str(uuid.uuid4()), "v2", "raw", "bare", disk.stat().st_size, base=base)
+        )
+        driver.receive(second.id, FileTransfer(disk))
+    finally:
+        driver.close()
+    started = front.ebs_calls("POST", "/snapshots")
+    assert [call.get("ParentSnapshotId") for call in started] == [None, None]
+    assert all(call["Encrypted"] is True for call in started)
+    assert front.puts_for(second.id) == {index: 1 for index in range(6)}
