@@ -141,15 +141,27 @@ def test_copy_to_regions_makes_three_tagged_amis_all_in_the_ledger(
         assert asked["SourceRegion"] == aws_peer.REGION
         assert asked["TagSpecification.1.Tag.1.Key"] in home_tags
 
-    # The platform's last line names every AMI.
+    # The platform's last line names every AMI (delivered from the outbox a moment
+    # after the transition).
     namespace = yaml.safe_load(config.read_text(encoding="utf-8"))["namespace"]
-    queue = redis.Redis.from_url(os.environ["MIGRATIO_REDIS_URL"])
-    # LPUSHed: the newest first.
-    jobs = [json.loads(raw) for raw in queue.lrange(f"{namespace}:queue:feedback", 0, -1)]
-    last = next(job["args"][3] for job in jobs if job["args"][0] == source_id)
-    assert last == (
+    assert _last_feedback(f"{namespace}:queue:feedback", source_id) == (
         f"Migration done: image {home_id} at aws-regions; copies {copies[0]}, {copies[1]}"
     )
+
+
+def _last_feedback(queue: str, source_id: str, timeout: float = 30) -> str:
+    """The newest status text for the image once it is a done line (LPUSHed:
+    the newest first)."""
+    client = redis.Redis.from_url(os.environ["MIGRATIO_REDIS_URL"])
+    deadline = time.monotonic() + timeout
+    texts: list[str] = []
+    while time.monotonic() < deadline:
+        jobs = [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
+        texts = [str(job["args"][3]) for job in jobs if job["args"][0] == source_id]
+        if texts and texts[0].startswith("Migration done"):
+            return texts[0]
+        time.sleep(0.1)
+    raise TimeoutError(f"no done line for {source_id} in {queue}: {texts[:3]}")
 
 
 def test_a_cancel_while_copying_removes_all_three_amis_and_their_snapshots(
