@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from migratio import config, sidekiq
 from migratio.errors import IllegalTransition, RedisUnavailable, UsageError
@@ -28,6 +29,38 @@ def submit(
 ) -> Migration:
     """Queue a migration; both sites must be configured, and the image id must be
     one the intake would take from a job (short, printable)."""
+    return submit_group(settings, ledger, image_id, source, (destination,))[0]
+
+
+def submit_group(
+    settings: config.Settings,
+    ledger: Ledger,
+    image_id: str,
+    source: str,
+    destinations: Sequence[str],
+) -> list[Migration]:
+    """Queue one migration per destination, in one transaction; several form a
+    group that reads the source once. A destination named twice is refused."""
+    check_destinations(destinations)
+    check_image_id(image_id)
+    for destination in destinations:
+        check_sites(settings, source, destination)
+    return ledger.create_group(
+        source, destinations, image_id, message=f"submitted by pid {os.getpid()}"
+    )
+
+
+def check_destinations(destinations: Sequence[str]) -> None:
+    """UsageError for no destination or one named twice: never drop an argument silently."""
+    if not destinations:
+        raise UsageError("--to: at least one destination site")
+    twice = sorted({site for site in destinations if destinations.count(site) > 1})
+    if twice:
+        raise UsageError(f"--to: {', '.join(map(repr, twice))} given more than once")
+
+
+def check_image_id(image_id: str) -> None:
+    """UsageError unless the image id is one the intake would take from a job."""
     if not image_id.strip():
         raise UsageError("image id must not be empty")
     if len(image_id) > MAX_IMAGE_ID:
@@ -35,8 +68,6 @@ def submit(
     if not is_printable(image_id):
         shown = ascii_line(image_id, 80)
         raise UsageError(f"image id holds control or invalid characters: {shown}")
-    check_sites(settings, source, destination)
-    return ledger.create(source, destination, image_id, message=f"submitted by pid {os.getpid()}")
 
 
 def check_sites(settings: config.Settings, source: str, destination: str) -> None:

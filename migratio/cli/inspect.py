@@ -89,6 +89,10 @@ def status_table(rows: list[dict[str, Any]], rates: dict[str, float] | None = No
     columns = ["ID", "IMAGE", "FROM → TO", "STATE", "PROGRESS", "AGE", "ERROR"]
     if rates is not None:
         columns[4:5] = ["PROGRESS", "SPEED", "ETA"]
+    # Fan-out groups: the members of one share a group id (its first 8 characters).
+    grouped = any(row.get("group") for row in rows)
+    if grouped:
+        columns.append("GROUP")
     for column in columns:
         table.add_column(column)
     for row in rows:
@@ -105,6 +109,8 @@ def status_table(rows: list[dict[str, Any]], rates: dict[str, float] | None = No
         if rates is not None:
             rate = rates.get(row["id"]) if row["activity"] == "running" else None
             cells[4:5] = [_bar(row["progress"]), _speed_text(rate), _eta_text(row, rate)]
+        if grouped:
+            cells.append((row.get("group") or "")[:8])
         # Text, not str: rich would read "[...]" in an image id as markup.
         table.add_row(*(cell if isinstance(cell, ProgressBar) else Text(printable(cell))
                         for cell in cells))  # fmt: skip
@@ -130,9 +136,14 @@ def show(ctx: Context, migration_id: str, as_json: bool) -> None:
     # and clouds, and must not recolour the terminal or forge a line. Values are
     # shown as JSON (null, false), never as Python's None/False.
     for key, value in details.items():
-        if key not in ("history", "artifacts", "error", "durations"):
+        if key not in ("history", "artifacts", "error", "durations", "siblings"):
             shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             click.echo(printable(f"{key:17} {shown}"))
+    if details["siblings"]:
+        click.echo("siblings (same group, same read of the source):")
+        for sibling in details["siblings"]:
+            line = f"  {sibling['id']}  {sibling['dest_site']:<16} {sibling['state']}"
+            click.echo(printable(line))
     click.echo("time in each state:")
     for state, seconds in details["durations"].items():
         click.echo(f"  {state:<11} {seconds:10.1f} s")

@@ -40,7 +40,7 @@ POSTGRES_STATEMENT_TIMEOUT_MS = 60_000
 # The newest schema revision (migrations_db/versions): read-only commands compare
 # the ledger's with it without loading Alembic (a quarter of a second).
 # tests/unit/test_ledger.py checks it against Alembic's own head.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 
 # SQLAlchemy's PostgreSQL default driver is psycopg2, which migratio does not

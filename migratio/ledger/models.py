@@ -44,9 +44,13 @@ class MigrationRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The migrations of one fan-out (one image, one source, several destinations)
+    # share one read of the source; None for a migration alone.
+    group_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
     __table_args__ = (
         Index("ix_migrations_due", "state", "next_attempt_at"),
+        Index("ix_migrations_group", "group_id"),
         Index("ix_migrations_image", "image_id", "dest_site"),
         Index("ix_migrations_created_at", "created_at"),
     )

@@ -38,7 +38,11 @@ def transition_of(row: TransitionRow) -> Transition:
 
 
 def new_migration(
-    source_site: str, dest_site: str, image_id: str, job_id: str | None
+    source_site: str,
+    dest_site: str,
+    image_id: str,
+    job_id: str | None,
+    group_id: str | None = None,
 ) -> MigrationRow:
     now = utcnow()
     return MigrationRow(
@@ -52,6 +56,7 @@ def new_migration(
         cancel_requested=False,
         bytes_done=0,
         job_id=job_id,
+        group_id=group_id,
         created_at=now,
         updated_at=now,
     )
