@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -41,8 +41,10 @@ def create(
     """One migration per destination, in one group (and this one transaction)."""
     group_id = new_group_id() if len(dest_sites) > 1 else None
     rows = [new_migration(source_site, dest, image_id, None, group_id) for dest in dest_sites]
-    for row in rows[1:]:  # submitted at one moment, due at once
-        row.created_at = row.updated_at = row.next_attempt_at = rows[0].created_at
+    start = rows[0].created_at
+    for order, row in enumerate(rows):  # submitted at once, listed in the order given
+        row.created_at = row.updated_at = start + timedelta(microseconds=order)
+        row.next_attempt_at = start
     session.add_all(rows)
     session.flush()
     for row in rows:
