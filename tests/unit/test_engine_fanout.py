@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from migratio import config, qemu
+from migratio import config, operations, qemu
 from migratio.drivers.stub import StubSite
 from migratio.errors import PermanentError
 from migratio.group_files import SHARED, group_dir
@@ -175,3 +175,29 @@ def test_a_member_resumed_after_a_crash_reuses_the_staged_file(engine_bed: Engin
     assert bed.notes(crashed.id) == [
         ("exporting", "taken over from daemon-dead after its lease expired")
     ]
+
+
+def test_a_member_retried_after_its_group_ended_reads_the_source_again(
+    engine_bed: EngineBed,
+) -> None:
+    """The group's files went with its last member; a retry stages its own read."""
+    bed = engine_bed
+    broken = _destination(bed, "site-c")
+    broken.fail("create_record", PermanentError("site-c refuses new images"))
+    image = bed.source.add_image(RAW)
+    members = _group(bed, image.id, DESTINATION, "site-c")
+    bed.run()
+    failed = bed.ledger.get(members[1].id)
+    assert failed.state == "failed" and bed.ledger.get(members[0].id).state == "done"
+    assert not group_dir(bed.work_dir, str(failed.group_id)).exists()
+
+    operations.retry(bed.ledger, failed.id)
+    bed.run()
+
+    retried = bed.ledger.get(failed.id)
+    assert retried.state == "done", retried.last_error
+    assert bytes(broken.records[str(retried.dest_image_id)].data) == RAW
+    assert bed.source.reads == [(image.id, 0), (image.id, 0)]
+    shares = [a.status for a in bed.ledger.artifacts(failed.id, status=None) if a.kind == SHARED]
+    assert len(shares) == 2 and shares[-1] == "removed"  # a share per run; alone at the end
+    assert not group_dir(bed.work_dir, str(failed.group_id)).exists()
