@@ -18,7 +18,7 @@ import pytest
 
 from migratio import config, operations, qemu
 from migratio.drivers.stub import StubSite
-from migratio.errors import PermanentError
+from migratio.errors import PermanentError, TransientError
 from migratio.group_files import SHARED, group_dir
 from migratio.ledger.store import Migration
 from migratio.machine import Trigger
@@ -201,3 +201,21 @@ def test_a_member_retried_after_its_group_ended_reads_the_source_again(
     shares = [a.status for a in bed.ledger.artifacts(failed.id, status=None) if a.kind == SHARED]
     assert len(shares) == 2 and shares[-1] == "removed"  # a share per run; alone at the end
     assert not group_dir(bed.work_dir, str(failed.group_id)).exists()
+
+
+def test_a_member_whose_site_is_down_retries_from_the_staged_file(engine_bed: EngineBed) -> None:
+    """Its siblings finish and let go; the file stays for it until it ends."""
+    bed = engine_bed
+    down = _destination(bed, "site-c")
+    down.fail("create_record", TransientError("site-c: 503 Service Unavailable"), times=2)
+    image = bed.source.add_image(RAW)
+    members = _group(bed, image.id, DESTINATION, "site-c")
+
+    bed.run()
+
+    late = bed.ledger.get(members[1].id)
+    assert [bed.ledger.get(members[0].id).state, late.state] == ["done", "done"]
+    assert bytes(down.records[str(late.dest_image_id)].data) == RAW
+    assert [state for state, note in bed.notes(late.id) if "503" in note] == ["uploading"] * 2
+    assert bed.source.reads == [(image.id, 0)]
+    assert not group_dir(bed.work_dir, str(late.group_id)).exists()
