@@ -25,11 +25,17 @@ def open_ledger(settings: config.Settings, *, migrate: bool = True) -> Ledger:
 
 
 def submit(
-    settings: config.Settings, ledger: Ledger, image_id: str, source: str, destination: str
+    settings: config.Settings,
+    ledger: Ledger,
+    image_id: str,
+    source: str,
+    destination: str,
+    base: str | None = None,
 ) -> Migration:
-    """Queue a migration; both sites must be configured, and the image id must be
-    one the intake would take from a job (short, printable)."""
-    return submit_group(settings, ledger, image_id, source, (destination,))[0]
+    """Queue a migration; both sites must be configured, and the image ids must be
+    ones the intake would take from a job (short, printable). ``base`` names the
+    image's previous version (an incremental upload starts from it)."""
+    return submit_group(settings, ledger, image_id, source, (destination,), base)[0]
 
 
 def submit_group(
@@ -38,16 +44,18 @@ def submit_group(
     image_id: str,
     source: str,
     destinations: Sequence[str],
+    base: str | None = None,
 ) -> list[Migration]:
     """Queue one migration per destination, in one transaction; several form a
     group that reads the source once. A destination named twice is refused."""
     check_destinations(destinations)
-    check_image_id(image_id)
+    check_image_id(image_id, "image id")
+    if base is not None:
+        check_image_id(base, "--base")
     for destination in destinations:
         check_sites(settings, source, destination)
-    return ledger.create_group(
-        source, destinations, image_id, message=f"submitted by pid {os.getpid()}"
-    )
+    message = f"submitted by pid {os.getpid()}" + (f"; base version {base}" if base else "")
+    return ledger.create_group(source, destinations, image_id, message=message, base_image_id=base)
 
 
 def check_destinations(destinations: Sequence[str]) -> None:
@@ -59,15 +67,15 @@ def check_destinations(destinations: Sequence[str]) -> None:
         raise UsageError(f"--to: {', '.join(map(repr, twice))} given more than once")
 
 
-def check_image_id(image_id: str) -> None:
-    """UsageError unless the image id is one the intake would take from a job."""
+def check_image_id(image_id: str, what: str) -> None:
+    """UsageError unless the id is one the intake would take from a job."""
     if not image_id.strip():
-        raise UsageError("image id must not be empty")
+        raise UsageError(f"{what} must not be empty")
     if len(image_id) > MAX_IMAGE_ID:
-        raise UsageError(f"image id is longer than {MAX_IMAGE_ID} characters")
+        raise UsageError(f"{what} is longer than {MAX_IMAGE_ID} characters")
     if not is_printable(image_id):
         shown = ascii_line(image_id, 80)
-        raise UsageError(f"image id holds control or invalid characters: {shown}")
+        raise UsageError(f"{what} holds control or invalid characters: {shown}")
 
 
 def check_sites(settings: config.Settings, source: str, destination: str) -> None:
@@ -84,7 +92,11 @@ def check_sites(settings: config.Settings, source: str, destination: str) -> Non
 
 
 def submit_via_redis(
-    settings: config.Settings, image_id: str, source: str, destination: str
+    settings: config.Settings,
+    image_id: str,
+    source: str,
+    destination: str,
+    base: str | None = None,
 ) -> str:
     """Push a native job onto the source site's intake queue; return its job id.
 
@@ -94,7 +106,7 @@ def submit_via_redis(
     queue = f"migration_{source}"
     check_sites(settings, source, destination)
     jid = sidekiq.new_jid()
-    job = native_job(image_id, destination, source, jid)
+    job = native_job(image_id, destination, source, jid, base)
     try:
         parse(
             job,

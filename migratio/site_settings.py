@@ -11,6 +11,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from migratio.cap_schedule import Cap
+
 
 class Strict(BaseModel):
     """Unknown keys are refused (a typo must not pass silently); values are frozen."""
@@ -28,7 +30,21 @@ class _DiskFormatChoice(Strict):
         return None if self.disk_format == "keep" else self.disk_format
 
 
-class _SiteTimeouts(Strict):
+class _SiteLimits(Strict):
+    """How much of a site migratio may use (see docs/operations.md, "Caps").
+
+    max_mib_per_s: MiB/s read from and written to this site by all the
+        migrations of a daemon together; a number or a weekly schedule
+        (``cap_schedule``); unset: no cap.
+    max_concurrent: migrations to this site running at once, across every
+        daemon of the ledger; the others wait in ``queued``. Unset: no limit.
+    """
+
+    max_mib_per_s: Cap = None
+    max_concurrent: int | None = Field(default=None, ge=1, le=1000)
+
+
+class _SiteTimeouts(_SiteLimits):
     """Socket timeouts of every call to a site.
 
     connect_timeout: seconds to open a connection (TCP, and TLS or SSH's

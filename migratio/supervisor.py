@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from migratio import config, faults, logs
 from migratio.admission import WaitingForSpace, WorkDirSpace
+from migratio.bandwidth import Bandwidth
 from migratio.drivers.base import DestinationDriver, DestinationSite, SourceDriver
 from migratio.drivers.registry import Drivers, SiteOpener
 from migratio.errors import (
@@ -79,6 +80,10 @@ class Supervisor:
         self.janitor = Janitor(ledger, lambda: self.settings, self._sites.destination)
         # Shared by this daemon's workers: what the running migrations will still write.
         self.space = WorkDirSpace(self.daemon.work_dir)
+        # Shared too: the caps count the bytes of every migration this daemon runs.
+        self.bandwidth = Bandwidth(
+            lambda site: self.settings.cap(site), stop=self.signals.shutting_down
+        )
         self._running: dict[str, Future[None]] = {}
         self._lock = threading.Lock()  # _running is read by the heartbeat thread
         self._wake = Wakeup()
@@ -174,7 +179,10 @@ class Supervisor:
             if self.signals.shutting_down.is_set():
                 return
             migration = self.ledger.claim(
-                self.owner, self.daemon.lease_seconds, skip=list(self._running)
+                self.owner,
+                self.daemon.lease_seconds,
+                skip=list(self._running),
+                slots=self.settings.slots,
             )
             if migration is None:
                 return
@@ -268,6 +276,7 @@ class Supervisor:
                 progress_seconds=self.daemon.progress_seconds,
                 stall_seconds=self.daemon.stall_seconds,
                 space=self.space,
+                bandwidth=self.bandwidth,
             )
             if not self._advance_one(step):
                 return

@@ -20,6 +20,12 @@ from migratio.cli.context import Context, json_option, one_line_errors, pass_con
     help="destination site id; repeat it to fan out (the source is read once)",
 )
 @click.option(
+    "--base",
+    "base",
+    metavar="IMAGE_ID",
+    help="the image's previous version (a source image id); default: its base_image_ref",
+)
+@click.option(
     "--via-redis",
     is_flag=True,
     help="push a job onto the source site's Redis queue instead; prints the job id",
@@ -32,6 +38,7 @@ def submit(
     image_id: str,
     source: str | None,
     destinations: tuple[str, ...],
+    base: str | None,
     via_redis: bool,
     as_json: bool,
 ) -> None:
@@ -45,7 +52,7 @@ def submit(
         operations.check_sites(ctx.settings, source, destination)
     if via_redis:
         jids = [
-            operations.submit_via_redis(ctx.settings, image_id, source, destination)
+            operations.submit_via_redis(ctx.settings, image_id, source, destination, base)
             for destination in destinations
         ]
         if as_json:
@@ -53,7 +60,9 @@ def submit(
         else:
             click.echo("\n".join(jids))
         return
-    migrations = operations.submit_group(ctx.settings, ctx.ledger(), image_id, source, destinations)
+    migrations = operations.submit_group(
+        ctx.settings, ctx.ledger(), image_id, source, destinations, base
+    )
     if not as_json:
         click.echo("\n".join(migration.id for migration in migrations))
     elif len(migrations) == 1:

@@ -37,10 +37,14 @@ def create(
     dest_sites: Sequence[str],
     image_id: str,
     message: str,
+    base_image_id: str | None = None,
 ) -> list[Migration]:
     """One migration per destination, in one group (and this one transaction)."""
     group_id = new_group_id() if len(dest_sites) > 1 else None
-    rows = [new_migration(source_site, dest, image_id, None, group_id) for dest in dest_sites]
+    rows = [
+        new_migration(source_site, dest, image_id, None, base_image_id, group_id=group_id)
+        for dest in dest_sites
+    ]
     start = rows[0].created_at
     for order, row in enumerate(rows):  # submitted at once, listed in the order given
         row.created_at = row.updated_at = start + timedelta(microseconds=order)

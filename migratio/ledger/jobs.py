@@ -57,7 +57,9 @@ def accept(
         route = (job.image_id, job.source_site, job.dest_site)
         outcome = JobOutcome.ATTACHED
         if route not in running:
-            running[route] = new_migration(job.source_site, job.dest_site, job.image_id, job.job_id)
+            running[route] = new_migration(
+                job.source_site, job.dest_site, job.image_id, job.job_id, job.base_image_id
+            )
             session.add(running[route])
             outcome = JobOutcome.CREATED
             if coalesce_seconds > 0:

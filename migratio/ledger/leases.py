@@ -8,15 +8,17 @@ daemon may then take the migration over.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from migratio import metrics
 from migratio.ledger.models import MigrationRow
 from migratio.ledger.rows import audit, migration_of, rowcount
+from migratio.ledger.slots import full_sites, held_back, note_waiting, take_turns, unnoted
 from migratio.ledger.types import Migration, utcnow
 from migratio.machine import ACTIVE, TERMINAL
 
@@ -38,28 +40,60 @@ def _claimable(now: datetime) -> ColumnElement[bool]:
     )
 
 
-def claimable(session: Session, skip: Sequence[str]) -> list[tuple[str, str | None]]:
-    """(id, lease owner) of due migrations (or ones asked to cancel) whose lease is
-    free, oldest due first, leaving out ``skip``: the candidates of a claim."""
-    candidates = select(MigrationRow.id, MigrationRow.lease_owner).where(_claimable(utcnow()))
+@dataclass(frozen=True)
+class Candidates:
+    """What a claim may do: the due migrations it may take (id, lease owner),
+    oldest due first, and whether migrations held back by ``max_concurrent``
+    still wait for their note."""
+
+    due: list[tuple[str, str | None]]
+    unnoted: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.due) or self.unnoted
+
+
+def claimable(
+    session: Session, skip: Sequence[str], slots: Mapping[str, int] | None = None
+) -> Candidates:
+    """The candidates of a claim: due migrations (or ones asked to cancel) whose
+    lease is free, leaving out ``skip`` and queued ones to a site with no free
+    slot (``slots``: site -> ``max_concurrent``)."""
+    now = utcnow()
+    full = full_sites(session, slots, now) if slots else {}
+    candidates = select(MigrationRow.id, MigrationRow.lease_owner).where(_claimable(now))
+    if full:
+        candidates = candidates.where(not_(held_back(full)))
     if skip:
         candidates = candidates.where(MigrationRow.id.not_in(list(skip)))
     candidates = candidates.order_by(MigrationRow.next_attempt_at).limit(CLAIM_CANDIDATES)
-    return [(str(id_), owner) for id_, owner in session.execute(candidates).all()]
+    due = [(str(id_), owner) for id_, owner in session.execute(candidates).all()]
+    return Candidates(due, bool(full) and unnoted(session, full, _claimable(now)))
 
 
 def claim(
     session: Session,
     owner: str,
     lease_seconds: float,
-    candidates: Sequence[tuple[str, str | None]],
+    candidates: Candidates,
+    slots: Mapping[str, int] | None = None,
 ) -> Migration | None:
     """Take the lease of the first of ``candidates`` (from ``claimable``) still free:
-    a compare-and-set each, so a candidate another daemon took meanwhile is passed."""
+    a compare-and-set each, so a candidate another daemon took meanwhile is passed.
+
+    With ``slots``, claims take turns and count the running migrations again
+    here, so daemons sharing the ledger keep ``max_concurrent`` together; the
+    migrations it holds back get their note."""
     now = utcnow()
-    for migration_id, previous_owner in candidates:
-        # Still claimable: another daemon may have run it on since it was looked up.
-        if not _take(session, migration_id, owner, lease_seconds, now, _claimable(now)):
+    # Still claimable: another daemon may have run it on since it was looked up.
+    condition = _claimable(now)
+    if slots:
+        take_turns(session)
+        if full := full_sites(session, slots, now):
+            note_waiting(session, full, slots, _claimable(now), now)
+            condition = and_(condition, not_(held_back(full)))
+    for migration_id, previous_owner in candidates.due:
+        if not _take(session, migration_id, owner, lease_seconds, now, condition):
             continue
         row = session.get(MigrationRow, migration_id)
         assert row is not None

@@ -21,6 +21,8 @@ from migratio.drivers.aws.errors import translated
 from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.aws.snapshots import volume_bytes
 from migratio.drivers.aws.tags import (
+    BASE_AMI,
+    BASE_SOURCE_UUID,
     NAME_TAG,
     PAYLOAD_TAGS,
     put_tags,
@@ -31,6 +33,7 @@ from migratio.drivers.aws.tags import (
     verified_digest,
 )
 from migratio.drivers.base import (
+    BASE_RECORD,
     MIGRATION_ID,
     SOURCE_CS,
     SOURCE_SHA512,
@@ -46,6 +49,8 @@ from migratio.polling import Backoff, poll
 
 log = logging.getLogger(__name__)
 
+# What an AMI says of the earlier version its snapshot started from.
+BASE_TAGS = (BASE_RECORD, BASE_SOURCE_UUID, BASE_AMI)
 # RegisterImage accepts 3-128 of these in a name.
 AMI_NAME_REFUSED = re.compile(r"[^A-Za-z0-9()\[\] ./'@_-]")
 AMI_NAME_LIMIT = 128
@@ -213,8 +218,9 @@ def ami_image(image: Mapping[str, Any]) -> DestinationImage:
 def ami_tags(
     registration: Registration, migration_id: str, snapshot: Mapping[str, Any]
 ) -> dict[str, str]:
-    """Name, provenance (what ``copy_of`` finds it by), migration id and what
-    the snapshot was verified to hold (its payload tags)."""
+    """Name, provenance (what ``copy_of`` finds it by), migration id, what the
+    snapshot was verified to hold (its payload tags) and the earlier version it
+    was started from, if any (its base tags)."""
     properties = registration.properties
     provenance = Provenance(
         properties.get(SOURCE_UUID, ""),
@@ -228,7 +234,7 @@ def ami_tags(
         tags[SOURCE_CS] = properties[SOURCE_CS]
     tags[MIGRATION_ID] = migration_id
     verified = tags_of(snapshot)
-    tags |= {key: verified[key] for key in PAYLOAD_TAGS if verified.get(key)}
+    tags |= {key: verified[key] for key in (*PAYLOAD_TAGS, *BASE_TAGS) if verified.get(key)}
     return tags
 
 

@@ -86,6 +86,11 @@ class AwsSiteDriver:
     def wants_file(self) -> bool:
         return True
 
+    @property
+    def takes_base_version(self) -> bool:
+        """ebs-direct snapshots can start from an earlier version's; imports cannot."""
+        return isinstance(self.method, EbsDirect)
+
     def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
         """An available AMI tagged with this source's uuid, site and sha512."""
         return self.amis.copy_of(provenance)

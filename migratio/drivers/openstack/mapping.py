@@ -96,6 +96,8 @@ def source_image(image: Mapping[str, Any]) -> SourceImage:
         properties=copied_properties(image),
         tags=tuple(sorted({str(tag) for tag in image.get("tags") or ()})),
         protected=image.get("protected") is True,
+        # Nova sets it on an instance snapshot: the image the instance booted from.
+        base_image_ref=str(image.get("base_image_ref") or "") or None,
     )
 
 

@@ -236,6 +236,7 @@ def test_record_receive_register_and_remove(driver: AwsSiteDriver, tmp_path: Pat
     transfer = FileTransfer(disk)
     assert driver.receive(record.id, transfer) == transfer.sha512
     assert transfer.state["blocks_put"] == transfer.state["blocks_total"] == 4
+    assert transfer.paced == 4 * BLOCK_SIZE  # each block waited for the caps first
     finished = driver.get_record(record.id)
     assert finished is not None
     assert (finished.status, finished.sha512) == (RecordStatus.COMPLETE, transfer.sha512)
@@ -285,6 +286,7 @@ def test_a_stopped_receive_resumes_without_sending_a_block_twice(
     puts = front.puts_for(record.id)
     assert sorted(puts) == list(range(0, 64, 2)) and set(puts.values()) == {1}
     assert resumed.state["blocks_put"] == 32
+    assert resumed.paced == (32 - landed) * BLOCK_SIZE  # the caps saw what was sent again
 
 
 @pytest.mark.testbed
