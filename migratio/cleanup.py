@@ -20,7 +20,7 @@ from pathlib import Path
 from migratio.config import RetryPolicy
 from migratio.drivers.base import DestinationSite
 from migratio.errors import MigratioError
-from migratio.group_files import SHARED, remove_group_dir
+from migratio.group_files import SHARED, group_dir, remove_group_dir
 from migratio.ledger.store import Artifact, ArtifactStatus, Ledger, Migration
 from migratio.retry import backoff_delay
 from migratio.text import error_text, one_line
@@ -57,6 +57,7 @@ def clean_up(
         ledger.settle_artifact(artifact.id, ArtifactStatus.REMOVED)
     if complete and ledger.artifacts(migration.id):
         complete = False  # some wait for their retry
+    _remove_group_files_if_last(ledger, migration, work_dir)
     if not succeeded and destination is not None and complete:
         complete = _remove_untracked_record(migration, destination)
     shutil.rmtree(work_dir / migration.id, ignore_errors=True)
@@ -75,6 +76,17 @@ def _release_group_files(
     remove_group_dir(work_dir, artifact.ref)
     ledger.settle_artifact(artifact.id, ArtifactStatus.REMOVED)
     log.info("migration %s: removed the shared files of group %s", migration.id, artifact.ref)
+
+
+def _remove_group_files_if_last(ledger: Ledger, migration: Migration, work_dir: Path) -> None:
+    """A member that ended without a share (it found a copy at its destination,
+    or was cancelled while queued) may still be the group's last: its siblings
+    let go of the files, counting on it."""
+    group_id = migration.group_id
+    if group_id is None or not group_dir(work_dir, group_id).exists():
+        return
+    if not ledger.group_others_active(group_id, migration.id):
+        remove_group_dir(work_dir, group_id)
 
 
 def _remove(artifact: Artifact, destination: DestinationSite | None) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from migratio import config, operations, qemu
+from migratio.drivers.base import Provenance
 from migratio.drivers.stub import StubSite
 from migratio.errors import PermanentError, TransientError
 from migratio.group_files import SHARED, group_dir
@@ -219,3 +220,27 @@ def test_a_member_whose_site_is_down_retries_from_the_staged_file(engine_bed: En
     assert [state for state, note in bed.notes(late.id) if "503" in note] == ["uploading"] * 2
     assert bed.source.reads == [(image.id, 0)]
     assert not group_dir(bed.work_dir, str(late.group_id)).exists()
+
+
+def test_a_member_that_found_a_copy_and_ended_last_removes_the_group_files(
+    engine_bed: EngineBed,
+) -> None:
+    """It never staged (its site had the image already), yet it was the last to end."""
+    bed = engine_bed
+    holder = _destination(bed, "site-c")
+    image = bed.source.add_image(RAW)
+    holder.add_copy(Provenance(image.id, SOURCE, image.sha512), RAW)
+    members = _group(bed, image.id, DESTINATION, "site-c")
+
+    def once_site_b_has_let_go() -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _shares(bed, members).get(DESTINATION) != "released":
+            time.sleep(0.01)
+
+    holder.on_call("find_copy", once_site_b_has_let_go)
+    bed.run()
+
+    assert [bed.ledger.get(m.id).state for m in members] == ["done", "done"]
+    assert bed.states(members[1].id)[-1] == ("exporting", "done")
+    assert _shares(bed, members) == {DESTINATION: "released"}
+    assert not group_dir(bed.work_dir, str(members[0].group_id)).exists()
