@@ -109,6 +109,10 @@ class DaemonConfig(Strict):
     intake: bool = True
     # Jobs moved and recorded per round (one ledger transaction, one Redis round trip).
     intake_batch: int = Field(default=50, ge=1, le=1000)
+    # Fan-out: a job for an image that a migration created this recently (and not
+    # yet reading alone) moves from the same source to another destination joins
+    # its group, and the source is read once for both (0: off).
+    coalesce_seconds: float = Field(default=3.0, ge=0)
     # A consumer silent this long is dead: its unrecorded jobs go back to the queue.
     intake_heartbeat_seconds: float = Field(default=15.0, ge=1)
     # Dead letters kept in <namespace>:migratio:dead; the oldest go first.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from migratio import config, sidekiq
 from migratio.errors import IllegalTransition, RedisUnavailable, UsageError
@@ -34,12 +35,36 @@ def submit(
     """Queue a migration; both sites must be configured, and the image ids must be
     ones the intake would take from a job (short, printable). ``base`` names the
     image's previous version (an incremental upload starts from it)."""
+    return submit_group(settings, ledger, image_id, source, (destination,), base)[0]
+
+
+def submit_group(
+    settings: config.Settings,
+    ledger: Ledger,
+    image_id: str,
+    source: str,
+    destinations: Sequence[str],
+    base: str | None = None,
+) -> list[Migration]:
+    """Queue one migration per destination, in one transaction; several form a
+    group that reads the source once. A destination named twice is refused."""
+    check_destinations(destinations)
     check_image_id(image_id, "image id")
     if base is not None:
         check_image_id(base, "--base")
-    check_sites(settings, source, destination)
+    for destination in destinations:
+        check_sites(settings, source, destination)
     message = f"submitted by pid {os.getpid()}" + (f"; base version {base}" if base else "")
-    return ledger.create(source, destination, image_id, message=message, base_image_id=base)
+    return ledger.create_group(source, destinations, image_id, message=message, base_image_id=base)
+
+
+def check_destinations(destinations: Sequence[str]) -> None:
+    """UsageError for no destination or one named twice: never drop an argument silently."""
+    if not destinations:
+        raise UsageError("--to: at least one destination site")
+    twice = sorted({site for site in destinations if destinations.count(site) > 1})
+    if twice:
+        raise UsageError(f"--to: {', '.join(map(repr, twice))} given more than once")
 
 
 def check_image_id(image_id: str, what: str) -> None:

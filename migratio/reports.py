@@ -73,6 +73,7 @@ def summary(
         "dest_image_id": migration.dest_image_id,
         "error": migration.last_error,
         "job_id": migration.job_id,
+        "group": migration.group_id,
     }
 
 
@@ -102,8 +103,14 @@ def describe(ledger: Ledger, migration: Migration) -> dict[str, Any]:
         }
         for a in ledger.artifacts(migration.id, status=None)
     ]
+    siblings = [
+        {"id": m.id, "dest_site": m.dest_site, "state": m.state}
+        for m in (ledger.group_members(migration.group_id) if migration.group_id else [])
+        if m.id != migration.id
+    ]
     return {
         **fields,
+        "siblings": siblings,
         "activity": activity(migration),
         "error": migration.last_error,
         "durations": durations(history, migration),

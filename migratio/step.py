@@ -20,6 +20,7 @@ from migratio.bandwidth import Bandwidth
 from migratio.drivers.base import DestinationSite, ImageStatus, SourceImage, SourceSite
 from migratio.errors import CancelRequested, LeaseLost, ShuttingDown
 from migratio.feedback.progress import ProgressPacer
+from migratio.group_files import group_dir
 from migratio.ledger.store import ArtifactStatus, Ledger, Migration
 from migratio.machine import State
 
@@ -104,19 +105,27 @@ class Step:
 
     @property
     def stages_payload(self) -> bool:
-        """Whether the payload goes through a file in the work dir (not streamed)."""
-        return self.needs_conversion or self.destination.wants_file
+        """Whether the payload goes through a file in the work dir (not streamed):
+        always in a fan-out group, whose members share one read of the source."""
+        grouped = self.migration.group_id is not None
+        return self.needs_conversion or self.destination.wants_file or grouped
 
     @property
     def staged_source(self) -> Path:
-        return self.path(f"source.{self.source_image.disk_format}")
+        return self._file(f"source.{self.source_image.disk_format}")
 
     @property
     def payload_file(self) -> Path:
         """The file the destination receives from, when the payload is staged."""
         if self.needs_conversion:
-            return self.path(f"converted.{self.target_format}")
+            return self._file(f"converted.{self.target_format}")
         return self.staged_source
+
+    def _file(self, name: str) -> Path:
+        """A staged file: the group's (shared by its members) or this migration's own."""
+        if self.migration.group_id is None:
+            return self.path(name)
+        return group_dir(self.work_dir, self.migration.group_id) / name
 
     def reserve_space(self) -> None:
         """Before writing the staged or converted file: hold the work-dir space it

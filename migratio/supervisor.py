@@ -196,7 +196,7 @@ class Supervisor:
             if future.done():
                 with self._lock:
                     del self._running[migration_id]
-                self.signals.lost.discard(migration_id)
+                    self.signals.lost.discard(migration_id)
                 if (error := future.exception()) is not None:
                     log.error("migration %s: worker crashed: %r", migration_id, error)
 
@@ -218,9 +218,11 @@ class Supervisor:
             except Exception as exc:
                 log.warning("heartbeat: cannot renew leases: %s", exc)
                 continue
+            with self._lock:  # one that ended meanwhile was reaped: nothing to stop
+                lost &= set(self._running)
+                self.signals.lost |= lost
             for migration_id in lost:
                 log.warning("migration %s: lease lost; stopping work on it", migration_id)
-            self.signals.lost |= lost
 
     # ---- one migration ---------------------------------------------------------
 

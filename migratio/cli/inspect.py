@@ -89,7 +89,10 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
     width = terminal_width(least=MIN_WIDTH)
     stdout = click.get_text_stream("stdout")
-    lines = plain_table(COLUMNS, [_cells(row) for row in rows], width, bold=stdout.isatty())
+    grouped = _grouped(rows)
+    header = (*COLUMNS, "GROUP") if grouped else COLUMNS
+    cells = [_cells(row, grouped) for row in rows]
+    lines = plain_table(header, cells, width, bold=stdout.isatty())
     if lines is not None:
         click.echo("\n".join(lines))
         return
@@ -109,10 +112,13 @@ def status_table(rows: list[dict[str, Any]], rates: dict[str, float] | None = No
     columns = list(COLUMNS)
     if rates is not None:
         columns[4:5] = ["PROGRESS", "SPEED", "ETA"]
+    grouped = _grouped(rows)
+    if grouped:
+        columns.append("GROUP")
     for column in columns:
         table.add_column(column)
     for row in rows:
-        cells: list[Any] = _cells(row)
+        cells: list[Any] = _cells(row, grouped)
         if rates is not None:
             rate = rates.get(row["id"]) if row["activity"] == "running" else None
             cells[4:5] = [_bar(row["progress"]), _speed_text(rate), _eta_text(row, rate)]
@@ -121,8 +127,14 @@ def status_table(rows: list[dict[str, Any]], rates: dict[str, float] | None = No
     return table
 
 
-def _cells(row: dict[str, Any]) -> list[str]:
-    """One status row's cells, remote text escaped."""
+def _grouped(rows: list[dict[str, Any]]) -> bool:
+    """Whether a GROUP column is shown: some row is a member of a fan-out group."""
+    return any(row.get("group") for row in rows)
+
+
+def _cells(row: dict[str, Any], grouped: bool = False) -> list[str]:
+    """One status row's cells, remote text escaped; with ``grouped``, its fan-out
+    group last (the group id's first 8 characters, shared by its members)."""
     image = row["image"] if not row["name"] else f"{row['name']} ({row['image'][:8]})"
     cells = [
         row["id"][:8],
@@ -133,6 +145,8 @@ def _cells(row: dict[str, Any]) -> list[str]:
         _age_text(row["age_seconds"]),
         _short(row["error"]) if row["state"] != State.DONE else "",
     ]
+    if grouped:
+        cells.append((row.get("group") or "")[:8])
     return [printable(cell) for cell in cells]
 
 
@@ -155,9 +169,14 @@ def show(ctx: Context, migration_id: str, as_json: bool) -> None:
     # and clouds, and must not recolour the terminal or forge a line. Values are
     # shown as JSON (null, false), never as Python's None/False.
     for key, value in details.items():
-        if key not in ("history", "artifacts", "error", "durations"):
+        if key not in ("history", "artifacts", "error", "durations", "siblings"):
             shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             click.echo(printable(f"{key:17} {shown}"))
+    if details["siblings"]:
+        click.echo("siblings (same group, same read of the source):")
+        for sibling in details["siblings"]:
+            line = f"  {sibling['id']}  {sibling['dest_site']:<16} {sibling['state']}"
+            click.echo(printable(line))
     click.echo("time in each state:")
     for state, seconds in details["durations"].items():
         click.echo(f"  {state:<11} {seconds:10.1f} s")

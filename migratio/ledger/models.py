@@ -60,9 +60,13 @@ class MigrationRow(Base):
     # The previous version of the image, as named by the submitter (else the
     # source's own ``base_image_ref`` is used).
     base_image_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The migrations of one fan-out (one image, one source, several destinations)
+    # share one read of the source; None for a migration alone.
+    group_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
     __table_args__ = (
         Index("ix_migrations_due", "state", "next_attempt_at"),
+        Index("ix_migrations_group", "group_id"),
         Index("ix_migrations_image", "image_id", "dest_site"),
         Index("ix_migrations_created_at", "created_at"),
     )

@@ -47,6 +47,7 @@ def new_migration(
     image_id: str,
     job_id: str | None,
     base_image_id: str | None = None,
+    group_id: str | None = None,
 ) -> MigrationRow:
     now = utcnow()
     return MigrationRow(
@@ -61,6 +62,7 @@ def new_migration(
         bytes_done=0,
         job_id=job_id,
         base_image_id=base_image_id,
+        group_id=group_id,
         created_at=now,
         updated_at=now,
     )

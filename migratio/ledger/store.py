@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from migratio.errors import JobConflict, LedgerError
-from migratio.ledger import artifacts, census, leases, reads, versions, writes
+from migratio.ledger import artifacts, census, groups, leases, reads, versions, writes
 from migratio.ledger import jobs as intake_jobs
 from migratio.ledger import slots as site_slots
 from migratio.ledger.boundary import reading, transaction
@@ -126,15 +126,44 @@ class Ledger:
                 base_image_id,
             )
 
-    def accept_jobs(self, jobs: Sequence[JobRequest]) -> list[JobRecorded]:
+    def create_group(
+        self,
+        source_site: str,
+        dest_sites: Sequence[str],
+        image_id: str,
+        *,
+        message: str,
+        base_image_id: str | None = None,
+    ) -> list[Migration]:
+        """One migration per destination in one transaction, grouped (fan-out:
+        the source is read once for all of them) when there are several."""
+        with self._tx() as session:
+            return groups.create(
+                session, self._notify, source_site, dest_sites, image_id, message, base_image_id
+            )
+
+    def group_members(self, group_id: str) -> list[Migration]:
+        with self._read() as session:
+            return groups.members(session, group_id)
+
+    def group_others_active(self, group_id: str, migration_id: str) -> bool:
+        """Whether another member of the group may still use the group's shared files."""
+        with self._read() as session:
+            return groups.others_active(session, group_id, migration_id)
+
+    def accept_jobs(
+        self, jobs: Sequence[JobRequest], *, coalesce_seconds: float = 0.0
+    ) -> list[JobRecorded]:
         """Record intake jobs in one transaction, each job id at most once.
 
         A job for an image and pair of sites that already has a migration under
-        way joins it instead of starting a second one. ``JobConflict``: another
+        way joins it instead of starting a second one; with ``coalesce_seconds``,
+        one for another destination joins the group of a migration of the same
+        image and source created that recently. ``JobConflict``: another
         consumer recorded one of these job ids at the same moment.
         """
         with self._tx(conflict=JobConflict) as session:
-            return intake_jobs.accept(session, self._notify, jobs)
+            return intake_jobs.accept(session, self._notify, jobs, coalesce_seconds)
 
     def get(self, migration_id: str) -> Migration:
         with self._read() as session:

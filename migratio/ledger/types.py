@@ -50,6 +50,8 @@ class Migration:
     updated_at: datetime
     finished_at: datetime | None
     base_image_id: str | None = None
+    # Fan-out: the migrations sharing one read of the source (None: alone).
+    group_id: str | None = None
     # Copies of the result beside dest_image_id (an AMI's in other regions), once done.
     dest_copies: list[str] | None = None
 
@@ -92,6 +94,7 @@ class Transition:
 class ArtifactStatus(StrEnum):
     PRESENT = "present"  # exists, or may: cleanup removes it unless it is kept
     KEPT = "kept"  # became (part of) the result
+    RELEASED = "released"  # a group's shared files: this member is done with them
     REMOVED = "removed"  # cleaned up
 
 

@@ -241,10 +241,12 @@ def test_submit_names_the_previous_version_with_base(ledger: Ledger, config: Pat
 
 
 def test_a_repeated_destination_is_refused_not_dropped(ledger: Ledger, config: Path) -> None:
+    argv = ("submit", "--image", "i", "--to", "site-b", "--to", "site-b", "--to", "site-b")
+    result = _cli(config, *argv, check=False)
+    assert _one_line(result, 2) == "migratio: usage error: --to: 'site-b' given more than once"
+    # One bad destination refuses the whole submit: nothing is half queued.
     result = _cli(config, "submit", "--image", "i", "--to", "site-b", "--to", "site-a", check=False)
-    assert _one_line(result, 2) == (
-        "migratio: usage error: --to given 2 times: one destination per migration"
-    )
+    assert _one_line(result, 2) == "migratio: usage error: source and destination are the same site"
     assert ledger.migrations() == []
 
 

@@ -20,7 +20,7 @@ from tests.support.ledgers import empty_ledger_engine
 
 def test_schema_upgrade_is_idempotent(ledger: Ledger) -> None:
     upgrade(ledger.engine)
-    assert current_revision(ledger.engine) == "0007" == SCHEMA_HEAD
+    assert current_revision(ledger.engine) == "0008" == SCHEMA_HEAD
     assert head_revision(ledger.engine) == SCHEMA_HEAD
 
 

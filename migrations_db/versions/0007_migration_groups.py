@@ -1,4 +1,4 @@
-"""The copies a migration's result has beside its image (an AMI's in other regions).
+"""A group id on migrations: the migrations of one fan-out submit share one read.
 
 Revision ID: 0007
 Revises: 0006
@@ -18,9 +18,11 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("migrations") as batch:
-        batch.add_column(sa.Column("dest_copies", sa.JSON, nullable=True))
+        batch.add_column(sa.Column("group_id", sa.String(36), nullable=True))
+    op.create_index("ix_migrations_group", "migrations", ["group_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_migrations_group", "migrations")
     with op.batch_alter_table("migrations") as batch:
-        batch.drop_column("dest_copies")
+        batch.drop_column("group_id")
