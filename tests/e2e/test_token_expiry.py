@@ -2,13 +2,14 @@
 
 Both sites' Keystones are restarted with a short ``[token] expiration`` and a
 migration is throttled (a pause at every MiB checkpoint, ``transfer.bytes``) so
-that its one source download and its one destination upload each last several
-token lifetimes. It must end ``done`` in its first attempt: keystonemiddleware
+that its one source download and its one destination upload each outlast a
+token. It must end ``done`` in its first attempt: keystonemiddleware
 checks a token when a request starts, not while its body streams, and every
 request after an expiry carries a new token (keystoneauth asks for one whenever
 the held token has less than 120 s left, ``MIN_TOKEN_LIFE_SECONDS``).
 
-The default run uses 4 s tokens (upload ~11 s); ``chaos`` runs 150 s tokens (~7 min).
+The default run uses 4 s tokens (upload ~11 s); ``chaos`` runs 150 s tokens (~7 min:
+``python3 -m pytest -m chaos -s tests/e2e/test_token_expiry.py``).
 What each run measured is printed (``pytest -s``): the expiration, how long the
 migration and its two streams lasted, the tokens issued, and the audit trail.
 """
