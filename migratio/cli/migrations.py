@@ -15,6 +15,12 @@ from migratio.errors import UsageError
 @click.option("--from", "source", help="source site id (default: the daemon's name)")
 @click.option("--to", "destinations", required=True, multiple=True, help="destination site id")
 @click.option(
+    "--base",
+    "base",
+    metavar="IMAGE_ID",
+    help="the image's previous version (a source image id); default: its base_image_ref",
+)
+@click.option(
     "--via-redis",
     is_flag=True,
     help="push a job onto the source site's Redis queue instead; prints the job id",
@@ -27,6 +33,7 @@ def submit(
     image_id: str,
     source: str | None,
     destinations: tuple[str, ...],
+    base: str | None,
     via_redis: bool,
     as_json: bool,
 ) -> None:
@@ -40,10 +47,10 @@ def submit(
     source = source or ctx.settings.daemon.name
     operations.check_sites(ctx.settings, source, destination)
     if via_redis:
-        jid = operations.submit_via_redis(ctx.settings, image_id, source, destination)
+        jid = operations.submit_via_redis(ctx.settings, image_id, source, destination, base)
         click.echo(json.dumps({"jid": jid}) if as_json else jid)
         return
-    migration = operations.submit(ctx.settings, ctx.ledger(), image_id, source, destination)
+    migration = operations.submit(ctx.settings, ctx.ledger(), image_id, source, destination, base)
     click.echo(
         json.dumps({"id": migration.id, "state": migration.state}) if as_json else migration.id
     )

@@ -44,7 +44,9 @@ def accept(session: Session, notify: Notify, jobs: Sequence[JobRequest]) -> list
         route = (job.image_id, job.source_site, job.dest_site)
         outcome = JobOutcome.ATTACHED
         if route not in running:
-            running[route] = new_migration(job.source_site, job.dest_site, job.image_id, job.job_id)
+            running[route] = new_migration(
+                job.source_site, job.dest_site, job.image_id, job.job_id, job.base_image_id
+            )
             session.add(running[route])
             outcome = JobOutcome.CREATED
         row = running[route]

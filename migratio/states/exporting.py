@@ -90,7 +90,8 @@ def stage(step: Step, image: SourceImage) -> Path:
         step.source.read(image.id) as chunks,
         partial.open("wb") as out,
     ):
-        for chunk in step.tracked(verified(chunks, image.sha512, f"source image {image.id}")):
+        paced = step.paced(chunks, step.migration.source_site)
+        for chunk in step.tracked(verified(paced, image.sha512, f"source image {image.id}")):
             out.write(chunk)
     partial.rename(final)
     return final

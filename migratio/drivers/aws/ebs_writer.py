@@ -12,6 +12,10 @@ What the snapshot was verified to hold is its manifest digest
 (``blocks.Manifest``), built from the data alone. Only a payload whose sha512
 is known beforehand (one not converted here, so downloaded whole anyway) is
 also hashed byte for byte, holes included, to check that sha512.
+
+A snapshot started from a parent (an earlier version) is sent only the blocks
+``versions.plan`` says differ from the parent's; CompleteSnapshot then counts
+and aggregates the blocks written to it, as AWS defines both.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from migratio.drivers.aws.blocks import (
 from migratio.drivers.aws.errors import translated
 from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.aws.snapshots import Snapshots
+from migratio.drivers.aws.versions import BlockMap, Kind, plan
 from migratio.drivers.base import Transfer
 from migratio.errors import IntegrityError, PermanentError, TransientError
 from migratio.polling import Backoff, poll
@@ -91,10 +96,25 @@ class Written:
     manifest_sha512: the payload's manifest digest (``blocks.Manifest``).
     payload_sha512: the sha512 of every byte of the payload, when one was known
         beforehand and checked; None otherwise (it is never computed for nothing).
+    blocks: every non-zero block of the payload, for the next version to start from.
+    kinds: how many blocks of each ``versions.Kind`` (all added without a parent).
     """
 
     manifest_sha512: str
     payload_sha512: str | None
+    blocks: BlockMap
+    kinds: dict[str, int]
+
+
+@dataclass
+class _Tally:
+    """What one pass over the payload found: the manifest, the new block map, and
+    the digests of the blocks the snapshot is written (in index order)."""
+
+    manifest: Manifest
+    blocks: dict[int, bytes] = field(default_factory=dict)
+    written: list[bytes] = field(default_factory=list)
+    kinds: dict[str, int] = field(default_factory=lambda: {kind.value: 0 for kind in Kind})
 
 
 class SnapshotWriter:
@@ -112,17 +132,19 @@ class SnapshotWriter:
         self.snapshots = snapshots
         self.workers = workers
 
-    def write(self, snapshot_id: str, path: Path, transfer: Transfer) -> Written:
-        """Send what the journal lacks, complete the snapshot; return its manifest
-        digest and, when the transfer names the payload's sha512, that sha512 as
-        read (every byte, holes as zeros), checked against it."""
+    def write(
+        self, snapshot_id: str, path: Path, transfer: Transfer, parent: BlockMap | None = None
+    ) -> Written:
+        """Send what the journal lacks (of what differs from ``parent``, the block map
+        of the snapshot this one was started from), complete the snapshot; return its
+        manifest digest and, when the transfer names the payload's sha512, that
+        sha512 as read (every byte, holes as zeros), checked against it."""
         journal = Journal.load(transfer, snapshot_id)
         size = path.stat().st_size
         payload = hashlib.sha512() if transfer.sha512 else None
-        manifest = Manifest(size)
-        digests: list[bytes] = []
+        tally = _Tally(Manifest(size))
         with path.open("rb") as handle:
-            self._send(handle.fileno(), size, payload, manifest, digests, journal, transfer)
+            self._send(handle.fileno(), size, payload, tally, parent, journal, transfer)
         if payload is not None and payload.hexdigest() != transfer.sha512:
             raise IntegrityError(
                 f"site {self.site_id}: {path.name} read as {size} bytes whose sha512 differs "
@@ -130,27 +152,38 @@ class SnapshotWriter:
             )
         transfer.progress(size)
         if not journal.completed:
-            self._complete(snapshot_id, digests)
+            self._complete(snapshot_id, tally.written)
             faults.point("aws.snapshot_completed")
             journal.completed = True
-            journal.save(transfer, blocks_total=len(digests), manifest_sha512=manifest.hexdigest())
+            journal.save(
+                transfer,
+                blocks_total=len(tally.written),
+                manifest_sha512=tally.manifest.hexdigest(),
+                blocks=tally.kinds,
+            )
         self._wait_completed(snapshot_id, transfer, size)
         log.info(
-            "site %s: snapshot %s complete: %d non-zero blocks, %d PutSnapshotBlock calls",
+            "site %s: snapshot %s complete: %d blocks written (%s), %d PutSnapshotBlock calls",
             self.site_id,
             snapshot_id,
-            len(digests),
+            len(tally.written),
+            ", ".join(f"{n} {kind}" for kind, n in tally.kinds.items() if n),
             journal.blocks_put,
         )
-        return Written(manifest.hexdigest(), payload.hexdigest() if payload else None)
+        return Written(
+            tally.manifest.hexdigest(),
+            payload.hexdigest() if payload else None,
+            BlockMap(size, tally.blocks),
+            tally.kinds,
+        )
 
     def _send(
         self,
         fd: int,
         size: int,
         payload: Hasher | None,
-        manifest: Manifest,
-        digests: list[bytes],
+        tally: _Tally,
+        parent: BlockMap | None,
         journal: Journal,
         transfer: Transfer,
     ) -> None:
@@ -158,13 +191,19 @@ class SnapshotWriter:
         saved = time.monotonic()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ebs-block") as pool:
             try:
-                for block in scan(fd, size, payload):
-                    digests.append(block.sha256)
-                    manifest.add(block.index, block.sha256)
-                    if block.index not in journal.sent:
+                for planned in plan(scan(fd, size, payload), parent):
+                    block = planned.block
+                    tally.kinds[planned.kind.value] += 1
+                    if planned.holds_data:
+                        tally.manifest.add(block.index, block.sha256)
+                        tally.blocks[block.index] = block.sha256
+                    if planned.send:
+                        tally.written.append(block.sha256)
+                    if planned.send and block.index not in journal.sent:
                         while len(inflight) >= 2 * self.workers:
                             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                             _settle(done, inflight, journal)
+                        transfer.pace(BLOCK_SIZE)
                         inflight[pool.submit(self._put, journal.snapshot_id, block)] = block.index
                     # Progress is the offset below which every block has landed.
                     done_below = min(inflight.values(), default=block.index + 1)
@@ -185,7 +224,12 @@ class SnapshotWriter:
                 if isinstance(exc, PermanentError):
                     self._explain_dead_snapshot(journal.snapshot_id)
                 raise
-        journal.save(transfer, blocks_total=len(digests), manifest_sha512=manifest.hexdigest())
+        journal.save(
+            transfer,
+            blocks_total=len(tally.written),
+            manifest_sha512=tally.manifest.hexdigest(),
+            blocks=tally.kinds,
+        )
 
     def _put(self, snapshot_id: str, block: Block) -> None:
         with translated(self.site_id, f"put block {block.index} of snapshot {snapshot_id}"):
