@@ -14,7 +14,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from datetime import timedelta
 
@@ -37,6 +37,7 @@ from migratio.ledger.store import Ledger, Migration, utcnow
 from migratio.machine import Trigger, is_terminal
 from migratio.metrics import hooks as metrics
 from migratio.retry import backoff_delay
+from migratio.running import Running
 from migratio.states import HANDLERS
 from migratio.step import Signals, Step
 from migratio.systemd import Notifier
@@ -84,8 +85,7 @@ class Supervisor:
         self.bandwidth = Bandwidth(
             lambda site: self.settings.cap(site), stop=self.signals.shutting_down
         )
-        self._running: dict[str, Future[None]] = {}
-        self._lock = threading.Lock()  # _running is read by the heartbeat thread
+        self._running = Running(self.signals)
         self._wake = Wakeup()
 
     def stop(self) -> None:
@@ -123,7 +123,12 @@ class Supervisor:
         # Cleanups can wait on slow sites: the watchdog is kept fed meanwhile.
         self.sweep(between=lambda: self.notifier.tick(self.summary))
         self.notifier.ready(self.summary())
-        heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        heartbeat = threading.Thread(
+            target=self._running.keep_leases,
+            args=(self.ledger, self.owner, lambda: self.daemon.lease_seconds),
+            name="heartbeat",
+            daemon=True,
+        )
         heartbeat.start()
         janitor = threading.Thread(target=self._janitor, name="janitor", daemon=True)
         janitor.start()
@@ -148,7 +153,7 @@ class Supervisor:
                         self.notifier.pause_limit(self.daemon.lease_seconds / 3)
                     )
                 self._wake.wait(self.notifier.pause_limit(self.daemon.poll_seconds))
-            wait(list(self._running.values()))
+            wait(self._running.workers())
             self._reap()
         self.signals.shutting_down.set()
         heartbeat.join(timeout=5)
@@ -181,24 +186,19 @@ class Supervisor:
             migration = self.ledger.claim(
                 self.owner,
                 self.daemon.lease_seconds,
-                skip=list(self._running),
+                skip=self._running.ids(),
                 slots=self.settings.slots,
             )
             if migration is None:
                 return
             future = pool.submit(self._drive, migration)
             future.add_done_callback(lambda _future: self._wake.now())
-            with self._lock:
-                self._running[migration.id] = future
+            self._running.add(migration.id, future)
 
     def _reap(self) -> None:
-        for migration_id, future in list(self._running.items()):
-            if future.done():
-                with self._lock:
-                    del self._running[migration_id]
-                    self.signals.lost.discard(migration_id)
-                if (error := future.exception()) is not None:
-                    log.error("migration %s: worker crashed: %r", migration_id, error)
+        for migration_id, worker in self._running.reap():
+            if (error := worker.exception()) is not None:
+                log.error("migration %s: worker crashed: %r", migration_id, error)
 
     def _janitor(self) -> None:
         """Retry removals that failed, each on its own backoff (kept in the ledger)."""
@@ -207,22 +207,6 @@ class Supervisor:
                 self.sweep()
             except Exception as exc:
                 log.warning("janitor: cannot sweep leftovers now: %s", _one_line(exc))
-
-    def _heartbeat(self) -> None:
-        interval = self.daemon.lease_seconds / 3
-        while not self.signals.shutting_down.wait(interval):
-            with self._lock:
-                held = list(self._running)
-            try:
-                lost = self.ledger.renew(self.owner, held, self.daemon.lease_seconds)
-            except Exception as exc:
-                log.warning("heartbeat: cannot renew leases: %s", exc)
-                continue
-            with self._lock:  # one that ended meanwhile was reaped: nothing to stop
-                lost &= set(self._running)
-                self.signals.lost |= lost
-            for migration_id in lost:
-                log.warning("migration %s: lease lost; stopping work on it", migration_id)
 
     # ---- one migration ---------------------------------------------------------
 

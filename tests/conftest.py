@@ -1,4 +1,5 @@
-"""Shared fixtures: the real test bed (Keystone + two Glances), PostgreSQL, daemon configs."""
+"""Shared fixtures: the real test bed (two clouds, a Keystone and a Glance each),
+PostgreSQL, daemon configs."""
 
 from __future__ import annotations
 

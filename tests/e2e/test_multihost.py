@@ -83,7 +83,7 @@ def _upload_sources(site_a: Connection, directory: Path, count: int) -> dict[str
 
 
 def _peer_ports(testbed: testbed_lib.Bed, postgres_url: str) -> list[int]:
-    urls = [testbed.keystone_url, *testbed.glance_urls.values()]
+    urls = [*testbed.keystone_urls.values(), *testbed.glance_urls.values()]
     ports = [urlsplit(url).port for url in urls]
     ports.append(make_url(postgres_url).port or 5432)
     assert all(ports), ports

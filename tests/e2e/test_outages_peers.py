@@ -180,7 +180,7 @@ def test_keystone_down_when_a_migration_authenticates_ends_done_once_it_is_back(
     peers_back: None,
 ) -> None:
     """A daemon started while Keystone is down holds no token: every attempt fails
-    at authentication (both sites share the Keystone) until it returns."""
+    at authentication (``keystone`` stops both sites' Keystones) until they return."""
     seconds = outages.outage_seconds()
     config = write_daemon_config(tmp_path, testbed.dir / "sites", retry=outages.outlasting(seconds))
     source_file = images.random_qcow2(tmp_path / "source.qcow2", 16)

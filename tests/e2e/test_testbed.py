@@ -1,5 +1,6 @@
-"""The test bed itself: Keystone + two Glance sites behave like two real clouds,
-and start_postgres gives a usable private PostgreSQL."""
+"""The test bed itself: two independent clouds (a Keystone and a Glance each)
+where migratio is a plain project member, and start_postgres gives a usable
+private PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 import sqlalchemy
 import testbed_lib
 import yaml  # conftest puts support/testbed on sys.path
 from openstack.config import OpenStackConfig
 from openstack.connection import Connection
+
+from tests.support import glance_peer
 
 # What migratio sets on the images it creates; Glance must accept them as-is.
 CUSTOM_PROPERTIES = {
@@ -24,9 +28,10 @@ CUSTOM_PROPERTIES = {
 }
 
 
-def connect(bed: testbed_lib.Bed, site: str) -> Connection:
+def connect(bed: testbed_lib.Bed, site: str, clouds_yaml: Path | None = None) -> Connection:
     # Only the bed's clouds.yaml: OS_* variables of the caller must not leak in.
-    config = OpenStackConfig(config_files=[str(bed.clouds_yaml)], load_envvars=False)
+    files = [str(clouds_yaml or bed.clouds_yaml)]
+    config = OpenStackConfig(config_files=files, load_envvars=False)
     return Connection(config=config.get_one(cloud=site))
 
 
@@ -52,16 +57,62 @@ def qcow2(tmp_path: Path) -> Path:
 
 
 @pytest.mark.testbed
-def test_each_site_is_its_own_region_of_one_keystone(
+def test_each_site_is_its_own_cloud_where_migratio_is_a_member(
     testbed: testbed_lib.Bed, site_a: Connection, site_b: Connection
 ) -> None:
+    assert testbed.keystone_urls["site-a"] != testbed.keystone_urls["site-b"]
+    assert testbed.keystone_url == testbed.keystone_urls["site-a"]
     for site, conn in (("site-a", site_a), ("site-b", site_b)):
         endpoint = conn.session.get_endpoint(service_type="image", region_name=site)
         assert endpoint is not None
         assert endpoint.startswith(testbed.glance_urls[site])
+        assert conn.session.get_endpoint(service_type="identity").startswith(
+            testbed.keystone_urls[site]
+        )
+        access = conn.session.auth.get_access(conn.session)
+        assert "member" in access.role_names and "admin" not in access.role_names
+        assert access.project_name == "migratio"
     assert testbed.glance_urls["site-a"] != testbed.glance_urls["site-b"]
-    assert (testbed.dir / "env").read_text().count("export ") == len(testbed.env)
-    assert testbed.clouds_yaml.stat().st_mode & 0o077 == 0
+    # Own users, own tokens: site-a's token means nothing to site-b's Glance.
+    images_b = f"{testbed.glance_urls['site-b']}/v2/images"
+    for token, status in ((site_a.session.get_token(), 401), (site_b.session.get_token(), 200)):
+        answer = requests.get(images_b, headers={"X-Auth-Token": token}, timeout=30)
+        assert answer.status_code == status
+    env = (testbed.dir / "env").read_text()
+    assert env.count("export ") == len(testbed.env)
+    for site in ("SITE_A", "SITE_B"):
+        assert f"MIGRATIO_KEYSTONE_{site}_URL=" in env and f"MIGRATIO_GLANCE_{site}_URL=" in env
+    admin_clouds = Path(testbed.env["MIGRATIO_TESTBED_ADMIN_CLOUDS"])
+    for private in (testbed.clouds_yaml, admin_clouds):
+        assert private.stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.testbed
+def test_what_glance_keeps_for_admins_is_refused_to_migratio(
+    testbed: testbed_lib.Bed, site_a: Connection, qcow2: Path
+) -> None:
+    """Public visibility is the operator's (Glance's publicize_image policy): the
+    member account gets a clear 403; the site's admin may."""
+    refused = site_a.image.post(
+        "/images",
+        json={"name": "testbed-public", "disk_format": "qcow2", "container_format": "bare",
+              "visibility": "public"},
+        raise_exc=False,
+    )  # fmt: skip
+    assert refused.status_code == 403, refused.text
+    assert "publicize_image" in refused.text
+    image_id = glance_peer.upload(site_a, qcow2, name="testbed-member-image")
+    operator = connect(testbed, "site-a", Path(testbed.env["MIGRATIO_TESTBED_ADMIN_CLOUDS"]))
+    try:
+        response = operator.image.patch(
+            f"/images/{image_id}",
+            json=[{"op": "replace", "path": "/visibility", "value": "public"}],
+            headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
+        )
+        assert response.status_code == 200 and response.json()["visibility"] == "public"
+    finally:
+        operator.image.delete(f"/images/{image_id}")
+        operator.close()
 
 
 @pytest.mark.testbed

@@ -108,9 +108,13 @@ class Scan:
 def bed_secrets(bed_dir: Path) -> dict[str, bytes]:
     """Every secret the test bed in ``bed_dir`` made, by name."""
     found: dict[str, str] = {}
-    clouds = yaml.safe_load((bed_dir / "clouds.yaml").read_text(encoding="utf-8"))
-    for cloud, entry in clouds.get("clouds", {}).items():
-        found[f"clouds.yaml {cloud} password"] = str(entry["auth"]["password"])
+    # migratio's member accounts, and each cloud operator's admin.
+    for name in ("clouds.yaml", "admin-clouds.yaml"):
+        if not (bed_dir / name).exists():
+            continue
+        clouds = yaml.safe_load((bed_dir / name).read_text(encoding="utf-8"))
+        for cloud, entry in clouds.get("clouds", {}).items():
+            found[f"{name} {cloud} password"] = str(entry["auth"]["password"])
     for glance_conf in sorted(bed_dir.glob("glance-*/glance-api.conf")):
         parser = configparser.RawConfigParser(strict=False)
         parser.read(glance_conf)
@@ -129,8 +133,9 @@ def bed_secrets(bed_dir: Path) -> dict[str, bytes]:
     for key_file in sorted((bed_dir / "sshd").glob("*_key")):
         found.update(private_key_lines(key_file))
     # Keystone's own keys: whoever holds one can mint tokens or read credentials.
-    for key_file in sorted(bed_dir.glob("keystone/*-keys/*")):
-        found[f"keystone {key_file.parent.name}/{key_file.name}"] = key_file.read_text().strip()
+    for key_file in sorted(bed_dir.glob("keystone-*/*-keys/*")):
+        repository = f"{key_file.parent.parent.name} {key_file.parent.name}"
+        found[f"{repository}/{key_file.name}"] = key_file.read_text().strip()
     return {
         name: value.encode() for name, value in found.items() if len(value) >= MIN_SECRET_LENGTH
     }

@@ -106,11 +106,11 @@ def test_the_intake_waits_out_an_unreachable_ledger(
     accept = ledger.accept_jobs
     calls: list[int] = []
 
-    def down_once(jobs: list[JobRequest]) -> list[JobRecorded]:
+    def down_once(jobs: list[JobRequest], **options: float) -> list[JobRecorded]:
         calls.append(len(jobs))
         if len(calls) == 1:
             raise LedgerUnavailable("ledger unavailable: down for a moment", "down for a moment")
-        return accept(jobs)
+        return accept(jobs, **options)
 
     monkeypatch.setattr(ledger, "accept_jobs", down_once)
     recorded, refused = _consumer(settings, ledger)._record([_job("job-1")])

@@ -21,7 +21,7 @@ import requests
 from migratio.config import OpenStackSite
 from migratio.drivers.openstack.errors import error_for_response, message, translated
 from migratio.drivers.openstack.mapping import IMAGE_ID
-from migratio.errors import NotFound, PermanentError
+from migratio.errors import NotFound, PermanentError, TransientError
 from migratio.live_sockets import LiveSockets, track_pools
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ class GlanceApi:
             )
         if response.status_code >= 400:
             try:
+                if response.status_code == 401 and kwargs.get("allow_reauth") is False:
+                    raise self._token_refused(action)
                 raise error_for_response(response, self.site_id, action)
             finally:
                 response.close()
@@ -154,6 +156,22 @@ class GlanceApi:
         """Cut every open connection (any thread; never blocks)."""
         cut = self.sockets.cut()
         log.debug("site %s: cut %d connections", self.site_id, cut)
+
+    def _token_refused(self, action: str) -> TransientError:
+        """A 401 to a request sent without re-authentication (an upload): the token,
+        not the credentials, was refused.
+
+        keystoneauth renews a token that has less than 120 s left before a request
+        starts, so this is rare: a token revoked at Keystone, or expired there by a
+        clock ahead of this host's. The token is dropped; the next attempt gets a
+        new one. (Wrong credentials fail earlier, at Keystone, as permanent.)
+        """
+        with self._lock:
+            connection = self._connection
+        if connection is not None:
+            connection.session.invalidate()
+        problem = "Glance refused the token (HTTP 401: revoked or expired); a new one is fetched"
+        return TransientError(self.message(action, problem))
 
     @property
     def _timeouts(self) -> tuple[float, float]:

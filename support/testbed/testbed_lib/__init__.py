@@ -1,16 +1,17 @@
 """A real OpenStack test bed on loopback for migratio's tests and developers.
 
-One Keystone and two Glance sites (``site-a``, ``site-b``) from Debian's
-packages, plus an optional private PostgreSQL, all on dynamic 127.0.0.1 ports
-with every byte of state inside one directory. ``support/testbed/testbed`` is
-the command-line shell over these functions.
+Two independent clouds (``site-a``, ``site-b``), each a Keystone and a Glance
+from Debian's packages, where migratio's accounts are plain project members;
+Redis, moto and sshd beside them, plus an optional private PostgreSQL, all on
+dynamic 127.0.0.1 ports with every byte of state inside one directory.
+``support/testbed/testbed`` is the command-line shell over these functions.
 """
 
 from .bed import Bed, down, load, status, up
 from .errors import TestbedError
 from .packages import TESTBED_PACKAGES, ensure_packages
 from .postgres import start_postgres, stop_postgres
-from .services import start_service, stop_service
+from .services import set_token_expiration, start_service, stop_service
 
 __all__ = [
     "TESTBED_PACKAGES",
@@ -19,6 +20,7 @@ __all__ = [
     "down",
     "ensure_packages",
     "load",
+    "set_token_expiration",
     "start_postgres",
     "start_service",
     "status",

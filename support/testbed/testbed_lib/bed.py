@@ -1,8 +1,8 @@
-"""The whole bed: one Keystone, two Glance sites, and the files clients read."""
+"""The whole bed: two clouds (each a Keystone and a Glance), Redis, moto, sshd,
+and the files clients read."""
 
 import fcntl
 import json
-import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,8 +26,11 @@ class Bed:
     """A running bed, as clients see it.
 
     ``env`` holds the same variables as DIR/env. No passwords here: they live
-    only in DIR/clouds.yaml and the services' config files (all mode 0600).
-    ``reused`` is true when ``up`` found the bed already running.
+    only in DIR/clouds.yaml (migratio's member accounts), DIR/admin-clouds.yaml
+    (each cloud operator's admin) and the services' config files (all mode 0600).
+    ``keystone_url`` is site-a's Keystone (as before the sites had one each);
+    ``keystone_urls`` has every site's. ``reused`` is true when ``up`` found the
+    bed already running.
     """
 
     dir: Path
@@ -41,6 +44,7 @@ class Bed:
     sites_dir: Path
     redis_url: str = ""
     moto_url: str = ""
+    keystone_urls: dict[str, str] = field(default_factory=dict)
     reused: bool = field(default=False, compare=False)
 
 
@@ -77,9 +81,10 @@ def down(directory: Path) -> None:
 
 
 def status(directory: Path) -> dict[str, bool]:
-    """Each recorded server's name (Keystone first) and whether it is running."""
+    """Each recorded server's name (Keystones first) and whether it is running."""
     servers = sorted(
-        pidfile.load(directory.resolve()), key=lambda s: (s.name != "keystone", s.name)
+        pidfile.load(directory.resolve()),
+        key=lambda s: (not s.name.startswith("keystone"), s.name),
     )
     return {s.name: processes.is_running(s) for s in servers}
 
@@ -102,44 +107,55 @@ def load(directory: Path) -> Bed | None:
         sites_dir=Path(record["sites_dir"]),
         redis_url=record.get("redis_url", ""),
         moto_url=record.get("moto_url", ""),
+        keystone_urls=dict(record.get("keystone_urls", {})),
     )
 
 
 def _build(directory: Path, timeout: float) -> Bed:
     (directory / BED_FILE).unlink(missing_ok=True)
     logs = directory / "logs"
-    stale_dirs = ("keystone", "sshd", *(f"glance-{s}" for s in SITES))
+    # "keystone": the one Keystone of beds made before each site had its own.
+    kinds = ("keystone", "glance")
+    stale_dirs = ("sshd", "keystone", *(f"{kind}-{s}" for s in SITES for kind in kinds))
     for stale in (logs, *(directory / name for name in stale_dirs)):
         shutil.rmtree(stale, ignore_errors=True)
     logs.mkdir()
     mark = str(directory)
-    admin_password = secrets.token_urlsafe(24)
-    glance_password = secrets.token_urlsafe(24)
+    passwords = {site: keystone.Passwords.new() for site in SITES}
 
-    keystone_port, redis_port, ssh_port, moto_port, *glance_ports = free_ports(4 + len(SITES))
+    redis_port, ssh_port, moto_port, *site_ports = free_ports(3 + 2 * len(SITES))
     moto = moto_server.MotoLayout(directory / "moto", logs, moto_port)
     ssh = sshd.SshdLayout(directory / "sshd", logs, ssh_port)
     redis = redis_server.RedisLayout(directory / "redis", logs, redis_port)
-    ks = keystone.KeystoneLayout(directory / "keystone", logs, keystone_port)
+    identities = [
+        keystone.KeystoneLayout(site, directory / f"keystone-{site}", logs, port)
+        for site, port in zip(SITES, site_ports[: len(SITES)], strict=True)
+    ]
     sites = [
         glance.GlanceLayout(site, directory / f"glance-{site}", logs, port)
-        for site, port in zip(SITES, glance_ports, strict=True)
+        for site, port in zip(SITES, site_ports[len(SITES) :], strict=True)
     ]
+    keystone_urls = {ks.site: ks.url for ks in identities}
     glance_urls = {g.site: g.url for g in sites}
 
-    def start_keystone() -> None:
+    def start_keystone(ks: keystone.KeystoneLayout) -> None:
         keystone.configure(ks)
-        # uwsgi loads Keystone (~2-4 s) while its database is created and
-        # bootstrapped: loading touches no table, and nothing asks it anything
-        # before wait_http below.
+        if keystone.restore(ks, passwords[ks.site], glance_urls[ks.site]):
+            server = keystone.start(ks, mark)
+            pidfile.record(directory, server)
+            processes.wait_http(server, ks.url, timeout)
+            return
+        # The first bed of a Keystone version: uwsgi loads Keystone (~2-4 s)
+        # while its database is created and bootstrapped (loading touches no
+        # table, and nothing asks it anything before wait_http below).
         server = keystone.start(ks, mark)
         pidfile.record(directory, server)
-        keystone.setup(ks, admin_password, region=SITES[0])
+        keystone.setup(ks, passwords[ks.site].admin)
         processes.wait_http(server, ks.url, timeout)
-        keystone.provision(ks, admin_password, SITES[0], glance_urls, glance_password)
+        keystone.provision(ks, passwords[ks.site], glance_urls[ks.site])
 
     def start_glance(site: glance.GlanceLayout) -> None:
-        glance.configure(site, ks.url, glance_password)
+        glance.configure(site, keystone_urls[site.site], passwords[site.site].glance)
         glance.setup(site)
         server = glance.start(site, mark)
         pidfile.record(directory, server)
@@ -155,11 +171,11 @@ def _build(directory: Path, timeout: float) -> Bed:
     def start_moto() -> None:
         pidfile.record(directory, moto_server.start_moto(moto, mark))
 
-    # Keystone (bootstrap, then provisioning) is the long pole; the Glance
-    # sites, Redis and sshd start meanwhile.
+    # The Keystones (bootstrap, then provisioning) are the long pole; they start
+    # side by side, and the Glance sites, Redis and sshd meanwhile.
     _run_parallel(
         [
-            start_keystone,
+            *(partial(start_keystone, ks) for ks in identities),
             start_redis,
             start_sshd,
             start_moto,
@@ -167,16 +183,27 @@ def _build(directory: Path, timeout: float) -> Bed:
         ]
     )
 
-    token = keystone.issue_token(ks, admin_password)
-    _run_parallel([partial(glance.check_token, site, token) for site in sites])
+    def check_site(ks: keystone.KeystoneLayout, site: glance.GlanceLayout) -> None:
+        glance.check_token(site, keystone.issue_token(ks, passwords[ks.site].migratio))
+
+    _run_parallel([partial(check_site, ks, g) for ks, g in zip(identities, sites, strict=True)])
 
     written = clients.write_client_files(
         directory,
-        keystone_url=ks.url,
+        keystone_urls=keystone_urls,
         glance_urls=glance_urls,
-        admin_user=keystone.ADMIN_USER,
-        admin_project=keystone.ADMIN_PROJECT,
-        admin_password=admin_password,
+        accounts={
+            site: clients.Account(
+                keystone.MIGRATIO_USER, keystone.MIGRATIO_PROJECT, passwords[site].migratio
+            )
+            for site in SITES
+        },
+        admin_accounts={
+            site: clients.Account(
+                keystone.ADMIN_USER, keystone.ADMIN_PROJECT, passwords[site].admin
+            )
+            for site in SITES
+        },
         redis_url=redis.url,
         extra_env=moto_server.write_aws_files(directory, directory / "sites", moto.url),
     )
@@ -186,13 +213,14 @@ def _build(directory: Path, timeout: float) -> Bed:
         env=written.env,
         config_path=written.config_path,
         clouds_yaml=written.clouds_yaml,
-        keystone_url=ks.url,
+        keystone_url=keystone_urls[SITES[0]],
         glance_urls=glance_urls,
         logs_dir=logs,
         work_dir=written.work_dir,
         sites_dir=written.sites_dir,
         redis_url=redis.url,
         moto_url=moto.url,
+        keystone_urls=keystone_urls,
     )
     _save(result)
     return result
@@ -232,6 +260,7 @@ def _save(bed: Bed) -> None:
         "sites_dir": str(bed.sites_dir),
         "redis_url": bed.redis_url,
         "moto_url": bed.moto_url,
+        "keystone_urls": bed.keystone_urls,
     }
     (bed.dir / BED_FILE).write_text(json.dumps(record, indent=2) + "\n")
 

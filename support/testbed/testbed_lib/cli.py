@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="testbed",
-        description="Real Keystone + two Glance sites on loopback, state in DIR.",
+        description="Two real clouds (a Keystone and a Glance each) on loopback, state in DIR.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
@@ -35,7 +35,7 @@ def _main(argv: Sequence[str] | None) -> int:
     ):
         commands.add_parser(name, help=text).add_argument("dir", type=Path, metavar="DIR")
     for name, text in (
-        ("stop", "stop one service of DIR's bed (state kept): keystone, glance-site-a, ..."),
+        ("stop", "stop one service of DIR's bed (state kept): keystone-site-a, glance-site-a, ..."),
         ("start", "start a stopped service of DIR's bed again (returns when ready)"),
     ):
         command = commands.add_parser(name, help=text)
@@ -52,8 +52,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 print(f"testbed already running in {bed.dir}")
             else:
                 print(f"testbed up in {elapsed:.1f} s: {bed.dir}")
-            print(f"  keystone  {bed.keystone_url}")
             for site, url in bed.glance_urls.items():
+                print(f"  keystone  {bed.keystone_urls.get(site, bed.keystone_url)}  ({site})")
                 print(f"  glance    {url}  ({site})")
             if bed.moto_url:
                 print(f"  moto      {bed.moto_url}  (aws-a)")
@@ -81,8 +81,9 @@ def _print_status(directory: Path) -> int:
         print(f"no testbed running in {directory.resolve()}")
         return 3
     bed = load(directory)
-    urls = {"keystone": bed.keystone_url} if bed else {}
+    urls: dict[str, str] = {}
     if bed:
+        urls |= {f"keystone-{site}": url for site, url in bed.keystone_urls.items()}
         urls |= {f"glance-{site}": url for site, url in bed.glance_urls.items()}
         urls["moto"] = bed.moto_url
     for name, running in servers.items():

@@ -1,4 +1,9 @@
-"""The files a client of the bed reads: clouds.yaml, migratio.yml, sites/, env."""
+"""The files a client of the bed reads: clouds.yaml, migratio.yml, sites/, env.
+
+clouds.yaml holds migratio's accounts (plain project members); the operators'
+admin accounts are in admin-clouds.yaml, which nothing of migratio's reads:
+tests that act as a cloud's operator open it themselves.
+"""
 
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -6,12 +11,23 @@ from pathlib import Path
 
 from . import files
 
+ADMIN_CLOUDS = "admin-clouds.yaml"
+
 # Written into migratio.yml as the daemon's own settings for tests.
 DAEMON_SETTINGS = {
     "concurrency": 2,
     "lease_seconds": 15,
     "namespace": "atmosphere",
 }
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user and the project its tokens are scoped to, in the Default domain."""
+
+    user: str
+    project: str
+    password: str
 
 
 @dataclass(frozen=True)
@@ -28,34 +44,22 @@ class ClientFiles:
 def write_client_files(
     directory: Path,
     *,
-    keystone_url: str,
+    keystone_urls: Mapping[str, str],
     glance_urls: Mapping[str, str],
-    admin_user: str,
-    admin_project: str,
-    admin_password: str,
+    accounts: Mapping[str, Account],
+    admin_accounts: Mapping[str, Account],
     redis_url: str,
     extra_env: Mapping[str, str] | None = None,
 ) -> ClientFiles:
     """Write every client-facing file for a bed whose services are up."""
     clouds_yaml = directory / "clouds.yaml"
-    clouds = {
-        site: {
-            "auth": {
-                "auth_url": keystone_url,
-                "username": admin_user,
-                "password": admin_password,
-                "project_name": admin_project,
-                "user_domain_name": "Default",
-                "project_domain_name": "Default",
-            },
-            "auth_type": "password",
-            "region_name": site,
-            "identity_api_version": 3,
-            "interface": "public",
-        }
-        for site in glance_urls
-    }
+    clouds = {site: _cloud(keystone_urls[site], site, accounts[site]) for site in glance_urls}
     files.write_yaml(clouds_yaml, {"clouds": clouds}, private=True)
+    admin_clouds_yaml = directory / ADMIN_CLOUDS
+    admin_clouds = {
+        site: _cloud(keystone_urls[site], site, admin_accounts[site]) for site in glance_urls
+    }
+    files.write_yaml(admin_clouds_yaml, {"clouds": admin_clouds}, private=True)
 
     work_dir = directory / "work"
     work_dir.mkdir(exist_ok=True)
@@ -86,12 +90,16 @@ def write_client_files(
         "MIGRATIO_CONFIG": str(config_path),
         "OS_CLIENT_CONFIG_FILE": str(clouds_yaml),
         "MIGRATIO_TESTBED_DIR": str(directory),
-        "MIGRATIO_KEYSTONE_URL": keystone_url,
+        # site-a's, as when one Keystone served both sites; each site's below.
+        "MIGRATIO_KEYSTONE_URL": keystone_urls[first_site],
         "MIGRATIO_REDIS_URL": redis_url,
+        "MIGRATIO_TESTBED_ADMIN_CLOUDS": str(admin_clouds_yaml),
         **(extra_env or {}),
     }
     for site, url in glance_urls.items():
-        env[f"MIGRATIO_GLANCE_{site.upper().replace('-', '_')}_URL"] = url
+        env[f"MIGRATIO_GLANCE_{_variable(site)}_URL"] = url
+    for site, url in keystone_urls.items():
+        env[f"MIGRATIO_KEYSTONE_{_variable(site)}_URL"] = url
     files.write_env(directory / "env", env)
     return ClientFiles(
         env=env,
@@ -100,3 +108,25 @@ def write_client_files(
         work_dir=work_dir,
         sites_dir=sites_dir,
     )
+
+
+def _cloud(keystone_url: str, region: str, account: Account) -> dict[str, object]:
+    """A clouds.yaml entry: password auth, scoped to the account's project."""
+    return {
+        "auth": {
+            "auth_url": keystone_url,
+            "username": account.user,
+            "password": account.password,
+            "project_name": account.project,
+            "user_domain_name": "Default",
+            "project_domain_name": "Default",
+        },
+        "auth_type": "password",
+        "region_name": region,
+        "identity_api_version": 3,
+        "interface": "public",
+    }
+
+
+def _variable(site: str) -> str:
+    return site.upper().replace("-", "_")

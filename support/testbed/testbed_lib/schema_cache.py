@@ -34,7 +34,7 @@ def migrated_database(package: str, target: Path, migrate: Callable[[], None]) -
     ``migrate`` creates it at ``target`` when there is no cached copy for the
     installed version of ``package`` yet.
     """
-    cached = cache_dir() / f"{package}-{_installed_version(package)}.sqlite"
+    cached = cache_dir() / f"{package}-{installed_version(package)}.sqlite"
     with _lock_for(str(cached)):
         if cached.is_file():
             shutil.copyfile(cached, target)
@@ -50,7 +50,8 @@ def migrated_database(package: str, target: Path, migrate: Callable[[], None]) -
             pass  # no cache, just slower next time
 
 
-def _installed_version(package: str) -> str:
+def installed_version(package: str) -> str:
+    """The Debian version of ``package``, usable in a file name."""
     result = subprocess.run(
         ["dpkg-query", "--show", "--showformat", "${Version}", package],
         capture_output=True,

@@ -2,12 +2,14 @@
 
 Fault-injection tests stop a peer mid-run (a Glance restarting, Redis away) and
 start it again on the same port with the same state, as an operator's restart
-would. The names are those of ``testbed status``: keystone, glance-site-a,
-glance-site-b, redis, moto, sshd.
+would. The names are those of ``testbed status``: keystone-site-a,
+keystone-site-b, glance-site-a, glance-site-b, redis, moto, sshd; ``keystone``
+names both Keystones at once (the name from when the sites shared one).
 """
 
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,30 +25,56 @@ def stop_service(directory: Path, name: str) -> None:
     The processes it started go too, also those that left its process group (sshd's
     sessions): a peer that goes away takes its open connections with it.
     """
-    server = _recorded(directory.resolve(), name)
-    started = processes.descendants(server.pid) if processes.is_running(server) else []
-    processes.stop([server])
-    processes.end(started)
+    for server in _recorded(directory.resolve(), name):
+        started = processes.descendants(server.pid) if processes.is_running(server) else []
+        processes.stop([server])
+        processes.end(started)
 
 
-def start_service(directory: Path, name: str, timeout: float = READY_TIMEOUT) -> Server:
-    """Start a stopped server again where it was; return once it answers."""
+def start_service(directory: Path, name: str, timeout: float = READY_TIMEOUT) -> list[Server]:
+    """Start a stopped server again where it was; return once it answers.
+
+    ``keystone`` starts both sites' Keystones, side by side.
+    """
     directory = directory.resolve()
-    old = _recorded(directory, name)
-    if processes.is_running(old):
-        return old
     bed = load(directory)
     if bed is None:
         raise TestbedError(f"no testbed recorded in {directory}")
-    server = _starter(bed, name)(old.mark)
-    pidfile.record(directory, server)
-    return server
+
+    def start(old: Server) -> Server:
+        if processes.is_running(old):
+            return old
+        server = _starter(bed, old.name)(old.mark)
+        pidfile.record(directory, server)
+        return server
+
+    recorded = _recorded(directory, name)
+    with ThreadPoolExecutor(max_workers=len(recorded)) as pool:
+        return list(pool.map(start, recorded))
+
+
+def set_token_expiration(directory: Path, site: str, seconds: int) -> int:
+    """Give ``site``'s Keystone a new ``[token] expiration`` and restart it; return the old one.
+
+    Tokens already issued keep their own expiry (the keys stay). For tests of
+    what a migration does when its tokens expire under it.
+    """
+    directory = directory.resolve()
+    bed = load(directory)
+    if bed is None:
+        raise TestbedError(f"no testbed recorded in {directory}")
+    layout = _keystone_layout(bed, site)
+    old = keystone.token_expiration(layout)
+    stop_service(directory, layout.name)
+    keystone.write_config(layout, seconds)
+    start_service(directory, layout.name)
+    return old
 
 
 def _starter(bed: Bed, name: str) -> Callable[[str], Server]:
     logs = bed.logs_dir
-    if name == "keystone":
-        layout = keystone.KeystoneLayout(bed.dir / "keystone", logs, _port(bed.keystone_url))
+    if name.startswith("keystone-"):
+        layout = _keystone_layout(bed, name[len("keystone-") :])
 
         def start_keystone(mark: str) -> Server:
             server = keystone.start(layout, mark)
@@ -78,12 +106,22 @@ def _starter(bed: Bed, name: str) -> Callable[[str], Server]:
     raise TestbedError(f"unknown service {name!r}")
 
 
-def _recorded(directory: Path, name: str) -> Server:
+def _recorded(directory: Path, name: str) -> list[Server]:
     servers = {server.name: server for server in pidfile.load(directory)}
+    if name == "keystone":
+        return [s for known, s in sorted(servers.items()) if known.startswith("keystone-")]
     if name not in servers:
         known = ", ".join(sorted(servers)) or "none"
         raise TestbedError(f"no service {name!r} in {directory} (known: {known})")
-    return servers[name]
+    return [servers[name]]
+
+
+def _keystone_layout(bed: Bed, site: str) -> keystone.KeystoneLayout:
+    if site not in bed.keystone_urls:
+        raise TestbedError(f"no Keystone for site {site!r} (sites: {', '.join(bed.keystone_urls)})")
+    return keystone.KeystoneLayout(
+        site, bed.dir / f"keystone-{site}", bed.logs_dir, _port(bed.keystone_urls[site])
+    )
 
 
 def _port(url: str) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import testbed_lib
 import yaml
 
@@ -872,6 +873,38 @@ def test_an_exception_from_the_chunks_propagates_unchanged(
     assert left is not None and left.status != "active"
     site_b.remove(record.id)
     assert site_b.get_record(record.id) is None
+
+
+def test_a_token_refused_mid_upload_is_transient_and_the_next_attempt_gets_a_new_one(
+    testbed: Any, images: Images, tmp_path: Path
+) -> None:
+    """An upload goes without keystoneauth's re-authentication on 401 (a half-read
+    stream cannot be resent). A token Glance refuses anyway (here: revoked at
+    Keystone after keystoneauth fetched it) costs one transient attempt, not the
+    migration, and the next attempt carries a new token."""
+    connection = glance_peer.connect("site-b")
+    driver = OpenStackSiteDriver("site-b", _settings("site-b"), connection)
+    try:
+        record = images.record(driver, disk_format="qcow2")
+        # A token Glance has not validated (and cached) yet, revoked by its user.
+        connection.session.invalidate()
+        token = connection.session.get_token()
+        revoked = requests.delete(
+            f"{testbed.keystone_urls['site-b']}/auth/tokens",
+            headers={"X-Auth-Token": token, "X-Subject-Token": token},
+            timeout=30,
+        )
+        assert revoked.status_code == 204
+        data = _qcow2(tmp_path)
+        with pytest.raises(TransientError, match="refused the token"):
+            driver.receive(record.id, Payload(_chunks(data, MiB)))
+        assert connection.session.get_token() != token
+
+        driver.receive(record.id, Payload(_chunks(data, MiB)))
+        received = driver.get_record(record.id)
+        assert received is not None and received.sha512 == hashlib.sha512(data).hexdigest()
+    finally:
+        driver.close()
 
 
 # -- registry ------------------------------------------------------------------------------
