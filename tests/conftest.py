@@ -53,6 +53,16 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testbed_lib.Be
     assert not scan.hits, secrets_grep.summary(scan)
 
 
+@pytest.fixture(scope="module")
+def moto_url(testbed: testbed_lib.Bed) -> Iterator[str]:
+    """The bed's moto server; what a test module made in it is removed after the module."""
+    from tests.support import aws_peer  # boto3: only where AWS is tested
+
+    url = str(testbed.env["MIGRATIO_MOTO_URL"])
+    yield url
+    aws_peer.reset(url)
+
+
 def grep_for_secrets(bed: testbed_lib.Bed, basetemp: Path) -> secrets_grep.Scan:
     """Every secret of the bed and the tests, looked for in everything the run's
     daemons wrote; a token the session itself holds is one of them."""

@@ -35,13 +35,6 @@ MIB = aws_peer.MIB
 SIZE = 64 * MIB
 
 
-@pytest.fixture(scope="module")
-def moto_url(testbed: Any) -> Iterator[str]:
-    url = str(testbed.env["MIGRATIO_MOTO_URL"])
-    yield url
-    aws_peer.reset(url)
-
-
 @pytest.fixture
 def front(moto_url: str) -> Iterator[MotoFront]:
     running = MotoFront(moto_url).start()

@@ -32,13 +32,6 @@ GIB = aws_peer.GIB
 
 
 @pytest.fixture(scope="module")
-def moto_url(testbed: Any) -> Iterator[str]:
-    url = str(testbed.env["MIGRATIO_MOTO_URL"])
-    yield url
-    aws_peer.reset(url)
-
-
-@pytest.fixture(scope="module")
 def ec2(moto_url: str) -> Any:
     return aws_peer.client("ec2", moto_url)
 

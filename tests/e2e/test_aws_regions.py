@@ -32,13 +32,6 @@ MIGRATION_TAG = "migratio_migration_id"
 
 
 @pytest.fixture(scope="module")
-def moto_url(testbed: Any) -> Iterator[str]:
-    url = str(testbed.env["MIGRATIO_MOTO_URL"])
-    yield url
-    aws_peer.reset(url)
-
-
-@pytest.fixture(scope="module")
 def ec2_in(moto_url: str) -> dict[str, Any]:
     return aws_peer.clients("ec2", moto_url, (aws_peer.REGION, *REGIONS))
 

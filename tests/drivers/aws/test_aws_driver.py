@@ -40,7 +40,6 @@ from migratio.errors import (
     TransientError,
 )
 from tests.drivers.aws.manifest_spec import manifest_of_raw
-from tests.support import aws_peer
 from tests.support.aws_transfer import FileTransfer
 from tests.support.moto_front import MotoFront
 
@@ -171,13 +170,6 @@ def test_errors_are_typed(error: Exception, kind: type[Exception]) -> None:
 
 
 # -- the driver against moto -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_url(testbed: Any) -> Iterator[str]:
-    url = str(testbed.env["MIGRATIO_MOTO_URL"])
-    yield url
-    aws_peer.reset(url)
 
 
 @pytest.fixture(scope="module")

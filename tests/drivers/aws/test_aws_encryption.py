@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,13 +23,6 @@ from tests.support.vm_import_emulation import VmImportEmulation
 pytestmark = pytest.mark.testbed
 
 KEY = "arn:aws:kms:eu-west-1:123456789012:key/0c3f6b1e-4a7d-4e0b-9a31-6d2f5a8c9e10"
-
-
-@pytest.fixture(scope="module")
-def moto_url(testbed: Any) -> Iterator[str]:
-    url = str(testbed.env["MIGRATIO_MOTO_URL"])
-    yield url
-    aws_peer.reset(url)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -34,13 +33,6 @@ pytestmark = pytest.mark.testbed
 
 MIB = aws_peer.MIB
 SIZE = 16 * MIB
-
-
-@pytest.fixture(scope="module")
-def moto_url(testbed: Any) -> Iterator[str]:
-    url = str(testbed.env["MIGRATIO_MOTO_URL"])
-    yield url
-    aws_peer.reset(url)
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,6 @@ UNIT = "arn:aws:organizations::123456789012:ou/o-a1b2c3d4e5/ou-ab12-cd34ef56"
 REGIONS = ("eu-central-1", "us-east-1")
 
 
-@pytest.fixture(scope="module")
-def moto_url(testbed: Any) -> Iterator[str]:
-    url = str(testbed.env["MIGRATIO_MOTO_URL"])
-    yield url
-    aws_peer.reset(url)
-
-
 @pytest.fixture
 def front(moto_url: str) -> Iterator[MotoFront]:
     running = MotoFront(moto_url).start()
