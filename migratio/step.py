@@ -16,6 +16,7 @@ from typing import Any
 
 from migratio import faults, qemu, stall
 from migratio.admission import WorkDirSpace, planned_files
+from migratio.disk_map import DiskMap
 from migratio.drivers.base import DestinationSite, ImageStatus, SourceImage, SourceSite
 from migratio.errors import CancelRequested, LeaseLost, ShuttingDown
 from migratio.feedback.progress import ProgressPacer
@@ -107,10 +108,28 @@ class Step:
         return self.path(f"source.{self.source_image.disk_format}")
 
     @property
+    def converted_file(self) -> Path:
+        return self.path(f"converted.{self.target_format}")
+
+    @property
+    def disk_map_file(self) -> Path:
+        return self.path("disk.map")
+
+    @property
+    def disk_map(self) -> DiskMap | None:
+        """The staged image's disk map, once converting chose to let the
+        destination read the raw payload in place instead of converting."""
+        if not (self.needs_conversion and self.destination.reads_disk_map):
+            return None
+        saved = self.disk_map_file
+        return DiskMap(saved) if saved.exists() else None
+
+    @property
     def payload_file(self) -> Path:
-        """The file the destination receives from, when the payload is staged."""
-        if self.needs_conversion:
-            return self.path(f"converted.{self.target_format}")
+        """The file the destination receives from, when the payload is staged
+        (the staged image itself when it is read through its disk map)."""
+        if self.needs_conversion and self.disk_map is None:
+            return self.converted_file
         return self.staged_source
 
     def reserve_space(self) -> None:
@@ -118,7 +137,7 @@ class Step:
         will still take, or wait (``WaitingForSpace``) until it fits."""
         if self.space is None or not self.stages_payload:
             return
-        converted = self.payload_file if self.needs_conversion else None
+        converted = self.converted_file if self.needs_conversion else None
         data = None
         if converted is not None and self.staged_source.exists():
             # Staged (and checked safe) already: what the conversion writes is known.

@@ -26,6 +26,7 @@ class Payload:
         self.sha512 = sha512
         self.size = size
         self.path = path
+        self.disk_map = None
         self.state: dict[str, Any] = {}
         self.artifacts: list[tuple[str, str]] = []
         self.progress_calls = 0

@@ -85,6 +85,10 @@ class AwsSiteDriver:
     def wants_file(self) -> bool:
         return True
 
+    @property
+    def reads_disk_map(self) -> bool:
+        return self.method.reads_disk_map
+
     def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
         """An available AMI tagged with this source's uuid, site and sha512."""
         return self.amis.copy_of(provenance)

@@ -1,5 +1,8 @@
 """Writing a sparse raw disk into a pending EBS snapshot, block by block, resumably.
 
+The disk is a sparse raw file, or the staged image itself read through its
+disk map (``transfer.disk_map``): the same blocks either way.
+
 Only non-zero 512 KiB blocks are sent, ``workers`` at a time, each with its
 SHA256. Which blocks have landed is journalled through the transfer (at most
 once a second, and whenever the writer stops), so a resumed run sends only the
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +33,10 @@ from migratio.drivers.aws.blocks import (
     BLOCK_SIZE,
     Block,
     BlockSet,
-    Hasher,
     Manifest,
     linear_checksum,
     scan,
+    scan_mapped,
 )
 from migratio.drivers.aws.errors import translated
 from migratio.drivers.aws.session import AwsClients
@@ -117,12 +121,16 @@ class SnapshotWriter:
         digest and, when the transfer names the payload's sha512, that sha512 as
         read (every byte, holes as zeros), checked against it."""
         journal = Journal.load(transfer, snapshot_id)
-        size = path.stat().st_size
-        payload = hashlib.sha512() if transfer.sha512 else None
+        mapped = transfer.disk_map
+        size = path.stat().st_size if mapped is None else mapped.size
+        # A mapped payload's sha512 is never known (it was never written out whole).
+        payload = hashlib.sha512() if transfer.sha512 and mapped is None else None
         manifest = Manifest(size)
         digests: list[bytes] = []
         with path.open("rb") as handle:
-            self._send(handle.fileno(), size, payload, manifest, digests, journal, transfer)
+            fd = handle.fileno()
+            blocks = scan_mapped(fd, mapped.extents()) if mapped else scan(fd, size, payload)
+            self._send(blocks, size, manifest, digests, journal, transfer)
         if payload is not None and payload.hexdigest() != transfer.sha512:
             raise IntegrityError(
                 f"site {self.site_id}: {path.name} read as {size} bytes whose sha512 differs "
@@ -146,9 +154,8 @@ class SnapshotWriter:
 
     def _send(
         self,
-        fd: int,
+        blocks: Iterator[Block],
         size: int,
-        payload: Hasher | None,
         manifest: Manifest,
         digests: list[bytes],
         journal: Journal,
@@ -158,7 +165,7 @@ class SnapshotWriter:
         saved = time.monotonic()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ebs-block") as pool:
             try:
-                for block in scan(fd, size, payload):
+                for block in blocks:
                     digests.append(block.sha256)
                     manifest.add(block.index, block.sha256)
                     if block.index not in journal.sent:

@@ -14,9 +14,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from migratio.checksums import file_chunks
+from migratio.disk_map import DiskMap
 from migratio.drivers.base import (
     MIGRATION_ID,
     DestinationImage,
@@ -132,7 +134,9 @@ class StubSite(Scriptable):
     a test hands ``StubSites`` to the supervisor.
 
     site_id: named in error messages.
-    required_disk_format, wants_file: what the destination asks of the engine.
+    required_disk_format, wants_file, reads_disk_map: what the destination asks
+        of the engine (with ``reads_disk_map``, a raw payload is read from the
+        staged image through its disk map, as ebs-direct does).
     resumable: an interrupted ``receive`` keeps what it got and the next one asks
         the payload from there, then checks the whole against ``transfer.sha512``
         (as the SSH site does); otherwise every ``receive`` starts at byte 0 (as
@@ -153,6 +157,7 @@ class StubSite(Scriptable):
         *,
         required_disk_format: str | None = None,
         wants_file: bool = False,
+        reads_disk_map: bool = False,
         resumable: bool = False,
         returns_sha512: bool = True,
         interrupted_status: RecordStatus = RecordStatus.OPEN,
@@ -163,6 +168,7 @@ class StubSite(Scriptable):
         self.site_id = site_id
         self.required_disk_format = required_disk_format
         self.wants_file = wants_file
+        self.reads_disk_map = reads_disk_map
         self.resumable = resumable
         self.returns_sha512 = returns_sha512
         self.interrupted_status = interrupted_status
@@ -292,7 +298,21 @@ class StubSite(Scriptable):
             return transfer.chunks(offset)
         if transfer.path is None:
             raise PermanentError(f"site {self.site_id}: wants a file, was given a stream")
+        if transfer.disk_map is not None:
+            return self._mapped(transfer.path, transfer.disk_map, offset)
         return file_chunks(transfer.path, self.chunk_size, offset)
+
+    def _mapped(self, image: Path, disk_map: DiskMap, offset: int) -> Iterator[bytes]:
+        """The raw disk a disk map describes, read from the image (small images only)."""
+        if not self.reads_disk_map:
+            raise PermanentError(f"site {self.site_id}: was given a disk map it cannot read")
+        disk = bytearray(disk_map.size)
+        with image.open("rb") as handle:
+            for run in disk_map.extents():
+                handle.seek(run.offset)
+                disk[run.start : run.start + run.length] = handle.read(run.length)
+        for start in range(offset, len(disk), self.chunk_size):
+            yield bytes(disk[start : start + self.chunk_size])
 
     def register(self, record_id: str, registration: Registration) -> DestinationImage:
         self._enter("register")
