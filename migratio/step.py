@@ -138,10 +138,9 @@ class Step:
         if self.space is None or not self.stages_payload:
             return
         converted = self.converted_file if self.needs_conversion else None
-        if converted is not None and self.destination.reads_disk_map:
-            if not self.staged_source.exists():
-                # Most likely read in place; converting asks again if it must convert.
-                converted = None
+        if self.destination.reads_disk_map and not self.staged_source.exists():
+            # Most likely read in place; converting asks again if it must convert.
+            converted = None
         data = None
         if converted is not None and self.staged_source.exists():
             # Staged (and checked safe) already: what the conversion writes is known.

@@ -175,10 +175,26 @@ def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
 def linear_checksum(digests: Iterable[bytes]) -> str:
     """CompleteSnapshot's LINEAR aggregate: SHA256 over the blocks' SHA256s in
     index order, base64."""
-    total = hashlib.sha256()
+    total = LinearChecksum()
     for digest in digests:
-        total.update(digest)
-    return base64.b64encode(total.digest()).decode("ascii")
+        total.add(digest)
+    return total.value()
+
+
+class LinearChecksum:
+    """``linear_checksum`` fed block by block, with the count of blocks: kept as
+    a running hash, not a list (two million entries for a TiB of data)."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.count = 0
+
+    def add(self, digest: bytes) -> None:
+        self._hash.update(digest)
+        self.count += 1
+
+    def value(self) -> str:
+        return base64.b64encode(self._hash.digest()).decode("ascii")
 
 
 class Manifest:

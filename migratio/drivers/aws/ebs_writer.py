@@ -33,8 +33,8 @@ from migratio.drivers.aws.blocks import (
     BLOCK_SIZE,
     Block,
     BlockSet,
+    LinearChecksum,
     Manifest,
-    linear_checksum,
     scan,
     scan_mapped,
 )
@@ -48,6 +48,10 @@ from migratio.polling import Backoff, poll
 log = logging.getLogger(__name__)
 
 JOURNAL_INTERVAL = 1.0
+# Blocks read beyond those on the wire, so a worker that is answered finds the
+# next block ready: reading and hashing one takes ~2 ms, a PUT far longer. Each
+# is 512 KiB of the daemon's memory (twice the workers held 16 MiB a migration).
+READ_AHEAD_BLOCKS = 4
 # A completed snapshot stays "pending" while AWS finishes it (minutes for large
 # sparse ones); polled with no deadline, each wait a checkpoint (shutdown, cancel).
 COMPLETION_BACKOFF = Backoff(first=1.0, factor=1.5, longest=10.0)
@@ -126,11 +130,11 @@ class SnapshotWriter:
         # A mapped payload's sha512 is never known (it was never written out whole).
         payload = hashlib.sha512() if transfer.sha512 and mapped is None else None
         manifest = Manifest(size)
-        digests: list[bytes] = []
+        linear = LinearChecksum()
         with path.open("rb") as handle:
             fd = handle.fileno()
             blocks = scan_mapped(fd, mapped.extents()) if mapped else scan(fd, size, payload)
-            self._send(blocks, size, manifest, digests, journal, transfer)
+            self._send(blocks, size, manifest, linear, journal, transfer)
         if payload is not None and payload.hexdigest() != transfer.sha512:
             raise IntegrityError(
                 f"site {self.site_id}: {path.name} read as {size} bytes whose sha512 differs "
@@ -138,16 +142,16 @@ class SnapshotWriter:
             )
         transfer.progress(size)
         if not journal.completed:
-            self._complete(snapshot_id, digests)
+            self._complete(snapshot_id, linear)
             faults.point("aws.snapshot_completed")
             journal.completed = True
-            journal.save(transfer, blocks_total=len(digests), manifest_sha512=manifest.hexdigest())
+            journal.save(transfer, blocks_total=linear.count, manifest_sha512=manifest.hexdigest())
         self._wait_completed(snapshot_id, transfer, size)
         log.info(
             "site %s: snapshot %s complete: %d non-zero blocks, %d PutSnapshotBlock calls",
             self.site_id,
             snapshot_id,
-            len(digests),
+            linear.count,
             journal.blocks_put,
         )
         return Written(manifest.hexdigest(), payload.hexdigest() if payload else None)
@@ -157,7 +161,7 @@ class SnapshotWriter:
         blocks: Iterator[Block],
         size: int,
         manifest: Manifest,
-        digests: list[bytes],
+        linear: LinearChecksum,
         journal: Journal,
         transfer: Transfer,
     ) -> None:
@@ -166,10 +170,10 @@ class SnapshotWriter:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ebs-block") as pool:
             try:
                 for block in blocks:
-                    digests.append(block.sha256)
+                    linear.add(block.sha256)
                     manifest.add(block.index, block.sha256)
                     if block.index not in journal.sent:
-                        while len(inflight) >= 2 * self.workers:
+                        while len(inflight) >= self.workers + READ_AHEAD_BLOCKS:
                             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                             _settle(done, inflight, journal)
                         inflight[pool.submit(self._put, journal.snapshot_id, block)] = block.index
@@ -192,7 +196,7 @@ class SnapshotWriter:
                 if isinstance(exc, PermanentError):
                     self._explain_dead_snapshot(journal.snapshot_id)
                 raise
-        journal.save(transfer, blocks_total=len(digests), manifest_sha512=manifest.hexdigest())
+        journal.save(transfer, blocks_total=linear.count, manifest_sha512=manifest.hexdigest())
 
     def _put(self, snapshot_id: str, block: Block) -> None:
         with translated(self.site_id, f"put block {block.index} of snapshot {snapshot_id}"):
@@ -207,13 +211,13 @@ class SnapshotWriter:
         # Landed at AWS, not yet in the journal: a resumed run sends it again.
         faults.point("aws.block_sent", amount=(block.index + 1) * BLOCK_SIZE)
 
-    def _complete(self, snapshot_id: str, digests: list[bytes]) -> None:
+    def _complete(self, snapshot_id: str, linear: LinearChecksum) -> None:
         try:
             with translated(self.site_id, f"complete snapshot {snapshot_id}"):
                 self.clients.ebs.complete_snapshot(
                     SnapshotId=snapshot_id,
-                    ChangedBlocksCount=len(digests),
-                    Checksum=linear_checksum(digests),
+                    ChangedBlocksCount=linear.count,
+                    Checksum=linear.value(),
                     ChecksumAlgorithm="SHA256",
                     ChecksumAggregationMethod="LINEAR",
                 )
