@@ -3,11 +3,22 @@
 - ``migratio status`` (the real command, default view: the newest 50) and
   ``migratio --help`` wall time, median/min/max over the rounds, on a ledger of
   N migrations; the baseline in the same run is ``python3 -c pass`` (the
-  interpreter's own start-up, which no command can beat).
+  interpreter's own start-up, which no command can beat). The rounds take
+  turns (pass, help, status on each ledger, in both modes below), so a busy
+  moment hits all alike; each line also gives the median user+sys CPU time,
+  which a shared machine disturbs less than wall time. PostgreSQL's ledger is
+  vacuumed and analysed after it is filled, as autovacuum would soon do.
+- Both with and without bytecode (``--bytecode``), each line saying which:
+  ``compiled`` is what an operator runs (``pip install`` compiles migratio's
+  modules; one untimed warm-up run writes them here); ``none`` is
+  ``PYTHONDONTWRITEBYTECODE=1``, as on the development machines, where every run
+  compiles migratio's own modules again (the libraries keep theirs). Each mode
+  runs a fresh copy of migratio's source, so no earlier run's bytecode leaks in.
 - The cost of one transition (its commit, its audit row and its feedback
   outbox row in one transaction), median over the transitions of M migrations.
 
-    python3 bench/ledger_cost.py [--migrations 100000] [--rounds 5] [--tiny]
+    python3 bench/ledger_cost.py [--migrations 100000] [--rounds 5]
+                                 [--bytecode both|compiled|none] [--tiny]
 
 Goals (issue "Performance"): --help <= 0.25 s; status <= 0.30 s on SQLite and
 <= 0.40 s on PostgreSQL at 100,000 migrations; a transition <= 10 ms (SQLite),
@@ -19,16 +30,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -73,16 +87,69 @@ def fill(url: str, count: int) -> None:
                 for n in range(first, min(count, first + 5000))
             ]
             connection.execute(insert(MigrationRow), rows)
+    if engine.dialect.name == "postgresql":
+        # What autovacuum does to a ledger soon after: without it the first
+        # rounds would share the server with it.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text("VACUUM ANALYZE migrations"))
     engine.dispose()
 
 
-def timed(command: list[str], rounds: int, env: dict[str, str] | None = None) -> list[float]:
-    times = []
-    for _ in range(rounds):
+BYTECODE = {"compiled": True, "none": False}
+
+
+@dataclass
+class Timed:
+    """One command's rounds, run from ``source`` with ``env``: wall seconds and
+    the child's user+sys CPU seconds."""
+
+    what: str
+    figure: str
+    command: list[str]
+    params: dict[str, object]
+    source: Path
+    env: dict[str, str]
+    walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+
+    def run(self, timed: bool = True) -> None:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, env=env)
-        times.append(time.perf_counter() - started)
-    return times
+        # From the source copy: ``python -m`` looks in the working directory first.
+        subprocess.run(self.command, check=True, capture_output=True, env=self.env, cwd=self.source)
+        if timed:
+            self.walls.append(time.perf_counter() - started)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            self.cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+
+
+def source_copy(directory: Path, mode: str) -> Path:
+    """migratio's own packages copied without bytecode, for one mode's runs."""
+    target = directory / f"source-{mode}"
+    for package in ("migratio", "migrations_db"):
+        shutil.copytree(
+            ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return target
+
+
+def mode_env(source: Path, compiled: bool) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if not compiled:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def start_up(commands: list[Timed], rounds: int) -> None:
+    """One untimed run of each command (with bytecode, it writes what the timed
+    runs read; it warms the page cache and the database's buffers alike for
+    both modes), then every command once per round, in turns."""
+    for command in commands:
+        command.run(timed=False)
+    for _ in range(rounds):
+        for command in commands:
+            command.run()
 
 
 def transition_costs(url: str, migrations: int) -> list[float]:
@@ -107,14 +174,18 @@ def report(
     values: list[float],
     unit: float = 1.0,
     suffix: str = "s",
+    cpus: list[float] | None = None,
     **params: object,
 ) -> None:
-    """A human line and a JSON line (``figure``, ``params``, median/min/max in ``suffix``)."""
+    """A human line and a JSON line (``figure``, ``params``, median/min/max in
+    ``suffix``; ``cpu_median``: the child's user+sys seconds)."""
     scaled = [v * unit for v in values]
     median = statistics.median(scaled)
+    cpu = {} if not cpus else {"cpu_median": statistics.median(cpus)}
     print(
-        f"{what:<44} median {median:8.3f} {suffix}  "
-        f"min {min(scaled):8.3f}  max {max(scaled):8.3f}  (n={len(values)})"
+        f"{what:<62} median {median:7.3f} {suffix}  "
+        f"min {min(scaled):7.3f}  max {max(scaled):7.3f}  (n={len(values)})"
+        + (f"  cpu {cpu['cpu_median']:.3f} s" if cpu else "")
     )
     emit(
         "ledger_cost",
@@ -125,6 +196,7 @@ def report(
         min=min(scaled),
         max=max(scaled),
         n=len(values),
+        **cpu,
     )
 
 
@@ -133,6 +205,12 @@ def main() -> None:
     parser.add_argument("--migrations", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--transitions-of", type=int, default=60, metavar="M")
+    parser.add_argument(
+        "--bytecode",
+        choices=["both", *BYTECODE],
+        default="both",
+        help="compiled: as installed (after a warm-up run); none: PYTHONDONTWRITEBYTECODE=1",
+    )
     parser.add_argument("--tiny", action="store_true", help="a few seconds (CI)")
     args = parser.parse_args()
     if args.tiny:
@@ -153,9 +231,6 @@ def main() -> None:
 
 def run(directory: Path, postgres: str, args: argparse.Namespace) -> None:
     python = sys.executable
-    report("baseline: python3 -c pass", "python_start", timed([python, "-c", "pass"], args.rounds))
-    help_times = timed([python, "-m", "migratio", "--help"], args.rounds)
-    report("migratio --help", "help", help_times)
     sites = directory / "sites"
     sites.mkdir()
     for site in ("site-a", "site-b"):
@@ -164,13 +239,33 @@ def run(directory: Path, postgres: str, args: argparse.Namespace) -> None:
         "sqlite": f"sqlite:///{directory / 'ledger.sqlite'}",
         "postgresql": postgres,
     }
+    configs = {}
     for name, url in ledgers.items():
         fill(url, args.migrations)
         (directory / name).mkdir()
-        config = write_daemon_config(directory / name, sites, database_url=url)
-        status = [python, "-m", "migratio", "--config", str(config), "status"]
-        what = f"migratio status, {args.migrations:,} migrations ({name})"
-        report(what, "status", timed(status, args.rounds), ledger=name, migrations=args.migrations)
+        configs[name] = write_daemon_config(directory / name, sites, database_url=url)
+    modes = list(BYTECODE) if args.bytecode == "both" else [args.bytecode]
+    commands = []
+    for mode in modes:
+        compiled = BYTECODE[mode]
+        source = source_copy(directory, mode)
+        env = mode_env(source, compiled)
+        label = "bytecode compiled" if compiled else "no bytecode"
+        params = {"bytecode": compiled}
+        commands += [
+            Timed(f"baseline: python3 -c pass [{label}]", "python_start",
+                  [python, "-c", "pass"], params, source, env),
+            Timed(f"migratio --help [{label}]", "help",
+                  [python, "-m", "migratio", "--help"], params, source, env),
+        ]  # fmt: skip
+        for name, config in configs.items():
+            status = [python, "-m", "migratio", "--config", str(config), "status"]
+            ledger = {"ledger": name, "migrations": args.migrations}
+            what = f"migratio status, {args.migrations:,} migrations ({name}) [{label}]"
+            commands.append(Timed(what, "status", status, {**params, **ledger}, source, env))
+    start_up(commands, args.rounds)
+    for command in commands:
+        report(command.what, command.figure, command.walls, cpus=command.cpus, **command.params)
     for name, url in ledgers.items():
         costs = transition_costs(url, args.transitions_of)
         what = f"one transition + audit + outbox ({name})"

@@ -115,11 +115,7 @@ class WorkDirSpace:
                 return
             space = self._disk(self.work_dir)
             needed = outstanding(files)
-            others = sum(
-                outstanding(planned)
-                for holder, planned in self._reserved.items()
-                if holder != migration_id
-            )
+            others = outstanding(self._planned(besides=migration_id, shared=files))
             if sum(files.values()) > space.total:
                 raise PermanentError(
                     f"work dir {self.work_dir} is too small for this image: its files need "
@@ -140,4 +136,17 @@ class WorkDirSpace:
     def reserved(self) -> int:
         """Bytes the running migrations still have to write (for tests and status)."""
         with self._lock:
-            return sum(outstanding(planned) for planned in self._reserved.values())
+            return outstanding(self._planned())
+
+    def _planned(
+        self, besides: str = "", shared: Mapping[Path, int] | None = None
+    ) -> dict[Path, int]:
+        """The files the running migrations (but ``besides``) will write, each once:
+        the members of a fan-out group plan the group's files alike. A file in
+        ``shared`` is left out, already counted by who asks."""
+        files: dict[Path, int] = {}
+        for holder, planned in self._reserved.items():
+            for path, size in planned.items():
+                if holder != besides and path not in (shared or {}):
+                    files[path] = max(files.get(path, 0), size)
+        return files

@@ -20,6 +20,7 @@ from pathlib import Path
 from migratio.config import RetryPolicy
 from migratio.drivers.base import DestinationSite
 from migratio.errors import MigratioError
+from migratio.group_files import SHARED, group_dir, remove_group_dir
 from migratio.ledger.store import Artifact, ArtifactStatus, Ledger, Migration
 from migratio.retry import backoff_delay
 from migratio.text import error_text, one_line
@@ -39,6 +40,9 @@ def clean_up(
     """Remove the migration's leftovers that are due; True when nothing is left to remove."""
     complete = True
     for artifact in reversed(ledger.artifacts(migration.id, due_only=True)):
+        if artifact.kind == SHARED:
+            _release_group_files(ledger, migration, artifact, work_dir)
+            continue
         if artifact.kind != "file" and destination is None:
             complete = False
             continue
@@ -53,10 +57,36 @@ def clean_up(
         ledger.settle_artifact(artifact.id, ArtifactStatus.REMOVED)
     if complete and ledger.artifacts(migration.id):
         complete = False  # some wait for their retry
+    _remove_group_files_if_last(ledger, migration, work_dir)
     if not succeeded and destination is not None and complete:
         complete = _remove_untracked_record(migration, destination)
     shutil.rmtree(work_dir / migration.id, ignore_errors=True)
     return complete
+
+
+def _release_group_files(
+    ledger: Ledger, migration: Migration, artifact: Artifact, work_dir: Path
+) -> None:
+    """This member is done with its group's shared files: the last member to end
+    removes them, the others only let go. Asked after the member's own end is
+    committed, so of members ending at once at least one sees all ended."""
+    if ledger.group_others_active(artifact.ref, migration.id):
+        ledger.settle_artifact(artifact.id, ArtifactStatus.RELEASED)
+        return
+    remove_group_dir(work_dir, artifact.ref)
+    ledger.settle_artifact(artifact.id, ArtifactStatus.REMOVED)
+    log.info("migration %s: removed the shared files of group %s", migration.id, artifact.ref)
+
+
+def _remove_group_files_if_last(ledger: Ledger, migration: Migration, work_dir: Path) -> None:
+    """A member that ended without a share (it found a copy at its destination,
+    or was cancelled while queued) may still be the group's last: its siblings
+    let go of the files, counting on it."""
+    group_id = migration.group_id
+    if group_id is None or not group_dir(work_dir, group_id).exists():
+        return
+    if not ledger.group_others_active(group_id, migration.id):
+        remove_group_dir(work_dir, group_id)
 
 
 def _remove(artifact: Artifact, destination: DestinationSite | None) -> None:

@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import (
     BaseModel,
     Field,
@@ -18,8 +17,18 @@ from pydantic import (
     field_validator,
 )
 
+from migratio.cap_schedule import Cap
+from migratio.config_files import (
+    DEFAULT_SITES_DIR,
+    DEFAULT_WORK_DIR,
+    default_ledger_url,
+    read_yaml,
+    resolve,
+    site_files,
+)
 from migratio.config_path import CONFIG_ENV, DEFAULT_CONFIG_PATH, config_path
 from migratio.errors import ConfigError
+from migratio.ledger.urls import supported_url
 from migratio.site_settings import (
     AwsSite,
     OpenStackSite,
@@ -37,6 +46,7 @@ __all__ = [
     "OpenStackSshSite",
     "SiteSettings",
     "config_path",
+    "site_files",
 ]
 M = TypeVar("M", bound=BaseModel)
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -92,13 +102,17 @@ class DaemonConfig(Strict):
     work_dir: Path
     database_url: str = ""
     concurrency: int = Field(default=2, ge=1, le=64)
-    sites_dir: Path = Path("sites")
+    sites_dir: Path = Path(DEFAULT_SITES_DIR)
     redis_url: str = "redis://127.0.0.1:6379/0"
     namespace: str = "atmosphere"
     # Take Sidekiq jobs from <namespace>:queue:migration_<name> into the ledger.
     intake: bool = True
     # Jobs moved and recorded per round (one ledger transaction, one Redis round trip).
     intake_batch: int = Field(default=50, ge=1, le=1000)
+    # Fan-out: a job for an image that a migration created this recently (and not
+    # yet reading alone) moves from the same source to another destination joins
+    # its group, and the source is read once for both (0: off).
+    coalesce_seconds: float = Field(default=3.0, ge=0)
     # A consumer silent this long is dead: its unrecorded jobs go back to the queue.
     intake_heartbeat_seconds: float = Field(default=15.0, ge=1)
     # Dead letters kept in <namespace>:migratio:dead; the oldest go first.
@@ -125,6 +139,9 @@ class DaemonConfig(Strict):
     redis_connect_timeout: float = Field(default=5.0, gt=0)
     redis_timeout: float = Field(default=10.0, gt=0)
     retry: RetryPolicy = RetryPolicy()
+    # MiB/s this daemon moves in all, every migration together (reads and
+    # writes); a number or a weekly schedule, like a site's. Unset: no cap.
+    max_mib_per_s: Cap = None
     # migratio's own loggers.
     log_level: LogLevel = "INFO"
     # Every other logger (openstacksdk, keystoneauth, botocore, urllib3, paramiko,
@@ -144,9 +161,6 @@ class DaemonConfig(Strict):
     @field_validator("database_url")
     @classmethod
     def _database(cls, value: str) -> str:
-        # Imported on use: only a config that names a database needs the database stack.
-        from migratio.ledger.database import supported_url
-
         return supported_url(value) if value else value
 
     @field_validator("redis_url")
@@ -166,7 +180,7 @@ class DaemonConfig(Strict):
     @property
     def ledger_url(self) -> str:
         """The configured database URL, or the embedded SQLite ledger in the work dir."""
-        return self.database_url or f"sqlite:///{self.work_dir / 'ledger.sqlite'}"
+        return self.database_url or default_ledger_url(self.work_dir)
 
 
 class Settings:
@@ -176,6 +190,23 @@ class Settings:
         self.path = path
         self.daemon = daemon
         self.sites = sites
+
+    @property
+    def slots(self) -> dict[str, int]:
+        """``max_concurrent`` of every site that has one: the ledger's claim keeps to it."""
+        return {
+            site.id: site.settings.max_concurrent
+            for site in self.sites.values()
+            if site.settings.max_concurrent is not None
+        }
+
+    def cap(self, site_id: str | None) -> Cap:
+        """``max_mib_per_s`` of a site (none for a site no longer configured), or
+        with None, the daemon's."""
+        if site_id is None:
+            return self.daemon.max_mib_per_s
+        site = self.sites.get(site_id)
+        return site.settings.max_mib_per_s if site is not None else None
 
     @property
     def source_sites(self) -> set[str]:
@@ -244,14 +275,14 @@ def load_settings(path: Path) -> Settings:
 
 def load_daemon_config(path: Path) -> DaemonConfig:
     """The daemon config alone, its paths resolved against its directory, or ConfigError."""
-    raw = _read_yaml(path)
-    raw.setdefault("work_dir", "/var/lib/migratio")
+    raw = read_yaml(path)
+    raw.setdefault("work_dir", DEFAULT_WORK_DIR)
     daemon = _validate(DaemonConfig, raw, path)
     base = path.parent
     daemon = daemon.model_copy(
         update={
-            "work_dir": _resolve(base, daemon.work_dir),
-            "sites_dir": _resolve(base, daemon.sites_dir),
+            "work_dir": resolve(base, daemon.work_dir),
+            "sites_dir": resolve(base, daemon.sites_dir),
         }
     )
     if daemon.work_dir.exists() and not daemon.work_dir.is_dir():
@@ -264,23 +295,12 @@ def load_sites(sites_dir: Path) -> dict[str, Site]:
     return {site.id: site for site in map(load_site, site_files(sites_dir))}
 
 
-def site_files(sites_dir: Path) -> list[Path]:
-    """The site files in the sites dir (``*.example.yml`` excluded), in name order."""
-    if not sites_dir.is_dir():
-        raise ConfigError(str(sites_dir), "sites_dir", "is not a directory")
-    return [
-        file
-        for file in sorted([*sites_dir.glob("*.yml"), *sites_dir.glob("*.yaml")])
-        if not file.name.rsplit(".", 1)[0].endswith(".example")
-    ]
-
-
 def load_site(file: Path) -> Site:
     """One site file, the site named by the file, or ConfigError naming file and key."""
     site_id = file.name.rsplit(".", 1)[0]
     if not SITE_ID.match(site_id):
         raise ConfigError(str(file), "(file name)", "is not a valid site id")
-    raw = _read_yaml(file)
+    raw = read_yaml(file)
     if secret := sorted(SECRET_KEYS & set(raw)):
         raise ConfigError(
             str(file),
@@ -290,28 +310,6 @@ def load_site(file: Path) -> Site:
         )
     settings = _validate(_SiteFile, {"site": raw}, file).site
     return Site(id=site_id, settings=_resolve_paths(settings, file.parent))
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            str(path), "", f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start})"
-        ) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "(syntax)"
-        raise ConfigError(str(path), where, "is not valid YAML") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), "", "must be a YAML mapping")
-    return data
 
 
 def _validate(model: type[M], data: dict[str, Any], path: Path) -> M:
@@ -329,12 +327,8 @@ def _resolve_paths(settings: SiteSettings, base: Path) -> SiteSettings:
     if isinstance(settings, OpenStackSshSite):
         return settings.model_copy(
             update={
-                "key_file": _resolve(base, settings.key_file),
-                "known_hosts": _resolve(base, settings.known_hosts),
+                "key_file": resolve(base, settings.key_file),
+                "known_hosts": resolve(base, settings.known_hosts),
             }
         )
     return settings
-
-
-def _resolve(base: Path, value: Path) -> Path:
-    return value if value.is_absolute() else (base / value).resolve()

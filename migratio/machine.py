@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 from enum import StrEnum
-from typing import Any
-
-from transitions import Machine, MachineError
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from migratio.errors import IllegalTransition
+
+if TYPE_CHECKING:
+    from transitions import Machine
 
 
 class State(StrEnum):
@@ -69,19 +71,27 @@ _TRANSITIONS = [
 ]
 
 
-# Built once: the table is fixed. Each question gets its own model (one migration's
-# state); the lock guards the machine's model list, shared by the worker threads.
-_MACHINE = Machine(
-    model=None,
-    states=[state.value for state in State],
-    transitions=_TRANSITIONS,
-    initial=None,
-    auto_transitions=False,
-)
 _MACHINE_LOCK = threading.Lock()
-# transitions logs every trigger at INFO: one line per step of every migration,
-# which the supervisor already logs with more context.
-logging.getLogger("transitions").setLevel(logging.WARNING)
+
+
+@cache
+def _machine() -> Machine:
+    """Built once, on first use (``migratio status`` needs the states, not the
+    machine nor the time it takes to import it). Each question gets its own
+    model (one migration's state); the lock guards the machine's model list,
+    shared by the worker threads."""
+    from transitions import Machine
+
+    # transitions logs every trigger at INFO: one line per step of every migration,
+    # which the supervisor already logs with more context.
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    return Machine(
+        model=None,
+        states=[state.value for state in State],
+        transitions=_TRANSITIONS,
+        initial=None,
+        auto_transitions=False,
+    )
 
 
 class MigrationModel:
@@ -92,16 +102,19 @@ class MigrationModel:
 
 def next_state(current: str, trigger: str) -> State:
     """The state ``trigger`` leads to from ``current``; IllegalTransition otherwise."""
-    if trigger not in _MACHINE.events:
+    from transitions import MachineError
+
+    machine = _machine()
+    if trigger not in machine.events:
         raise IllegalTransition(f"unknown trigger {trigger!r}")
     model = MigrationModel()
     try:
         with _MACHINE_LOCK:
-            _MACHINE.add_model(model, initial=State(current).value)
+            machine.add_model(model, initial=State(current).value)
             try:
                 model.trigger(trigger)  # type: ignore[attr-defined]  # the machine adds it
             finally:
-                _MACHINE.remove_model(model)
+                machine.remove_model(model)
     except (MachineError, ValueError) as exc:
         raise IllegalTransition(f"cannot {trigger} a migration that is {current}") from exc
     return State(model.state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from migratio import config, sidekiq
 from migratio.errors import IllegalTransition, RedisUnavailable, UsageError
@@ -24,19 +25,57 @@ def open_ledger(settings: config.Settings, *, migrate: bool = True) -> Ledger:
 
 
 def submit(
-    settings: config.Settings, ledger: Ledger, image_id: str, source: str, destination: str
+    settings: config.Settings,
+    ledger: Ledger,
+    image_id: str,
+    source: str,
+    destination: str,
+    base: str | None = None,
 ) -> Migration:
-    """Queue a migration; both sites must be configured, and the image id must be
-    one the intake would take from a job (short, printable)."""
+    """Queue a migration; both sites must be configured, and the image ids must be
+    ones the intake would take from a job (short, printable). ``base`` names the
+    image's previous version (an incremental upload starts from it)."""
+    return submit_group(settings, ledger, image_id, source, (destination,), base)[0]
+
+
+def submit_group(
+    settings: config.Settings,
+    ledger: Ledger,
+    image_id: str,
+    source: str,
+    destinations: Sequence[str],
+    base: str | None = None,
+) -> list[Migration]:
+    """Queue one migration per destination, in one transaction; several form a
+    group that reads the source once. A destination named twice is refused."""
+    check_destinations(destinations)
+    check_image_id(image_id, "image id")
+    if base is not None:
+        check_image_id(base, "--base")
+    for destination in destinations:
+        check_sites(settings, source, destination)
+    message = f"submitted by pid {os.getpid()}" + (f"; base version {base}" if base else "")
+    return ledger.create_group(source, destinations, image_id, message=message, base_image_id=base)
+
+
+def check_destinations(destinations: Sequence[str]) -> None:
+    """UsageError for no destination or one named twice: never drop an argument silently."""
+    if not destinations:
+        raise UsageError("--to: at least one destination site")
+    twice = sorted({site for site in destinations if destinations.count(site) > 1})
+    if twice:
+        raise UsageError(f"--to: {', '.join(map(repr, twice))} given more than once")
+
+
+def check_image_id(image_id: str, what: str) -> None:
+    """UsageError unless the id is one the intake would take from a job."""
     if not image_id.strip():
-        raise UsageError("image id must not be empty")
+        raise UsageError(f"{what} must not be empty")
     if len(image_id) > MAX_IMAGE_ID:
-        raise UsageError(f"image id is longer than {MAX_IMAGE_ID} characters")
+        raise UsageError(f"{what} is longer than {MAX_IMAGE_ID} characters")
     if not is_printable(image_id):
         shown = ascii_line(image_id, 80)
-        raise UsageError(f"image id holds control or invalid characters: {shown}")
-    check_sites(settings, source, destination)
-    return ledger.create(source, destination, image_id, message=f"submitted by pid {os.getpid()}")
+        raise UsageError(f"{what} holds control or invalid characters: {shown}")
 
 
 def check_sites(settings: config.Settings, source: str, destination: str) -> None:
@@ -53,7 +92,11 @@ def check_sites(settings: config.Settings, source: str, destination: str) -> Non
 
 
 def submit_via_redis(
-    settings: config.Settings, image_id: str, source: str, destination: str
+    settings: config.Settings,
+    image_id: str,
+    source: str,
+    destination: str,
+    base: str | None = None,
 ) -> str:
     """Push a native job onto the source site's intake queue; return its job id.
 
@@ -63,7 +106,7 @@ def submit_via_redis(
     queue = f"migration_{source}"
     check_sites(settings, source, destination)
     jid = sidekiq.new_jid()
-    job = native_job(image_id, destination, source, jid)
+    job = native_job(image_id, destination, source, jid, base)
     try:
         parse(
             job,

@@ -5,28 +5,41 @@ A migration's *activity* says what is happening to it now, in an operator's
 words: ``running`` (a daemon holds its lease), ``waiting to retry`` (a transient
 error, next attempt at ...), ``waiting`` (for something it needs, e.g. work-dir
 space: its history's last note says what; looked at again at ...), ``paused``
-(released by a daemon that stopped, due again at once), ``queued``, or ended.
+(released by a daemon that stopped, due again at once), ``waiting for a slot``
+(queued, its destination's ``max_concurrent`` reached), ``queued``, or ended.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from migratio.ledger.store import Ledger, Migration, Transition, utcnow
+from migratio.ledger.types import Migration, Transition, utcnow
 from migratio.machine import State, is_terminal
+
+if TYPE_CHECKING:
+    from migratio.ledger.store import Ledger
 
 # Errors in the status table are cut to this many characters (``show`` has them whole).
 SHORT_ERROR = 60
 
 
-def activity(migration: Migration, now: datetime | None = None) -> str:
+def activity(migration: Migration, now: datetime | None = None, full: Collection[str] = ()) -> str:
+    """``full``: the destinations whose ``max_concurrent`` is reached now (a
+    queued migration to one waits for a slot)."""
     now = now or utcnow()
     if is_terminal(migration.state):
         return "ended"
     if migration.lease_owner and migration.lease_expires_at and migration.lease_expires_at > now:
         return "running"
+    if (
+        migration.state == State.QUEUED
+        and migration.dest_site in full
+        and not migration.cancel_requested
+    ):
+        return "waiting for a slot"
     if migration.attempt and migration.next_attempt_at > now:
         return "waiting to retry"
     if migration.next_attempt_at > now:
@@ -36,10 +49,12 @@ def activity(migration: Migration, now: datetime | None = None) -> str:
     return "paused"
 
 
-def summary(migration: Migration, now: datetime | None = None) -> dict[str, Any]:
-    """One status-table row."""
+def summary(
+    migration: Migration, now: datetime | None = None, full: Collection[str] = ()
+) -> dict[str, Any]:
+    """One status-table row (``full``: as ``activity`` takes it)."""
     now = now or utcnow()
-    doing = activity(migration, now)
+    doing = activity(migration, now, full)
     retry_in = (migration.next_attempt_at - now).total_seconds()
     return {
         "id": migration.id,
@@ -58,6 +73,7 @@ def summary(migration: Migration, now: datetime | None = None) -> dict[str, Any]
         "dest_image_id": migration.dest_image_id,
         "error": migration.last_error,
         "job_id": migration.job_id,
+        "group": migration.group_id,
     }
 
 
@@ -87,8 +103,14 @@ def describe(ledger: Ledger, migration: Migration) -> dict[str, Any]:
         }
         for a in ledger.artifacts(migration.id, status=None)
     ]
+    siblings = [
+        {"id": m.id, "dest_site": m.dest_site, "state": m.state}
+        for m in (ledger.group_members(migration.group_id) if migration.group_id else [])
+        if m.id != migration.id
+    ]
     return {
         **fields,
+        "siblings": siblings,
         "activity": activity(migration),
         "error": migration.last_error,
         "durations": durations(history, migration),

@@ -11,6 +11,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from migratio.cap_schedule import Cap
+
 
 class Strict(BaseModel):
     """Unknown keys are refused (a typo must not pass silently); values are frozen."""
@@ -28,7 +30,21 @@ class _DiskFormatChoice(Strict):
         return None if self.disk_format == "keep" else self.disk_format
 
 
-class _SiteTimeouts(Strict):
+class _SiteLimits(Strict):
+    """How much of a site migratio may use (see docs/operations.md, "Caps").
+
+    max_mib_per_s: MiB/s read from and written to this site by all the
+        migrations of a daemon together; a number or a weekly schedule
+        (``cap_schedule``); unset: no cap.
+    max_concurrent: migrations to this site running at once, across every
+        daemon of the ledger; the others wait in ``queued``. Unset: no limit.
+    """
+
+    max_mib_per_s: Cap = None
+    max_concurrent: int | None = Field(default=None, ge=1, le=1000)
+
+
+class _SiteTimeouts(_SiteLimits):
     """Socket timeouts of every call to a site.
 
     connect_timeout: seconds to open a connection (TCP, and TLS or SSH's
@@ -52,7 +68,47 @@ class _SiteTimeouts(Strict):
         return data
 
 
-class OpenStackSite(_DiskFormatChoice, _SiteTimeouts):
+GLANCE_MEMBER = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+
+
+class _GlancePolicy(Strict):
+    """What a copy becomes at this Glance site, whatever the source's record says.
+
+    visibility: ``private`` (default: only migratio's project sees it),
+        ``shared`` (with ``members``), ``community`` or ``public``. The source's
+        own visibility and members are not copied: its members are projects of
+        another cloud. A visibility the site's policy does not allow migratio's
+        user (``public`` needs admin by Glance's default policy) is refused by
+        the site, and the migration fails with the site's reason.
+    members: project ids of this site the copy is shared with (``shared`` only).
+    protected: ``source`` (default) copies the source's flag; ``true`` or
+        ``false`` sets it for every copy.
+    """
+
+    visibility: Literal["private", "shared", "community", "public"] = "private"
+    members: tuple[str, ...] = ()
+    protected: bool | Literal["source"] = "source"
+
+    @field_validator("members")
+    @classmethod
+    def _members(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for member in value:
+            if not GLANCE_MEMBER.match(member):
+                raise ValueError(f"{member!r} is not a project id")
+        return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _members_need_shared(self) -> _GlancePolicy:
+        if self.members and self.visibility != "shared":
+            raise ValueError("members are only for visibility: shared")
+        return self
+
+    def copy_protected(self, source_protected: bool) -> bool:
+        """The protected flag a copy gets."""
+        return source_protected if self.protected == "source" else bool(self.protected)
+
+
+class OpenStackSite(_GlancePolicy, _DiskFormatChoice, _SiteTimeouts):
     """A site reached through its Image API (Glance v2): a source and a destination."""
 
     can_be_source: ClassVar[bool] = True
@@ -84,7 +140,31 @@ class OpenStackSshSite(_DiskFormatChoice, _SiteTimeouts):
 AWS_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
 
 
-class AwsSite(_SiteTimeouts):
+class _AmiRegistration(Strict):
+    """How an AMI is registered where the image itself does not say
+    (``migratio/drivers/aws/ami_boot.py`` reads the image's properties).
+
+    default_boot_mode: for an image without ``hw_firmware_type``: ``legacy-bios``
+        (default: what an unmarked x86 image most likely needs), ``uefi`` or
+        ``uefi-preferred``. An arm64 image always boots UEFI.
+    imds_support: ``v2.0`` makes instances launched from the AMI require IMDSv2;
+        unset: the account's default.
+    ena_support, sriov_net_support: true, false, or ``auto`` (decided by the
+        image's ``os_type`` and ``hw_vif_model``: see docs/image-fidelity.md).
+    root_device_name, volume_type, delete_on_termination: the root volume's
+        block-device mapping.
+    """
+
+    default_boot_mode: Literal["legacy-bios", "uefi", "uefi-preferred"] = "legacy-bios"
+    imds_support: Literal["v2.0"] | None = None
+    ena_support: bool | Literal["auto"] = "auto"
+    sriov_net_support: bool | Literal["auto"] = False
+    root_device_name: str = Field(default="/dev/xvda", pattern=r"^/dev/[a-z0-9]{2,16}$")
+    volume_type: Literal["gp3", "gp2", "standard"] = "gp3"
+    delete_on_termination: bool = True
+
+
+class AwsSite(_AmiRegistration, _SiteTimeouts):
     """An AWS region; an image becomes an AMI. Credentials come from boto3's
     default chain or a named ``profile``, never from this file. A destination only."""
 

@@ -16,10 +16,12 @@ from typing import Any
 
 from migratio import faults, qemu, stall
 from migratio.admission import WorkDirSpace, planned_files
+from migratio.bandwidth import Bandwidth
 from migratio.disk_map import DiskMap
 from migratio.drivers.base import DestinationSite, ImageStatus, SourceImage, SourceSite
 from migratio.errors import CancelRequested, LeaseLost, ShuttingDown
 from migratio.feedback.progress import ProgressPacer
+from migratio.group_files import group_dir
 from migratio.ledger.store import ArtifactStatus, Ledger, Migration
 from migratio.machine import State
 
@@ -63,6 +65,7 @@ class Step:
         clock: Callable[[], float] = time.monotonic,
         stall_seconds: float = stall.STALL_SECONDS,
         space: WorkDirSpace | None = None,
+        bandwidth: Bandwidth | None = None,
     ) -> None:
         self.migration = migration
         self.ledger = ledger
@@ -72,6 +75,7 @@ class Step:
         self.work_dir = work_dir
         self.signals = signals
         self.space = space
+        self.bandwidth = bandwidth
         self._progress_seconds = progress_seconds
         self._last_progress = 0.0
         self._clock = clock
@@ -88,7 +92,9 @@ class Step:
         recorded = self.migration.source_image
         if recorded is None:
             raise RuntimeError(f"migration {self.migration.id} has no recorded source image")
-        return SourceImage(**{**recorded, "status": ImageStatus.AVAILABLE})
+        # JSON gave the tags back as a list; earlier ledgers recorded none.
+        tags = tuple(recorded.get("tags") or ())
+        return SourceImage(**{**recorded, "status": ImageStatus.AVAILABLE, "tags": tags})
 
     @property
     def target_format(self) -> str:
@@ -100,20 +106,22 @@ class Step:
 
     @property
     def stages_payload(self) -> bool:
-        """Whether the payload goes through a file in the work dir (not streamed)."""
-        return self.needs_conversion or self.destination.wants_file
+        """Whether the payload goes through a file in the work dir (not streamed):
+        always in a fan-out group, whose members share one read of the source."""
+        grouped = self.migration.group_id is not None
+        return self.needs_conversion or self.destination.wants_file or grouped
 
     @property
     def staged_source(self) -> Path:
-        return self.path(f"source.{self.source_image.disk_format}")
+        return self._file(f"source.{self.source_image.disk_format}")
 
     @property
     def converted_file(self) -> Path:
-        return self.path(f"converted.{self.target_format}")
+        return self._file(f"converted.{self.target_format}")
 
     @property
     def disk_map_file(self) -> Path:
-        return self.path("disk.map")
+        return self._file("disk.map")
 
     @property
     def disk_map(self) -> DiskMap | None:
@@ -131,6 +139,12 @@ class Step:
         if self.needs_conversion and self.disk_map is None:
             return self.converted_file
         return self.staged_source
+
+    def _file(self, name: str) -> Path:
+        """A staged file: the group's (shared by its members) or this migration's own."""
+        if self.migration.group_id is None:
+            return self.path(name)
+        return group_dir(self.work_dir, self.migration.group_id) / name
 
     def reserve_space(self) -> None:
         """Before writing the staged or converted file: hold the work-dir space it
@@ -161,6 +175,10 @@ class Step:
     def add_artifact(self, kind: str, ref: str, site: str | None = None) -> None:
         self.ledger.add_artifact(self.migration.id, kind, ref, site, owner=self.owner)
 
+    def note(self, message: str) -> None:
+        """A line in the audit trail, no state change."""
+        self.ledger.note(self.migration.id, self.owner, message)
+
     def remove_record(self, record_id: str) -> None:
         """Delete a destination record this migration no longer needs."""
         self.destination.remove(record_id)
@@ -185,10 +203,21 @@ class Step:
             rate = self._pacer.due(bytes_done, self.migration.bytes_total, now)
         if force or rate is not None or now - self._last_progress >= self._progress_seconds:
             self._last_progress = now
-            self.ledger.record_progress(self.migration.id, self.owner, bytes_done, rate=rate)
+            cancel = self.ledger.record_progress(
+                self.migration.id, self.owner, bytes_done, rate=rate
+            )
             self.migration = replace(self.migration, bytes_done=bytes_done)
-            if self.ledger.get(self.migration.id).cancel_requested:
+            if cancel:
                 raise CancelRequested("cancelled by operator")
+
+    def paced(self, chunks: Iterable[bytes], *sites: str) -> Iterable[bytes]:
+        """Chunks moved to or from ``sites``, within their caps and the daemon's."""
+        return chunks if self.bandwidth is None else self.bandwidth.paced(chunks, sites)
+
+    def pace(self, amount: int, *sites: str) -> None:
+        """Wait until ``amount`` bytes may be moved to or from ``sites``."""
+        if self.bandwidth is not None:
+            self.bandwidth.pace(amount, sites)
 
     def tracked(self, chunks: Iterable[bytes], start: int = 0) -> Iterator[bytes]:
         """Pass chunks through, reporting progress and honouring checkpoints."""

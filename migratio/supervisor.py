@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from migratio import config, faults, logs
 from migratio.admission import WaitingForSpace, WorkDirSpace
+from migratio.bandwidth import Bandwidth
 from migratio.drivers.base import DestinationDriver, DestinationSite, SourceDriver
 from migratio.drivers.registry import Drivers, SiteOpener
 from migratio.errors import (
@@ -40,6 +41,7 @@ from migratio.states import HANDLERS
 from migratio.step import Signals, Step
 from migratio.systemd import Notifier
 from migratio.text import one_line
+from migratio.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -78,25 +80,29 @@ class Supervisor:
         self.janitor = Janitor(ledger, lambda: self.settings, self._sites.destination)
         # Shared by this daemon's workers: what the running migrations will still write.
         self.space = WorkDirSpace(self.daemon.work_dir)
+        # Shared too: the caps count the bytes of every migration this daemon runs.
+        self.bandwidth = Bandwidth(
+            lambda site: self.settings.cap(site), stop=self.signals.shutting_down
+        )
         self._running: dict[str, Future[None]] = {}
         self._lock = threading.Lock()  # _running is read by the heartbeat thread
-        self._wake = threading.Event()
+        self._wake = Wakeup()
 
     def stop(self) -> None:
         """Stop claiming; running steps stop at their next checkpoint."""
         self.signals.shutting_down.set()
-        self._wake.set()
+        self._wake.now()
 
     def wake(self) -> None:
         """Look for due migrations now (new ones were just recorded)."""
-        self._wake.set()
+        self._wake.now()
 
     def reload(self, settings: config.Settings) -> None:
         """Use ``settings`` from now on. Sites are opened per claim, so a changed
         site applies to the next migration claimed; running ones keep theirs."""
         self.settings = settings
         self.daemon = settings.daemon
-        self._wake.set()
+        self._wake.now()
 
     def summary(self) -> str:
         """One line for ``systemctl status``: running here, queued, failed in the last hour."""
@@ -141,7 +147,7 @@ class Supervisor:
                     self.signals.shutting_down.wait(
                         self.notifier.pause_limit(self.daemon.lease_seconds / 3)
                     )
-                self._pause()
+                self._wake.wait(self.notifier.pause_limit(self.daemon.poll_seconds))
             wait(list(self._running.values()))
             self._reap()
         self.signals.shutting_down.set()
@@ -173,12 +179,15 @@ class Supervisor:
             if self.signals.shutting_down.is_set():
                 return
             migration = self.ledger.claim(
-                self.owner, self.daemon.lease_seconds, skip=list(self._running)
+                self.owner,
+                self.daemon.lease_seconds,
+                skip=list(self._running),
+                slots=self.settings.slots,
             )
             if migration is None:
                 return
             future = pool.submit(self._drive, migration)
-            future.add_done_callback(lambda _future: self._wake.set())
+            future.add_done_callback(lambda _future: self._wake.now())
             with self._lock:
                 self._running[migration.id] = future
 
@@ -187,13 +196,9 @@ class Supervisor:
             if future.done():
                 with self._lock:
                     del self._running[migration_id]
-                self.signals.lost.discard(migration_id)
+                    self.signals.lost.discard(migration_id)
                 if (error := future.exception()) is not None:
                     log.error("migration %s: worker crashed: %r", migration_id, error)
-
-    def _pause(self) -> None:
-        self._wake.wait(self.notifier.pause_limit(self.daemon.poll_seconds))
-        self._wake.clear()
 
     def _janitor(self) -> None:
         """Retry removals that failed, each on its own backoff (kept in the ledger)."""
@@ -213,9 +218,11 @@ class Supervisor:
             except Exception as exc:
                 log.warning("heartbeat: cannot renew leases: %s", exc)
                 continue
+            with self._lock:  # one that ended meanwhile was reaped: nothing to stop
+                lost &= set(self._running)
+                self.signals.lost |= lost
             for migration_id in lost:
                 log.warning("migration %s: lease lost; stopping work on it", migration_id)
-            self.signals.lost |= lost
 
     # ---- one migration ---------------------------------------------------------
 
@@ -271,6 +278,7 @@ class Supervisor:
                 progress_seconds=self.daemon.progress_seconds,
                 stall_seconds=self.daemon.stall_seconds,
                 space=self.space,
+                bandwidth=self.bandwidth,
             )
             if not self._advance_one(step):
                 return
@@ -292,6 +300,7 @@ class Supervisor:
             # Handed back, no lease or worker held meanwhile, no attempt counted.
             if self.ledger.wait(migration.id, self.owner, self.daemon.space_wait_seconds, str(exc)):
                 log.info("migration %s: %s", migration.id, exc)
+            self._wake.after(self.daemon.space_wait_seconds)
         except PermanentError as exc:
             metrics.failure(exc)
             self._finish(migration, Trigger.FAIL, _one_line(exc), step.destination)
@@ -349,6 +358,7 @@ class Supervisor:
             *(migration.id, attempt, limit, reason, delay),
         )
         self.ledger.schedule_retry(migration.id, self.owner, attempt, delay, reason)
+        self._wake.after(delay)
         metrics.retry(cause)
 
     def _finish(

@@ -14,6 +14,7 @@ from typing import Any
 
 from migratio import metrics, safety
 from migratio.checksums import Sha512Meter, file_chunks
+from migratio.drivers.base import BaseVersion
 from migratio.errors import PermanentError
 from migratio.prefetch import prefetched
 from migratio.step import Step
@@ -22,8 +23,9 @@ from migratio.step import Step
 class StepTransfer:
     """Implements ``drivers.base.Transfer`` for one uploading step."""
 
-    def __init__(self, step: Step) -> None:
+    def __init__(self, step: Step, base: BaseVersion | None = None) -> None:
         self._step = step
+        self.base = base
         self.meter = Sha512Meter()
         self._sent = metrics.PayloadMeter(step.migration)
         image = step.source_image
@@ -36,8 +38,20 @@ class StepTransfer:
         self._streams: list[Generator[bytes, None, None]] = []
 
     def chunks(self, offset: int = 0) -> Iterator[bytes]:
-        """The payload from ``offset``, counted as sent as the destination takes it."""
-        return self._sent.stream(self._payload(offset), offset)
+        """The payload from ``offset``, counted as sent as the destination takes it,
+        within the bandwidth caps: of the destination, and of the source when the
+        payload is streamed from it (not staged)."""
+        migration = self._step.migration
+        sites = [migration.dest_site]
+        if not self._step.stages_payload:
+            sites.insert(0, migration.source_site)
+        paced = self._step.paced(self._payload(offset), *sites)
+        return self._sent.stream(iter(paced), offset)
+
+    def pace(self, amount: int) -> None:
+        """For a destination that reads ``path`` itself: wait until ``amount`` more
+        bytes may be sent within the destination's and the daemon's caps."""
+        self._step.pace(amount, self._step.migration.dest_site)
 
     def _payload(self, offset: int) -> Iterator[bytes]:
         """From offset 0 the stream is hashed, verified and guarded end to end; a
@@ -92,3 +106,7 @@ class StepTransfer:
 
     def add_artifact(self, kind: str, ref: str) -> None:
         self._step.add_artifact(kind, ref, self._step.migration.dest_site)
+
+    def keep_manifest(self, record_id: str, manifest: bytes) -> None:
+        step = self._step
+        step.ledger.keep_manifest(step.migration.id, step.owner, record_id, manifest)

@@ -15,6 +15,7 @@ from migratio.text import one_line, printable
 
 if TYPE_CHECKING:
     from migratio.config import Settings
+    from migratio.ledger.listing import Listing
     from migratio.ledger.store import Ledger
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -114,6 +115,20 @@ class Context:
         from migratio.ledger.store import Ledger
 
         return Ledger.open(self.settings.daemon.ledger_url, migrate=False)
+
+    def listing(self) -> Listing:
+        """For ``status``: the ledger read without SQLAlchemy (start-up time)."""
+        from migratio.config_files import ledger_url
+        from migratio.ledger.listing import Listing
+
+        url = ledger_url(self.path) if self._settings is None else self.settings.daemon.ledger_url
+        return Listing.open(url)
+
+    def slots(self) -> dict[str, int]:
+        """``max_concurrent`` per site, for ``status`` (the config read as YAML only)."""
+        from migratio.config_files import site_slots
+
+        return site_slots(self.path) if self._settings is None else self.settings.slots
 
 
 pass_context = click.make_pass_decorator(Context)

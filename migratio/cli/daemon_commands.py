@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 from typing import Any
 
 import click
@@ -21,6 +19,9 @@ from migratio.cli.context import Context, json_option, one_line_errors, pass_con
 def run(ctx: Context, until_idle: bool, as_json: bool) -> None:
     """Run the daemon: take Redis jobs, drive migrations, send feedback until
     SIGTERM/SIGINT; SIGHUP reloads the config and site files."""
+    import logging
+    import signal
+
     from migratio import logs
     from migratio.systemd import Notifier
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 import click
@@ -35,6 +34,8 @@ def doctor(ctx: Context, as_json: bool, timeout: float, min_free_gib: float) -> 
 
     Exits 0 when no check failed (warnings pass), 1 otherwise.
     """
+    import logging
+
     from migratio.doctor.result import passed
     from migratio.doctor.runner import GIB, Options, diagnose
 

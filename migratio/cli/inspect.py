@@ -20,10 +20,14 @@ if TYPE_CHECKING:
     from rich.progress_bar import ProgressBar
     from rich.table import Table
 
-    from migratio.ledger.store import Ledger, MigrationFilter
+    from migratio.ledger.listing import Listing
+    from migratio.ledger.types import MigrationFilter
 
 DEFAULT_LIMIT = 50
 MIB = 1024 * 1024
+COLUMNS = ("ID", "IMAGE", "FROM → TO", "STATE", "PROGRESS", "AGE", "ERROR")
+# The table is laid out for at least this width, wrapping only beyond it.
+MIN_WIDTH = 100
 
 
 @click.command()
@@ -58,24 +62,43 @@ def status(
     watch: bool,
 ) -> None:
     """List migrations, newest first: what each is doing, its progress and its error."""
-    from migratio.ledger.store import MigrationFilter
+    from migratio.ledger.types import MigrationFilter
 
     wanted = MigrationFilter(states=states, image_id=image_id, job_id=job_id, site=site)
-    ledger = ctx.existing_ledger()
+    listing = ctx.listing()
     shown = None if show_all else limit
-    if watch:
-        _watch(ledger, wanted, shown)
-        return
-    rows, total = _rows(ledger, wanted, shown)
+    slots = ctx.slots()
+    try:
+        if watch:
+            _watch(listing, wanted, shown, slots)
+            return
+        rows, total = _rows(listing, wanted, shown, slots)
+    finally:
+        listing.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
+    _print_table(rows)
+    if total > len(rows):
+        click.echo(f"showing the newest {len(rows)} of {total}; --limit N or --all for more")
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    """Plain text where it looks the same as rich's table (start-up time); rich otherwise."""
+    from migratio.cli.columns import plain_table, terminal_width
+
+    width = terminal_width(least=MIN_WIDTH)
+    stdout = click.get_text_stream("stdout")
+    grouped = _grouped(rows)
+    header = (*COLUMNS, "GROUP") if grouped else COLUMNS
+    cells = [_cells(row, grouped) for row in rows]
+    lines = plain_table(header, cells, width, bold=stdout.isatty())
+    if lines is not None:
+        click.echo("\n".join(lines))
+        return
     from rich.console import Console
 
-    console = Console(width=max(100, Console().width))
-    console.print(status_table(rows))
-    if total > len(rows):
-        console.print(f"showing the newest {len(rows)} of {total}; --limit N or --all for more")
+    Console(width=max(MIN_WIDTH, Console().width)).print(status_table(rows))
 
 
 def status_table(rows: list[dict[str, Any]], rates: dict[str, float] | None = None) -> Table:
@@ -86,29 +109,45 @@ def status_table(rows: list[dict[str, Any]], rates: dict[str, float] | None = No
     from rich.text import Text
 
     table = Table(box=None, header_style="bold")
-    columns = ["ID", "IMAGE", "FROM → TO", "STATE", "PROGRESS", "AGE", "ERROR"]
+    columns = list(COLUMNS)
     if rates is not None:
         columns[4:5] = ["PROGRESS", "SPEED", "ETA"]
+    grouped = _grouped(rows)
+    if grouped:
+        columns.append("GROUP")
     for column in columns:
         table.add_column(column)
     for row in rows:
-        image = row["image"] if not row["name"] else f"{row['name']} ({row['image'][:8]})"
-        cells: list[Any] = [
-            row["id"][:8],
-            image,
-            f"{row['source_site']} → {row['dest_site']}",
-            _state_text(row),
-            _progress_text(row["progress"]),
-            _age_text(row["age_seconds"]),
-            _short(row["error"]) if row["state"] != State.DONE else "",
-        ]
+        cells: list[Any] = _cells(row, grouped)
         if rates is not None:
             rate = rates.get(row["id"]) if row["activity"] == "running" else None
             cells[4:5] = [_bar(row["progress"]), _speed_text(rate), _eta_text(row, rate)]
         # Text, not str: rich would read "[...]" in an image id as markup.
-        table.add_row(*(cell if isinstance(cell, ProgressBar) else Text(printable(cell))
-                        for cell in cells))  # fmt: skip
+        table.add_row(*(cell if isinstance(cell, ProgressBar) else Text(cell) for cell in cells))
     return table
+
+
+def _grouped(rows: list[dict[str, Any]]) -> bool:
+    """Whether a GROUP column is shown: some row is a member of a fan-out group."""
+    return any(row.get("group") for row in rows)
+
+
+def _cells(row: dict[str, Any], grouped: bool = False) -> list[str]:
+    """One status row's cells, remote text escaped; with ``grouped``, its fan-out
+    group last (the group id's first 8 characters, shared by its members)."""
+    image = row["image"] if not row["name"] else f"{row['name']} ({row['image'][:8]})"
+    cells = [
+        row["id"][:8],
+        image,
+        f"{row['source_site']} → {row['dest_site']}",
+        _state_text(row),
+        _progress_text(row["progress"]),
+        _age_text(row["age_seconds"]),
+        _short(row["error"]) if row["state"] != State.DONE else "",
+    ]
+    if grouped:
+        cells.append((row.get("group") or "")[:8])
+    return [printable(cell) for cell in cells]
 
 
 @click.command()
@@ -130,9 +169,14 @@ def show(ctx: Context, migration_id: str, as_json: bool) -> None:
     # and clouds, and must not recolour the terminal or forge a line. Values are
     # shown as JSON (null, false), never as Python's None/False.
     for key, value in details.items():
-        if key not in ("history", "artifacts", "error", "durations"):
+        if key not in ("history", "artifacts", "error", "durations", "siblings"):
             shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             click.echo(printable(f"{key:17} {shown}"))
+    if details["siblings"]:
+        click.echo("siblings (same group, same read of the source):")
+        for sibling in details["siblings"]:
+            line = f"  {sibling['id']}  {sibling['dest_site']:<16} {sibling['state']}"
+            click.echo(printable(line))
     click.echo("time in each state:")
     for state, seconds in details["durations"].items():
         click.echo(f"  {state:<11} {seconds:10.1f} s")
@@ -153,16 +197,18 @@ def show(ctx: Context, migration_id: str, as_json: bool) -> None:
 
 
 def _rows(
-    ledger: Ledger, wanted: MigrationFilter, limit: int | None
+    listing: Listing, wanted: MigrationFilter, limit: int | None, slots: dict[str, int]
 ) -> tuple[list[dict[str, Any]], int]:
     from migratio import reports
 
-    migrations = ledger.migrations(limit=limit, wanted=wanted)
-    total = len(migrations) if limit is None or len(migrations) < limit else ledger.count(wanted)
-    return [reports.summary(m) for m in migrations], total
+    migrations, total = listing.newest(wanted, limit)
+    full = listing.full_sites(slots)
+    return [reports.summary(m, full=full) for m in migrations], total
 
 
-def _watch(ledger: Ledger, wanted: MigrationFilter, limit: int | None) -> None:
+def _watch(
+    listing: Listing, wanted: MigrationFilter, limit: int | None, slots: dict[str, int]
+) -> None:
     """Redraw in place once a second; speed from the bytes done between redraws."""
     from rich.console import Group
     from rich.live import Live
@@ -173,7 +219,7 @@ def _watch(ledger: Ledger, wanted: MigrationFilter, limit: int | None) -> None:
     with Live(auto_refresh=False, screen=False) as live:
         try:
             while True:
-                rows, total = _rows(ledger, wanted, limit)
+                rows, total = _rows(listing, wanted, limit, slots)
                 now = time.monotonic()
                 for row in rows:
                     before = seen.get(row["id"])
@@ -191,7 +237,7 @@ def _state_text(row: dict[str, Any]) -> str:
     match row["activity"]:
         case "waiting to retry":
             return f"{row['state']} (retry in {row['retry_in_seconds']:.0f}s)"
-        case "paused" | "waiting":
+        case "paused" | "waiting" | "waiting for a slot":
             return f"{row['state']} ({row['activity']})"
         case _:
             return str(row["state"])

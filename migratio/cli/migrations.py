@@ -7,13 +7,24 @@ import json
 import click
 
 from migratio.cli.context import Context, json_option, one_line_errors, pass_context
-from migratio.errors import UsageError
 
 
 @click.command()
 @click.option("--image", "image_id", required=True, help="source image id")
 @click.option("--from", "source", help="source site id (default: the daemon's name)")
-@click.option("--to", "destinations", required=True, multiple=True, help="destination site id")
+@click.option(
+    "--to",
+    "destinations",
+    required=True,
+    multiple=True,
+    help="destination site id; repeat it to fan out (the source is read once)",
+)
+@click.option(
+    "--base",
+    "base",
+    metavar="IMAGE_ID",
+    help="the image's previous version (a source image id); default: its base_image_ref",
+)
 @click.option(
     "--via-redis",
     is_flag=True,
@@ -27,26 +38,46 @@ def submit(
     image_id: str,
     source: str | None,
     destinations: tuple[str, ...],
+    base: str | None,
     via_redis: bool,
     as_json: bool,
 ) -> None:
-    """Queue a migration and print its id."""
+    """Queue a migration per destination and print their ids (one per line)."""
     from migratio import operations
 
-    if len(destinations) > 1:
-        # Never drop an argument silently (click would keep only the last).
-        raise UsageError(f"--to given {len(destinations)} times: one destination per migration")
-    destination = destinations[0]
+    # Never drop an argument silently: a site named twice is refused, not merged.
+    operations.check_destinations(destinations)
     source = source or ctx.settings.daemon.name
-    operations.check_sites(ctx.settings, source, destination)
+    for destination in destinations:
+        operations.check_sites(ctx.settings, source, destination)
     if via_redis:
-        jid = operations.submit_via_redis(ctx.settings, image_id, source, destination)
-        click.echo(json.dumps({"jid": jid}) if as_json else jid)
+        jids = [
+            operations.submit_via_redis(ctx.settings, image_id, source, destination, base)
+            for destination in destinations
+        ]
+        if as_json:
+            click.echo(json.dumps({"jid": jids[0]} if len(jids) == 1 else {"jids": jids}))
+        else:
+            click.echo("\n".join(jids))
         return
-    migration = operations.submit(ctx.settings, ctx.ledger(), image_id, source, destination)
-    click.echo(
-        json.dumps({"id": migration.id, "state": migration.state}) if as_json else migration.id
+    migrations = operations.submit_group(
+        ctx.settings, ctx.ledger(), image_id, source, destinations, base
     )
+    if not as_json:
+        click.echo("\n".join(migration.id for migration in migrations))
+    elif len(migrations) == 1:
+        click.echo(json.dumps({"id": migrations[0].id, "state": migrations[0].state}))
+    else:
+        click.echo(
+            json.dumps(
+                {
+                    "group": migrations[0].group_id,
+                    "migrations": [
+                        {"id": m.id, "state": m.state, "dest_site": m.dest_site} for m in migrations
+                    ],
+                }
+            )
+        )
 
 
 @click.command()

@@ -24,6 +24,7 @@ import botocore.parsers
 from migratio.config import AwsSite
 from migratio.doctor.result import Check, Verdict, fail, ok, warn
 from migratio.doctor.runner import Chain, client_timeout
+from migratio.drivers.aws.ami_boot import register_arguments
 from migratio.drivers.aws.errors import error_code, http_status, translated
 from migratio.drivers.aws.session import AwsClients
 from migratio.text import error_text, one_line
@@ -124,7 +125,9 @@ class AwsProbe:
                     Resources=[self._own_resource()], Tags=[PROBE_TAG], DryRun=True
                 )
             ),
-            "RegisterImage": lambda: dry_run(lambda ec2: ec2.register_image(**_register())),
+            "RegisterImage": lambda: dry_run(
+                lambda ec2: ec2.register_image(**_register(self.settings))
+            ),
             "DeregisterImage": lambda: dry_run(
                 lambda ec2: ec2.deregister_image(ImageId=NO_AMI, DryRun=True)
             ),
@@ -223,24 +226,12 @@ class AwsProbe:
         return str(snapshots[0]["SnapshotId"]) if snapshots else NO_SNAPSHOT
 
 
-def _register() -> dict[str, Any]:
-    """RegisterImage as ``amis`` calls it, for a snapshot that does not exist."""
+def _register(settings: AwsSite) -> dict[str, Any]:
+    """RegisterImage as ``amis`` calls it with this site's settings, for an
+    unmarked x86_64 image and a snapshot that does not exist."""
     return {
         "Name": "migratio-doctor-probe",
-        "Architecture": "x86_64",
-        "RootDeviceName": "/dev/xvda",
-        "VirtualizationType": "hvm",
-        "EnaSupport": True,
-        "BlockDeviceMappings": [
-            {
-                "DeviceName": "/dev/xvda",
-                "Ebs": {
-                    "SnapshotId": NO_SNAPSHOT,
-                    "DeleteOnTermination": True,
-                    "VolumeType": "gp3",
-                },
-            }
-        ],
+        **register_arguments(None, {}, settings, NO_SNAPSHOT),
         "TagSpecifications": [{"ResourceType": "image", "Tags": [PROBE_TAG]}],
         "DryRun": True,
     }

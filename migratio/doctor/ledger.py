@@ -25,7 +25,8 @@ def chain(daemon: DaemonConfig) -> Chain:
 
 
 def schema(url: str) -> Verdict:
-    from migratio.ledger.database import describe_url, schema_state
+    from migratio.ledger.database import schema_state
+    from migratio.ledger.urls import describe_url
 
     where = describe_url(url)
     try:

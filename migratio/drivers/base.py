@@ -1,11 +1,13 @@
 """The one small interface between the migration states and the clouds.
 
-Two capabilities: a *source* can describe an image and stream its bytes; a
+Capabilities: a *source* can describe an image and stream its bytes; a
 *destination* can find an earlier copy, hold a record for a migration, receive
-bytes and register the result. A driver implements the ones its kind of site
-supports (an AWS region is only a destination). The states call only this, and
-speak only its words (``ImageStatus``, ``RecordStatus``): each driver maps its
-cloud's status words onto them. Adding a kind of site means a new driver.
+bytes and register the result; a *versioned destination* can also start a
+record from an earlier version's and take only what changed. A driver implements
+the ones its kind of site supports (an AWS region is only a destination). The
+states call only this, and speak only its words (``ImageStatus``,
+``RecordStatus``): each driver maps its cloud's status words onto them. Adding
+a kind of site means a new driver.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from migratio.disk_map import DiskMap
 
@@ -26,6 +28,8 @@ SOURCE_CS = "source_cs"
 SOURCE_T = "source_t"
 SOURCE_SHA512 = "migratio_source_sha512"
 MIGRATION_ID = "migratio_migration_id"
+# On a record started from an earlier version's record: that record's id.
+BASE_RECORD = "migratio_base_record"
 
 
 class ImageStatus(StrEnum):
@@ -65,6 +69,12 @@ class SourceImage:
     architecture: str | None = None
     properties: Mapping[str, str] = field(default_factory=dict)
     site_status: str = ""
+    # Glance's tags (a set of strings, kept sorted) and its protected flag.
+    tags: tuple[str, ...] = ()
+    protected: bool = False
+    # The image this one was made from (an instance snapshot's ``base_image_ref``):
+    # its previous version, which an incremental upload may start from.
+    base_image_ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,19 +99,49 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class BaseVersion:
+    """An earlier version of the image, already migrated to this destination, that
+    a new version's record may start from (then only what changed is sent).
+
+    image_id: the earlier version's source image id.
+    migration_id: the migration that moved it.
+    record_id: its record at the destination (an EBS snapshot).
+    result_id: the image it became there (an AMI), for people.
+    manifest: what the record holds, as the destination described it when it was
+        written (``Transfer.keep_manifest``); opaque to the engine.
+    """
+
+    image_id: str
+    migration_id: str
+    record_id: str
+    result_id: str | None
+    manifest: bytes
+
+
+@dataclass(frozen=True)
 class RecordSpec:
-    """What a destination record is created with, before any byte is sent."""
+    """What a destination record is created with, before any byte is sent.
+
+    ``base``: an earlier version to start from; a destination that cannot use it
+    starts empty, and its record then carries no ``BASE_RECORD`` property.
+    """
 
     migration_id: str
     name: str
     disk_format: str
     container_format: str
     size: int | None = None
+    # What the copy will say about its hardware, so a destination can refuse an
+    # image it cannot hold before any byte is sent.
+    architecture: str | None = None
+    properties: Mapping[str, str] = field(default_factory=dict)
+    base: BaseVersion | None = None
 
 
 @dataclass(frozen=True)
 class Registration:
-    """The metadata a finished copy carries."""
+    """The metadata a finished copy carries; ``protected`` is the source's flag,
+    which the destination's policy may override."""
 
     name: str
     disk_format: str
@@ -110,6 +150,8 @@ class Registration:
     min_ram: int
     architecture: str | None
     properties: Mapping[str, str]
+    tags: tuple[str, ...] = ()
+    protected: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,6 +211,12 @@ class Transfer(Protocol):
         """Record progress; also the point where shutdown or cancel stops a transfer."""
         ...
 
+    def pace(self, amount: int) -> None:
+        """Wait until ``amount`` more bytes may be sent within the bandwidth caps;
+        a destination reading ``path`` calls it before sending each piece
+        (``chunks`` are paced already)."""
+        ...
+
     def load_state(self) -> dict[str, Any]:
         """What ``save_state`` last stored for this migration (empty at first)."""
         ...
@@ -179,6 +227,16 @@ class Transfer(Protocol):
 
     def add_artifact(self, kind: str, ref: str) -> None:
         """Record a temporary thing the destination created, for cleanup."""
+        ...
+
+    @property
+    def base(self) -> BaseVersion | None:
+        """The earlier version the record was started from (its ``BASE_RECORD``), if any."""
+        ...
+
+    def keep_manifest(self, record_id: str, manifest: bytes) -> None:
+        """Keep what the finished record holds in the ledger, so that a later
+        version can start from it (``BaseVersion.manifest``)."""
         ...
 
 
@@ -243,6 +301,17 @@ class DestinationSite(Protocol):
 
     def remove(self, record_id: str) -> None:
         """Delete a record; a record that is already gone is not an error."""
+        ...
+
+
+@runtime_checkable
+class VersionedDestination(Protocol):
+    """A destination whose records can start from an earlier version's record
+    (``RecordSpec.base``), so that only what changed is sent."""
+
+    @property
+    def takes_base_version(self) -> bool:
+        """Whether this site, as configured, can start a record from a base."""
         ...
 
 

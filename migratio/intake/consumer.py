@@ -220,9 +220,12 @@ class Consumer:
         """
         if not jobs:
             return [], {}
+        accept = partial(
+            self.ledger.accept_jobs, coalesce_seconds=self.settings.daemon.coalesce_seconds
+        )
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
-                return self._ledger_call(partial(self.ledger.accept_jobs, jobs)), {}
+                return self._ledger_call(partial(accept, jobs)), {}
             except JobConflict:
                 # Another consumer recorded one of these job ids at the same moment:
                 # try again, and the ledger finds it.
@@ -236,7 +239,7 @@ class Consumer:
         refused: dict[str, str] = {}
         for job in jobs:
             try:
-                recorded += self._ledger_call(partial(self.ledger.accept_jobs, [job]))
+                recorded += self._ledger_call(partial(accept, [job]))
             except Stopping:
                 raise
             except Exception as exc:

@@ -11,12 +11,17 @@ Two formats share the queue ``<namespace>:queue:migration_<name>``:
 
   Classes ``Migratio::Worker::OpenstackOpenstackMigrator`` and
   ``Migratio::Worker::OpenstackAmazonMigrator``; the source site is the
-  daemon's own ``name``. Extra fields are ignored.
+  daemon's own ``name``. Extra fields are ignored, except ``base`` (below).
 
 * **migratio's native job**::
 
     {"class":"migratio","image":"<source image id>","to":"<destination site id>",
-     "from":"<source site id; default: the daemon's name>","jid":"<unique job id>"}
+     "from":"<source site id; default: the daemon's name>","jid":"<unique job id>",
+     "base":"<optional: the image's previous version, a source image id>"}
+
+``base`` (either format) names the previous version of the image, which an
+incremental upload starts from when it was migrated to the same destination
+(without it, the source's own ``base_image_ref`` is used).
 
 A job is identified by its ``jid`` (at most 64 characters). A job without one is
 identified by the SHA-256 of its bytes, so the very same bytes pushed twice
@@ -142,18 +147,24 @@ def _parse(
         raise BadJob(
             f"source and destination are the same site {source_site!r}", image_id, dest_site
         )
+    base = body.get("base")
+    if base is not None:
+        _check_text("'base'", base, MAX_IMAGE_ID)
     return JobRequest(
         job_id=_job_id(body, raw),
         source_site=source_site,
         dest_site=dest_site,
         image_id=image_id,
         origin=origin,
+        base_image_id=base,
     )
 
 
-def native_job(image_id: str, dest_site: str, source_site: str, jid: str) -> bytes:
+def native_job(
+    image_id: str, dest_site: str, source_site: str, jid: str, base: str | None = None
+) -> bytes:
     """A native job as ``migratio submit --via-redis`` pushes it."""
-    body = {
+    body: dict[str, Any] = {
         "class": NATIVE_CLASS,
         "image": image_id,
         "to": dest_site,
@@ -161,6 +172,8 @@ def native_job(image_id: str, dest_site: str, source_site: str, jid: str) -> byt
         "jid": jid,
         "created_at": time.time(),
     }
+    if base is not None:
+        body["base"] = base
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 

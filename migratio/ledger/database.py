@@ -10,61 +10,18 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from migratio.errors import LedgerUnavailable
+from migratio.ledger.schema import check_revision
+from migratio.ledger.urls import SQLITE_BUSY_TIMEOUT_MS, describe_url, postgres_connect_args
 from migratio.text import one_line
 
 log = logging.getLogger(__name__)
 
-# Several daemon threads and the CLI write the same SQLite file: wait for the lock
-# rather than failing at once.
-SQLITE_BUSY_TIMEOUT_MS = 30_000
 # The execution option that marks a transaction as only reading.
 READ_ONLY = "migratio_read_only"
-# PostgreSQL: how long to wait for a connection (libpq's connect_timeout, s), for
-# any one statement (statement_timeout, ms: a lease must not wait behind a hung
-# query), and for sent data to be acknowledged (tcp_user_timeout, ms); keepalives
-# find a server that vanished while we wait for an answer. A parameter the URL
-# sets itself (``?connect_timeout=5``, ``?options=-c statement_timeout=30000``) wins.
-POSTGRES_CONNECT_ARGS: dict[str, Any] = {
-    "connect_timeout": 10,
-    "tcp_user_timeout": 30_000,
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-}
-POSTGRES_STATEMENT_TIMEOUT_MS = 60_000
-# The newest schema revision (migrations_db/versions): read-only commands compare
-# the ledger's with it without loading Alembic (a quarter of a second).
-# tests/unit/test_ledger.py checks it against Alembic's own head.
-SCHEMA_HEAD = "0005"
-
-
-# SQLAlchemy's PostgreSQL default driver is psycopg2, which migratio does not
-# install; the common spellings of a PostgreSQL URL all mean psycopg 3.
-_POSTGRES_SCHEMES = ("postgres://", "postgresql://", "postgresql+psycopg2://")
-
-
-def supported_url(value: str) -> str:
-    """A database URL the ledger can use (SQLite or PostgreSQL), or ValueError."""
-    for scheme in _POSTGRES_SCHEMES:
-        if value.startswith(scheme):
-            value = "postgresql+psycopg://" + value[len(scheme) :]
-    try:
-        url = make_url(value)
-    except ArgumentError:
-        raise ValueError(
-            "is not a database URL (sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
-        ) from None
-    if url.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
-        raise ValueError(
-            f"database {url.drivername!r} is not supported: use sqlite:///PATH "
-            "or postgresql+psycopg://USER@HOST/DB"
-        )
-    return value
 
 
 def open_engine(url: str, *, migrate: bool) -> Engine:
@@ -116,18 +73,6 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
         max_overflow=20,
         connect_args=postgres_connect_args(dict(parsed.query)),
     )
-
-
-def postgres_connect_args(query: dict[str, Any]) -> dict[str, Any]:
-    """The timeouts (``POSTGRES_CONNECT_ARGS``) the URL's own ``query`` leaves unset."""
-    args = {key: value for key, value in POSTGRES_CONNECT_ARGS.items() if key not in query}
-    options = query.get("options") or ""
-    if isinstance(options, tuple):
-        options = " ".join(options)
-    if "statement_timeout" not in options:
-        # connect_args replace the URL's own options: keep them, add ours.
-        args["options"] = f"{options} -c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_MS}".strip()
-    return args
 
 
 def _tune_sqlite(engine: Engine) -> None:
@@ -198,18 +143,7 @@ def head_revision(engine: Engine) -> str | None:
 
 def check_current(engine: Engine) -> None:
     """LedgerUnavailable unless the schema is at the newest revision (nothing is changed)."""
-    current = current_revision(engine)
-    head = SCHEMA_HEAD
-    if current != head:
-        raise LedgerUnavailable(
-            f"ledger schema is at revision {current or 'none'}, this migratio needs {head}: "
-            "run 'migratio db upgrade'"
-        )
-
-
-def describe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    return make_url(url).render_as_string(hide_password=True)
+    check_revision(current_revision(engine))
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -2,16 +2,21 @@
 
 The ``jobs`` table maps every job id to its migration, so a job redelivered
 after a crash is acknowledged and not recorded again; a job for an image and
-pair of sites that already has a migration under way joins it.
+pair of sites that already has a migration under way joins it. With a
+coalescing window, a job for an image that another destination's migration
+(created within the window, not yet reading alone) moves from the same source
+joins that migration's group, so the source is read once for both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from migratio.ledger import groups
 from migratio.ledger.models import JobRow, MigrationRow
 from migratio.ledger.rows import audit, migration_of, new_migration
 from migratio.ledger.types import Change, JobOutcome, JobRecorded, JobRequest, utcnow
@@ -25,9 +30,12 @@ INTAKE_LOCK_KEY = 0x6D696769  # "migi"
 Route = tuple[str, str, str]
 
 
-def accept(session: Session, notify: Notify, jobs: Sequence[JobRequest]) -> list[JobRecorded]:
+def accept(
+    session: Session, notify: Notify, jobs: Sequence[JobRequest], coalesce_seconds: float = 0.0
+) -> list[JobRecorded]:
     """Record intake jobs, each job id at most once; set-based, so a batch costs a
-    handful of statements, not a handful per job."""
+    handful of statements, not a handful per job. ``coalesce_seconds`` > 0: a new
+    migration joins the group of a recent one of the same image and source."""
     if session.get_bind().dialect.name == "postgresql":
         # Two daemons taking jobs for the same image at once must not both start
         # a migration: intake transactions take turns (they last milliseconds).
@@ -35,6 +43,11 @@ def accept(session: Session, notify: Notify, jobs: Sequence[JobRequest]) -> list
         session.execute(select(func.pg_advisory_xact_lock(INTAKE_LOCK_KEY)))
     known = _known_jobs(session, jobs)
     running = _under_way(session, jobs)
+    peers: dict[groups.Origin, MigrationRow] = {}
+    if coalesce_seconds > 0:
+        since = utcnow() - timedelta(seconds=coalesce_seconds)
+        origins = {(job.image_id, job.source_site) for job in jobs}
+        peers = groups.joinable(session, origins, since)
     taken: list[tuple[JobRecorded, MigrationRow]] = []
     results: list[JobRecorded] = []
     for job in jobs:
@@ -44,9 +57,16 @@ def accept(session: Session, notify: Notify, jobs: Sequence[JobRequest]) -> list
         route = (job.image_id, job.source_site, job.dest_site)
         outcome = JobOutcome.ATTACHED
         if route not in running:
-            running[route] = new_migration(job.source_site, job.dest_site, job.image_id, job.job_id)
+            running[route] = new_migration(
+                job.source_site, job.dest_site, job.image_id, job.job_id, job.base_image_id
+            )
             session.add(running[route])
             outcome = JobOutcome.CREATED
+            if coalesce_seconds > 0:
+                origin = (job.image_id, job.source_site)
+                if origin in peers:
+                    groups.join(running[route], peers[origin])
+                peers[origin] = running[route]
         row = running[route]
         known[job.job_id] = row.id
         taken.append((JobRecorded(job, outcome, row.id), row))

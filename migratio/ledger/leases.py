@@ -8,15 +8,17 @@ daemon may then take the migration over.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from migratio import metrics
 from migratio.ledger.models import MigrationRow
 from migratio.ledger.rows import audit, migration_of, rowcount
+from migratio.ledger.slots import full_sites, held_back, note_waiting, take_turns, unnoted
 from migratio.ledger.types import Migration, utcnow
 from migratio.machine import ACTIVE, TERMINAL
 
@@ -29,22 +31,69 @@ def lease_free(now: datetime) -> ColumnElement[bool]:
     return or_(MigrationRow.lease_owner.is_(None), MigrationRow.lease_expires_at < now)
 
 
-def claim(
-    session: Session, owner: str, lease_seconds: float, skip: Sequence[str]
-) -> Migration | None:
-    """Take the lease of one due migration (or one asked to cancel), oldest due first."""
-    now = utcnow()
-    due = and_(
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    """Active, due (or asked to cancel), and nobody holds its lease."""
+    return and_(
         MigrationRow.state.in_([s.value for s in ACTIVE]),
         or_(MigrationRow.next_attempt_at <= now, MigrationRow.cancel_requested.is_(True)),
         lease_free(now),
     )
-    candidates = select(MigrationRow.id, MigrationRow.lease_owner).where(due)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What a claim may do: the due migrations it may take (id, lease owner),
+    oldest due first, and whether migrations held back by ``max_concurrent``
+    still wait for their note."""
+
+    due: list[tuple[str, str | None]]
+    unnoted: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.due) or self.unnoted
+
+
+def claimable(
+    session: Session, skip: Sequence[str], slots: Mapping[str, int] | None = None
+) -> Candidates:
+    """The candidates of a claim: due migrations (or ones asked to cancel) whose
+    lease is free, leaving out ``skip`` and queued ones to a site with no free
+    slot (``slots``: site -> ``max_concurrent``)."""
+    now = utcnow()
+    full = full_sites(session, slots, now) if slots else {}
+    candidates = select(MigrationRow.id, MigrationRow.lease_owner).where(_claimable(now))
+    if full:
+        candidates = candidates.where(not_(held_back(full)))
     if skip:
         candidates = candidates.where(MigrationRow.id.not_in(list(skip)))
     candidates = candidates.order_by(MigrationRow.next_attempt_at).limit(CLAIM_CANDIDATES)
-    for migration_id, previous_owner in session.execute(candidates).all():
-        if not _take(session, migration_id, owner, lease_seconds, now):
+    due = [(str(id_), owner) for id_, owner in session.execute(candidates).all()]
+    return Candidates(due, bool(full) and unnoted(session, full, _claimable(now)))
+
+
+def claim(
+    session: Session,
+    owner: str,
+    lease_seconds: float,
+    candidates: Candidates,
+    slots: Mapping[str, int] | None = None,
+) -> Migration | None:
+    """Take the lease of the first of ``candidates`` (from ``claimable``) still free:
+    a compare-and-set each, so a candidate another daemon took meanwhile is passed.
+
+    With ``slots``, claims take turns and count the running migrations again
+    here, so daemons sharing the ledger keep ``max_concurrent`` together; the
+    migrations it holds back get their note."""
+    now = utcnow()
+    # Still claimable: another daemon may have run it on since it was looked up.
+    condition = _claimable(now)
+    if slots:
+        take_turns(session)
+        if full := full_sites(session, slots, now):
+            note_waiting(session, full, slots, _claimable(now), now)
+            condition = and_(condition, not_(held_back(full)))
+    for migration_id, previous_owner in candidates.due:
+        if not _take(session, migration_id, owner, lease_seconds, now, condition):
             continue
         row = session.get(MigrationRow, migration_id)
         assert row is not None
@@ -96,12 +145,19 @@ def release(session: Session, migration_id: str, owner: str) -> None:
 
 
 def _take(
-    session: Session, migration_id: str, owner: str, lease_seconds: float, now: datetime
+    session: Session,
+    migration_id: str,
+    owner: str,
+    lease_seconds: float,
+    now: datetime,
+    condition: ColumnElement[bool] | None = None,
 ) -> bool:
+    """Compare-and-set of the lease: won only while ``condition`` (default: the
+    lease is free) holds for the row."""
     won = rowcount(
         session,
         update(MigrationRow)
-        .where(MigrationRow.id == migration_id, lease_free(now))
+        .where(MigrationRow.id == migration_id, lease_free(now) if condition is None else condition)
         .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds)),
     )
     return bool(won)

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Double, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from migratio.ledger.types import ArtifactStatus
@@ -44,9 +55,16 @@ class MigrationRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The previous version of the image, as named by the submitter (else the
+    # source's own ``base_image_ref`` is used).
+    base_image_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The migrations of one fan-out (one image, one source, several destinations)
+    # share one read of the source; None for a migration alone.
+    group_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
     __table_args__ = (
         Index("ix_migrations_due", "state", "next_attempt_at"),
+        Index("ix_migrations_group", "group_id"),
         Index("ix_migrations_image", "image_id", "dest_site"),
         Index("ix_migrations_created_at", "created_at"),
     )
@@ -88,6 +106,24 @@ class ArtifactRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class BlockManifestRow(Base):
+    """What a migrated version's destination record holds (an EBS snapshot's
+    blocks and their SHA-256s, packed by the driver), so the next version of the
+    image can start from that record and send only what changed."""
+
+    __tablename__ = "block_manifests"
+
+    migration_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("migrations.id", ondelete="CASCADE"), primary_key=True
+    )
+    dest_site: Mapped[str] = mapped_column(String(64))
+    record_id: Mapped[str] = mapped_column(String(255))
+    manifest: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_block_manifests_record", "dest_site", "record_id"),)
 
 
 class JobRow(Base):

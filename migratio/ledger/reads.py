@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from migratio.errors import UnknownMigration, UsageError
-from migratio.ledger.models import JobRow, MigrationRow, TransitionRow
+from migratio.ledger.models import MigrationRow, TransitionRow
 from migratio.ledger.rows import migration_of, transition_of
-from migratio.ledger.types import Migration, MigrationFilter, Transition
+from migratio.ledger.types import Migration, Transition
 from migratio.machine import ACTIVE, State
 
 ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
@@ -23,6 +23,12 @@ def get(session: Session, migration_id: str) -> Migration:
     if row is None:
         raise UnknownMigration(f"no migration {migration_id!r} in the ledger")
     return migration_of(row)
+
+
+def cancel_requested(session: Session, migration_id: str) -> bool:
+    """Whether an operator asked to cancel the migration."""
+    query = select(MigrationRow.cancel_requested).where(MigrationRow.id == migration_id)
+    return bool(session.scalar(query))
 
 
 def find(session: Session, prefix: str) -> Migration:
@@ -45,33 +51,15 @@ def find(session: Session, prefix: str) -> Migration:
     return migration_of(rows[0])
 
 
-def migrations(session: Session, wanted: MigrationFilter, limit: int | None) -> list[Migration]:
-    """Newest first, those ``wanted``; all of them when ``limit`` is None."""
-    query = _filtered(select(MigrationRow), wanted).order_by(MigrationRow.created_at.desc())
+def migrations(session: Session, states: Sequence[str], limit: int | None) -> list[Migration]:
+    """Newest first, those in ``states`` (all when empty), at most ``limit`` (None:
+    no limit). The operator's filtered view is ``listing.Listing.newest``."""
+    query = select(MigrationRow).order_by(MigrationRow.created_at.desc())
+    if states:
+        query = query.where(MigrationRow.state.in_(list(states)))
     if limit is not None:
         query = query.limit(limit)
     return [migration_of(row) for row in session.scalars(query)]
-
-
-def count(session: Session, wanted: MigrationFilter) -> int:
-    return int(
-        session.scalar(_filtered(select(func.count()).select_from(MigrationRow), wanted)) or 0
-    )
-
-
-def _filtered(query: Select[Any], wanted: MigrationFilter) -> Select[Any]:
-    if wanted.states:
-        query = query.where(MigrationRow.state.in_(list(wanted.states)))
-    if wanted.image_id is not None:
-        query = query.where(MigrationRow.image_id == wanted.image_id)
-    if wanted.job_id is not None:
-        joined = select(JobRow.migration_id).where(JobRow.job_id == wanted.job_id)
-        query = query.where(or_(MigrationRow.job_id == wanted.job_id, MigrationRow.id.in_(joined)))
-    if wanted.site is not None:
-        query = query.where(
-            or_(MigrationRow.source_site == wanted.site, MigrationRow.dest_site == wanted.site)
-        )
-    return query
 
 
 def history(session: Session, migration_id: str) -> list[Transition]:

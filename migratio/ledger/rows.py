@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from datetime import datetime
 
@@ -10,8 +11,11 @@ from sqlalchemy import CursorResult, Executable
 from sqlalchemy.orm import Session
 
 from migratio.ledger.models import ArtifactRow, MigrationRow, TransitionRow
-from migratio.ledger.types import HOST, Artifact, ArtifactStatus, Migration, Transition, utcnow
+from migratio.ledger.types import Artifact, ArtifactStatus, Migration, Transition, utcnow
 from migratio.machine import State
+
+# Written into every audit row, so operators see which daemon did what.
+HOST = socket.gethostname()
 
 
 def migration_of(row: MigrationRow) -> Migration:
@@ -38,7 +42,12 @@ def transition_of(row: TransitionRow) -> Transition:
 
 
 def new_migration(
-    source_site: str, dest_site: str, image_id: str, job_id: str | None
+    source_site: str,
+    dest_site: str,
+    image_id: str,
+    job_id: str | None,
+    base_image_id: str | None = None,
+    group_id: str | None = None,
 ) -> MigrationRow:
     now = utcnow()
     return MigrationRow(
@@ -52,6 +61,8 @@ def new_migration(
         cancel_requested=False,
         bytes_done=0,
         job_id=job_id,
+        base_image_id=base_image_id,
+        group_id=group_id,
         created_at=now,
         updated_at=now,
     )

@@ -9,7 +9,7 @@ its lease changes nothing. Database failures come out as ``LedgerUnavailable``,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -18,14 +18,15 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from migratio.errors import JobConflict, LedgerError
-from migratio.ledger import artifacts, census, leases, reads, writes
+from migratio.ledger import artifacts, census, groups, leases, reads, versions, writes
 from migratio.ledger import jobs as intake_jobs
+from migratio.ledger import slots as site_slots
 from migratio.ledger.boundary import reading, transaction
 from migratio.ledger.census import Census
 from migratio.ledger.database import open_engine
 from migratio.ledger.outbox import OutboxTable
+from migratio.ledger.rows import HOST
 from migratio.ledger.types import (
-    HOST,
     RECORDABLE,
     Artifact,
     ArtifactStatus,
@@ -34,6 +35,7 @@ from migratio.ledger.types import (
     JobOutcome,
     JobRecorded,
     JobRequest,
+    KeptManifest,
     Migration,
     MigrationFilter,
     Transition,
@@ -51,6 +53,7 @@ __all__ = [
     "JobOutcome",
     "JobRecorded",
     "JobRequest",
+    "KeptManifest",
     "Ledger",
     "Migration",
     "MigrationFilter",
@@ -108,21 +111,59 @@ class Ledger:
         *,
         job_id: str | None = None,
         message: str = "submitted",
+        base_image_id: str | None = None,
     ) -> Migration:
+        """A new queued migration; ``base_image_id`` names the image's previous version."""
         with self._tx() as session:
             return writes.create(
-                session, self._notify, source_site, dest_site, image_id, job_id, message
+                session,
+                self._notify,
+                source_site,
+                dest_site,
+                image_id,
+                job_id,
+                message,
+                base_image_id,
             )
 
-    def accept_jobs(self, jobs: Sequence[JobRequest]) -> list[JobRecorded]:
+    def create_group(
+        self,
+        source_site: str,
+        dest_sites: Sequence[str],
+        image_id: str,
+        *,
+        message: str,
+        base_image_id: str | None = None,
+    ) -> list[Migration]:
+        """One migration per destination in one transaction, grouped (fan-out:
+        the source is read once for all of them) when there are several."""
+        with self._tx() as session:
+            return groups.create(
+                session, self._notify, source_site, dest_sites, image_id, message, base_image_id
+            )
+
+    def group_members(self, group_id: str) -> list[Migration]:
+        with self._read() as session:
+            return groups.members(session, group_id)
+
+    def group_others_active(self, group_id: str, migration_id: str) -> bool:
+        """Whether another member of the group may still use the group's shared files."""
+        with self._read() as session:
+            return groups.others_active(session, group_id, migration_id)
+
+    def accept_jobs(
+        self, jobs: Sequence[JobRequest], *, coalesce_seconds: float = 0.0
+    ) -> list[JobRecorded]:
         """Record intake jobs in one transaction, each job id at most once.
 
         A job for an image and pair of sites that already has a migration under
-        way joins it instead of starting a second one. ``JobConflict``: another
+        way joins it instead of starting a second one; with ``coalesce_seconds``,
+        one for another destination joins the group of a migration of the same
+        image and source created that recently. ``JobConflict``: another
         consumer recorded one of these job ids at the same moment.
         """
         with self._tx(conflict=JobConflict) as session:
-            return intake_jobs.accept(session, self._notify, jobs)
+            return intake_jobs.accept(session, self._notify, jobs, coalesce_seconds)
 
     def get(self, migration_id: str) -> Migration:
         with self._read() as session:
@@ -134,24 +175,21 @@ class Ledger:
             return reads.find(session, prefix)
 
     def migrations(
-        self,
-        states: Sequence[str] | None = None,
-        limit: int | None = 1000,
-        *,
-        wanted: MigrationFilter | None = None,
+        self, states: Sequence[str] | None = None, limit: int | None = 1000
     ) -> list[Migration]:
-        """Newest first: those in ``states`` (or matching ``wanted``), at most ``limit``."""
-        wanted = wanted or MigrationFilter(states=tuple(states or ()))
+        """Newest first: those in ``states`` (all when None), at most ``limit``."""
         with self._read() as session:
-            return reads.migrations(session, wanted, limit)
-
-    def count(self, wanted: MigrationFilter) -> int:
-        with self._read() as session:
-            return reads.count(session, wanted)
+            return reads.migrations(session, states or (), limit)
 
     def history(self, migration_id: str) -> list[Transition]:
         with self._read() as session:
             return reads.history(session, migration_id)
+
+    def full_sites(self, slots: Mapping[str, int]) -> dict[str, int]:
+        """Of the sites with a ``max_concurrent`` (``slots``), those with no free
+        slot now, and how many migrations run to each (for ``status``)."""
+        with self._read() as session:
+            return site_slots.full_sites(session, slots, utcnow()) if slots else {}
 
     def count_active(self) -> int:
         with self._read() as session:
@@ -159,15 +197,31 @@ class Ledger:
 
     def count_queued_and_failed_since(self, since: datetime) -> tuple[int, int]:
         """For the daemon's one-line status: queued now, failed since ``since`` (naive UTC)."""
-        with self._tx() as session:
+        with self._read() as session:
             return reads.count_queued_and_failed_since(session, since)
 
     # ---- leases ---------------------------------------------------------------
 
-    def claim(self, owner: str, lease_seconds: float, skip: Sequence[str] = ()) -> Migration | None:
-        """Take the lease of one due migration, or None; two daemons never both win."""
+    def claim(
+        self,
+        owner: str,
+        lease_seconds: float,
+        skip: Sequence[str] = (),
+        slots: Mapping[str, int] | None = None,
+    ) -> Migration | None:
+        """Take the lease of one due migration, or None; two daemons never both win.
+
+        The candidates are looked up in a read first: an idle daemon polling the
+        ledger takes no write lock (SQLite) and opens no write transaction.
+        ``slots``: destination site -> most migrations running to it at once; a
+        queued migration to a full site is not started, and gets a note saying why.
+        """
+        with self._read() as session:
+            candidates = leases.claimable(session, skip, slots)
+        if not candidates:
+            return None
         with self._tx() as session:
-            return leases.claim(session, owner, lease_seconds, skip)
+            return leases.claim(session, owner, lease_seconds, candidates, slots)
 
     def acquire(self, migration_id: str, owner: str, lease_seconds: float) -> bool:
         """Take the lease of one migration if nobody holds it (operator commands)."""
@@ -211,12 +265,14 @@ class Ledger:
 
     def record_progress(
         self, migration_id: str, owner: str, bytes_done: int, *, rate: float | None = None
-    ) -> None:
+    ) -> bool:
         """Record how far the running step has got; with ``rate`` (bytes/s), the
         feedback line that reports it goes to the outbox in the same transaction,
-        so it reaches the platform in order with the state changes around it."""
+        so it reaches the platform in order with the state changes around it.
+        Returns whether an operator asked to cancel (read in the same transaction)."""
         with self._tx() as session:
             writes.record(session, migration_id, owner, {"bytes_done": bytes_done})
+            cancel = reads.cancel_requested(session, migration_id)
             if rate is not None and self._on_change is not None:
                 migration = reads.get(session, migration_id)
                 progress = UploadProgress(
@@ -228,6 +284,7 @@ class Ledger:
                     bytes_per_second=rate,
                 )
                 self._notify(session, progress)
+            return cancel
 
     def schedule_retry(
         self, migration_id: str, owner: str, attempt: int, delay: float, error: str
@@ -242,6 +299,30 @@ class Ledger:
         goes to the audit trail once per wait. True if it was written now."""
         with self._tx() as session:
             return writes.wait(session, migration_id, owner, delay, note)
+
+    def note(self, migration_id: str, owner: str, message: str) -> None:
+        """An audit note (no state change) by the lease holder."""
+        with self._tx() as session:
+            writes.note(session, migration_id, owner, message)
+
+    # ---- versions (incremental uploads) ---------------------------------------
+
+    def keep_manifest(self, migration_id: str, owner: str, record_id: str, manifest: bytes) -> None:
+        """Keep what the migration's destination record holds, for later versions."""
+        with self._tx() as session:
+            versions.keep(session, migration_id, owner, record_id, manifest)
+
+    def latest_version(
+        self, source_site: str, dest_site: str, image_id: str
+    ) -> KeptManifest | None:
+        """The newest finished migration of ``image_id`` on that route, with its manifest."""
+        with self._read() as session:
+            return versions.latest(session, source_site, dest_site, image_id)
+
+    def version_of_record(self, dest_site: str, record_id: str) -> KeptManifest | None:
+        """The kept manifest of a destination record, if migratio kept one."""
+        with self._read() as session:
+            return versions.of_record(session, dest_site, record_id)
 
     def request_cancel(self, migration_id: str) -> Migration:
         with self._tx() as session:
@@ -275,7 +356,7 @@ class Ledger:
         """The migration's artifacts, oldest first; ``due_only``: those whose
         removal is not waiting for a retry."""
         wanted = None if status is None else ArtifactStatus(status)
-        with self._tx() as session:
+        with self._read() as session:
             return artifacts.listing(session, migration_id, wanted, due_only)
 
     def settle_ref(
@@ -300,7 +381,7 @@ class Ledger:
 
     def unsettled_terminal(self) -> list[str]:
         """Finished migrations that still hold artifacts due for removal."""
-        with self._tx() as session:
+        with self._read() as session:
             return artifacts.unsettled_terminal(session)
 
     def purge(self, migration_id: str) -> None:

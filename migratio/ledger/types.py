@@ -6,17 +6,14 @@ and feedback); none of them needs to know a table or a session.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from migratio import sidekiq
-
-# Written into every audit row, so operators see which daemon did what.
-HOST = socket.gethostname()
+if TYPE_CHECKING:
+    from migratio import sidekiq
 
 
 def utcnow() -> datetime:
@@ -52,6 +49,21 @@ class Migration:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    base_image_id: str | None = None
+    # Fan-out: the migrations sharing one read of the source (None: alone).
+    group_id: str | None = None
+
+
+@dataclass(frozen=True)
+class KeptManifest:
+    """A migrated version's record and what it holds (``block_manifests``)."""
+
+    migration_id: str
+    image_id: str
+    dest_site: str
+    record_id: str
+    result_id: str | None  # the migration's destination image (an AMI)
+    manifest: bytes
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,7 @@ class Transition:
 class ArtifactStatus(StrEnum):
     PRESENT = "present"  # exists, or may: cleanup removes it unless it is kept
     KEPT = "kept"  # became (part of) the result
+    RELEASED = "released"  # a group's shared files: this member is done with them
     REMOVED = "removed"  # cleaned up
 
 
@@ -113,7 +126,7 @@ class Change:
 
 # The feedback job that reports a change. The ledger writes it to its outbox in
 # the transaction that makes the change, so the report commits with it.
-ChangeHook = Callable[[Change], sidekiq.Job]
+ChangeHook = Callable[[Change], "sidekiq.Job"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,7 @@ class JobRequest:
     dest_site: str
     image_id: str
     origin: str
+    base_image_id: str | None = None
 
 
 class JobOutcome(StrEnum):

@@ -34,8 +34,9 @@ def create(
     image_id: str,
     job_id: str | None,
     message: str,
+    base_image_id: str | None = None,
 ) -> Migration:
-    row = new_migration(source_site, dest_site, image_id, job_id)
+    row = new_migration(source_site, dest_site, image_id, job_id, base_image_id)
     session.add(row)
     session.flush()
     created(session, notify, row, message)
@@ -141,6 +142,12 @@ def wait(session: Session, migration_id: str, owner: str, delay: float, note: st
         return False
     session.add(audit(migration_id, row.state, row.state, now, note))
     return True
+
+
+def note(session: Session, migration_id: str, owner: str, message: str) -> None:
+    """An audit note by the lease holder (from = to = the current state)."""
+    row = fenced_row(session, migration_id, owner)
+    session.add(audit(migration_id, row.state, row.state, utcnow(), message))
 
 
 def request_cancel(session: Session, migration_id: str) -> Migration:

@@ -19,6 +19,7 @@ from migratio.metrics.hooks import (
     retry,
     start,
     stop,
+    throttled,
     transition,
 )
 
@@ -34,5 +35,6 @@ __all__ = [
     "retry",
     "start",
     "stop",
+    "throttled",
     "transition",
 ]

@@ -97,6 +97,11 @@ def lease_taken_over() -> None:
     _call("lease_taken_over")
 
 
+def throttled(cap: str, seconds: float) -> None:
+    """A transfer waited ``seconds`` for the bandwidth cap ``cap`` (a site id, or "daemon")."""
+    _call("throttled", cap, seconds)
+
+
 def intake_jobs(recorded: Sequence[JobRecorded], dead: int) -> None:
     """An intake round: jobs recorded in the ledger (by outcome), jobs dead-lettered."""
     _call("intake_jobs", [result.outcome.value for result in recorded], dead)

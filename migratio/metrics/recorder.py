@@ -69,6 +69,12 @@ class Recorder:
             ["error_class"],
             registry=registry,
         )
+        self.throttle_seconds = Counter(
+            "migratio_throttled_seconds",
+            "Seconds transfers waited for a bandwidth cap, by the cap that held them",
+            ["cap"],
+            registry=registry,
+        )
         self.lease_takeovers = Counter(
             "migratio_lease_takeovers",
             "Migrations this daemon took over after their holder's lease expired",
@@ -115,6 +121,9 @@ class Recorder:
 
     def lease_taken_over(self) -> None:
         self.lease_takeovers.inc()
+
+    def throttled(self, cap: str, seconds: float) -> None:
+        self.throttle_seconds.labels(cap).inc(seconds)
 
     def intake_jobs(self, outcomes: Sequence[str], dead: int) -> None:
         for outcome in outcomes:

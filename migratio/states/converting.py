@@ -13,8 +13,12 @@ reports that sha512 itself.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
 from migratio import disk_map, qemu, safety
 from migratio.checksums import sha512_of_file
+from migratio.group_files import making
 from migratio.machine import Trigger
 from migratio.step import Advance, Step
 
@@ -27,15 +31,10 @@ def run(step: Step) -> Advance:
             Trigger.CONVERTED,
             f"no conversion needed: {step.migration.dest_site} takes {image.disk_format}",
         )
-    staged = step.staged_source
     converted = step.converted_file
-    checked = False
     if step.destination.reads_disk_map and not converted.exists():
-        mapped = step.disk_map
-        if mapped is None:
-            safety.check_file(staged, image.disk_format)
-            checked = True
-            mapped = _map(step)
+        with _shared(step, step.disk_map_file):
+            mapped = step.disk_map or _map(step)
         if mapped is not None:
             # The destination reads the file and reports what it read (a manifest).
             step.record(payload_sha512=None, bytes_total=mapped.size)
@@ -45,16 +44,10 @@ def run(step: Step) -> Advance:
                 f"{step.target_format} disk holding {mapped.data_bytes} bytes of data: "
                 "no copy written",
             )
-    if not converted.exists():
-        if not checked:
-            safety.check_file(staged, image.disk_format)
-        step.reserve_space()
-        step.add_artifact("file", str(converted))
-        step.checkpoint()
-        qemu.convert(staged, image.disk_format, converted, step.target_format)
-    # A destination that takes a file reads every byte of it and reports the sha512
-    # it read; hashing the (sparse, often mostly empty) file here too doubles the cost.
-    payload_sha512 = None if step.destination.wants_file else sha512_of_file(converted)
+    # One conversion per target format for a whole group: made by the first member
+    # to get here, found by the others (with its sha512 beside it).
+    with _shared(step, converted):
+        payload_sha512 = _convert(step, converted)
     step.record(payload_sha512=payload_sha512, bytes_total=converted.stat().st_size)
     return Advance(
         Trigger.CONVERTED,
@@ -62,9 +55,44 @@ def run(step: Step) -> Advance:
     )
 
 
+def _shared(step: Step, path: Path) -> AbstractContextManager[None]:
+    """The lock on making a group's file; nothing for a migration of its own."""
+    if step.migration.group_id is None:
+        return nullcontext()
+    return making(path, step.checkpoint)
+
+
 def _map(step: Step) -> disk_map.DiskMap | None:
     saved = step.disk_map_file
-    step.add_artifact("file", str(saved.with_name(f".{saved.name}.part")))
-    step.add_artifact("file", str(saved))
+    safety.check_file(step.staged_source, step.source_image.disk_format)
+    if step.migration.group_id is None:  # a group's files go with the group's directory
+        step.add_artifact("file", str(saved.with_name(f".{saved.name}.part")))
+        step.add_artifact("file", str(saved))
     step.checkpoint()
     return disk_map.plan(step.staged_source, step.source_image.disk_format, saved)
+
+
+def _convert(step: Step, converted: Path) -> str | None:
+    """Make ``converted`` unless it exists; return its sha512 when the destination
+    will not report it."""
+    image = step.source_image
+    if not converted.exists():
+        safety.check_file(step.staged_source, image.disk_format)
+        step.reserve_space()
+        if step.migration.group_id is None:  # a group's files go with the group's directory
+            step.add_artifact("file", str(converted))
+        step.checkpoint()
+        qemu.convert(step.staged_source, image.disk_format, converted, step.target_format)
+    # A destination that takes a file reads every byte of it and reports the sha512
+    # it read; hashing the (sparse, often mostly empty) file here too doubles the cost.
+    if step.destination.wants_file:
+        return None
+    beside = converted.with_name(f"{converted.name}.sha512")
+    if step.migration.group_id is not None and beside.exists():
+        return beside.read_text().strip()
+    payload_sha512 = sha512_of_file(converted)
+    if step.migration.group_id is not None:
+        partial = beside.with_name(f".{beside.name}.part")
+        partial.write_text(payload_sha512)
+        partial.rename(beside)
+    return payload_sha512

@@ -15,6 +15,7 @@ from migratio import qemu, safety
 from migratio.checksums import verified
 from migratio.drivers.base import ImageStatus, Provenance, SourceImage
 from migratio.errors import PermanentError, TransientError
+from migratio.group_files import SHARED, making
 from migratio.machine import Trigger
 from migratio.step import Advance, Step
 from migratio.workspace import filling
@@ -77,20 +78,34 @@ def _existing_copy(step: Step, image: SourceImage) -> Advance | None:
 
 
 def stage(step: Step, image: SourceImage) -> Path:
-    """Download the source into the work dir; the final name appears only once verified."""
+    """Download the source into the work dir; the final name appears only once verified.
+
+    In a fan-out group the file is the group's: the first member to get here reads
+    the source, the others wait for it and read it from the work dir."""
     final = step.staged_source
+    group_id = step.migration.group_id
+    if group_id is None:
+        return _download(step, image, final)
+    step.add_artifact(SHARED, group_id)
+    with making(final, step.checkpoint):
+        return _download(step, image, final)
+
+
+def _download(step: Step, image: SourceImage, final: Path) -> Path:
     if final.exists():
         return final
     partial = final.with_name(final.name + ".part")
-    step.add_artifact("file", str(partial))
-    step.add_artifact("file", str(final))
+    if step.migration.group_id is None:  # a group's files go with the group's directory
+        step.add_artifact("file", str(partial))
+        step.add_artifact("file", str(final))
     with (
         step.watchdog.watching(),
         filling(partial, image.size),
         step.source.read(image.id) as chunks,
         partial.open("wb") as out,
     ):
-        for chunk in step.tracked(verified(chunks, image.sha512, f"source image {image.id}")):
+        paced = step.paced(chunks, step.migration.source_site)
+        for chunk in step.tracked(verified(paced, image.sha512, f"source image {image.id}")):
             out.write(chunk)
     partial.rename(final)
     return final

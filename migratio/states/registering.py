@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from migratio.drivers.base import Provenance, Registration
 from migratio.errors import IntegrityError, TransientError
+from migratio.image_metadata import carried_properties
 from migratio.machine import Trigger
 from migratio.step import Advance, Step
 
@@ -14,6 +15,7 @@ def run(step: Step) -> Advance:
     if migration.dest_image_id is None:
         raise IntegrityError("no destination image recorded; cannot register")
     provenance = Provenance(image.id, migration.source_site, image.sha512)
+    properties, dropped = carried_properties(image.properties, converted=step.needs_conversion)
     registered = step.destination.register(
         migration.dest_image_id,
         Registration(
@@ -23,7 +25,9 @@ def run(step: Step) -> Advance:
             min_disk=image.min_disk,
             min_ram=image.min_ram,
             architecture=image.architecture,
-            properties={**image.properties, **provenance.labels()},
+            properties={**properties, **provenance.labels()},
+            tags=image.tags,
+            protected=image.protected,
         ),
     )
     if registered.id != migration.dest_image_id:
@@ -35,8 +39,14 @@ def run(step: Step) -> Advance:
         raise IntegrityError(
             f"destination image {registered.id} sha512 differs from the bytes sent"
         )
+    note = (
+        f"; dropped {', '.join(dropped)}: they sign the source's {image.disk_format} "
+        f"bytes, converted to {step.target_format}"
+        if dropped
+        else ""
+    )
     return Advance(
         Trigger.REGISTERED,
-        f"registered as image {registered.id} on {migration.dest_site}; sha512 verified",
+        f"registered as image {registered.id} on {migration.dest_site}; sha512 verified{note}",
         keep=(registered.id, *registered.parts),
     )

@@ -10,11 +10,12 @@ from __future__ import annotations
 from contextlib import closing
 
 from migratio import faults
-from migratio.drivers.base import DestinationImage, RecordSpec, RecordStatus
+from migratio.drivers.base import BASE_RECORD, DestinationImage, RecordSpec, RecordStatus
 from migratio.errors import IntegrityError
 from migratio.machine import Trigger
 from migratio.step import Advance, Step
 from migratio.transfer import StepTransfer
+from migratio.versions import base_for_new_record, base_of_record
 
 
 def run(step: Step) -> Advance:
@@ -27,7 +28,7 @@ def run(step: Step) -> Advance:
         )
     if record is None:
         record = _create_record(step)
-    transfer = StepTransfer(step)
+    transfer = StepTransfer(step, base_of_record(step, record))
     with step.watchdog.watching(), closing(transfer):
         verified = step.destination.receive(record.id, transfer)
     # What left the engine, checked in flight (or known since converting): a site
@@ -68,6 +69,7 @@ def _reusable_record(step: Step) -> DestinationImage | None:
 
 def _create_record(step: Step) -> DestinationImage:
     image = step.source_image
+    base = base_for_new_record(step)
     record = step.destination.create_record(
         RecordSpec(
             step.migration.id,
@@ -75,6 +77,9 @@ def _create_record(step: Step) -> DestinationImage:
             step.target_format,
             image.container_format,
             step.migration.bytes_total,
+            architecture=image.architecture,
+            properties=image.properties,
+            base=base,
         )
     )
     # The record exists at the site but not yet in the ledger: a resumed run must
@@ -82,4 +87,15 @@ def _create_record(step: Step) -> DestinationImage:
     faults.point("destination.record_created")
     step.add_artifact("dest_image", record.id, step.migration.dest_site)
     step.record(dest_image_id=record.id)
+    if base is not None:
+        if record.properties.get(BASE_RECORD) == base.record_id:
+            step.note(
+                f"incremental: {record.id} starts from version {base.image_id} "
+                f"({base.record_id}, migration {base.migration_id}); only changed blocks are sent"
+            )
+        else:
+            step.note(
+                f"base version {base.image_id}: {record.id} could not start from "
+                f"{base.record_id}; sending all of it"
+            )
     return record

@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,67 @@ def scattered_qcow2(
     )
     raw.unlink()
     return path
+
+
+@dataclass(frozen=True)
+class TwoVersions:
+    """Two raw disks of one template: the second is the first with some blocks
+    changed (a few KiB rewritten in each), some zeroed and some added."""
+
+    first: Path
+    second: Path
+    changed: frozenset[int]
+    zeroed: frozenset[int]
+    added: frozenset[int]
+
+    @property
+    def differing(self) -> frozenset[int]:
+        return self.changed | self.zeroed | self.added
+
+
+def two_versions(
+    directory: Path,
+    *,
+    virtual_size: int,
+    data_mib: int,
+    changed_mib: int,
+    zeroed_mib: int,
+    added_mib: int,
+    seed: int = 13,
+) -> TwoVersions:
+    """Version 1: ``data_mib`` MiB of random 512 KiB blocks scattered over the disk,
+    the rest never written; version 2: that, with blocks changed, zeroed (written
+    as zeros) and added, as many MiB of each as asked."""
+    rng = random.Random(seed)
+    per_mib = MIB // BLOCK
+    data = rng.sample(range(virtual_size // BLOCK), data_mib * per_mib)
+    changed = rng.sample(data, changed_mib * per_mib)
+    zeroed = rng.sample(sorted(set(data) - set(changed)), zeroed_mib * per_mib)
+    free = sorted(set(range(virtual_size // BLOCK)) - set(data))
+    added = rng.sample(free, added_mib * per_mib)
+    first, second = directory / "version1.raw", directory / "version2.raw"
+    with first.open("wb") as handle:
+        handle.truncate(virtual_size)
+        for index in sorted(data):
+            os.pwrite(handle.fileno(), os.urandom(BLOCK), index * BLOCK)
+    subprocess.run(["cp", "--sparse=always", str(first), str(second)], check=True)
+    with second.open("r+b") as handle:
+        fd = handle.fileno()
+        for index in changed:
+            os.pwrite(fd, os.urandom(4096), index * BLOCK + rng.randrange(0, BLOCK - 4096))
+        for index in zeroed:
+            os.pwrite(fd, bytes(BLOCK), index * BLOCK)
+        for index in added:
+            os.pwrite(fd, os.urandom(4096), index * BLOCK + rng.randrange(0, BLOCK - 4096))
+    return TwoVersions(first, second, frozenset(changed), frozenset(zeroed), frozenset(added))
+
+
+def as_qcow2(raw: Path) -> Path:
+    target = raw.with_suffix(".qcow2")
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(target)], check=True
+    )
+    return target
 
 
 def nonzero_blocks(raw: Path) -> int:

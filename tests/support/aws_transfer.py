@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from migratio.disk_map import DiskMap
+from migratio.drivers.base import BaseVersion
 from migratio.errors import ShuttingDown
 
 
@@ -23,6 +24,7 @@ class FileTransfer:
         stop_after: int | None = None,
         stop_when: Callable[[dict[str, Any]], bool] | None = None,
         disk_map: DiskMap | None = None,
+        base: BaseVersion | None = None,
     ) -> None:
         """With ``disk_map``, ``path`` is an image holding the raw payload it maps."""
         self.path = path
@@ -35,7 +37,11 @@ class FileTransfer:
         self.state: dict[str, Any] = dict(state or {})
         self.saves = 0
         self.artifacts: list[tuple[str, str]] = []
+        # The earlier version the record was started from, and the manifests kept.
+        self.base: BaseVersion | None = base
+        self.manifests: dict[str, bytes] = {}
         self.checkpoints = 0
+        self.paced = 0
         self.stop_after = stop_after
         self.stop_when = stop_when
 
@@ -49,6 +55,10 @@ class FileTransfer:
         if self.stop_when is not None and self.stop_when(self.state):
             raise ShuttingDown("test: daemon stopping")
 
+    def pace(self, amount: int) -> None:
+        """No caps here: only counted (every byte sent must be asked for first)."""
+        self.paced += amount
+
     def load_state(self) -> dict[str, Any]:
         return dict(self.state)
 
@@ -58,3 +68,6 @@ class FileTransfer:
 
     def add_artifact(self, kind: str, ref: str) -> None:
         self.artifacts.append((kind, ref))
+
+    def keep_manifest(self, record_id: str, manifest: bytes) -> None:
+        self.manifests[record_id] = manifest

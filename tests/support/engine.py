@@ -38,7 +38,7 @@ RUN_LIMIT = 10.0  # seconds a supervisor may take before the test fails instead 
 # the config allows (renewals and expiries are driven by the tests, not waited for).
 FAST = {
     "lease_seconds": 2,
-    "poll_seconds": 0.01,
+    "poll_seconds": 0.05,
     "progress_seconds": 0.001,
     "retry": config.RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05),
 }

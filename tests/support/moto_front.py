@@ -1,7 +1,8 @@
 """A forwarding HTTP front for the test bed's moto, for what tests need moto lacks.
 
 Every request is passed to moto unchanged unless a hook answers it first (the
-VM Import emulation does). The front also counts the EBS direct
+VM Import emulation does, and the EBS parent snapshot emulation,
+``ebs_parent_emulation``, for the parent semantics moto lacks). The front also counts the EBS direct
 ``PutSnapshotBlock`` calls moto answered, per snapshot and block index -- a
 witness independent of migratio's own journal -- and can slow them down
 (``block_delay``), as a slow link to AWS would, so a test can stop a daemon

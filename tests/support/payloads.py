@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from migratio.drivers.base import BaseVersion
+
 
 class Payload:
     def __init__(
@@ -20,6 +22,7 @@ class Payload:
         sha512: str | None = None,
         size: int | None = None,
         path: Path | None = None,
+        base: BaseVersion | None = None,
     ) -> None:
         self._chunks = chunks
         self.disk_format = disk_format
@@ -29,6 +32,9 @@ class Payload:
         self.disk_map = None
         self.state: dict[str, Any] = {}
         self.artifacts: list[tuple[str, str]] = []
+        # The earlier version the record was started from, and the manifests kept.
+        self.base: BaseVersion | None = base
+        self.manifests: dict[str, bytes] = {}
         self.progress_calls = 0
 
     def chunks(self, offset: int = 0) -> Iterator[bytes]:
@@ -45,6 +51,9 @@ class Payload:
     def progress(self, bytes_done: int) -> None:
         self.progress_calls += 1
 
+    def pace(self, amount: int) -> None:
+        """No caps here: nothing to wait for."""
+
     def load_state(self) -> dict[str, Any]:
         return dict(self.state)
 
@@ -53,3 +62,6 @@ class Payload:
 
     def add_artifact(self, kind: str, ref: str) -> None:
         self.artifacts.append((kind, ref))
+
+    def keep_manifest(self, record_id: str, manifest: bytes) -> None:
+        self.manifests[record_id] = manifest

@@ -130,6 +130,20 @@ def test_a_ledger_the_config_cannot_name_is_a_config_error(
         assert line.startswith(f"migratio: config error: {config}: {expected}"), line
 
 
+def test_status_checks_only_what_locates_the_ledger(tmp_path: Path) -> None:
+    """``status`` answers at once (issue 12): it reads where the ledger is, not
+    every setting; the commands that use the others refuse them."""
+    config = _config(tmp_path, concurrency=0)
+    Ledger.open(f"sqlite:///{tmp_path / 'work' / 'ledger.sqlite'}").close()
+    assert _cli(config, "status", "--json").stdout.strip() == "[]"
+    line = _one_line(_cli(config, "run", "--until-idle", check=False), 2)
+    assert line.startswith(f"migratio: config error: {config}: concurrency: ")
+    (tmp_path / "sites" / "site-b.yml").write_text("type: [unclosed\n")
+    line = _one_line(_cli(config, "status", check=False), 2)
+    site_b = tmp_path / "sites" / "site-b.yml"
+    assert line == f"migratio: config error: {site_b}: line 2: is not valid YAML"
+
+
 def test_an_unreachable_postgresql_ledger_is_one_line(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -215,11 +229,24 @@ def test_config_after_the_command_and_json_everywhere(ledger: Ledger, config: Pa
     assert json.loads(_cli(config, "db", "upgrade", "--json").stdout) == {"schema": "up to date"}
 
 
-def test_a_repeated_destination_is_refused_not_dropped(ledger: Ledger, config: Path) -> None:
-    result = _cli(config, "submit", "--image", "i", "--to", "site-b", "--to", "site-a", check=False)
-    assert _one_line(result, 2) == (
-        "migratio: usage error: --to given 2 times: one destination per migration"
+def test_submit_names_the_previous_version_with_base(ledger: Ledger, config: Path) -> None:
+    submitted = json.loads(
+        _cli(config, "submit", "--image", "v2", "--to", "site-b", "--base", "v1", "--json").stdout
     )
+    migration = ledger.get(submitted["id"])
+    assert (migration.image_id, migration.base_image_id) == ("v2", "v1")
+    assert ledger.history(migration.id)[0].message.endswith("; base version v1")
+    result = _cli(config, "submit", "--image", "v2", "--to", "site-b", "--base", " ", check=False)
+    assert _one_line(result, 2) == "migratio: usage error: --base must not be empty"
+
+
+def test_a_repeated_destination_is_refused_not_dropped(ledger: Ledger, config: Path) -> None:
+    argv = ("submit", "--image", "i", "--to", "site-b", "--to", "site-b", "--to", "site-b")
+    result = _cli(config, *argv, check=False)
+    assert _one_line(result, 2) == "migratio: usage error: --to: 'site-b' given more than once"
+    # One bad destination refuses the whole submit: nothing is half queued.
+    result = _cli(config, "submit", "--image", "i", "--to", "site-b", "--to", "site-a", check=False)
+    assert _one_line(result, 2) == "migratio: usage error: source and destination are the same site"
     assert ledger.migrations() == []
 
 
@@ -346,8 +373,22 @@ def test_every_command_takes_json_and_config_after_it() -> None:
         assert {"--json", "--config"} <= options, name
 
 
-# What an operator's read-only command must not load: cloud SDKs, Redis, the engine.
-HEAVY_FOR_A_READ = ("boto3", "botocore", "openstack", "paramiko", "redis", "migratio.supervisor")
+# What an operator's read-only command must not load: cloud SDKs, Redis, the engine,
+# and what start-up cannot afford (issue 12): SQLAlchemy and Alembic (status reads
+# through the database's own driver), pydantic (it reads only where the ledger is),
+# the state machine's library.
+HEAVY_FOR_A_READ = (
+    "boto3",
+    "botocore",
+    "openstack",
+    "paramiko",
+    "redis",
+    "migratio.supervisor",
+    "sqlalchemy",
+    "alembic",
+    "pydantic",
+    "transitions",
+)
 
 
 @pytest.mark.parametrize("command", [["--help"], ["status"]])

@@ -258,3 +258,16 @@ def test_asked_again_for_more_space_the_reservation_is_checked_again(tmp_path: P
     space.reserve("m", {planned: 2 * KIB * KIB})  # less than held: admitted already
     with pytest.raises(WaitingForSpace):
         space.reserve("m", {planned: 5 * KIB * KIB})
+
+
+def test_the_members_of_a_group_count_their_shared_files_once(tmp_path: Path) -> None:
+    """Fan-out: siblings plan the same staged file; it is not reserved twice."""
+    space = WorkDirSpace(tmp_path, lambda _: DiskSpace(10 * KIB * KIB, 4 * KIB * KIB))
+    shared = tmp_path / "groups" / "g" / "source.qcow2"
+    own = tmp_path / "groups" / "g" / "converted.raw"
+    space.reserve("member-1", {shared: 3 * KIB * KIB})
+    space.reserve("member-2", {shared: 3 * KIB * KIB})  # the same file: fits
+    space.reserve("member-3", {shared: 3 * KIB * KIB, own: 1 * KIB * KIB})
+    assert space.reserved() == 4 * KIB * KIB
+    with pytest.raises(WaitingForSpace):
+        space.reserve("alone", {tmp_path / "other" / "source.raw": 1 * KIB * KIB})

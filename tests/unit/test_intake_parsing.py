@@ -115,3 +115,15 @@ def test_a_job_that_is_not_an_object_is_named_in_json_words() -> None:
         "not a JSON object but a string",
         "not a JSON object but an array",
     ]
+
+
+def test_a_job_may_name_the_image_s_previous_version_as_its_base() -> None:
+    native = {"class": "migratio", "image": "v2", "to": "site-b", "jid": "j1", "base": "v1"}
+    sidekiq = {"class": OPENSTACK, "args": ["v2", "site-b"], "jid": "j2", "base": "v1"}
+    for body in (native, sidekiq):
+        request = _read(body)
+        assert isinstance(request, JobRequest) and request.base_image_id == "v1"
+    plain = _read({"class": "migratio", "image": "v2", "to": "site-b", "jid": "j3"})
+    assert isinstance(plain, JobRequest) and plain.base_image_id is None
+    assert _read({**native, "base": ""}) == "'base' must be a non-empty string, got ''"
+    assert _read({**native, "base": 7}) == "'base' must be a non-empty string, got 7"

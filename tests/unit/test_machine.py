@@ -60,9 +60,9 @@ def test_skipping_a_state_is_refused() -> None:
 def test_the_machine_is_built_once_and_quiet_at_info(caplog: pytest.LogCaptureFixture) -> None:
     from migratio import machine
 
-    built = machine._MACHINE
+    built = machine._machine()
     with caplog.at_level(logging.INFO):
         assert next_state("queued", Trigger.START) is State.EXPORTING
         assert next_state("exporting", Trigger.FOUND_COPY) is State.DONE
-    assert machine._MACHINE is built and not built.models
+    assert machine._machine() is built and not built.models
     assert [r for r in caplog.records if r.name.startswith("transitions")] == []

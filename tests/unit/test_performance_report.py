@@ -78,3 +78,51 @@ def test_a_tiny_run_is_headed_as_such() -> None:
     document = render([], [], [], "bench/all --tiny --out x.md", True)
     assert document.splitlines()[2].startswith("> **Tiny smoke run")
     assert "bench/all --rounds 3" in document
+
+
+def test_start_up_goals_read_the_compiled_runs_and_show_the_others() -> None:
+    def figure(name: str, median: float, bytecode: bool, **params: Any) -> dict[str, Any]:
+        return {
+            "bench": "ledger_cost",
+            "figure": name,
+            "bytecode": bytecode,
+            **params,
+            "median": median,
+            "min": median,
+            "max": median,
+            "command": "python3 bench/ledger_cost.py",
+        }
+
+    sqlite = {"ledger": "sqlite", "migrations": 100_000}
+    records = [
+        figure("python_start", 0.03, True),
+        figure("help", 0.10, True),
+        figure("status", 0.20, True, **sqlite),
+        figure("python_start", 0.03, False),
+        figure("help", 0.14, False),
+        figure("status", 0.35, False, **sqlite),
+    ]
+    document = render(records, [], [], "bench/all", False)
+    helps = next(row for row in _goal_rows(document) if row[1] == "`migratio --help`")
+    assert helps[2:6] == [
+        "0.100 s",
+        "python3 -c pass 0.030 s; no bytecode: 0.140 s",
+        "≤ 0.25 s",
+        "met",
+    ]
+    status = next(row for row in _goal_rows(document) if "status`, 100,000" in row[1])
+    assert status[2:6] == [
+        "0.200 s",
+        "python3 -c pass 0.030 s; no bytecode: 0.350 s",
+        "≤ 0.3 s",
+        "met",
+    ]
+    assert "| 100,000 |" in document and "| 0.200 | not measured | 0.030 |" in document
+
+
+def _goal_rows(document: str) -> list[list[str]]:
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in document.splitlines()
+        if line.startswith("| 5 ")
+    ]

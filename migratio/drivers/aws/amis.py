@@ -15,10 +15,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from migratio import faults
+from migratio.config import AwsSite
+from migratio.drivers.aws.ami_boot import register_arguments
 from migratio.drivers.aws.errors import translated
 from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.aws.snapshots import volume_bytes
 from migratio.drivers.aws.tags import (
+    BASE_AMI,
+    BASE_SOURCE_UUID,
     NAME_TAG,
     PAYLOAD_TAGS,
     put_tags,
@@ -29,6 +33,7 @@ from migratio.drivers.aws.tags import (
     verified_digest,
 )
 from migratio.drivers.base import (
+    BASE_RECORD,
     MIGRATION_ID,
     SOURCE_CS,
     SOURCE_SHA512,
@@ -44,17 +49,8 @@ from migratio.polling import Backoff, poll
 
 log = logging.getLogger(__name__)
 
-ROOT_DEVICE = "/dev/xvda"
-# Glance's architecture names -> EC2's.
-ARCHITECTURES = {
-    "x86_64": "x86_64",
-    "amd64": "x86_64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "i386": "i386",
-    "i686": "i386",
-}
-DEFAULT_ARCHITECTURE = "x86_64"
+# What an AMI says of the earlier version its snapshot started from.
+BASE_TAGS = (BASE_RECORD, BASE_SOURCE_UUID, BASE_AMI)
 # RegisterImage accepts 3-128 of these in a name.
 AMI_NAME_REFUSED = re.compile(r"[^A-Za-z0-9()\[\] ./'@_-]")
 AMI_NAME_LIMIT = 128
@@ -71,12 +67,14 @@ class Amis:
     clients: the site's connections; only ``ec2`` is used.
     timeout: how long ``register`` waits for an AMI to become available before
         reporting it still pending (the site's ``timeout``).
+    settings: the site's; how an AMI boots where the image does not say (``ami_boot``).
     """
 
-    def __init__(self, clients: AwsClients, timeout: float) -> None:
+    def __init__(self, clients: AwsClients, timeout: float, settings: AwsSite) -> None:
         self.clients = clients
         self.site_id = clients.site_id
         self.timeout = timeout
+        self.settings = settings
 
     def get(self, image_id: str) -> dict[str, Any]:
         with translated(self.site_id, f"describe AMI {image_id}"):
@@ -187,10 +185,9 @@ class Amis:
     def _register(
         self, name: str, registration: Registration, snapshot_id: str, tags: Mapping[str, str]
     ) -> str:
-        architecture = ec2_architecture(registration.architecture)
-        extra: dict[str, Any] = {}
-        if architecture == "arm64" or registration.properties.get("hw_firmware_type") == "uefi":
-            extra["BootMode"] = "uefi"
+        boot = register_arguments(
+            registration.architecture, registration.properties, self.settings, snapshot_id
+        )
         with translated(self.site_id, f"register AMI {name!r}"):
             answer = self.clients.ec2.register_image(
                 Name=name,
@@ -198,22 +195,8 @@ class Amis:
                     f"{registration.name} from image {registration.properties.get(SOURCE_UUID)}"
                     f" at {registration.properties.get(SOURCE_T)}, by migratio"
                 ),
-                Architecture=architecture,
-                RootDeviceName=ROOT_DEVICE,
-                VirtualizationType="hvm",
-                EnaSupport=True,
-                BlockDeviceMappings=[
-                    {
-                        "DeviceName": ROOT_DEVICE,
-                        "Ebs": {
-                            "SnapshotId": snapshot_id,
-                            "DeleteOnTermination": True,
-                            "VolumeType": "gp3",
-                        },
-                    }
-                ],
                 TagSpecifications=[{"ResourceType": "image", "Tags": tag_list(tags)}],
-                **extra,
+                **boot,
             )
         image_id = str(answer["ImageId"])
         log.info("site %s: registered %s from snapshot %s", self.site_id, image_id, snapshot_id)
@@ -235,8 +218,9 @@ def ami_image(image: Mapping[str, Any]) -> DestinationImage:
 def ami_tags(
     registration: Registration, migration_id: str, snapshot: Mapping[str, Any]
 ) -> dict[str, str]:
-    """Name, provenance (what ``copy_of`` finds it by), migration id and what
-    the snapshot was verified to hold (its payload tags)."""
+    """Name, provenance (what ``copy_of`` finds it by), migration id, what the
+    snapshot was verified to hold (its payload tags) and the earlier version it
+    was started from, if any (its base tags)."""
     properties = registration.properties
     provenance = Provenance(
         properties.get(SOURCE_UUID, ""),
@@ -250,7 +234,7 @@ def ami_tags(
         tags[SOURCE_CS] = properties[SOURCE_CS]
     tags[MIGRATION_ID] = migration_id
     verified = tags_of(snapshot)
-    tags |= {key: verified[key] for key in PAYLOAD_TAGS if verified.get(key)}
+    tags |= {key: verified[key] for key in (*PAYLOAD_TAGS, *BASE_TAGS) if verified.get(key)}
     return tags
 
 
@@ -259,12 +243,3 @@ def ami_name(image_name: str, source_uuid: str) -> str:
     suffix = f"-{source_uuid}" if source_uuid else ""
     name = AMI_NAME_REFUSED.sub("_", image_name)[: AMI_NAME_LIMIT - len(suffix)]
     return (name + suffix).strip() or "migratio-image"
-
-
-def ec2_architecture(architecture: str | None) -> str:
-    if architecture is None:
-        return DEFAULT_ARCHITECTURE
-    try:
-        return ARCHITECTURES[architecture.lower()]
-    except KeyError:
-        raise PermanentError(f"AWS has no AMIs for architecture {architecture!r}") from None

@@ -14,6 +14,7 @@ import botocore
 import botocore.loaders
 
 from migratio.config import AwsSite
+from migratio.drivers.aws import ami_boot
 from migratio.drivers.aws.amis import Amis, ami_image
 from migratio.drivers.aws.ebs_direct import EbsDirect
 from migratio.drivers.aws.import_snapshot import ImportSnapshot, ImportTasks
@@ -56,7 +57,7 @@ class AwsSiteDriver:
         self.settings = settings
         self.clients = clients or AwsClients(site_id, settings)
         self.snapshots = Snapshots(self.clients)
-        self.amis = Amis(self.clients, settings.timeout)
+        self.amis = Amis(self.clients, settings.timeout, settings)
         # Staged objects and import tasks are removed whatever the method is now:
         # a migration may have made them before the site's method was changed.
         self.staging = Staging(self.clients, settings.bucket)
@@ -88,6 +89,11 @@ class AwsSiteDriver:
     @property
     def reads_disk_map(self) -> bool:
         return self.method.reads_disk_map
+
+    @property
+    def takes_base_version(self) -> bool:
+        """ebs-direct snapshots can start from an earlier version's; imports cannot."""
+        return isinstance(self.method, EbsDirect)
 
     def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
         """An available AMI tagged with this source's uuid, site and sha512."""
@@ -123,6 +129,12 @@ class AwsSiteDriver:
             return None
 
     def create_record(self, spec: RecordSpec) -> DestinationImage:
+        """The snapshot (or staged object) to upload into, once the image is known
+        to be one AWS can boot as it asks (its architecture, boot mode, TPM)."""
+        try:
+            ami_boot.check(spec.architecture, spec.properties, self.settings)
+        except PermanentError as exc:
+            raise PermanentError(f"site {self.site_id}: {exc}") from None
         return self.method.create_record(spec)
 
     def receive(self, record_id: str, transfer: Transfer) -> str | None:

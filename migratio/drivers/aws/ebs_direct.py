@@ -6,6 +6,12 @@ sending only allocated blocks; the snapshot is then tagged finished with what
 it was verified to hold (its manifest digest, and the payload's sha512 when one
 was checked), which the AMI carries on. A zero block is never sent: EBS reads
 an unwritten block as zeros.
+
+Given an earlier version of the image (``RecordSpec.base``), the snapshot starts
+from that version's (``ParentSnapshotId``) and the writer sends only the blocks
+that differ from it (``versions``); the snapshot and its AMI are tagged with
+the earlier version. The block map of every finished snapshot is kept in the
+ledger (``Transfer.keep_manifest``) for the version after it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from migratio.drivers.aws.records import RecordRef, SnapshotRef
 from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.aws.snapshots import Snapshots
 from migratio.drivers.aws.tags import (
+    BASE_AMI,
+    BASE_SOURCE_UUID,
     COMPLETE_TAG,
     NAME_TAG,
     PAYLOAD_MANIFEST_SHA512,
@@ -28,9 +36,19 @@ from migratio.drivers.aws.tags import (
     put_tags,
     tag_list,
     tag_value,
+    tags_of,
     verified_digest,
 )
-from migratio.drivers.base import MIGRATION_ID, DestinationImage, RecordSpec, RecordStatus, Transfer
+from migratio.drivers.aws.versions import BlockMap
+from migratio.drivers.base import (
+    BASE_RECORD,
+    MIGRATION_ID,
+    BaseVersion,
+    DestinationImage,
+    RecordSpec,
+    RecordStatus,
+    Transfer,
+)
 from migratio.errors import PermanentError
 
 log = logging.getLogger(__name__)
@@ -57,6 +75,7 @@ class EbsDirect:
     def __init__(self, clients: AwsClients, snapshots: Snapshots, workers: int) -> None:
         self.clients = clients
         self.site_id = clients.site_id
+        self.snapshots = snapshots
         self.writer = SnapshotWriter(clients, snapshots, workers)
 
     def create_record(self, spec: RecordSpec) -> DestinationImage:
@@ -64,6 +83,11 @@ class EbsDirect:
         if not spec.size:
             raise PermanentError(f"site {self.site_id}: the payload size must be known")
         tags = {MIGRATION_ID: spec.migration_id, NAME_TAG: tag_value(spec.name)}
+        parent: dict[str, str] = {}
+        base = spec.base if spec.base and self._can_start_from(spec.base, spec.size) else None
+        if base is not None:
+            parent["ParentSnapshotId"] = base.record_id
+            tags |= base_tags(base)
         with translated(self.site_id, "start snapshot"):
             answer = self.clients.ebs.start_snapshot(
                 VolumeSize=volume_size_gib(spec.size),
@@ -73,17 +97,33 @@ class EbsDirect:
                 # One token per request (AWS asks never to reuse one for another);
                 # a crashed run finds its snapshot by the tag, not by the token.
                 ClientToken=f"{spec.migration_id}-{time.time_ns():x}"[:64],
+                **parent,
             )
         snapshot_id = str(answer["SnapshotId"])
         log.info(
-            "site %s: started snapshot %s for migration %s",
+            "site %s: started snapshot %s for migration %s%s",
             self.site_id,
             snapshot_id,
             spec.migration_id,
+            f" from {base.record_id}" if base else "",
         )
         return DestinationImage(
-            snapshot_id, RecordStatus.OPEN, None, volume_size_gib(spec.size) * GIB
+            snapshot_id,
+            RecordStatus.OPEN,
+            None,
+            volume_size_gib(spec.size) * GIB,
+            {key: value for key, value in tags.items() if key == BASE_RECORD},
         )
+
+    def _can_start_from(self, base: BaseVersion, size: int) -> bool:
+        """A child snapshot is at least as large as its parent (StartSnapshot refuses
+        a smaller one); a manifest that does not parse is no base either."""
+        try:
+            parent = BlockMap.unpack(base.manifest)
+        except ValueError as exc:
+            log.warning("site %s: base %s unusable: %s", self.site_id, base.record_id, exc)
+            return False
+        return volume_size_gib(size) >= volume_size_gib(parent.size)
 
     def staged(self, migration_id: str) -> DestinationImage | None:
         """Nothing is staged outside the snapshot itself."""
@@ -97,9 +137,39 @@ class EbsDirect:
             raise PermanentError(
                 f"site {self.site_id}: ebs-direct writes only snapshots, not {ref.id}"
             )
-        written = self.writer.write(ref.id, path, transfer)
+        parent = self._parent_of(ref.id, transfer)
+        written = self.writer.write(ref.id, path, transfer, parent)
+        transfer.keep_manifest(ref.id, written.blocks.pack())
         tags = {COMPLETE_TAG: "true", PAYLOAD_MANIFEST_SHA512: written.manifest_sha512}
         if written.payload_sha512:
             tags[PAYLOAD_SHA512] = written.payload_sha512
         put_tags(self.clients, ref.id, tags)
         return verified_digest(tags)
+
+    def _parent_of(self, snapshot_id: str, transfer: Transfer) -> BlockMap | None:
+        """What the snapshot was started from, as the transfer's base describes it;
+        the snapshot's own tag must name the same one (else the blocks that became
+        zero since would be wrong)."""
+        started_from = tags_of(self.snapshots.get(snapshot_id)).get(BASE_RECORD)
+        base = transfer.base
+        if (base.record_id if base else None) != started_from:
+            raise PermanentError(
+                f"site {self.site_id}: snapshot {snapshot_id} was started from "
+                f"{started_from or 'nothing'}, not from {base.record_id if base else 'nothing'}"
+            )
+        if base is None:
+            return None
+        try:
+            return BlockMap.unpack(base.manifest)
+        except ValueError as exc:
+            raise PermanentError(
+                f"site {self.site_id}: the block manifest of {base.record_id} is unreadable: {exc}"
+            ) from None
+
+
+def base_tags(base: BaseVersion) -> dict[str, str]:
+    """What a snapshot started from ``base`` (and its AMI) says about it."""
+    tags = {BASE_RECORD: base.record_id, BASE_SOURCE_UUID: tag_value(base.image_id)}
+    if base.result_id:
+        tags[BASE_AMI] = base.result_id
+    return tags

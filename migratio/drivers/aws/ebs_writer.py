@@ -15,6 +15,10 @@ What the snapshot was verified to hold is its manifest digest
 (``blocks.Manifest``), built from the data alone. Only a payload whose sha512
 is known beforehand (one not converted here, so downloaded whole anyway) is
 also hashed byte for byte, holes included, to check that sha512.
+
+A snapshot started from a parent (an earlier version) is sent only the blocks
+``versions.plan`` says differ from the parent's; CompleteSnapshot then counts
+and aggregates the blocks written to it, as AWS defines both.
 """
 
 from __future__ import annotations
@@ -33,14 +37,15 @@ from migratio.drivers.aws.blocks import (
     BLOCK_SIZE,
     Block,
     BlockSet,
-    LinearChecksum,
     Manifest,
+    linear_checksum,
     scan,
     scan_mapped,
 )
 from migratio.drivers.aws.errors import translated
 from migratio.drivers.aws.session import AwsClients
 from migratio.drivers.aws.snapshots import Snapshots
+from migratio.drivers.aws.versions import BlockMap, Kind, plan
 from migratio.drivers.base import Transfer
 from migratio.errors import IntegrityError, PermanentError, TransientError
 from migratio.polling import Backoff, poll
@@ -99,10 +104,25 @@ class Written:
     manifest_sha512: the payload's manifest digest (``blocks.Manifest``).
     payload_sha512: the sha512 of every byte of the payload, when one was known
         beforehand and checked; None otherwise (it is never computed for nothing).
+    blocks: every non-zero block of the payload, for the next version to start from.
+    kinds: how many blocks of each ``versions.Kind`` (all added without a parent).
     """
 
     manifest_sha512: str
     payload_sha512: str | None
+    blocks: BlockMap
+    kinds: dict[str, int]
+
+
+@dataclass
+class _Tally:
+    """What one pass over the payload found: the manifest, the new block map, and
+    the digests of the blocks the snapshot is written (in index order)."""
+
+    manifest: Manifest
+    blocks: dict[int, bytes] = field(default_factory=dict)
+    written: list[bytes] = field(default_factory=list)
+    kinds: dict[str, int] = field(default_factory=lambda: {kind.value: 0 for kind in Kind})
 
 
 class SnapshotWriter:
@@ -120,21 +140,23 @@ class SnapshotWriter:
         self.snapshots = snapshots
         self.workers = workers
 
-    def write(self, snapshot_id: str, path: Path, transfer: Transfer) -> Written:
-        """Send what the journal lacks, complete the snapshot; return its manifest
-        digest and, when the transfer names the payload's sha512, that sha512 as
-        read (every byte, holes as zeros), checked against it."""
+    def write(
+        self, snapshot_id: str, path: Path, transfer: Transfer, parent: BlockMap | None = None
+    ) -> Written:
+        """Send what the journal lacks (of what differs from ``parent``, the block map
+        of the snapshot this one was started from), complete the snapshot; return its
+        manifest digest and, when the transfer names the payload's sha512, that
+        sha512 as read (every byte, holes as zeros), checked against it."""
         journal = Journal.load(transfer, snapshot_id)
         mapped = transfer.disk_map
         size = path.stat().st_size if mapped is None else mapped.size
         # A mapped payload's sha512 is never known (it was never written out whole).
         payload = hashlib.sha512() if transfer.sha512 and mapped is None else None
-        manifest = Manifest(size)
-        linear = LinearChecksum()
+        tally = _Tally(Manifest(size))
         with path.open("rb") as handle:
             fd = handle.fileno()
             blocks = scan_mapped(fd, mapped.extents()) if mapped else scan(fd, size, payload)
-            self._send(blocks, size, manifest, linear, journal, transfer)
+            self._send(blocks, size, tally, parent, journal, transfer)
         if payload is not None and payload.hexdigest() != transfer.sha512:
             raise IntegrityError(
                 f"site {self.site_id}: {path.name} read as {size} bytes whose sha512 differs "
@@ -142,26 +164,37 @@ class SnapshotWriter:
             )
         transfer.progress(size)
         if not journal.completed:
-            self._complete(snapshot_id, linear)
+            self._complete(snapshot_id, tally.written)
             faults.point("aws.snapshot_completed")
             journal.completed = True
-            journal.save(transfer, blocks_total=linear.count, manifest_sha512=manifest.hexdigest())
+            journal.save(
+                transfer,
+                blocks_total=len(tally.written),
+                manifest_sha512=tally.manifest.hexdigest(),
+                blocks=tally.kinds,
+            )
         self._wait_completed(snapshot_id, transfer, size)
         log.info(
-            "site %s: snapshot %s complete: %d non-zero blocks, %d PutSnapshotBlock calls",
+            "site %s: snapshot %s complete: %d blocks written (%s), %d PutSnapshotBlock calls",
             self.site_id,
             snapshot_id,
-            linear.count,
+            len(tally.written),
+            ", ".join(f"{n} {kind}" for kind, n in tally.kinds.items() if n),
             journal.blocks_put,
         )
-        return Written(manifest.hexdigest(), payload.hexdigest() if payload else None)
+        return Written(
+            tally.manifest.hexdigest(),
+            payload.hexdigest() if payload else None,
+            BlockMap(size, tally.blocks),
+            tally.kinds,
+        )
 
     def _send(
         self,
         blocks: Iterator[Block],
         size: int,
-        manifest: Manifest,
-        linear: LinearChecksum,
+        tally: _Tally,
+        parent: BlockMap | None,
         journal: Journal,
         transfer: Transfer,
     ) -> None:
@@ -169,13 +202,19 @@ class SnapshotWriter:
         saved = time.monotonic()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ebs-block") as pool:
             try:
-                for block in blocks:
-                    linear.add(block.sha256)
-                    manifest.add(block.index, block.sha256)
-                    if block.index not in journal.sent:
+                for planned in plan(blocks, parent):
+                    block = planned.block
+                    tally.kinds[planned.kind.value] += 1
+                    if planned.holds_data:
+                        tally.manifest.add(block.index, block.sha256)
+                        tally.blocks[block.index] = block.sha256
+                    if planned.send:
+                        tally.written.append(block.sha256)
+                    if planned.send and block.index not in journal.sent:
                         while len(inflight) >= self.workers + READ_AHEAD_BLOCKS:
                             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                             _settle(done, inflight, journal)
+                        transfer.pace(BLOCK_SIZE)
                         inflight[pool.submit(self._put, journal.snapshot_id, block)] = block.index
                     # Progress is the offset below which every block has landed.
                     done_below = min(inflight.values(), default=block.index + 1)
@@ -196,7 +235,12 @@ class SnapshotWriter:
                 if isinstance(exc, PermanentError):
                     self._explain_dead_snapshot(journal.snapshot_id)
                 raise
-        journal.save(transfer, blocks_total=linear.count, manifest_sha512=manifest.hexdigest())
+        journal.save(
+            transfer,
+            blocks_total=len(tally.written),
+            manifest_sha512=tally.manifest.hexdigest(),
+            blocks=tally.kinds,
+        )
 
     def _put(self, snapshot_id: str, block: Block) -> None:
         with translated(self.site_id, f"put block {block.index} of snapshot {snapshot_id}"):
@@ -211,13 +255,13 @@ class SnapshotWriter:
         # Landed at AWS, not yet in the journal: a resumed run sends it again.
         faults.point("aws.block_sent", amount=(block.index + 1) * BLOCK_SIZE)
 
-    def _complete(self, snapshot_id: str, linear: LinearChecksum) -> None:
+    def _complete(self, snapshot_id: str, digests: list[bytes]) -> None:
         try:
             with translated(self.site_id, f"complete snapshot {snapshot_id}"):
                 self.clients.ebs.complete_snapshot(
                     SnapshotId=snapshot_id,
-                    ChangedBlocksCount=linear.count,
-                    Checksum=linear.value(),
+                    ChangedBlocksCount=len(digests),
+                    Checksum=linear_checksum(digests),
                     ChecksumAlgorithm="SHA256",
                     ChecksumAggregationMethod="LINEAR",
                 )

@@ -102,6 +102,7 @@ class MultipartUpload:
                 while waiting or futures:
                     while waiting and len(futures) < parallel:
                         number = waiting.pop()
+                        transfer.pace(parts.length(number))
                         futures[
                             pool.submit(self._put_part, target, upload_id, fd, parts, number)
                         ] = number

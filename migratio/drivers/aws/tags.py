@@ -25,6 +25,10 @@ PAYLOAD_MANIFEST_SHA512 = "migratio_payload_manifest_sha512"
 # before the manifest existed carry only this one.
 PAYLOAD_SHA512 = "migratio_payload_sha512"
 PAYLOAD_TAGS = (PAYLOAD_SHA512, PAYLOAD_MANIFEST_SHA512)
+# On a snapshot started from an earlier version's (and on its AMI): that
+# version's snapshot (``drivers.base.BASE_RECORD``), source image and AMI.
+BASE_SOURCE_UUID = "migratio_base_source_uuid"
+BASE_AMI = "migratio_base_ami"
 NAME_TAG = "Name"
 TAG_VALUE_LIMIT = 256
 

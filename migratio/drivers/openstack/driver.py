@@ -156,7 +156,12 @@ class OpenStackSiteDriver(StreamedGlanceDestination):
             if image.get(key) != getattr(registration, key):
                 problem = f"{key} is {image.get(key)!r}, expected {getattr(registration, key)!r}"
                 raise PermanentError(self.api.message(action, problem))
-        patch = mapping.patch(image, registration)
+        patch = mapping.patch(
+            image,
+            registration,
+            visibility=self.settings.visibility,
+            protected=self.settings.copy_protected(registration.protected),
+        )
         if patch:
             image = self.api.json(
                 "PATCH",
@@ -165,13 +170,37 @@ class OpenStackSiteDriver(StreamedGlanceDestination):
                 json=patch,
                 headers={"Content-Type": JSON_PATCH},
             )
+        if self.settings.visibility == "shared":
+            self._share(record_id, self.settings.members)
         return mapping.destination_image(image)
 
+    def _share(self, record_id: str, members: tuple[str, ...]) -> None:
+        """Add the site's members the image does not have yet (Glance takes
+        members only once the image is ``shared``; each must then accept it)."""
+        action = f"share record {record_id}"
+        listed = self.api.json("GET", self.api.path(record_id, "members"), action)
+        present = {str(entry.get("member_id")) for entry in listed.get("members") or ()}
+        for member in members:
+            if member not in present:
+                self.api.json(
+                    "POST", self.api.path(record_id, "members"), action, json={"member": member}
+                )
+
     def remove(self, record_id: str) -> None:
+        """Delete the record; one of this migration's that the site's policy made
+        ``protected`` (then its checks failed) is unprotected first."""
+        action = f"remove record {record_id}"
         with suppress(NotFound):
-            self.api.request(
-                "DELETE", self.api.path(record_id), f"remove record {record_id}"
-            ).close()
+            image = self.api.json("GET", self.api.path(record_id), action)
+            if image.get("protected") is True and image.get(MIGRATION_ID):
+                self.api.json(
+                    "PATCH",
+                    self.api.path(record_id),
+                    action,
+                    json=[{"op": "replace", "path": "/protected", "value": False}],
+                    headers={"Content-Type": JSON_PATCH},
+                )
+            self.api.request("DELETE", self.api.path(record_id), action).close()
 
     def close(self) -> None:
         self.api.close()

@@ -40,7 +40,10 @@ IMAGE_FIELDS = frozenset(
 GLANCE_OWNED = frozenset({"os_hash_algo", "os_hash_value", "os_hidden"})
 # Glance's reserved namespace (import bookkeeping); setting any of it is refused.
 GLANCE_RESERVED_PREFIX = "os_glance_"
-COPIED_PREFIXES = ("hw_", "os_")
+# The property families a copy carries (docs/image-fidelity.md): hardware and
+# guest-OS hints Nova reads, and img_* (config drive, signature: the registering
+# state drops the signature when the bytes were converted).
+COPIED_PREFIXES = ("hw_", "os_", "img_")
 
 # Statuses an image passes through on its way to `active`: worth waiting for.
 # (`queued` has no data yet and nobody may be sending any: not worth waiting for.)
@@ -91,6 +94,10 @@ def source_image(image: Mapping[str, Any]) -> SourceImage:
         min_ram=int(image.get("min_ram") or 0),
         architecture=image.get("architecture") or None,
         properties=copied_properties(image),
+        tags=tuple(sorted({str(tag) for tag in image.get("tags") or ()})),
+        protected=image.get("protected") is True,
+        # Nova sets it on an instance snapshot: the image the instance booted from.
+        base_image_ref=str(image.get("base_image_ref") or "") or None,
     )
 
 
@@ -138,14 +145,28 @@ def optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def patch(image: Mapping[str, Any], registration: Registration) -> list[dict[str, Any]]:
-    """JSON-patch operations for what differs; ``add`` replaces an existing property."""
+def patch(
+    image: Mapping[str, Any],
+    registration: Registration,
+    *,
+    visibility: str = "private",
+    protected: bool = False,
+) -> list[dict[str, Any]]:
+    """JSON-patch operations for what differs; ``add`` replaces an existing property.
+
+    ``visibility`` and ``protected`` are what the destination's policy gives the
+    copy; tags are the source's list, compared as a set (Glance keeps no order).
+    """
     wanted: dict[str, Any] = {
         "name": registration.name,
         "min_disk": registration.min_disk,
         "min_ram": registration.min_ram,
+        "visibility": visibility,
+        "protected": protected,
         **registration.properties,
     }
+    if set(image.get("tags") or ()) != set(registration.tags):
+        wanted["tags"] = sorted(set(registration.tags))
     if registration.architecture is not None:
         wanted["architecture"] = registration.architecture
     operations = [

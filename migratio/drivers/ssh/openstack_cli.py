@@ -82,8 +82,9 @@ class RemoteGlance:
     ) -> str:
         """Create an image from a file on the host; return its id.
 
-        Every property is an argument of its own; ``min_disk``/``min_ram`` and the
-        formats are Glance fields.
+        Every property and tag is an argument of its own; ``min_disk``/``min_ram``
+        and the formats are Glance fields. The copy is private (the default of an
+        Image API site's policy) and not protected: an SSH site has no policy for them.
         """
         argv = [
             "image", "create", "-f", "json",
@@ -91,6 +92,7 @@ class RemoteGlance:
             "--container-format", registration.container_format,
             "--min-disk", str(registration.min_disk),
             "--min-ram", str(registration.min_ram),
+            "--private",
             "--file", file,
         ]  # fmt: skip
         properties = dict(registration.properties)
@@ -99,6 +101,8 @@ class RemoteGlance:
         properties.update(extra)
         for key, value in properties.items():
             argv += ["--property", f"{key}={value}"]
+        for tag in registration.tags:
+            argv += ["--tag", tag]
         argv += ["--", registration.name]
         timeout = self.settings.timeout + size / UPLOAD_RATE
         image = self._json(argv, "create image", timeout=timeout)

@@ -20,7 +20,9 @@ from typing import Any
 from migratio.checksums import file_chunks
 from migratio.disk_map import DiskMap
 from migratio.drivers.base import (
+    BASE_RECORD,
     MIGRATION_ID,
+    BaseVersion,
     DestinationImage,
     ImageStatus,
     Provenance,
@@ -56,6 +58,9 @@ class StubImage:
     architecture: str | None = None
     properties: dict[str, str] = field(default_factory=dict)
     reports_sha512: bool = True
+    tags: tuple[str, ...] = ()
+    protected: bool = False
+    base_image_ref: str | None = None
 
     @property
     def sha512(self) -> str:
@@ -77,6 +82,9 @@ class StubImage:
             architecture=self.architecture,
             properties=dict(self.properties),
             site_status=self.status.value,
+            tags=self.tags,
+            protected=self.protected,
+            base_image_ref=self.base_image_ref,
         )
 
 
@@ -100,6 +108,8 @@ class StubRecord:
     min_ram: int = 0
     architecture: str | None = None
     parts: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    protected: bool = False
 
     @property
     def migration_id(self) -> str | None:
@@ -149,6 +159,10 @@ class StubSite(Scriptable):
     registers_image: ``register`` makes a new image out of the record (as an
         AMI is made from a snapshot) instead of completing the record itself.
     chunk_size: the most ``read`` hands out at once.
+    takes_base_version: a record may start from an earlier version's
+        (``RecordSpec.base``, as ebs-direct does); ``bases`` then says, per record,
+        what its ``receive`` was told it started from, and each finished record's
+        manifest (its SHA-256) is kept through the transfer.
     """
 
     def __init__(
@@ -163,6 +177,7 @@ class StubSite(Scriptable):
         interrupted_status: RecordStatus = RecordStatus.OPEN,
         registers_image: bool = False,
         chunk_size: int = CHUNK_SIZE,
+        takes_base_version: bool = False,
     ) -> None:
         super().__init__()
         self.site_id = site_id
@@ -174,6 +189,8 @@ class StubSite(Scriptable):
         self.interrupted_status = interrupted_status
         self.registers_image = registers_image
         self.chunk_size = chunk_size
+        self.takes_base_version = takes_base_version
+        self.bases: dict[str, BaseVersion | None] = {}
         self.images: dict[str, StubImage] = {}
         self.records: dict[str, StubRecord] = {}
         # (image id, offset) of every read, and the streams still open.
@@ -258,6 +275,8 @@ class StubSite(Scriptable):
     def create_record(self, spec: RecordSpec) -> DestinationImage:
         self._enter("create_record")
         tag = {MIGRATION_ID: spec.migration_id}
+        if spec.base is not None and self.takes_base_version:
+            tag[BASE_RECORD] = spec.base.record_id
         return self._new_record(spec.name, spec.disk_format, spec.container_format, tag).view()
 
     def receive(self, record_id: str, transfer: Transfer) -> str | None:
@@ -291,6 +310,9 @@ class StubSite(Scriptable):
                 "of another sha512; sending it again"
             )
         record.status = RecordStatus.COMPLETE
+        if self.takes_base_version:
+            self.bases[record_id] = transfer.base
+            transfer.keep_manifest(record_id, hashlib.sha256(record.data).digest())
         return held if self.returns_sha512 else None
 
     def _payload(self, transfer: Transfer, offset: int) -> Iterator[bytes]:
@@ -330,6 +352,8 @@ class StubSite(Scriptable):
         record.min_ram = registration.min_ram
         record.architecture = registration.architecture
         record.properties.update(registration.properties)
+        record.tags = registration.tags
+        record.protected = registration.protected
         return record.view()
 
     def _image_of(self, snapshot: StubRecord) -> StubRecord:

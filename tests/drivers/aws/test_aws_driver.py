@@ -18,7 +18,8 @@ import pytest
 from migratio import disk_map
 from migratio.config import AwsSite
 from migratio.drivers.aws import errors as aws_errors
-from migratio.drivers.aws.amis import ami_name, ec2_architecture
+from migratio.drivers.aws.ami_boot import ec2_architecture
+from migratio.drivers.aws.amis import ami_name
 from migratio.drivers.aws.blocks import BLOCK_SIZE, BlockSet, linear_checksum, scan
 from migratio.drivers.aws.driver import AwsSiteDriver, check_region
 from migratio.drivers.base import (
@@ -212,6 +213,18 @@ def _registration(source_uuid: str, sha512: str) -> Registration:
 
 
 @pytest.mark.testbed
+def test_an_image_aws_cannot_boot_is_refused_before_any_snapshot(
+    driver: AwsSiteDriver, front: MotoFront
+) -> None:
+    migration_id = str(uuid.uuid4())
+    calls = len(front.requests)
+    spec = RecordSpec(migration_id, "ppc", "raw", "bare", 1024, architecture="ppc64le")
+    with pytest.raises(PermanentError, match="site aws-t: AWS has no AMIs for architecture"):
+        driver.create_record(spec)
+    assert len(front.requests) == calls  # not one request: refused before AWS is asked
+
+
+@pytest.mark.testbed
 def test_record_receive_register_and_remove(driver: AwsSiteDriver, tmp_path: Path) -> None:
     migration_id = str(uuid.uuid4())
     disk = _sparse_file(tmp_path / "disk.raw")
@@ -224,6 +237,7 @@ def test_record_receive_register_and_remove(driver: AwsSiteDriver, tmp_path: Pat
     transfer = FileTransfer(disk)
     assert driver.receive(record.id, transfer) == transfer.sha512
     assert transfer.state["blocks_put"] == transfer.state["blocks_total"] == 4
+    assert transfer.paced == 4 * BLOCK_SIZE  # each block waited for the caps first
     finished = driver.get_record(record.id)
     assert finished is not None
     assert (finished.status, finished.sha512) == (RecordStatus.COMPLETE, transfer.sha512)
@@ -273,6 +287,7 @@ def test_a_stopped_receive_resumes_without_sending_a_block_twice(
     puts = front.puts_for(record.id)
     assert sorted(puts) == list(range(0, 64, 2)) and set(puts.values()) == {1}
     assert resumed.state["blocks_put"] == 32
+    assert resumed.paced == (32 - landed) * BLOCK_SIZE  # the caps saw what was sent again
 
 
 @pytest.mark.testbed

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from migratio.errors import IllegalTransition, LeaseLost, UsageError
-from migratio.ledger.database import SCHEMA_HEAD, current_revision, head_revision, upgrade
+from migratio.ledger.database import current_revision, head_revision, upgrade
+from migratio.ledger.schema import SCHEMA_HEAD
 from migratio.ledger.store import Ledger
 from migratio.machine import Trigger
 from tests.support.engine import HAPPY_PATH
@@ -19,7 +20,7 @@ from tests.support.ledgers import empty_ledger_engine
 
 def test_schema_upgrade_is_idempotent(ledger: Ledger) -> None:
     upgrade(ledger.engine)
-    assert current_revision(ledger.engine) == "0005" == SCHEMA_HEAD
+    assert current_revision(ledger.engine) == "0007" == SCHEMA_HEAD
     assert head_revision(ledger.engine) == SCHEMA_HEAD
 
 

@@ -12,14 +12,33 @@ from migratio.errors import JobConflict, LedgerError, LedgerUnavailable
 from migratio.ledger.database import make_engine, upgrade
 from migratio.ledger.store import Ledger
 from tests.support.ledgers import empty_ledger_engine
-from tests.unit import test_ledger_errors, test_metrics
+from tests.unit import test_caps, test_ledger_errors, test_listing, test_metrics
 
 test_a_job_id_recorded_meanwhile_is_a_job_conflict = (
     test_ledger_errors.test_a_job_id_recorded_meanwhile_is_a_job_conflict
 )
 test_intake_outcomes_are_counted = test_metrics.test_intake_outcomes_are_counted
+test_the_listing_gives_the_ledgers_own_snapshots = (
+    test_listing.test_the_listing_gives_the_ledgers_own_snapshots
+)
+test_the_listing_filters_limits_and_counts_the_rest = (
+    test_listing.test_the_listing_filters_limits_and_counts_the_rest
+)
+test_a_ledger_behind_the_schema_is_refused_by_name = (
+    test_listing.test_a_ledger_behind_the_schema_is_refused_by_name
+)
 test_the_census_counts_by_state_and_pair_and_the_undelivered_feedback = (
     test_metrics.test_the_census_counts_by_state_and_pair_and_the_undelivered_feedback
+)
+
+test_the_claim_starts_no_queued_migration_to_a_full_site_and_says_why_once = (
+    test_caps.test_the_claim_starts_no_queued_migration_to_a_full_site_and_says_why_once
+)
+test_every_held_back_migration_gets_its_note_however_many_wait = (
+    test_caps.test_every_held_back_migration_gets_its_note_however_many_wait
+)
+test_daemons_claiming_at_the_same_moment_start_one_migration_to_a_one_slot_site = (
+    test_caps.test_daemons_claiming_at_the_same_moment_start_one_migration_to_a_one_slot_site
 )
 
 

@@ -310,7 +310,7 @@ def _one_line(error: BaseException, *words: str) -> None:
 # -- source -------------------------------------------------------------------------
 
 
-def test_describe_reports_glance_metadata_and_copies_only_hw_and_os_properties(
+def test_describe_reports_glance_metadata_and_copies_only_hw_os_and_img_properties(
     site_a: OpenStackSiteDriver, images: Images
 ) -> None:
     data = os.urandom(3 * MiB + 5)
@@ -321,6 +321,7 @@ def test_describe_reports_glance_metadata_and_copies_only_hw_and_os_properties(
         "hw_scsi_model": "virtio-scsi",
         "os_distro": "debian",
         "os_type": "linux",
+        "img_config_drive": "mandatory",
         "owner_note": "not copied",
         "source_cs": "not copied",
     }
@@ -337,6 +338,7 @@ def test_describe_reports_glance_metadata_and_copies_only_hw_and_os_properties(
     assert image.sha512 == hashlib.sha512(data).hexdigest()
     assert (image.min_disk, image.min_ram, image.architecture) == (1, 256, "x86_64")
     assert dict(image.properties) == {
+        "img_config_drive": "mandatory",
         "hw_disk_bus": "scsi",
         "hw_scsi_model": "virtio-scsi",
         "os_distro": "debian",
@@ -516,6 +518,40 @@ def test_record_lifecycle_create_find_receive_register_find_copy_remove(
     assert site_b.find_record(migration_id) is None
     assert site_b.find_copy(provenance, "qcow2") is None
     site_b.remove(record.id)  # already gone: not an error
+
+
+def test_register_gives_the_copy_tags_protection_and_the_sites_sharing(
+    testbed: Any, images: Images
+) -> None:
+    members = ["9a9a9a9a8b8b7c7c6d6d5e5e5e5e5e5e", "project-b"]
+    settings = _settings("site-b").model_copy(
+        update={"visibility": "shared", "members": tuple(members)}
+    )
+    site = OpenStackSiteDriver("site-b-shared", settings)
+    data = os.urandom(MiB)
+    properties = {**_registration(data).properties, "img_config_drive": "mandatory"}
+    registration = _registration(
+        data, tags=("golden", "arm"), protected=True, properties=properties
+    )
+    copy = images.image(site, data, registration)
+
+    described = site.describe(copy.id)
+    assert (described.tags, described.protected) == (("arm", "golden"), True)
+    assert described.properties["img_config_drive"] == "mandatory"
+    raw = site.api.json("GET", site.api.path(copy.id), "test")
+    assert raw["visibility"] == "shared"
+    listed = site.api.json("GET", site.api.path(copy.id, "members"), "test")["members"]
+    assert sorted(member["member_id"] for member in listed) == sorted(members)
+    assert site.register(copy.id, registration) == copy  # idempotent: members not re-added
+
+    never = _settings("site-b").model_copy(update={"protected": False})
+    unprotected = OpenStackSiteDriver("site-b", never).register(copy.id, registration)
+    assert site.describe(unprotected.id).protected is False
+    assert site.api.json("GET", site.api.path(copy.id), "test")["visibility"] == "private"
+    site.register(copy.id, registration)  # protected again: remove must still work
+    site.remove(copy.id)
+    assert site.get_record(copy.id) is None
+    site.close()
 
 
 def test_a_stream_from_one_site_into_the_other_keeps_the_bytes(

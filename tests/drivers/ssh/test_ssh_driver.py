@@ -8,6 +8,7 @@ tests look at its staging directory (a directory of the test's own) directly.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -391,7 +392,8 @@ def test_record_lifecycle_register_find_copy_and_remove(
         SOURCE_T: "site-a",
         SOURCE_SHA512: digest,
     }
-    registered = site.register(record.id, registration("lifecycle", **provenance))
+    tagged = dataclasses.replace(registration("lifecycle", **provenance), tags=("golden", "ssh"))
+    registered = site.register(record.id, tagged)
     made.ids.append(registered.id)
     assert registered.is_complete and registered.sha512 == digest and registered.size == 2 * MiB
     assert staged_files(staging) == []
@@ -412,6 +414,7 @@ def test_record_lifecycle_register_find_copy_and_remove(
         **provenance,
     }
     assert {key: image.get(key) for key in expected} == expected
+    assert (sorted(image["tags"]), image["visibility"]) == (["golden", "ssh"], "private")
 
     # Re-entered (the state did not record the outcome): the same image.
     assert site.register(record.id, registration("lifecycle", **provenance)).id == registered.id

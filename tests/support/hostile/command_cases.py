@@ -174,10 +174,20 @@ def cli_cases() -> list[Case]:
             argv=("submit", "--image", "img", "--from", "site-a", "--to", "site-a"),
         ),
         Case(
-            "cli-two-destinations",
+            "cli-repeated-destination",
             "cli",
-            "usage error: --to given 2 times",
-            argv=("submit", "--image", "img", "--to", "site-b", "--to", "site-b-raw"),
+            "usage error: --to: 'site-b' given more than once",
+            argv=(
+                "submit",
+                "--image",
+                "img",
+                "--to",
+                "site-b",
+                "--to",
+                "site-b-raw",
+                "--to",
+                "site-b",
+            ),
         ),
         Case(
             "cli-empty-image",

@@ -1,0 +1,107 @@
+"""Per-site concurrency: at most ``max_concurrent`` migrations running to a destination.
+
+A migration holds a slot of its destination from the claim that starts it (a
+queued migration whose lease is held) until it ends: every state after
+``queued`` counts, waiting for a retry or for work-dir space included, so a
+slot is never handed to another migration while its holder still has work to
+do. The count and the claim are one transaction, and claims take turns while
+any site has a limit (PostgreSQL: an advisory lock; SQLite: its write lock),
+so daemons sharing a ledger keep the limit together: the second claim counts
+the lease the first committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, func, not_, or_, select
+from sqlalchemy.orm import Session
+
+from migratio.ledger.models import MigrationRow, TransitionRow
+from migratio.ledger.rows import audit
+from migratio.machine import ACTIVE, State
+
+# Any constant shared by every migratio process: the claims' advisory lock.
+CLAIM_LOCK_KEY = 0x6D696763  # "migc"
+
+# The audit note of a queued migration held back (written once per wait).
+WAITING_NOTE = "waiting for a free slot"
+
+# Held-back migrations given their note per claim: the rest get theirs at the next.
+NOTES_PER_CLAIM = 50
+
+
+def take_turns(session: Session) -> None:
+    """Serialise claims (PostgreSQL); SQLite's BEGIN IMMEDIATE does it already."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+
+
+def full_sites(session: Session, slots: Mapping[str, int], now: datetime) -> dict[str, int]:
+    """The limited destinations with no free slot, and how many run to each."""
+    holding = or_(
+        MigrationRow.state != State.QUEUED.value,
+        and_(MigrationRow.lease_owner.is_not(None), MigrationRow.lease_expires_at >= now),
+    )
+    counts = select(MigrationRow.dest_site, func.count()).where(
+        MigrationRow.dest_site.in_(list(slots)),
+        MigrationRow.state.in_([s.value for s in ACTIVE]),
+        holding,
+    )
+    running = {
+        site: count for site, count in session.execute(counts.group_by(MigrationRow.dest_site))
+    }
+    return {site: running[site] for site in running if running[site] >= slots[site]}
+
+
+def held_back(full: Mapping[str, int]) -> ColumnElement[bool]:
+    """Queued migrations to a full site (a cancel request still goes through)."""
+    return and_(
+        MigrationRow.state == State.QUEUED.value,
+        MigrationRow.dest_site.in_(list(full)),
+        MigrationRow.cancel_requested.is_(False),
+    )
+
+
+def _unnoted(
+    session: Session, full: Mapping[str, int], due: ColumnElement[bool], limit: int
+) -> list[tuple[str, str]]:
+    """(id, destination) of due migrations held back whose latest audit row is
+    not this note yet, oldest due first."""
+    latest = (
+        select(TransitionRow.message)
+        .where(TransitionRow.migration_id == MigrationRow.id)
+        .order_by(TransitionRow.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    query = (
+        select(MigrationRow.id, MigrationRow.dest_site)
+        .where(due, held_back(full), not_(func.coalesce(latest, "").startswith(WAITING_NOTE)))
+        .order_by(MigrationRow.next_attempt_at)
+        .limit(limit)
+    )
+    return [(str(migration_id), str(site)) for migration_id, site in session.execute(query)]
+
+
+def unnoted(session: Session, full: Mapping[str, int], due: ColumnElement[bool]) -> bool:
+    """Whether a held-back migration still waits for its note (a read)."""
+    return bool(_unnoted(session, full, due, 1))
+
+
+def note_waiting(
+    session: Session,
+    full: Mapping[str, int],
+    slots: Mapping[str, int],
+    due: ColumnElement[bool],
+    now: datetime,
+) -> None:
+    """Say why each due migration held back waits, once per wait: not when its
+    latest audit row already is this note."""
+    for migration_id, site in _unnoted(session, full, due, NOTES_PER_CLAIM):
+        note = (
+            f"{WAITING_NOTE}: {full[site]} of max_concurrent {slots[site]} "
+            f"migrations to {site} running"
+        )
+        session.add(audit(migration_id, State.QUEUED, State.QUEUED, now, note))
