@@ -7,9 +7,10 @@ the image). Both paths start from the image in the
 test bed's Glance site-a and end at the bed's moto:
 
 - ebs-direct: a real migration by the daemon to site ``aws-a`` (download,
-  safety check, convert to a sparse raw, PutSnapshotBlock of the
-  non-zero blocks with the manifest digest of their SHA-256s, RegisterImage).
-  Time: the ledger's exporting → done.
+  safety check, map the qcow2's data with ``qemu-img map``, PutSnapshotBlock
+  of the non-zero blocks read in place from the staged qcow2, with the
+  manifest digest of their SHA-256s, RegisterImage). Time: the ledger's
+  exporting → done, and each state's share of it.
 - legacy: what the Ruby tool did before its ec2-import-instance: download,
   ``qemu-img convert -O raw``, then upload the whole raw file to S3 with boto3
   (multipart, 10 threads). moto assembles every completed S3 object in RAM
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,6 +97,10 @@ def legacy(source_id: str, moto_url: str, workdir: Path) -> dict[str, float]:
     }
 
 
+def _spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})"
+
+
 class _Slice:
     """A read-only window of a file, for one S3 object."""
 
@@ -132,7 +138,10 @@ def ebs_direct(source_id: str, moto_url: str, workdir: Path, sites: Path) -> dic
     aws_peer.reset(moto_url)
     return {
         "ebs_seconds": (stamps["done"] - stamps["exporting"]).total_seconds(),
+        "ebs_exporting_seconds": (stamps["converting"] - stamps["exporting"]).total_seconds(),
+        "ebs_converting_seconds": (stamps["uploading"] - stamps["converting"]).total_seconds(),
         "ebs_uploading_seconds": (stamps["registering"] - stamps["uploading"]).total_seconds(),
+        "ebs_registering_seconds": (stamps["done"] - stamps["registering"]).total_seconds(),
         "ebs_process_seconds": daemon.seconds,
         "ebs_peak_rss_mib": daemon.peak_rss_mib,
         "ebs_blocks_put": journal["blocks_put"],
@@ -204,7 +213,21 @@ def main() -> None:
                 f"  legacy:     {legacy_median:.2f} s median, "
                 f"{results[0]['legacy_bytes_sent'] / MIB:.0f} MiB sent\n"
                 f"  time ratio ebs-direct/legacy: median {median:.3f} "
-                f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f})"
+                f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f})\n"
+                f"  ebs-direct by state, medians: "
+                + ", ".join(
+                    f"{state} {statistics.median(r[f'ebs_{state}_seconds'] for r in results):.2f} s"
+                    for state in ("exporting", "converting", "uploading", "registering")
+                )
+                + "\n  overlap (goal 3): ebs-direct wall / max(legacy download, ebs uploading): "
+                + _spread(
+                    [
+                        r["ebs_seconds"]
+                        / max(r["legacy_download_seconds"], r["ebs_uploading_seconds"])
+                        for r in results
+                    ]
+                )
+                + " (goal <= 1.2)"
             )
         finally:
             aws_peer.reset(moto_url)

@@ -36,7 +36,9 @@ The points (``<state>``: the state the migration is in, or leaves):
   artifact, not yet tagged (``copy_to_regions``).
 - ``ssh.sftp_bytes`` (``amount``: bytes written): an SFTP write of the staging
   file, not yet journalled.
-- ``convert.running``, ``info.running``: qemu-img started, still running.
+- ``convert.running``, ``info.running``, ``map.running``: qemu-img started,
+  still running (``map``: converting for ebs-direct, which reads the staged
+  image in place).
 
 ``support/chaos`` and ``tests/e2e/test_crash_matrix.py`` crash at each of them.
 """

@@ -93,11 +93,22 @@ def data_size(path: Path, fmt: str) -> int:
     """Bytes of guest data in the image (`qemu-img map`): what a sparse raw copy
     of it takes on disk. Only for a file that passed the safety check (map follows
     backing files)."""
-    extents = _json_of("map", path, fmt)
+    return sum(int(e["length"]) for e in extents(path, fmt) if e.get("data") and not e.get("zero"))
+
+
+def extents(path: Path, fmt: str) -> list[dict[str, Any]]:
+    """`qemu-img map --output=json`: the guest disk's runs in order, each with its
+    ``start``, ``length``, ``data``, ``zero`` and, where the run is stored as is in
+    the file, its ``offset`` there. Only for a file that passed the safety check."""
+    listed = _json_of("map", path, fmt)
     try:
-        return sum(int(e["length"]) for e in extents if e.get("data") and not e.get("zero"))
+        if not isinstance(listed, list):
+            raise TypeError(listed)
+        for entry in listed:
+            int(entry["start"]), int(entry["length"])
     except (AttributeError, TypeError, KeyError, ValueError) as exc:
         raise PermanentError(f"qemu-img map printed no extent list for {path.name}") from exc
+    return listed
 
 
 def _json_of(action: str, path: Path, fmt: str) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 from migratio import faults, qemu, stall
 from migratio.admission import WorkDirSpace, planned_files
 from migratio.bandwidth import Bandwidth
+from migratio.disk_map import DiskMap
 from migratio.drivers.base import DestinationSite, ImageStatus, SourceImage, SourceSite
 from migratio.errors import CancelRequested, LeaseLost, ShuttingDown
 from migratio.feedback.progress import ProgressPacer
@@ -115,10 +116,28 @@ class Step:
         return self._file(f"source.{self.source_image.disk_format}")
 
     @property
+    def converted_file(self) -> Path:
+        return self._file(f"converted.{self.target_format}")
+
+    @property
+    def disk_map_file(self) -> Path:
+        return self._file("disk.map")
+
+    @property
+    def disk_map(self) -> DiskMap | None:
+        """The staged image's disk map, once converting chose to let the
+        destination read the raw payload in place instead of converting."""
+        if not (self.needs_conversion and self.destination.reads_disk_map):
+            return None
+        saved = self.disk_map_file
+        return DiskMap(saved) if saved.exists() else None
+
+    @property
     def payload_file(self) -> Path:
-        """The file the destination receives from, when the payload is staged."""
-        if self.needs_conversion:
-            return self._file(f"converted.{self.target_format}")
+        """The file the destination receives from, when the payload is staged
+        (the staged image itself when it is read through its disk map)."""
+        if self.needs_conversion and self.disk_map is None:
+            return self.converted_file
         return self.staged_source
 
     def _file(self, name: str) -> Path:
@@ -132,7 +151,10 @@ class Step:
         will still take, or wait (``WaitingForSpace``) until it fits."""
         if self.space is None or not self.stages_payload:
             return
-        converted = self.payload_file if self.needs_conversion else None
+        converted = self.converted_file if self.needs_conversion else None
+        if self.destination.reads_disk_map and not self.staged_source.exists():
+            # Most likely read in place; converting asks again if it must convert.
+            converted = None
         data = None
         if converted is not None and self.staged_source.exists():
             # Staged (and checked safe) already: what the conversion writes is known.

@@ -15,6 +15,7 @@ from typing import Any
 from migratio import metrics, safety
 from migratio.checksums import Sha512Meter, file_chunks
 from migratio.drivers.base import BaseVersion
+from migratio.errors import PermanentError
 from migratio.prefetch import prefetched
 from migratio.step import Step
 
@@ -32,6 +33,7 @@ class StepTransfer:
         self.sha512 = step.migration.payload_sha512
         self.size: int | None = step.migration.bytes_total
         self.path: Path | None = step.payload_file if step.stages_payload else None
+        self.disk_map = step.disk_map
         self._source_id = image.id
         self._streams: list[Generator[bytes, None, None]] = []
 
@@ -69,6 +71,10 @@ class StepTransfer:
     def _stream(self, offset: int) -> Generator[bytes, None, None]:
         step = self._step
         what = f"payload of migration {step.migration.id}"
+        if self.disk_map is not None:
+            # The staged file is an image, not the payload: only a destination
+            # that reads it through the map (and never streams) gets one.
+            raise PermanentError(f"{what} is read through a disk map, not streamed")
         if step.stages_payload:
             yield from self._guarded(file_chunks(step.payload_file, offset=offset), offset, what)
             return

@@ -19,6 +19,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from migratio.disk_map import DiskMap
+
 # Properties a destination copy carries so the platform (and dedup) can link it
 # back to its source. `source_cs` is the legacy tool's name for the source site.
 SOURCE_UUID = "source_uuid"
@@ -194,6 +196,13 @@ class Transfer(Protocol):
         """A local file holding the payload; set when the destination wants one."""
         ...
 
+    @property
+    def disk_map(self) -> DiskMap | None:
+        """Set when ``path`` is not the payload but an image holding it: the
+        payload is then the raw disk this map describes (zeros but at its data
+        runs, read from ``path``). Only for a destination that ``reads_disk_map``."""
+        ...
+
     def chunks(self, offset: int = 0) -> Iterator[bytes]:
         """The payload from ``offset`` on, in chunks of bounded size."""
         ...
@@ -271,6 +280,12 @@ class DestinationSite(Protocol):
         """True when receiving needs the payload as a local file (random access)."""
         ...
 
+    @property
+    def reads_disk_map(self) -> bool:
+        """True when a raw payload can be read from the staged image through its
+        ``disk_map`` (no raw copy written); only for a destination that wants a file."""
+        ...
+
     def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
         """An active image already migrated from that source, if any (dedup)."""
         ...
@@ -341,6 +356,10 @@ class StreamedGlanceDestination:
     def distribute(self, image_id: str, tracker: Tracker) -> tuple[DestinationImage, ...]:
         """A Glance image is complete once registered: nothing to copy."""
         return ()
+
+    @property
+    def reads_disk_map(self) -> bool:
+        return False
 
 
 class Site(Protocol):

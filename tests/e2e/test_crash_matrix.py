@@ -90,7 +90,9 @@ POINTS = {
         *TRANSITIONS,
         "intake.after_move",
         "transfer.bytes.exporting@1",
-        "convert.running",
+        # ebs-direct reads the staged qcow2 in place: converting runs qemu-img
+        # map, not convert (a compressed image is still converted).
+        "map.running",
         "destination.record_created",
         "aws.block_sent",
         "aws.snapshot_completed",
@@ -241,7 +243,7 @@ def _crash_run(
     and the state the crash found it in ("" when the first daemon finished first)."""
     route = ROUTES[key]
     name = point.partition("@")[0] if point else ""
-    converting = name.startswith("convert.")
+    converting = name.startswith(("convert.", "map."))
     destination = route.converting_site if converting else route.site
     namespace = f"crash-{uuid.uuid4().hex[:8]}"
     config = write_daemon_config(

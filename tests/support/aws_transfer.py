@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from migratio.disk_map import DiskMap
 from migratio.drivers.base import BaseVersion
 from migratio.errors import ShuttingDown
 
@@ -22,14 +23,17 @@ class FileTransfer:
         state: dict[str, Any] | None = None,
         stop_after: int | None = None,
         stop_when: Callable[[dict[str, Any]], bool] | None = None,
+        disk_map: DiskMap | None = None,
         base: BaseVersion | None = None,
     ) -> None:
+        """With ``disk_map``, ``path`` is an image holding the raw payload it maps."""
         self.path = path
+        self.disk_map = disk_map
         self.disk_format = disk_format
         self.sha512 = (
             hashlib.sha512(path.read_bytes()).hexdigest() if sha512 == "compute" else sha512
         )
-        self.size = path.stat().st_size
+        self.size = path.stat().st_size if disk_map is None else disk_map.size
         self.state: dict[str, Any] = dict(state or {})
         self.saves = 0
         self.artifacts: list[tuple[str, str]] = []

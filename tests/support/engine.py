@@ -64,13 +64,19 @@ def payload(size: int, seed: int = 0) -> bytes:
     return bytes(data[:size])
 
 
-def qcow2_of(raw: bytes, directory: Path) -> bytes:
-    """The bytes of a real qcow2 holding ``raw`` (made by qemu-img)."""
+def qcow2_of(raw: bytes, directory: Path, *, compressed: bool = False) -> bytes:
+    """The bytes of a real qcow2 holding ``raw`` (made by qemu-img; ``compressed``:
+    its clusters compressed where that makes them smaller)."""
     directory.mkdir(parents=True, exist_ok=True)
     raw_file, qcow2_file = directory / "disk.raw", directory / "disk.qcow2"
     raw_file.write_bytes(raw)
     subprocess.run(
-        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw_file), str(qcow2_file)],
+        [
+            "qemu-img",
+            "convert",
+            *(["-c"] if compressed else []),
+            *("-f", "raw", "-O", "qcow2", str(raw_file), str(qcow2_file)),
+        ],
         check=True,
     )
     return qcow2_file.read_bytes()

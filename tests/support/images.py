@@ -44,11 +44,38 @@ def qcow2_with_backing_file(path: Path, backing: str = "/etc/hostname") -> Path:
     return path
 
 
-def as_raw(qcow2: Path, target: Path) -> Path:
+def as_raw(image: Path, target: Path, fmt: str = "qcow2") -> Path:
     subprocess.run(
-        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow2), str(target)], check=True
+        ["qemu-img", "convert", "-f", fmt, "-O", "raw", str(image), str(target)], check=True
     )
     return target
+
+
+KIB = 1024
+BLOCK = 512 * KIB  # EBS's block
+# Five EBS blocks and a partial one (a multiple of 512 bytes, as qemu sizes disks).
+OUT_OF_ORDER_SIZE = 5 * BLOCK + 12 * KIB
+
+
+def qcow2_out_of_order(path: Path) -> Path:
+    """A qcow2 written back to front with qemu-io, so its clusters lie in the file in
+    another order than in the disk: data across the 1|2 block border, a piece ending
+    mid-cluster, explicit zero clusters in block 3, allocated zeros in block 4, data
+    in the last partial block. Non-zero 512 KiB blocks: 0, 1, 2 and 5."""
+    size = OUT_OF_ORDER_SIZE
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size)], check=True)
+    writes = [
+        f"write -P 0x5a {size - 8 * KIB} 8k",
+        f"write -z {3 * BLOCK} 128k",
+        f"write -P 0x11 {2 * BLOCK - 100 * KIB} 200k",
+        f"write -P 0x00 {4 * BLOCK} 64k",
+        "write -P 0xc3 4k 70k",
+    ]
+    argv = ["qemu-io", "-f", "qcow2"]
+    for command in writes:
+        argv += ["-c", command]
+    subprocess.run([*argv, str(path)], check=True, capture_output=True)
+    return path
 
 
 def qcow2_with_data_file(path: Path, data_file: Path) -> Path:

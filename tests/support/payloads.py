@@ -29,6 +29,7 @@ class Payload:
         self.sha512 = sha512
         self.size = size
         self.path = path
+        self.disk_map = None
         self.state: dict[str, Any] = {}
         self.artifacts: list[tuple[str, str]] = []
         # The earlier version the record was started from, and the manifests kept.

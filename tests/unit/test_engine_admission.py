@@ -28,7 +28,14 @@ from migratio.admission import (
 from migratio.drivers.base import ImageStatus, SourceImage
 from migratio.supervisor import Supervisor
 from tests.support import reliability
-from tests.support.engine import KIB, RUN_LIMIT, EngineBed, happy_path_with_notes, payload
+from tests.support.engine import (
+    KIB,
+    RUN_LIMIT,
+    EngineBed,
+    happy_path_with_notes,
+    payload,
+    qcow2_of,
+)
 
 NOTE = re.compile(
     rf"{WAITING_NOTE}: needs (?P<needed>\d+) bytes, (?P<free>\d+) free in .*, "
@@ -102,6 +109,30 @@ def test_a_migration_that_does_not_fit_waits_with_one_note_and_starts_when_space
     reliability.record(
         "R8", "admission (stub): waits until space frees", outcome=done.state, leftovers=0, notes=1
     )
+
+
+def test_an_image_read_in_place_asks_room_for_itself_only(
+    engine_bed: EngineBed, tmp_path: Path
+) -> None:
+    """A destination that reads the staged qcow2 through its disk map writes no
+    converted copy: the image fits a work dir that could not hold it twice."""
+    bed = engine_bed
+    bed.destination.required_disk_format = "raw"
+    bed.destination.wants_file = True
+    bed.destination.reads_disk_map = True
+    data = payload(300 * KIB)
+    qcow2 = qcow2_of(data, tmp_path)
+    image = bed.source.add_image(qcow2, disk_format="qcow2")
+    migration_id = bed.submit(image.id).id
+
+    bed.run(_supervisor(bed, len(qcow2) + 64 * KIB))
+
+    done = bed.ledger.get(migration_id)
+    assert done.state == "done", done.last_error
+    [record] = bed.records_of(migration_id)
+    assert bytes(bed.destination.records[record].data)[: len(data)] == data
+    assert _waiting_notes(bed, migration_id) == []
+    assert bed.leftovers(migration_id) == []
 
 
 def test_migrations_that_fit_still_run_while_one_waits(engine_bed: EngineBed) -> None:

@@ -7,6 +7,8 @@ that nothing is left behind.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from migratio.drivers.base import (
@@ -143,6 +145,44 @@ def test_a_staged_payload_is_checked_converted_and_sent(
         files.append(("file", "converted.raw", "removed"))
     assert bed.artifacts(migration.id) == [*files, ("dest_image", record_id, "kept")]
     # Read once, into the work dir; the upload reads the staged file.
+    assert bed.source.reads == [(image.id, 0)]
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["mapped", "compressed-converted"])
+def test_a_destination_reading_the_disk_map_gets_no_converted_copy(
+    engine_bed: EngineBed, tmp_path: Path, compressed: bool
+) -> None:
+    """A raw payload read from the staged qcow2 through its disk map (as ebs-direct
+    does): no converted file is written, and the destination holds the raw disk.
+    A compressed qcow2 cannot be read in place: it is converted as before."""
+    bed = engine_bed
+    bed.destination.required_disk_format = "raw"
+    bed.destination.wants_file = True
+    bed.destination.reads_disk_map = True
+    # Repeated pieces, so that qemu-img -c compresses clusters (random ones it keeps).
+    expected = payload(KIB, seed=1) * 256 + bytes(768 * KIB) + payload(KIB, seed=2) * 128
+    image = _image(bed, qcow2_of(expected, tmp_path, compressed=compressed), disk_format="qcow2")
+    migration = bed.submit(image.id)
+
+    bed.run()
+
+    record_id = _assert_copied(bed, migration.id, image, expected)
+    assert bed.states(migration.id) == HAPPY_PATH
+    done = bed.ledger.get(migration.id)
+    assert done.bytes_total == len(expected)
+    converting = bed.messages(migration.id)[3]
+    files = [("file", "source.qcow2.part", "removed"), ("file", "source.qcow2", "removed")]
+    # The map's files are named before it is tried, so a crash leaves nothing behind.
+    files += [("file", ".disk.map.part", "removed"), ("file", "disk.map", "removed")]
+    if compressed:
+        assert converting == f"converted qcow2 to raw: {len(expected)} bytes"
+        files.append(("file", "converted.raw", "removed"))
+    else:
+        assert converting == (
+            f"mapped qcow2 for reading in place as a {len(expected)}-byte raw disk "
+            f"holding {384 * KIB} bytes of data: no copy written"
+        )
+    assert bed.artifacts(migration.id) == [*files, ("dest_image", record_id, "kept")]
     assert bed.source.reads == [(image.id, 0)]
 
 

@@ -8,6 +8,9 @@ Given a hash, it also feeds it every byte of the file, holes as zeros: that is
 a pass over the whole virtual size, done only to check a payload sha512 known
 beforehand.
 
+``scan_mapped`` finds the same blocks of the raw disk an image file describes
+(``migratio.disk_map``) by reading its data runs in place: no raw copy needed.
+
 ``Manifest`` is the whole-image digest that costs only the data: SHA-512 over
 the payload's size and the ordered list of (block index, SHA-256) of its
 non-zero blocks -- the very SHA-256s that PutSnapshotBlock carries and EBS
@@ -52,6 +55,8 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from migratio.disk_map import Extent
 
 # EBS direct's block size. moto reports BlockSize 512 in its answers; AWS reports
 # 524288 and accepts nothing else, so the size is fixed here, not read back.
@@ -115,6 +120,38 @@ def scan(fd: int, size: int, hasher: Hasher | None = None) -> Iterator[Block]:
         _hash_zeros(hasher, size - position)
 
 
+def scan_mapped(fd: int, extents: Iterable[Extent]) -> Iterator[Block]:
+    """The non-zero blocks of a raw disk whose data lies at ``extents`` of ``fd``
+    (a ``disk_map``: each run's bytes at its disk offset, zeros elsewhere), in
+    index order: the blocks ``scan`` finds in the raw disk, read straight from
+    the image file. A block a run ends in is filled by the next runs, if any."""
+    index = -1
+    block = bytearray(BLOCK_SIZE)
+    for extent in extents:
+        position, end = extent.start, extent.start + extent.length
+        while position < end:
+            if position // BLOCK_SIZE != index:
+                if index >= 0 and (found := _nonzero(index, block)):
+                    yield found
+                index = position // BLOCK_SIZE
+                block = bytearray(BLOCK_SIZE)
+            within = position - index * BLOCK_SIZE
+            length = min(end - position, BLOCK_SIZE - within)
+            offset = extent.offset + position - extent.start
+            if os.preadv(fd, [memoryview(block)[within : within + length]], offset) != length:
+                raise OSError(errno.EIO, f"short read at offset {offset}")
+            position += length
+    if index >= 0 and (found := _nonzero(index, block)):
+        yield found
+
+
+def _nonzero(index: int, block: bytearray) -> Block | None:
+    if block == _ZEROS:
+        return None
+    data = bytes(block)
+    return Block(index, data, hashlib.sha256(data).digest())
+
+
 def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
     """Byte ranges ``[start, end)`` that may hold data, per SEEK_DATA/SEEK_HOLE."""
     offset = 0
@@ -138,10 +175,26 @@ def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
 def linear_checksum(digests: Iterable[bytes]) -> str:
     """CompleteSnapshot's LINEAR aggregate: SHA256 over the blocks' SHA256s in
     index order, base64."""
-    total = hashlib.sha256()
+    total = LinearChecksum()
     for digest in digests:
-        total.update(digest)
-    return base64.b64encode(total.digest()).decode("ascii")
+        total.add(digest)
+    return total.value()
+
+
+class LinearChecksum:
+    """``linear_checksum`` fed block by block, with the count of blocks: kept as
+    a running hash, not a list (two million entries for a TiB of data)."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.count = 0
+
+    def add(self, digest: bytes) -> None:
+        self._hash.update(digest)
+        self.count += 1
+
+    def value(self) -> str:
+        return base64.b64encode(self._hash.digest()).decode("ascii")
 
 
 class Manifest:

@@ -94,6 +94,10 @@ class AwsSiteDriver:
         return True
 
     @property
+    def reads_disk_map(self) -> bool:
+        return self.method.reads_disk_map
+
+    @property
     def takes_base_version(self) -> bool:
         """ebs-direct snapshots can start from an earlier version's; imports cannot."""
         return isinstance(self.method, EbsDirect)

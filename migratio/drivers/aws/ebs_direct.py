@@ -70,8 +70,10 @@ class EbsDirect:
     workers: PutSnapshotBlock calls in flight at once.
     """
 
-    # Read sparsely, so only allocated data crosses the wire.
+    # Read sparsely, so only allocated data crosses the wire; from the staged
+    # image itself where its disk map allows (no raw copy, no conversion pass).
     required_disk_format = "raw"
+    reads_disk_map = True
 
     def __init__(self, clients: AwsClients, snapshots: Snapshots, workers: int) -> None:
         self.clients = clients

@@ -1,5 +1,8 @@
 """Writing a sparse raw disk into a pending EBS snapshot, block by block, resumably.
 
+The disk is a sparse raw file, or the staged image itself read through its
+disk map (``transfer.disk_map``): the same blocks either way.
+
 Only non-zero 512 KiB blocks are sent, ``workers`` at a time, each with its
 SHA256. Which blocks have landed is journalled through the transfer (at most
 once a second, and whenever the writer stops), so a resumed run sends only the
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +37,10 @@ from migratio.drivers.aws.blocks import (
     BLOCK_SIZE,
     Block,
     BlockSet,
-    Hasher,
     Manifest,
     linear_checksum,
     scan,
+    scan_mapped,
 )
 from migratio.drivers.aws.encryption import is_zero, with_zero_blocks
 from migratio.drivers.aws.errors import translated
@@ -50,6 +54,10 @@ from migratio.polling import Backoff, poll
 log = logging.getLogger(__name__)
 
 JOURNAL_INTERVAL = 1.0
+# Blocks read beyond those on the wire, so a worker that is answered finds the
+# next block ready: reading and hashing one takes ~2 ms, a PUT far longer. Each
+# is 512 KiB of the daemon's memory (twice the workers held 16 MiB a migration).
+READ_AHEAD_BLOCKS = 4
 # A completed snapshot stays "pending" while AWS finishes it (minutes for large
 # sparse ones); polled with no deadline, each wait a checkpoint (shutdown, cancel).
 COMPLETION_BACKOFF = Backoff(first=1.0, factor=1.5, longest=10.0)
@@ -146,11 +154,17 @@ class SnapshotWriter:
         manifest digest and, when the transfer names the payload's sha512, that
         sha512 as read (every byte, holes as zeros), checked against it."""
         journal = Journal.load(transfer, snapshot_id)
-        size = path.stat().st_size
-        payload = hashlib.sha512() if transfer.sha512 else None
+        mapped = transfer.disk_map
+        size = path.stat().st_size if mapped is None else mapped.size
+        # A mapped payload's sha512 is never known (it was never written out whole).
+        payload = hashlib.sha512() if transfer.sha512 and mapped is None else None
         tally = _Tally(Manifest(size))
         with path.open("rb") as handle:
-            self._send(handle.fileno(), size, payload, tally, parent, journal, transfer)
+            fd = handle.fileno()
+            blocks = scan_mapped(fd, mapped.extents()) if mapped else scan(fd, size, payload)
+            if self.write_zeros:  # encrypted: a block never written reads as noise
+                blocks = with_zero_blocks(blocks, size)
+            self._send(blocks, size, tally, parent, journal, transfer)
         if payload is not None and payload.hexdigest() != transfer.sha512:
             raise IntegrityError(
                 f"site {self.site_id}: {path.name} read as {size} bytes whose sha512 differs "
@@ -185,9 +199,8 @@ class SnapshotWriter:
 
     def _send(
         self,
-        fd: int,
+        blocks: Iterator[Block],
         size: int,
-        payload: Hasher | None,
         tally: _Tally,
         parent: BlockMap | None,
         journal: Journal,
@@ -197,9 +210,6 @@ class SnapshotWriter:
         saved = time.monotonic()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ebs-block") as pool:
             try:
-                blocks = scan(fd, size, payload)
-                if self.write_zeros:
-                    blocks = with_zero_blocks(blocks, size)
                 for planned in plan(blocks, parent):
                     block = planned.block
                     tally.kinds[planned.kind.value] += 1
@@ -210,7 +220,7 @@ class SnapshotWriter:
                     if planned.send:
                         tally.written.append(block.sha256)
                     if planned.send and block.index not in journal.sent:
-                        while len(inflight) >= 2 * self.workers:
+                        while len(inflight) >= self.workers + READ_AHEAD_BLOCKS:
                             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                             _settle(done, inflight, journal)
                         transfer.pace(BLOCK_SIZE)

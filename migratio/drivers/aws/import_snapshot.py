@@ -50,6 +50,7 @@ class ImportSnapshot:
     # VM Import takes a stream-optimized VMDK: S3 has no sparse objects, and
     # that VMDK holds only allocated data, compressed.
     required_disk_format = "vmdk"
+    reads_disk_map = False
 
     def __init__(
         self,

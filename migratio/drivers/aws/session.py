@@ -1,19 +1,32 @@
-"""Connections to one AWS site: a boto3 session and its EC2, EBS and S3 clients.
+"""Connections to one AWS site: a botocore session and its EC2, EBS and S3 clients.
 
 Credentials come from boto3's default chain or the site's named ``profile``
 (``AWS_SHARED_CREDENTIALS_FILE``/``AWS_CONFIG_FILE`` say where those files
 are); migratio's own files never hold keys. Clients are made on first use, so a
 driver for an unreachable site can still be built, and shared by the upload
-threads (boto3 clients are thread-safe; sessions are not, hence the lock).
+threads (botocore clients are thread-safe; sessions are not, hence the lock).
+
+Every session reads the service models through one process-wide loader: a
+session of its own parses them again (EC2's alone is megabytes of JSON), and a
+driver is made per migration step. Measured: four live sessions with EC2 and EBS
+clients held 145 MiB with a loader each, 61 MiB sharing one. The models are
+parsed into plain dicts, not botocore's OrderedDicts (dicts keep their order):
+the EC2 and EBS clients then hold 16 MiB instead of 23 (peak 21 instead of 28).
+The clients are plain botocore ones; boto3's additions (resources, S3 transfer
+helpers) are not used.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
+import os
 import threading
 from typing import Any
 
-import boto3
 import botocore.config
+import botocore.loaders
+import botocore.session
 
 from migratio import __version__
 from migratio.config import AwsSite
@@ -39,7 +52,7 @@ class AwsClients:
         self.site_id = site_id
         self.settings = settings
         self._lock = threading.Lock()
-        self._session: boto3.session.Session | None = None
+        self._session: botocore.session.Session | None = None
         self._clients: dict[str, Any] = {}
         self.sockets = LiveSockets()
 
@@ -77,11 +90,8 @@ class AwsClients:
             if client is None:
                 with translated(self.site_id, f"connect to {service}"):
                     if self._session is None:
-                        self._session = boto3.session.Session(
-                            profile_name=self.settings.profile,
-                            region_name=self.settings.region,
-                        )
-                    client = self._session.client(
+                        self._session = _session(self.settings.profile)
+                    client = self._session.create_client(
                         service,
                         endpoint_url=self.settings.endpoint_url,
                         region_name=region or self.settings.region,
@@ -106,3 +116,37 @@ class AwsClients:
             # An emulator on an IP address has no per-bucket host names.
             options["s3"] = {"addressing_style": "path"}
         return botocore.config.Config(**options)
+
+
+_loader_lock = threading.Lock()
+_loader: botocore.loaders.Loader | None = None
+
+
+def _session(profile: str | None) -> botocore.session.Session:
+    """A session for one site, reading models through the process's one loader."""
+    global _loader
+    with _loader_lock:
+        if _loader is None:
+            _loader = botocore.loaders.Loader(file_loader=_PlainJsonFiles())
+        loader = _loader
+    session = botocore.session.Session(profile=profile)
+    session.register_component("data_loader", loader)
+    return session
+
+
+class _PlainJsonFiles:
+    """botocore's model files (``.json`` or ``.json.gz``) parsed into plain dicts:
+    the two methods botocore's ``Loader`` asks of its file loader."""
+
+    _EXTENSIONS = (".json", ".json.gz")
+
+    def exists(self, file_path: str) -> bool:
+        return any(os.path.isfile(file_path + ext) for ext in self._EXTENSIONS)
+
+    def load_file(self, file_path: str) -> Any:
+        for ext in self._EXTENSIONS:
+            path = file_path + ext
+            if os.path.isfile(path):
+                with gzip.open(path) if ext.endswith(".gz") else open(path, "rb") as handle:
+                    return json.loads(handle.read().decode("utf-8"))
+        return None

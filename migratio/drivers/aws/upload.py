@@ -25,6 +25,12 @@ class UploadMethod(Protocol):
         """The disk format the payload must be converted to first."""
         ...
 
+    @property
+    def reads_disk_map(self) -> bool:
+        """Whether ``receive`` can read a raw payload from an image through its
+        ``transfer.disk_map`` (no raw copy made first)."""
+        ...
+
     def create_record(self, spec: RecordSpec) -> DestinationImage:
         """The record bytes will go into, tagged (or keyed) with the migration id."""
         ...

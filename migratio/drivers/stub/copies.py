@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from migratio.drivers.base import MIGRATION_ID, DestinationImage, Tracker
 
 if TYPE_CHECKING:
-    from migratio.drivers.stub.site import StubRecord, StubSite
+    from migratio.drivers.stub.holdings import StubRecord
+    from migratio.drivers.stub.site import StubSite
 
 # What a copy is tagged with: ``<image id>><region>``.
 COPY_OF = "stub_copy_of"

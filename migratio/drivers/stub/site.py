@@ -13,10 +13,11 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from migratio.checksums import file_chunks
+from migratio.disk_map import DiskMap
 from migratio.drivers.base import (
     BASE_RECORD,
     MIGRATION_ID,
@@ -32,106 +33,13 @@ from migratio.drivers.base import (
     Transfer,
 )
 from migratio.drivers.stub import copies
+from migratio.drivers.stub.holdings import StubImage, StubRecord
 from migratio.drivers.stub.scripting import Scriptable
 from migratio.errors import ImageNotFound, NotFound, PermanentError, TransientError
 
 # Small, so that a payload of a few hundred KiB is already many chunks: every
 # checkpoint and callback between them gets its turn.
 CHUNK_SIZE = 64 * 1024
-
-
-@dataclass
-class StubImage:
-    """A source image: its bytes and what ``describe`` says about them.
-
-    ``reports_sha512`` False: a site that publishes no sha512 (no dedup is possible).
-    """
-
-    id: str
-    name: str
-    data: bytes
-    disk_format: str = "raw"
-    container_format: str = "bare"
-    status: ImageStatus = ImageStatus.AVAILABLE
-    min_disk: int = 0
-    min_ram: int = 0
-    architecture: str | None = None
-    properties: dict[str, str] = field(default_factory=dict)
-    reports_sha512: bool = True
-    tags: tuple[str, ...] = ()
-    protected: bool = False
-    base_image_ref: str | None = None
-
-    @property
-    def sha512(self) -> str:
-        return hashlib.sha512(self.data).hexdigest()
-
-    def describe(self) -> SourceImage:
-        return SourceImage(
-            id=self.id,
-            name=self.name,
-            status=self.status,
-            disk_format=self.disk_format,
-            container_format=self.container_format,
-            size=len(self.data),
-            virtual_size=None,
-            md5=hashlib.md5(self.data, usedforsecurity=False).hexdigest(),
-            sha512=self.sha512 if self.reports_sha512 else None,
-            min_disk=self.min_disk,
-            min_ram=self.min_ram,
-            architecture=self.architecture,
-            properties=dict(self.properties),
-            site_status=self.status.value,
-            tags=self.tags,
-            protected=self.protected,
-            base_image_ref=self.base_image_ref,
-        )
-
-
-@dataclass
-class StubRecord:
-    """A destination record: created empty, filled by ``receive``, given its
-    metadata by ``register``. ``properties`` hold the migration-id tag.
-
-    ``parts``: the records an image is made of (an AMI's snapshot), when the site
-    ``registers_image``.
-    """
-
-    id: str
-    name: str
-    disk_format: str
-    container_format: str
-    status: RecordStatus = RecordStatus.OPEN
-    data: bytearray = field(default_factory=bytearray)
-    properties: dict[str, str] = field(default_factory=dict)
-    min_disk: int = 0
-    min_ram: int = 0
-    architecture: str | None = None
-    parts: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    protected: bool = False
-
-    @property
-    def migration_id(self) -> str | None:
-        return self.properties.get(MIGRATION_ID)
-
-    @property
-    def sha512(self) -> str | None:
-        """Known once the record holds its whole payload, as a site reports it."""
-        if self.status is not RecordStatus.COMPLETE:
-            return None
-        return hashlib.sha512(self.data).hexdigest()
-
-    def view(self) -> DestinationImage:
-        return DestinationImage(
-            id=self.id,
-            status=self.status,
-            sha512=self.sha512,
-            size=len(self.data),
-            properties=dict(self.properties),
-            parts=self.parts,
-        )
-
 
 # Best first: the record an earlier run got furthest with (as the real drivers rank).
 _RANK = {RecordStatus.COMPLETE: 0, RecordStatus.OPEN: 1, RecordStatus.BROKEN: 2}
@@ -144,7 +52,9 @@ class StubSite(Scriptable):
     a test hands ``StubSites`` to the supervisor.
 
     site_id: named in error messages.
-    required_disk_format, wants_file: what the destination asks of the engine.
+    required_disk_format, wants_file, reads_disk_map: what the destination asks
+        of the engine (with ``reads_disk_map``, a raw payload is read from the
+        staged image through its disk map, as ebs-direct does).
     resumable: an interrupted ``receive`` keeps what it got and the next one asks
         the payload from there, then checks the whole against ``transfer.sha512``
         (as the SSH site does); otherwise every ``receive`` starts at byte 0 (as
@@ -170,6 +80,7 @@ class StubSite(Scriptable):
         *,
         required_disk_format: str | None = None,
         wants_file: bool = False,
+        reads_disk_map: bool = False,
         resumable: bool = False,
         returns_sha512: bool = True,
         interrupted_status: RecordStatus = RecordStatus.OPEN,
@@ -182,6 +93,7 @@ class StubSite(Scriptable):
         self.site_id = site_id
         self.required_disk_format = required_disk_format
         self.wants_file = wants_file
+        self.reads_disk_map = reads_disk_map
         self.resumable = resumable
         self.returns_sha512 = returns_sha512
         self.interrupted_status = interrupted_status
@@ -319,7 +231,21 @@ class StubSite(Scriptable):
             return transfer.chunks(offset)
         if transfer.path is None:
             raise PermanentError(f"site {self.site_id}: wants a file, was given a stream")
+        if transfer.disk_map is not None:
+            return self._mapped(transfer.path, transfer.disk_map, offset)
         return file_chunks(transfer.path, self.chunk_size, offset)
+
+    def _mapped(self, image: Path, disk_map: DiskMap, offset: int) -> Iterator[bytes]:
+        """The raw disk a disk map describes, read from the image (small images only)."""
+        if not self.reads_disk_map:
+            raise PermanentError(f"site {self.site_id}: was given a disk map it cannot read")
+        disk = bytearray(disk_map.size)
+        with image.open("rb") as handle:
+            for run in disk_map.extents():
+                handle.seek(run.offset)
+                disk[run.start : run.start + run.length] = handle.read(run.length)
+        for start in range(offset, len(disk), self.chunk_size):
+            yield bytes(disk[start : start + self.chunk_size])
 
     def register(self, record_id: str, registration: Registration) -> DestinationImage:
         self._enter("register")

@@ -15,6 +15,7 @@ import botocore.exceptions
 import botocore.parsers
 import pytest
 
+from migratio import disk_map
 from migratio.config import AwsSite
 from migratio.drivers.aws import errors as aws_errors
 from migratio.drivers.aws.ami_boot import ec2_architecture
@@ -40,6 +41,7 @@ from migratio.errors import (
     TransientError,
 )
 from tests.drivers.aws.manifest_spec import manifest_of_raw
+from tests.support import aws_peer, images
 from tests.support.aws_transfer import FileTransfer
 from tests.support.moto_front import MotoFront
 
@@ -346,3 +348,38 @@ def test_a_converted_payload_is_verified_by_its_manifest(
     assert both.properties["migratio_payload_sha512"] == checked.sha512
     for ref in (ami.id, record.id, other.id):
         driver.remove(ref)
+
+
+@pytest.mark.testbed
+def test_a_mapped_qcow2_lands_as_its_raw_disk_and_resumes(
+    driver: AwsSiteDriver, front: MotoFront, moto_url: str, tmp_path: Path
+) -> None:
+    """ebs-direct reading the staged qcow2 through its disk map (no raw copy): the
+    snapshot is the raw disk qemu-img converts it to, each block sent once though
+    the first run stopped."""
+    image = images.qcow2_out_of_order(tmp_path / "disk.qcow2")
+    raw = images.as_raw(image, tmp_path / "disk.raw")
+    mapped = disk_map.plan(image, "qcow2", tmp_path / "disk.map")
+    assert mapped is not None
+    record = driver.create_record(
+        RecordSpec(str(uuid.uuid4()), "mapped", "raw", "bare", mapped.size)
+    )
+
+    stopped = FileTransfer(image, sha512=None, disk_map=mapped, stop_after=1)
+    with pytest.raises(ShuttingDown):
+        driver.receive(record.id, stopped)
+    landed = BlockSet.from_json(stopped.state["sent"])
+    resumed = FileTransfer(image, sha512=None, disk_map=mapped, state=stopped.state)
+    manifest = manifest_of_raw(raw)
+    assert driver.receive(record.id, resumed) == manifest
+
+    puts = front.puts_for(record.id)
+    assert sorted(puts) == [0, 1, 2, 5] and set(puts.values()) == {1}
+    assert set(landed) <= set(puts)
+    rebuilt = tmp_path / "rebuilt.raw"
+    aws_peer.rebuild_disk(aws_peer.client("ebs", moto_url), record.id, rebuilt, mapped.size)
+    assert aws_peer.same_bytes(rebuilt, raw)
+    finished = driver.get_record(record.id)
+    assert finished is not None
+    assert (finished.status, finished.sha512) == (RecordStatus.COMPLETE, manifest)
+    driver.remove(record.id)
