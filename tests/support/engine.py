@@ -34,12 +34,15 @@ KIB = 1024
 MIB = 1024 * KIB
 RUN_LIMIT = 10.0  # seconds a supervisor may take before the test fails instead of hanging
 
+# Progress recorded (and a cancel looked for) at every chunk of a stub transfer.
+EVERY_CHUNK = 0.0
+
 # Tiny but real: every loop and backoff is milliseconds, a lease is as short as
 # the config allows (renewals and expiries are driven by the tests, not waited for).
 FAST = {
     "lease_seconds": 2,
     "poll_seconds": 0.05,
-    "progress_seconds": 0.001,
+    "progress_seconds": 0.02,  # tests that stop a transfer midway take EVERY_CHUNK
     "retry": config.RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05),
 }
 

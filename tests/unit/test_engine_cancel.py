@@ -13,6 +13,7 @@ from migratio.machine import Trigger
 from tests.support.engine import (
     CRASH_POINT_IDS,
     CRASH_POINTS,
+    EVERY_CHUNK,
     KIB,
     MIB,
     EngineBed,
@@ -104,6 +105,7 @@ def test_a_cancel_during_a_transfer_stops_it_at_the_next_checkpoint(
     engine_bed: EngineBed, stream: str, wants_file: bool, state: str
 ) -> None:
     bed = engine_bed
+    bed.configure(progress_seconds=EVERY_CHUNK)  # a checkpoint between any two chunks
     bed.destination.wants_file = wants_file
     image = bed.source.add_image(BIG)
     migration_id = bed.submit(image.id).id

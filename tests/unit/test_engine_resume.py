@@ -17,6 +17,7 @@ from migratio.supervisor import Supervisor
 from tests.support.engine import (
     CRASH_POINT_IDS,
     CRASH_POINTS,
+    EVERY_CHUNK,
     HAPPY_PATH,
     KIB,
     MIB,
@@ -182,6 +183,7 @@ def test_a_stopped_daemon_releases_its_lease_at_once(engine_bed: EngineBed) -> N
     """Stopped (SIGTERM), a daemon hands the migration back: another one takes it
     at once, with no lease to wait out and no take-over note."""
     bed = engine_bed
+    bed.configure(progress_seconds=EVERY_CHUNK)  # progress recorded before the stop
     image = bed.source.add_image(BIG)
     migration_id = bed.submit(image.id).id
     first = bed.supervisor("daemon-1")
