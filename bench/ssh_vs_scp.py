@@ -6,6 +6,12 @@ Both send one local file to the test bed's sshd (the "external host" of
   paramiko SFTP with the block journal, then the sha512 check on the host;
 - ``scp``: OpenSSH's own client (SFTP protocol, its default cipher), nothing checked.
 
+Besides wall time, each round reports CPU seconds per GiB (user + sys, less
+sensitive to a loaded machine than wall time): the client's (this process for
+``receive``, the ``scp`` child for scp) and the host's (sshd's sessions, the
+SFTP server and, for ``receive``, the host-side sha512, read from the bed's
+sshd as the CPU time of its reaped children).
+
 With ``--migrate``, also one whole migration site-a → site-b-ssh of a qcow2 of
 the same size through the daemon, with the time spent in each state.
 
@@ -20,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -45,10 +52,47 @@ from tests.support.daemon_config import write_daemon_config  # noqa: E402
 from tests.support.payloads import Payload  # noqa: E402
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 SITE = "site-b-ssh"
 
 
-def scp_copy(settings: OpenStackSshSite, source: Path, target: str) -> float:
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _sshd_pid(bed_dir: Path) -> int | None:
+    for server in json.loads((bed_dir / "pids.json").read_text()):
+        if server["name"] == "sshd":
+            return int(server["pid"])
+    return None
+
+
+def host_cpu(bed_dir: Path) -> float:
+    """CPU seconds of the bed's sshd's finished sessions (cutime + cstime of the
+    listening sshd, which reaps them), once no session is left; 0 if unknown."""
+    pid = _sshd_pid(bed_dir)
+    if pid is None:
+        return 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    deadline = time.monotonic() + 10
+    try:
+        while children.read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # cutime and cstime (fields 16 and 17 of proc_pid_stat(5)), counted after the name.
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def scp_copy(settings: OpenStackSshSite, source: Path, target: str) -> tuple[float, float]:
+    """Wall and the ``scp`` child's CPU seconds."""
     argv = [
         "scp", "-q", "-B",
         "-P", str(settings.port),
@@ -58,21 +102,22 @@ def scp_copy(settings: OpenStackSshSite, source: Path, target: str) -> float:
         str(source),
         f"{settings.user}@{settings.host}:{target}",
     ]  # fmt: skip
-    started = time.monotonic()
+    cpu, started = _children_cpu(), time.monotonic()
     subprocess.run(argv, check=True)
-    return time.monotonic() - started
+    return time.monotonic() - started, _children_cpu() - cpu
 
 
-def receive_copy(settings: OpenStackSshSite, source: Path, sha512: str) -> float:
+def receive_copy(settings: OpenStackSshSite, source: Path, sha512: str) -> tuple[float, float]:
+    """Wall and this process's CPU seconds (every thread: paramiko's, the journal's)."""
     driver = OpenStackSshSiteDriver(SITE, settings)
     try:
         record = driver.create_record(RecordSpec(str(uuid.uuid4()), "bench", "raw", "bare"))
-        started = time.monotonic()
+        cpu, started = _own_cpu(), time.monotonic()
         verified = driver.receive(record.id, Payload(path=source, sha512=sha512, size=None))
-        elapsed = time.monotonic() - started
+        elapsed, cpu = time.monotonic() - started, _own_cpu() - cpu
         assert verified == sha512
         driver.remove(record.id)
-        return elapsed
+        return elapsed, cpu
     finally:
         driver.close()
 
@@ -110,6 +155,10 @@ def migrate(bed: testbed_lib.Bed, size_mib: int, workdir: Path) -> dict[str, flo
     return spent
 
 
+def _median(results: list[dict[str, float]], key: str) -> float:
+    return sorted(r[key] for r in results)[len(results) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -134,9 +183,14 @@ def main() -> None:
             target = scratch_dir / "scp-target"
             results = []
             for round_number in range(args.rounds):
-                scp_seconds = scp_copy(settings, source, str(target))
+                host = host_cpu(bed.dir)
+                scp_seconds, scp_cpu = scp_copy(settings, source, str(target))
+                scp_host = host_cpu(bed.dir) - host
                 target.unlink()
-                receive_seconds = receive_copy(settings, source, sha512)
+                host = host_cpu(bed.dir)
+                receive_seconds, receive_cpu = receive_copy(settings, source, sha512)
+                receive_host = host_cpu(bed.dir) - host
+                gib = size / GiB
                 results.append(
                     {
                         "scp_seconds": round(scp_seconds, 3),
@@ -144,6 +198,10 @@ def main() -> None:
                         "scp_mib_s": round(size / MiB / scp_seconds, 1),
                         "receive_mib_s": round(size / MiB / receive_seconds, 1),
                         "ratio": round(receive_seconds / scp_seconds, 3),
+                        "scp_cpu_s_per_gib": round(scp_cpu / gib, 2),
+                        "receive_cpu_s_per_gib": round(receive_cpu / gib, 2),
+                        "scp_host_cpu_s_per_gib": round(scp_host / gib, 2),
+                        "receive_host_cpu_s_per_gib": round(receive_host / gib, 2),
                     }
                 )
                 emit("ssh_vs_scp", size_mib=args.size_mib, round=round_number, **results[-1])
@@ -151,7 +209,11 @@ def main() -> None:
             print(
                 f"size {size / MiB:.0f} MiB, {len(results)} rounds: time ratio receive/scp "
                 f"median {ratios[len(ratios) // 2]:.3f} "
-                f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f})",
+                f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f}); CPU s/GiB median, "
+                f"client+host: receive {_median(results, 'receive_cpu_s_per_gib')}"
+                f"+{_median(results, 'receive_host_cpu_s_per_gib')}, "
+                f"scp {_median(results, 'scp_cpu_s_per_gib')}"
+                f"+{_median(results, 'scp_host_cpu_s_per_gib')}",
                 flush=True,
             )
             source.unlink()

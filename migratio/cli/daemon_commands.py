@@ -23,8 +23,10 @@ def run(ctx: Context, until_idle: bool, as_json: bool) -> None:
     import signal
 
     from migratio import logs
+    from migratio.memory import limit_malloc_retention
     from migratio.systemd import Notifier
 
+    limit_malloc_retention()  # before any thread exists
     settings = ctx.settings
     logs.configure(
         level=settings.daemon.log_level,
