@@ -3,7 +3,11 @@
 Both send one local file to the test bed's sshd (the "external host" of
 ``site-b-ssh``), in the same run, alternating, so the ratio is what matters:
 - ``receive``: ``OpenStackSshSiteDriver.receive`` as the uploading state calls it:
-  paramiko SFTP with the block journal, then the sha512 check on the host;
+  the bytes through OpenSSH's ``ssh`` to a writer that hashes them on the host
+  (sha512), with the block journal on this side;
+- ``sftp``: the same, with the bytes through paramiko's SFTP (the driver's way
+  where there is no ``ssh`` binary, and its only way before), the host's hasher
+  following the file;
 - ``scp``: OpenSSH's own client (SFTP protocol, its default cipher), nothing checked.
 
 Besides wall time, each round reports CPU seconds per GiB (user + sys, less
@@ -107,14 +111,20 @@ def scp_copy(settings: OpenStackSshSite, source: Path, target: str) -> tuple[flo
     return time.monotonic() - started, _children_cpu() - cpu
 
 
-def receive_copy(settings: OpenStackSshSite, source: Path, sha512: str) -> tuple[float, float]:
-    """Wall and this process's CPU seconds (every thread: paramiko's, the journal's)."""
+def receive_copy(
+    settings: OpenStackSshSite, source: Path, sha512: str, *, openssh: bool = True
+) -> tuple[float, float]:
+    """Wall and CPU seconds of this process (every thread: paramiko's, the
+    journal's) and of its children (``ssh``)."""
     driver = OpenStackSshSiteDriver(SITE, settings)
+    if not openssh:
+        driver.staging.openssh = None
     try:
         record = driver.create_record(RecordSpec(str(uuid.uuid4()), "bench", "raw", "bare"))
-        cpu, started = _own_cpu(), time.monotonic()
+        cpu, started = _own_cpu() + _children_cpu(), time.monotonic()
         verified = driver.receive(record.id, Payload(path=source, sha512=sha512, size=None))
-        elapsed, cpu = time.monotonic() - started, _own_cpu() - cpu
+        elapsed = time.monotonic() - started
+        cpu = _own_cpu() + _children_cpu() - cpu
         assert verified == sha512
         driver.remove(record.id)
         return elapsed, cpu
@@ -190,6 +200,9 @@ def main() -> None:
                 host = host_cpu(bed.dir)
                 receive_seconds, receive_cpu = receive_copy(settings, source, sha512)
                 receive_host = host_cpu(bed.dir) - host
+                host = host_cpu(bed.dir)
+                sftp_seconds, sftp_cpu = receive_copy(settings, source, sha512, openssh=False)
+                sftp_host = host_cpu(bed.dir) - host
                 gib = size / GiB
                 results.append(
                     {
@@ -197,21 +210,30 @@ def main() -> None:
                         "receive_seconds": round(receive_seconds, 3),
                         "scp_mib_s": round(size / MiB / scp_seconds, 1),
                         "receive_mib_s": round(size / MiB / receive_seconds, 1),
+                        "sftp_seconds": round(sftp_seconds, 3),
                         "ratio": round(receive_seconds / scp_seconds, 3),
+                        "sftp_ratio": round(sftp_seconds / scp_seconds, 3),
                         "scp_cpu_s_per_gib": round(scp_cpu / gib, 2),
                         "receive_cpu_s_per_gib": round(receive_cpu / gib, 2),
                         "scp_host_cpu_s_per_gib": round(scp_host / gib, 2),
                         "receive_host_cpu_s_per_gib": round(receive_host / gib, 2),
+                        "sftp_cpu_s_per_gib": round(sftp_cpu / gib, 2),
+                        "sftp_host_cpu_s_per_gib": round(sftp_host / gib, 2),
                     }
                 )
                 emit("ssh_vs_scp", size_mib=args.size_mib, round=round_number, **results[-1])
             ratios = sorted(r["ratio"] for r in results)
+            sftp_ratios = sorted(r["sftp_ratio"] for r in results)
             print(
                 f"size {size / MiB:.0f} MiB, {len(results)} rounds: time ratio receive/scp "
                 f"median {ratios[len(ratios) // 2]:.3f} "
-                f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f}); CPU s/GiB median, "
+                f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f}), sftp/scp median "
+                f"{sftp_ratios[len(ratios) // 2]:.3f} (min {sftp_ratios[0]:.3f}, max "
+                f"{sftp_ratios[-1]:.3f}); CPU s/GiB median, "
                 f"client+host: receive {_median(results, 'receive_cpu_s_per_gib')}"
                 f"+{_median(results, 'receive_host_cpu_s_per_gib')}, "
+                f"sftp {_median(results, 'sftp_cpu_s_per_gib')}"
+                f"+{_median(results, 'sftp_host_cpu_s_per_gib')}, "
                 f"scp {_median(results, 'scp_cpu_s_per_gib')}"
                 f"+{_median(results, 'scp_host_cpu_s_per_gib')}",
                 flush=True,

@@ -139,6 +139,8 @@ class RemoteHost:
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._socket: socket.socket | None = None
+        # Byte streams run by other means (``ssh_stream``): ``abort`` stops them too.
+        self._streams: set[Any] = set()
 
     @property
     def address(self) -> str:
@@ -207,11 +209,20 @@ class RemoteHost:
     def abort(self) -> None:
         """Cut the connection (any thread; never blocks, takes no lock): paramiko's
         transport thread sees end of file and ends, and every call waiting on one
-        of its channels fails; the next call connects again."""
+        of its channels fails; the next call connects again. Streams are killed."""
+        for stream in list(self._streams):
+            stream.kill()
         sock = self._socket
         if sock is not None:
             with suppress(OSError):  # not connected (any more)
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def track(self, stream: Any) -> None:
+        """Have ``abort`` call ``stream.kill()`` until ``untrack``."""
+        self._streams.add(stream)
+
+    def untrack(self, stream: Any) -> None:
+        self._streams.discard(stream)
 
     # -- errors ---------------------------------------------------------------
 

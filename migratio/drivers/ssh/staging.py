@@ -20,10 +20,11 @@ import time
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from migratio import faults, stall
 from migratio.drivers.base import Transfer
+from migratio.drivers.ssh import stream
 from migratio.drivers.ssh.hashes import Digest, Journal, RemoteHashes
 from migratio.drivers.ssh.remote import RemoteHost
 from migratio.errors import IntegrityError, TransientError
@@ -60,6 +61,8 @@ class StagingArea:
         self.host = host
         self.staging_dir = staging_dir
         self.hashes = RemoteHashes(host)
+        # The ``ssh`` binary that carries the bytes; None: paramiko's SFTP does.
+        self.openssh: str | None = stream.openssh_client()
         self._directory: str | None = None
 
     def find(self, migration_id: str) -> Staged | None:
@@ -128,26 +131,12 @@ class StagingArea:
         """Send the payload from ``offset``; return the file's length and what the
         host's hasher, which followed the file as it grew, found."""
         path = journal.path
-        sftp = self.host.sftp()
-        action = f"upload to {path}"
-        with self.host.translated(action):
-            remote = sftp.open(path, "r+b" if offset else "wb", bufsize=0)
-        follower = None
+        sink = self._sink(path, offset)
         try:
-            with self.host.translated(action):
-                if not offset:
-                    remote.chmod(0o600)
-                remote.MAX_REQUEST_SIZE = self.host.write_size
-                remote.set_pipelined(True)
-                remote.seek(offset)
-            # Started once the file exists at its new length, so it never reads
-            # what an earlier attempt left beyond the resume point.
-            follower = self.hashes.follow(path)
             saved = time.monotonic()
             done = offset
             for chunk in transfer.chunks(offset):
-                with self.host.translated(action):
-                    remote.write(chunk)
+                sink.write(chunk)
                 journal.add(chunk)
                 done += len(chunk)
                 faults.point("ssh.sftp_bytes", amount=done)
@@ -158,24 +147,34 @@ class StagingArea:
                     saved = now
                     transfer.save_state(journal.state())
                     transfer.progress(done)
-            with self.host.translated(action):
-                remote.close()  # returns once every pipelined write has landed
             journal.settle()
             timeout = self.host.settings.timeout + done / HASH_RATE
             with stall.waiting():  # the host's hasher catching up: bounded by ``timeout``
-                return done, self.hashes.finished(follower, path, done, timeout)
+                return done, sink.finish(done, timeout)
         except BaseException:
             # Stopped (shutdown, cancel, a failed read or write): what was sent is
             # claimed for the next run, which checks the claim against the host.
-            with suppress(Exception):
-                remote.close()
+            sink.stop()
             with suppress(Exception):
                 journal.settle()
                 transfer.save_state(journal.state())
             raise
         finally:
-            if follower is not None:
-                follower.close()
+            sink.close()
+
+    def _sink(self, path: str, offset: int) -> _Sink:
+        """OpenSSH's client when this machine has one, else paramiko's SFTP."""
+        if self.openssh is not None:
+            problem = stream.unusable(self.host)
+            if problem is None:
+                return _Streamed(stream.StreamedUpload(self.openssh, self.host, path, offset))
+            log.warning(
+                "site %s: uploading over paramiko's SFTP (slower), not ssh: %s",
+                self.host.site_id,
+                problem,
+            )
+            self.openssh = None
+        return _Sftp(self, path, offset)
 
     def _resume_point(self, journal: Journal) -> int:
         """Where to continue: after the last recorded block the host still holds."""
@@ -250,3 +249,69 @@ def _prefixes(path: str) -> Iterator[str]:
     root = "/" if path.startswith("/") else ""
     for index in range(1, len(parts) + 1):
         yield root + "/".join(parts[:index])
+
+
+class _Sink(Protocol):
+    def write(self, chunk: bytes) -> None: ...
+    def finish(self, length: int, timeout: float) -> Digest | None: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _Streamed:
+    """The bytes through ``ssh`` to a writer that hashes them on the host."""
+
+    def __init__(self, upload: stream.StreamedUpload) -> None:
+        self.upload = upload
+
+    def write(self, chunk: bytes) -> None:
+        self.upload.write(chunk)
+
+    def finish(self, length: int, timeout: float) -> Digest | None:
+        return self.upload.finish(timeout)
+
+    def stop(self) -> None:
+        self.upload.kill()
+
+    def close(self) -> None:
+        self.upload.close()
+
+
+class _Sftp:
+    """paramiko's pipelined SFTP writes, and the host's hasher following the file."""
+
+    def __init__(self, area: StagingArea, path: str, offset: int) -> None:
+        self.host, self.hashes, self.path = area.host, area.hashes, path
+        self.action = f"upload to {path}"
+        with self.host.translated(self.action):
+            self.remote = self.host.sftp().open(path, "r+b" if offset else "wb", bufsize=0)
+        try:
+            with self.host.translated(self.action):
+                if not offset:
+                    self.remote.chmod(0o600)
+                self.remote.MAX_REQUEST_SIZE = self.host.write_size
+                self.remote.set_pipelined(True)
+                self.remote.seek(offset)
+            # Started once the file exists at its new length, so it never reads
+            # what an earlier attempt left beyond the resume point.
+            self.follower = self.hashes.follow(path)
+        except BaseException:
+            with suppress(Exception):
+                self.remote.close()
+            raise
+
+    def write(self, chunk: bytes) -> None:
+        with self.host.translated(self.action):
+            self.remote.write(chunk)
+
+    def finish(self, length: int, timeout: float) -> Digest | None:
+        with self.host.translated(self.action):
+            self.remote.close()  # returns once every pipelined write has landed
+        return self.hashes.finished(self.follower, self.path, length, timeout)
+
+    def stop(self) -> None:
+        with suppress(Exception):
+            self.remote.close()
+
+    def close(self) -> None:
+        self.follower.close()

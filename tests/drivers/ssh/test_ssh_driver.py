@@ -39,6 +39,8 @@ from migratio.drivers.registry import open_destination, open_source
 from migratio.drivers.ssh.driver import OpenStackSshSiteDriver
 from migratio.drivers.ssh.hashes import BLOCK_SIZE, STATE_KEY
 from migratio.drivers.ssh.keys import ChangedHostKey, UnknownHostKey
+from migratio.drivers.ssh.remote import RemoteHost
+from migratio.drivers.ssh.stream import StreamedUpload, openssh_client
 from migratio.errors import (
     ConfigError,
     IntegrityError,
@@ -364,14 +366,63 @@ def test_a_payload_that_does_not_match_its_sha512_is_refused_and_removed(
     assert staged_files(staging) == []
 
 
+@pytest.mark.parametrize("openssh", [True, False], ids=["ssh", "paramiko-sftp"])
 def test_a_payload_of_unknown_sha512_is_hashed_while_sent(
-    site: OpenStackSshSiteDriver, staging: Path, tmp_path: Path
+    site: OpenStackSshSiteDriver, staging: Path, tmp_path: Path, openssh: bool
 ) -> None:
+    assert site.staging.openssh == openssh_client() is not None
+    if not openssh:  # the way where this machine has no ssh client
+        site.staging.openssh = None
     source = random_file(tmp_path / "payload", 3 * MiB + 1)
     migration_id = str(uuid.uuid4())
     record = site.create_record(RecordSpec(migration_id, "x", "raw", "bare"))
     assert site.receive(record.id, Payload(path=source)) == sha512(source)
+    assert staged_files(staging) == [f"{migration_id}.{sha512(source)}"]
+    assert oct((staging / staged_files(staging)[0]).stat().st_mode & 0o777) == "0o600"
     site.remove(record.id)
+
+
+def test_streamed_bytes_reach_a_staging_path_with_shell_metacharacters_as_they_are(
+    testbed: Any, tmp_path: Path
+) -> None:
+    marker = f"pwned-{uuid.uuid4()}"
+    staging = tmp_path / f'st a\'ge "$(touch {marker})";`touch {marker}`'
+    driver = OpenStackSshSiteDriver("site-b-ssh", bed_settings(testbed, staging_dir=str(staging)))
+    try:
+        source = random_file(tmp_path / "payload", 2 * MiB + 3)
+        migration_id = str(uuid.uuid4())
+        record = driver.create_record(RecordSpec(migration_id, "x", "raw", "bare"))
+        assert driver.receive(record.id, Payload(path=source, sha512=sha512(source))) == sha512(
+            source
+        )
+        assert driver.staging.openssh is not None  # ssh carried the bytes
+        assert staged_files(staging) == [f"{migration_id}.{sha512(source)}"]
+        assert not (Path.home() / marker).exists() and not list(tmp_path.glob(f"**/{marker}"))
+    finally:
+        driver.close()
+
+
+def test_the_ssh_client_refuses_a_host_key_other_than_the_pinned_one(
+    testbed: Any, staging: Path, tmp_path: Path
+) -> None:
+    settings = bed_settings(testbed, staging_dir=str(staging))
+    # known_hosts pins another key for the host's address (the bed's client key).
+    address = f"[{settings.host}]:{settings.port}"
+    other = Path(f"{settings.key_file}.pub").read_text().split()[:2]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"{address} {' '.join(other)}\n")
+    host = RemoteHost("site-b-ssh", settings.model_copy(update={"known_hosts": known_hosts}))
+    client = openssh_client()
+    assert client is not None
+    staging.mkdir()
+    upload = StreamedUpload(client, host, str(staging / "x.part"), 0)
+    try:
+        with pytest.raises(PermanentError, match="Host key verification failed"):
+            upload.write(b"x" * MiB)
+            upload.finish(timeout=30)
+    finally:
+        upload.close()
+    assert staged_files(staging) == []
 
 
 # -- registration through the remote CLI ----------------------------------------------
