@@ -34,8 +34,8 @@ The points (``<state>``: the state the migration is in, or leaves):
 - ``aws.image_registered``: RegisterImage answered, the AMI not yet tagged.
 - ``aws.image_copied``: CopyImage answered and the copy recorded as an
   artifact, not yet tagged (``copy_to_regions``).
-- ``ssh.sftp_bytes`` (``amount``: bytes written): an SFTP write of the staging
-  file, not yet journalled.
+- ``ssh.sftp_bytes`` (``amount``: bytes written): a chunk of the staging file
+  handed to ``ssh`` (or written over SFTP), not yet journalled.
 - ``convert.running``, ``info.running``, ``map.running``: qemu-img started,
   still running (``map``: converting for ebs-direct, which reads the staged
   image in place).

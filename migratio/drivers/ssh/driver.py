@@ -2,8 +2,9 @@
 
 Some sites expose no Image API to the migrating host, only an "external host"
 that a user logs in to by key and that runs the ``openstack`` CLI with the site's
-credentials. There the payload is uploaded over SFTP into a staging file named
-by the migration id (``ssh_staging``), then registered by ``openstack image
+credentials. There the payload is uploaded (through OpenSSH's ``ssh``, see
+``ssh_stream``; else paramiko's SFTP) into a staging file named by the migration
+id (``ssh_staging``), then registered by ``openstack image
 create --file`` run on the host (``openstack_cli``), every command built from
 quoted argv (``ssh_remote``); host keys are always verified.
 

@@ -1,12 +1,13 @@
 """The staging area on an SSH site's external host: a file per migration, written
-over SFTP and resumable after a crash.
+through ``ssh`` (``ssh_stream``; paramiko's SFTP where this machine has no ``ssh``)
+and resumable after a crash.
 
 While bytes flow, the sha256 of every complete block sent is kept in the
 migration's transfer state (saved about once a second). A resumed upload asks
 the host for the hashes of the blocks it holds, continues after the last block
 that matches, and truncates the rest; anything else starts over. The journal is
 only a claim: the remote hashes are the truth. At the end, the sha512 of the
-whole staged file, computed on the host while it was written, must equal the
+whole staged file, computed on the host as it was written, must equal the
 payload's; only then is the file renamed to its verified name.
 """
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import re
 import shlex
@@ -32,8 +31,6 @@ from typing import IO
 from migratio.drivers.ssh.hashes import Digest
 from migratio.drivers.ssh.remote import RemoteHost
 from migratio.errors import PermanentError, TransientError
-
-log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 # Linux: a 1 MiB pipe (the unprivileged maximum) means fewer, larger copies.
@@ -138,10 +135,12 @@ def unusable(host: RemoteHost) -> str | None:
         if not PLAIN_PATH.fullmatch(str(path)):
             return f"{path} is not a plain path"
     try:
-        if settings.key_file.stat().st_mode & 0o077:
-            return f"{settings.key_file} can be read by others than its owner"
+        key = settings.key_file.stat()
     except OSError as exc:
         return f"{settings.key_file}: {exc.strerror}"
+    # OpenSSH's own rule (sshkey_perm_ok): a key of ours that others may read.
+    if key.st_uid == os.getuid() and key.st_mode & 0o077:
+        return f"{settings.key_file} can be read by others than its owner"
     return None
 
 
