@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from migratio.checksums import file_chunks
-from migratio.errors import IntegrityError, Stalled
+from migratio.errors import IntegrityError, Stalled, TransientError
 from migratio.group_files import try_making
 
 # A follower at the end of what is written looks again this often: a few ms of
@@ -112,6 +112,7 @@ class Follower:
         self.writer_error: BaseException | None = None
         self._stop_writer = threading.Event()
         self._closed = threading.Event()
+        self._saw_final = False
 
     def chunks(self, offset: int = 0) -> Iterator[bytes]:
         position = offset
@@ -146,10 +147,14 @@ class Follower:
             if handle is not None:
                 if self.final.exists():
                     handle.close()
-                    if position < self.size:
-                        raise IntegrityError(
-                            f"group spool {self.final.name} ends at {position} of {self.size} bytes"
+                    # Finished since this follower's last read: read again once
+                    # before calling it short (a spool that was replaced, rarely).
+                    if self._saw_final:
+                        raise TransientError(
+                            f"group spool {self.final.name} ended at {position} of "
+                            f"{self.size} bytes for this reader; reading it again"
                         )
+                    self._saw_final = True
                     return
                 self.writer = self._start_writer(handle, self._stop_writer)
                 return

@@ -17,9 +17,10 @@ from migratio import metrics, safety
 from migratio.checksums import Sha512Meter, file_chunks
 from migratio.drivers.base import BaseVersion
 from migratio.errors import PermanentError
-from migratio.group_read import Follower, append_source
+from migratio.group_read import Follower, append_source, part_of
 from migratio.prefetch import prefetched
 from migratio.step import Step
+from migratio.workspace import filling
 
 
 class StepTransfer:
@@ -134,15 +135,16 @@ def group_follower(step: Step) -> Follower:
     def start_writer(lock: IO[str], stop: threading.Event) -> threading.Thread:
         def write() -> None:
             try:
-                append_source(
-                    final,
-                    image.size,
-                    image.sha512,
-                    lambda offset: step.source.read(image.id, offset),
-                    lambda chunks: step.paced(chunks, step.migration.source_site),
-                    f"source image {image.id}",
-                    stop,
-                )
+                with filling(part_of(final), image.size):
+                    append_source(
+                        final,
+                        image.size,
+                        image.sha512,
+                        lambda offset: step.source.read(image.id, offset),
+                        lambda chunks: step.paced(chunks, step.migration.source_site),
+                        f"source image {image.id}",
+                        stop,
+                    )
             except BaseException as error:  # the follower raises it in the step
                 follower.failed(error)
             finally:
