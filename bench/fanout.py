@@ -170,7 +170,8 @@ def outage(
     bed: Bed, work: Path, source_id: str, sources: dict[str, Any], size: int
 ) -> dict[str, Any]:
     """site-b's Glance stopped mid-upload until aws-a's member has ended."""
-    config = bed.config(work, 2, retry=outages.outlasting(60))
+    # Its attempts must outlast the outage, which lasts as long as aws-a takes.
+    config = bed.config(work, 2, retry=outages.outlasting(900))
     ledger = migratio_cli.ledger_of(config)
     members = operations.submit_group(
         load_settings(config), ledger, source_id, "site-a", ("site-b", "aws-a")
