@@ -66,6 +66,7 @@ def plan(tiny: bool, rounds: int) -> list[Step]:
             Step("concurrency.py", ("--tiny",)),
             Step("intake_rate.py", ("--tiny", "--prefill", "1000")),
             Step("ledger_cost.py", ("--tiny",)),
+            Step("fanout.py", ("--tiny",)),
         ]
     r = ("--rounds", str(rounds))
     steps = [Step("transfer_vs_curl.py", ("--size-mib", str(s), *r)) for s in IMAGE_SIZES_MIB]
@@ -75,6 +76,7 @@ def plan(tiny: bool, rounds: int) -> list[Step]:
         Step("ssh_vs_scp.py", ("--size-mib", "1024", *r)),
         Step("aws_scaling.py", r),
         Step("concurrency.py", ("--size-mib", "1024", *r)),
+        Step("fanout.py", ("--size-mib", "1024", *r)),
     ]
     steps += [Step("intake_rate.py", ("--prefill", str(n), *r)) for n in LEDGER_SIZES]
     ledger_rounds = ("--rounds", str(max(rounds, 5)))

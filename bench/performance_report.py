@@ -113,6 +113,55 @@ def goals(records: list[Record]) -> list[Goal]:
     found.extend(_concurrency_goals(largest(of(records, "concurrency"), "size_mib")))
     found.extend(_cli_goals(of(records, "ledger_cost")))
     found.extend(_holding(records))
+    found.extend(_fanout_goals(records))
+    return found
+
+
+def _fanout_goals(records: list[Record]) -> list[Goal]:
+    """Issue 13's fan-out: one read of the source, and no slower than the slowest
+    destination alone (measured in the same run)."""
+    runs = largest(of(records, "fanout"), "size_mib")
+    where = f"{_size(runs)} to {', '.join(runs[0]['destinations'])}" if runs else "—"
+    found = [
+        Goal(
+            "F",
+            f"fan-out: bytes read from site-a / image size, {where}",
+            [r["read_ratio"] for r in runs],
+            "x",
+            1.01,
+            f"image {spread((r['image_bytes'] / MIB for r in runs), 0)} MiB; "
+            f"verified {spread((r['verified'] for r in runs), 0)}",
+            command(runs),
+            4,
+        ),
+        Goal(
+            "F",
+            f"fan-out: wall / slowest single-destination migration, {where}",
+            [r["wall_ratio"] for r in runs],
+            "x",
+            1.25,
+            f"slowest single ({runs[0]['slowest_single'] if runs else '—'}) "
+            f"{spread(r['slowest_single_seconds'] for r in runs)} s",
+            command(runs),
+            3,
+        ),
+    ]
+    down = largest(of(records, "fanout_outage"), "size_mib")
+    if down:
+        found.append(
+            Goal(
+                "F",
+                f"fan-out, site-b's Glance stopped mid-upload: site-b done, s after it "
+                f"is back (aws-a done while it was down: "
+                f"{all(r['aws_done_while_down'] for r in down)}), {_size(down)}",
+                [r["site_b_done_after_back_s"] for r in down],
+                "s",
+                None,
+                f"down {spread(r['down_seconds'] for r in down)} s, "
+                f"{spread((r['site_b_retries'] for r in down), 0)} retries",
+                command(down),
+            )
+        )
     return found
 
 

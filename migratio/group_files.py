@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 # How often a member waiting for a sibling's file looks again (and checkpoints).
 LOCK_POLL_SECONDS = 0.05
@@ -48,6 +49,19 @@ def making(path: Path, between: Callable[[], None]) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def try_making(path: Path) -> IO[str] | None:
+    """The lock on making ``path`` if no one holds it (the open handle: closing it
+    lets go), else None. For a reader deciding whether it must become the writer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.with_name(f".{path.name}.lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def remove_group_dir(work_dir: Path, group_id: str) -> None:

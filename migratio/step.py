@@ -112,6 +112,13 @@ class Step:
         return self.needs_conversion or self.destination.wants_file or grouped
 
     @property
+    def follows_group_read(self) -> bool:
+        """A grouped member that takes the image as it is: it streams the group's
+        one read of the source as it is spooled (``group_read``), not once staged."""
+        grouped = self.migration.group_id is not None
+        return grouped and not (self.needs_conversion or self.destination.wants_file)
+
+    @property
     def staged_source(self) -> Path:
         return self._file(f"source.{self.source_image.disk_format}")
 
@@ -189,10 +196,7 @@ class Step:
     def checkpoint(self, bytes_done: int | None = None, *, force: bool = False) -> None:
         """Stop here if asked to; record progress at most once a second, and while
         uploading, a progress line for the platform when one is due."""
-        if self.migration.id in self.signals.lost:
-            raise LeaseLost(f"lease on migration {self.migration.id} lost")
-        if self.signals.shutting_down.is_set():
-            raise ShuttingDown("daemon stopping")
+        self.stop_if_signalled()
         if bytes_done is None:
             return
         self.watchdog.saw(bytes_done)
@@ -209,6 +213,13 @@ class Step:
             self.migration = replace(self.migration, bytes_done=bytes_done)
             if cancel:
                 raise CancelRequested("cancelled by operator")
+
+    def stop_if_signalled(self) -> None:
+        """Raise if the daemon is stopping or the lease was lost; safe from any thread."""
+        if self.migration.id in self.signals.lost:
+            raise LeaseLost(f"lease on migration {self.migration.id} lost")
+        if self.signals.shutting_down.is_set():
+            raise ShuttingDown("daemon stopping")
 
     def paced(self, chunks: Iterable[bytes], *sites: str) -> Iterable[bytes]:
         """Chunks moved to or from ``sites``, within their caps and the daemon's."""

@@ -7,17 +7,20 @@ matched, so a destination never completes an unsafe or corrupt upload.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Generator, Iterator
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from migratio import metrics, safety
 from migratio.checksums import Sha512Meter, file_chunks
 from migratio.drivers.base import BaseVersion
 from migratio.errors import PermanentError
+from migratio.group_read import Follower, append_source, part_of
 from migratio.prefetch import prefetched
 from migratio.step import Step
+from migratio.workspace import filling
 
 
 class StepTransfer:
@@ -32,10 +35,13 @@ class StepTransfer:
         self.disk_format = step.target_format
         self.sha512 = step.migration.payload_sha512
         self.size: int | None = step.migration.bytes_total
-        self.path: Path | None = step.payload_file if step.stages_payload else None
+        # A member following the group's read streams; it never reads a finished file.
+        staged = step.stages_payload and not step.follows_group_read
+        self.path: Path | None = step.payload_file if staged else None
         self.disk_map = step.disk_map
         self._source_id = image.id
         self._streams: list[Generator[bytes, None, None]] = []
+        self._followers: list[Follower] = []
 
     def chunks(self, offset: int = 0) -> Iterator[bytes]:
         """The payload from ``offset``, counted as sent as the destination takes it,
@@ -67,6 +73,9 @@ class StepTransfer:
         for stream in streams:
             with suppress(ValueError):  # still running in another thread: it ends there
                 stream.close()
+        followers, self._followers = self._followers, []
+        for follower in followers:
+            follower.close(self._step.checkpoint)
 
     def _stream(self, offset: int) -> Generator[bytes, None, None]:
         step = self._step
@@ -75,6 +84,11 @@ class StepTransfer:
             # The staged file is an image, not the payload: only a destination
             # that reads it through the map (and never streams) gets one.
             raise PermanentError(f"{what} is read through a disk map, not streamed")
+        if step.follows_group_read:
+            follower = group_follower(step)
+            self._followers.append(follower)
+            yield from self._guarded(follower.chunks(offset), offset, what)
+            return
         if step.stages_payload:
             yield from self._guarded(file_chunks(step.payload_file, offset=offset), offset, what)
             return
@@ -110,3 +124,37 @@ class StepTransfer:
     def keep_manifest(self, record_id: str, manifest: bytes) -> None:
         step = self._step
         step.ledger.keep_manifest(step.migration.id, step.owner, record_id, manifest)
+
+
+def group_follower(step: Step) -> Follower:
+    """A reader of the group's spool for ``step``; should no one be writing it,
+    this step writes it in a thread at the source's pace (under the source's cap)."""
+    image = step.source_image
+    final = step.staged_source
+
+    def start_writer(lock: IO[str], stop: threading.Event) -> threading.Thread:
+        def write() -> None:
+            try:
+                with filling(part_of(final), image.size):
+                    append_source(
+                        final,
+                        image.size,
+                        image.sha512,
+                        lambda offset: step.source.read(image.id, offset),
+                        lambda chunks: step.paced(chunks, step.migration.source_site),
+                        f"source image {image.id}",
+                        stop,
+                    )
+            except BaseException as error:  # the follower raises it in the step
+                follower.failed(error)
+            finally:
+                lock.close()
+
+        writer = threading.Thread(target=write, name="group-writer", daemon=True)
+        writer.start()
+        return writer
+
+    follower = Follower(
+        final, image.size, start_writer, step.stop_if_signalled, step.watchdog.seconds
+    )
+    return follower

@@ -16,6 +16,7 @@ from migratio.checksums import verified
 from migratio.drivers.base import ImageStatus, Provenance, SourceImage
 from migratio.errors import PermanentError, TransientError
 from migratio.group_files import SHARED, making
+from migratio.group_read import append_source, part_of
 from migratio.machine import Trigger
 from migratio.step import Advance, Step
 from migratio.workspace import filling
@@ -36,6 +37,15 @@ def run(step: Step) -> Advance:
         )
     if copy := _existing_copy(step, image):
         return copy
+    if step.follows_group_read:
+        # The spool this member follows is the group's: reserved like a staged file.
+        step.add_artifact(SHARED, str(step.migration.group_id))
+        step.reserve_space()
+        return Advance(
+            Trigger.EXPORTED,
+            f"source image {image.name!r}: {image.size} bytes, declared {image.disk_format}, "
+            "to be streamed from the group's one read of the source as it arrives",
+        )
     if step.stages_payload:
         step.reserve_space()
         staged = stage(step, image)
@@ -81,23 +91,36 @@ def stage(step: Step, image: SourceImage) -> Path:
     """Download the source into the work dir; the final name appears only once verified.
 
     In a fan-out group the file is the group's: the first member to get here reads
-    the source, the others wait for it and read it from the work dir."""
+    the source, the others wait for it and read it from the work dir (members that
+    take the image as it is follow it as it is written: ``group_read``)."""
     final = step.staged_source
     group_id = step.migration.group_id
     if group_id is None:
         return _download(step, image, final)
     step.add_artifact(SHARED, group_id)
-    with making(final, step.checkpoint):
-        return _download(step, image, final)
+    with (
+        making(final, step.checkpoint),
+        step.watchdog.watching(),
+        filling(part_of(final), image.size),
+    ):
+        # Appended from where a writer that died left it; followers read it meanwhile.
+        append_source(
+            final,
+            image.size,
+            image.sha512,
+            lambda offset: step.source.read(image.id, offset),
+            lambda chunks: step.tracked(step.paced(chunks, step.migration.source_site)),
+            f"source image {image.id}",
+        )
+    return final
 
 
 def _download(step: Step, image: SourceImage, final: Path) -> Path:
     if final.exists():
         return final
-    partial = final.with_name(final.name + ".part")
-    if step.migration.group_id is None:  # a group's files go with the group's directory
-        step.add_artifact("file", str(partial))
-        step.add_artifact("file", str(final))
+    partial = part_of(final)
+    step.add_artifact("file", str(partial))
+    step.add_artifact("file", str(final))
     with (
         step.watchdog.watching(),
         filling(partial, image.size),

@@ -27,6 +27,7 @@ BENCHES = {
     "concurrency",
     "intake_rate",
     "ledger_cost",
+    "fanout",
 }
 SECTIONS = (
     "## Goals",

@@ -86,6 +86,10 @@ def test_one_submit_reads_the_source_once_and_lands_everywhere(
         trail = [r.to_state for r in ledger.history(migration.id) if r.from_state != r.to_state]
         assert trail == ["queued", "exporting", "converting", "uploading", "registering", "done"]
     assert sorted(ended) == ["aws-a", "site-b", "site-b-raw"]
+    # site-b takes qcow2 as it is: it followed the group's read as it arrived (a
+    # tee through the spool); the two others needed the raw conversion, made once.
+    streamed = [r.message for r in ledger.history(ended["site-b"].id)]
+    assert any("streamed from the group's one read" in message for message in streamed)
     assert glance_peer.sha512_of_image(
         site_b, str(ended["site-b"].dest_image_id)
     ) == images.sha512_of(source_file)

@@ -139,7 +139,10 @@ def test_the_shared_file_stays_while_a_member_is_active(engine_bed: EngineBed) -
     def once_site_b_has_ended() -> None:
         """site-c takes its payload only once site-b's member is done and cleaned up."""
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _shares(bed, members)[DESTINATION] == "present":
+        while (
+            time.monotonic() < deadline
+            and _shares(bed, members).get(DESTINATION, "present") == "present"
+        ):
             time.sleep(0.01)
         seen.append((bed.ledger.get(members[0].id).state, staged.exists()))
 
@@ -156,6 +159,7 @@ def test_the_shared_file_stays_while_a_member_is_active(engine_bed: EngineBed) -
 def test_a_member_resumed_after_a_crash_reuses_the_staged_file(engine_bed: EngineBed) -> None:
     bed = engine_bed
     _destination(bed, "site-c", wants_file=True)
+    bed.destination.wants_file = True  # both stage (in exporting, where the crash is)
     bed.configure(concurrency=1)
     image = bed.source.add_image(RAW)
     members = _group(bed, image.id, DESTINATION, "site-c")
