@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
@@ -15,16 +16,20 @@ from hypothesis import settings
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
-import testbed_lib  # noqa: E402
-from openstack.connection import Connection  # noqa: E402
-
 from migratio.ledger.database import upgrade  # noqa: E402
 from migratio.ledger.store import Ledger  # noqa: E402
-from tests.support import glance_peer, images, secrets_grep  # noqa: E402
+from tests.support import images  # noqa: E402
 from tests.support.daemon_config import write_daemon_config  # noqa: E402
 from tests.support.engine import EngineBed, open_engine_bed  # noqa: E402
 from tests.support.ledgers import empty_ledger_engine  # noqa: E402
-from tests.support.reliability import record  # noqa: E402
+
+if TYPE_CHECKING:
+    # The peers' libraries (openstacksdk above all) are imported where a fixture
+    # needs a peer: tests/unit needs none, and importing them cost every run ~1 s.
+    import testbed_lib
+    from openstack.connection import Connection
+
+    from tests.support import secrets_grep
 
 # Property tests: a quick look in every run, a long one where support/chaos asks for it.
 settings.register_profile("default", deadline=None, max_examples=100)
@@ -35,6 +40,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 @pytest.fixture(scope="session")
 def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testbed_lib.Bed]:
     """One test bed per session; reused when MIGRATIO_TESTBED_DIR points at a running one."""
+    import testbed_lib
+
     reuse = os.environ.get("MIGRATIO_TESTBED_DIR")
     directory = Path(reuse) if reuse else tmp_path_factory.mktemp("testbed")
     bed = testbed_lib.up(directory)
@@ -50,6 +57,8 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testbed_lib.Be
             os.environ[key] = value
     if not reuse:
         testbed_lib.down(directory)
+    from tests.support import secrets_grep
+
     assert not scan.hits, secrets_grep.summary(scan)
 
 
@@ -66,6 +75,9 @@ def moto_url(testbed: testbed_lib.Bed) -> Iterator[str]:
 def grep_for_secrets(bed: testbed_lib.Bed, basetemp: Path) -> secrets_grep.Scan:
     """Every secret of the bed and the tests, looked for in everything the run's
     daemons wrote; a token the session itself holds is one of them."""
+    from tests.support import glance_peer, secrets_grep
+    from tests.support.reliability import record
+
     started = time.monotonic()
     try:
         token = str(glance_peer.connect("site-a").auth_token)
@@ -97,6 +109,8 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
+    import testbed_lib
+
     directory = tmp_path_factory.mktemp("postgres")
     url = testbed_lib.start_postgres(directory)
     yield url
@@ -106,11 +120,15 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def site_a(testbed: testbed_lib.Bed) -> Connection:
     """Direct Glance access to site-a, independent of migratio's driver."""
+    from tests.support import glance_peer
+
     return glance_peer.connect("site-a")
 
 
 @pytest.fixture(scope="session")
 def site_b(testbed: testbed_lib.Bed) -> Connection:
+    from tests.support import glance_peer
+
     return glance_peer.connect("site-b")
 
 

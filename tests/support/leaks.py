@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
-from openstack.connection import Connection
 
 from migratio.ledger.store import ArtifactStatus, Ledger
-from tests.support import aws_peer, glance_peer
+
+if TYPE_CHECKING:  # the peers' SDKs load where a peer is asked (qemu_processes needs none)
+    from openstack.connection import Connection
 
 MIGRATION_TAG = "migratio_migration_id"
 
@@ -53,6 +54,8 @@ def leftovers(
     peers: Peers, migration_id: str, source_id: str, kept: Iterable[str] = ()
 ) -> list[str]:
     """What is left beyond ``kept`` (the destination image and its parts)."""
+    from tests.support import glance_peer
+
     keep = set(kept)
     found = [f"work dir file {path}" for path in work_files(peers.work_dir)]
     found += [f"qemu-img still running: pid {pid}" for pid in qemu_processes(peers.work_dir)]
@@ -104,12 +107,16 @@ def qemu_processes(work_dir: Path) -> list[int]:
 
 
 def _glance_images(glance: Connection, migration_id: str, source_id: str) -> list[str]:
+    from tests.support import glance_peer
+
     tagged = glance_peer.find(glance, **{MIGRATION_TAG: migration_id})
     copies = glance_peer.find(glance, source_uuid=source_id)
     return sorted({str(image["id"]) for image in tagged + copies})
 
 
 def _amis(ec2: Any, migration_id: str, source_id: str) -> list[dict[str, Any]]:
+    from tests.support import aws_peer
+
     tagged = aws_peer.images_of(ec2, **{MIGRATION_TAG: migration_id})
     named = ec2.describe_images(
         Owners=["self"], Filters=[{"Name": "name", "Values": [f"*-{source_id}"]}]
@@ -119,6 +126,8 @@ def _amis(ec2: Any, migration_id: str, source_id: str) -> list[dict[str, Any]]:
 
 
 def _aws_leftovers(peers: Peers, migration_id: str, source_id: str, keep: set[str]) -> list[str]:
+    from tests.support import aws_peer
+
     found = []
     for image in _amis(peers.ec2, migration_id, source_id):
         if image["ImageId"] not in keep or image.get("State") != "available":

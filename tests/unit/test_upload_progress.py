@@ -17,9 +17,9 @@ from migratio import sidekiq
 from migratio.feedback.messages import upload_progress_text
 from migratio.feedback.outbox import status_job
 from migratio.feedback.progress import ProgressPacer
-from migratio.ledger.database import make_engine, upgrade
 from migratio.ledger.store import Ledger, Migration
 from migratio.step import Signals, Step
+from tests.support.ledgers import fresh_sqlite_ledger, sqlite_engine
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -40,9 +40,8 @@ class Clock:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
-    upgrade(engine)
+def ledger(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Ledger:
+    engine = sqlite_engine(fresh_sqlite_ledger(tmp_path, tmp_path_factory.getbasetemp()))
     return Ledger(engine, on_change=status_job)
 
 
