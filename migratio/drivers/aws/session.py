@@ -140,7 +140,7 @@ def _session(profile: str | None) -> botocore.session.Session:
     return session
 
 
-class _OneParseLoader(botocore.loaders.Loader):
+class _OneParseLoader(botocore.loaders.Loader):  # type: ignore[misc]
     """botocore's loader, whose cached loads wait for one another: a model being
     parsed is parsed once, not once per thread that asks for it meanwhile."""
 
