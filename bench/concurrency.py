@@ -76,12 +76,19 @@ def migrate_all(sources: list[str], dest: str, workdir: Path, sites: Path) -> di
     ]
     first = min(s["exporting"] for s in stamps)
     last = max(s["done"] for s in stamps)
+    states = dict.fromkeys(state for m in shown for state in m["durations"])
     return {
         "seconds": (last - first).total_seconds(),
+        # Where the aggregate wall goes: each state's longest stay among the migrations.
+        "state_seconds": {s: max(m["durations"].get(s, 0.0) for m in shown) for s in states},
         "peak_rss_mib": daemon.peak_rss_mib,
         "cpu_seconds": daemon.cpu_seconds,
         "shown": shown,
     }
+
+
+def _states(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{state} {value:.1f} s" for state, value in seconds.items())
 
 
 def clear_site_b(shown: list[dict[str, Any]]) -> None:
@@ -133,7 +140,11 @@ def one_round(
         progress(f"round {round_number}: curl streams {measured['curl_seconds']:.1f} s")
         openstack = migrate_all(sources["openstack"], "site-b", run / "oo", sites)
         clear_site_b(openstack["shown"])
-        progress(f"round {round_number}: O→O {openstack['seconds']:.1f} s")
+        progress(
+            f"round {round_number}: O→O {openstack['seconds']:.1f} s "
+            f"(longest in each state: {_states(openstack['state_seconds'])}; "
+            f"daemon CPU {openstack['cpu_seconds']:.1f} s)"
+        )
         measured["oo_seconds"] = openstack["seconds"]
         measured["ratio"] = openstack["seconds"] / measured["curl_seconds"]
         measured["oo_peak_rss_mib"] = openstack["peak_rss_mib"]
