@@ -76,11 +76,19 @@ def migrate_all(sources: list[str], dest: str, workdir: Path, sites: Path) -> di
     ]
     first = min(s["exporting"] for s in stamps)
     last = max(s["done"] for s in stamps)
+    states = dict.fromkeys(state for m in shown for state in m["durations"])
     return {
         "seconds": (last - first).total_seconds(),
+        # Where the aggregate wall goes: each state's longest stay among the migrations.
+        "state_seconds": {s: max(m["durations"].get(s, 0.0) for m in shown) for s in states},
         "peak_rss_mib": daemon.peak_rss_mib,
+        "cpu_seconds": daemon.cpu_seconds,
         "shown": shown,
     }
+
+
+def _states(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{state} {value:.1f} s" for state, value in seconds.items())
 
 
 def clear_site_b(shown: list[dict[str, Any]]) -> None:
@@ -132,22 +140,29 @@ def one_round(
         progress(f"round {round_number}: curl streams {measured['curl_seconds']:.1f} s")
         openstack = migrate_all(sources["openstack"], "site-b", run / "oo", sites)
         clear_site_b(openstack["shown"])
-        progress(f"round {round_number}: O→O {openstack['seconds']:.1f} s")
+        progress(
+            f"round {round_number}: O→O {openstack['seconds']:.1f} s "
+            f"(longest in each state: {_states(openstack['state_seconds'])}; "
+            f"daemon CPU {openstack['cpu_seconds']:.1f} s)"
+        )
         measured["oo_seconds"] = openstack["seconds"]
         measured["ratio"] = openstack["seconds"] / measured["curl_seconds"]
         measured["oo_peak_rss_mib"] = openstack["peak_rss_mib"]
+        measured["oo_cpu_seconds"] = openstack["cpu_seconds"]
     if "ssh" in args.paths:
         ssh = migrate_all(sources["openstack"], "site-b-ssh", run / "ssh", sites)
         clear_site_b(ssh["shown"])
         progress(f"round {round_number}: SSH {ssh['seconds']:.1f} s")
         measured["ssh_seconds"] = ssh["seconds"]
         measured["ssh_peak_rss_mib"] = ssh["peak_rss_mib"]
+        measured["ssh_cpu_seconds"] = ssh["cpu_seconds"]
     if "aws" in args.paths:
         aws = migrate_all(sources["aws"], "aws-a", run / "aws", sites)
         aws_peer.reset(os.environ["MIGRATIO_MOTO_URL"])
         progress(f"round {round_number}: AWS {aws['seconds']:.1f} s")
         measured["aws_seconds"] = aws["seconds"]
         measured["aws_peak_rss_mib"] = aws["peak_rss_mib"]
+        measured["aws_cpu_seconds"] = aws["cpu_seconds"]
     return measured
 
 
@@ -166,6 +181,11 @@ def summary(args: argparse.Namespace, results: list[dict[str, float]]) -> None:
         f"daemon peak RSS, {args.migrations} running (max over rounds; goal <= 150 MiB): {peaks}",
         flush=True,
     )
+    cpu = ", ".join(
+        f"{path} {statistics.median(r[f'{path}_cpu_seconds'] for r in results):.1f} s"
+        for path in args.paths
+    )
+    print(f"daemon CPU seconds (user + system, median over rounds): {cpu}", flush=True)
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 daemon's own peak RSS; and submit and show migrations around it.
 
 A peak RSS is the process's VmHWM, polled every 10 ms: wait4's ru_maxrss would
-count the benchmark's own RSS, which the child carries until its exec. Submitting and
+count the benchmark's own RSS, which the child carries until its exec. Its CPU
+seconds (user + system, its own threads, not its children) come from the same polls:
+on a shared 2-core machine they say what a change costs better than wall time. Submitting and
 showing happen in this process, through the functions the CLI calls: each
 ``migratio`` start-up costs seconds on a busy machine, outside what is measured,
 and CI runs every benchmark within two minutes.
@@ -10,6 +12,7 @@ and CI runs every benchmark within two minutes.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -25,6 +28,7 @@ from migratio.config import load_settings
 class DaemonRun:
     seconds: float
     peak_rss_mib: float
+    cpu_seconds: float
 
 
 def run_until_idle(config: Path) -> DaemonRun:
@@ -33,21 +37,39 @@ def run_until_idle(config: Path) -> DaemonRun:
         [sys.executable, "-m", "migratio", "--config", str(config), "run", "--until-idle"],
         stderr=subprocess.DEVNULL,
     )
-    peak_mib = peak_rss_mib([process])
+    cpu = {process.pid: 0.0}
+    peak_mib = peak_rss_mib([process], cpu)
     seconds = time.monotonic() - started
     assert process.returncode == 0, f"migratio run exited {process.returncode}"
-    return DaemonRun(seconds, peak_mib)
+    return DaemonRun(seconds, peak_mib, cpu[process.pid])
 
 
-def peak_rss_mib(processes: list[subprocess.Popen[Any]]) -> float:
+def peak_rss_mib(
+    processes: list[subprocess.Popen[Any]], cpu: dict[int, float] | None = None
+) -> float:
     """Wait for the processes to exit; the sum of their peak RSS (each one's
-    VmHWM, polled every 10 ms)."""
+    VmHWM, polled every 10 ms). ``cpu``, when given, gets each one's CPU seconds
+    as last seen (by pid)."""
     peaks = dict.fromkeys((p.pid for p in processes), 0)
+    polls = 0
     while any(p.poll() is None for p in processes):
         for pid in peaks:
             peaks[pid] = max(peaks[pid], vm_hwm_kib(pid))
+            if cpu is not None and polls % 10 == 0:
+                cpu[pid] = max(cpu.get(pid, 0.0), cpu_seconds(pid))
+        polls += 1
         time.sleep(0.01)
     return sum(peaks.values()) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU time so far, its threads' included (0 once gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def vm_hwm_kib(pid: int) -> int:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from migratio import faults, stall
+from migratio.drivers.aws.block_budget import BUDGET
 from migratio.drivers.aws.blocks import (
     BLOCK_SIZE,
     Block,
@@ -58,6 +59,8 @@ JOURNAL_INTERVAL = 1.0
 # next block ready: reading and hashing one takes ~2 ms, a PUT far longer. Each
 # is 512 KiB of the daemon's memory (twice the workers held 16 MiB a migration).
 READ_AHEAD_BLOCKS = 4
+# Waiting for room in the daemon's block budget (block_budget.py), checkpointing between.
+BUDGET_WAIT_SECONDS = 0.5
 # A completed snapshot stays "pending" while AWS finishes it (minutes for large
 # sparse ones); polled with no deadline, each wait a checkpoint (shutdown, cancel).
 COMPLETION_BACKOFF = Backoff(first=1.0, factor=1.5, longest=10.0)
@@ -220,11 +223,19 @@ class SnapshotWriter:
                     if planned.send:
                         tally.written.append(block.sha256)
                     if planned.send and block.index not in journal.sent:
-                        while len(inflight) >= self.workers + READ_AHEAD_BLOCKS:
+                        window = self.workers + READ_AHEAD_BLOCKS
+                        while len(inflight) >= window:
                             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                             _settle(done, inflight, journal)
                         transfer.pace(BLOCK_SIZE)
-                        inflight[pool.submit(self._put, journal.snapshot_id, block)] = block.index
+                        self._hold(window, inflight, journal, transfer, block.index, size)
+                        try:
+                            future = pool.submit(self._put, journal.snapshot_id, block)
+                        except BaseException:
+                            BUDGET.give()
+                            raise
+                        future.add_done_callback(BUDGET.give)
+                        inflight[future] = block.index
                     # Progress is the offset below which every block has landed.
                     done_below = min(inflight.values(), default=block.index + 1)
                     transfer.progress(min(size, done_below * BLOCK_SIZE))
@@ -250,6 +261,20 @@ class SnapshotWriter:
             manifest_sha512=tally.manifest.hexdigest(),
             blocks=tally.kinds,
         )
+
+    def _hold(
+        self,
+        window: int,
+        inflight: dict[Future[None], int],
+        journal: Journal,
+        transfer: Transfer,
+        index: int,
+        size: int,
+    ) -> None:
+        """Wait for room in the daemon's block budget, a checkpoint every wait."""
+        while not BUDGET.take(window, len(inflight), BUDGET_WAIT_SECONDS):
+            _settle({f for f in inflight if f.done()}, inflight, journal)
+            transfer.progress(min(size, min(inflight.values(), default=index) * BLOCK_SIZE))
 
     def _put(self, snapshot_id: str, block: Block) -> None:
         with translated(self.site_id, f"put block {block.index} of snapshot {snapshot_id}"):

@@ -14,6 +14,12 @@ parsed into plain dicts, not botocore's OrderedDicts (dicts keep their order):
 the EC2 and EBS clients then hold 16 MiB instead of 23 (peak 21 instead of 28).
 The clients are plain botocore ones; boto3's additions (resources, S3 transfer
 helpers) are not used.
+
+The loader caches what it parsed, but only once a parse has finished: four
+migrations reaching the site at once each parsed EC2's model, and each client
+kept its own copy. Here the loader parses one file at a time, so the others find
+the first one's result. Measured, four drivers' first EC2 call at once: peak RSS
+120 MiB and 118 kept, against 180 and 163.
 """
 
 from __future__ import annotations
@@ -127,11 +133,28 @@ def _session(profile: str | None) -> botocore.session.Session:
     global _loader
     with _loader_lock:
         if _loader is None:
-            _loader = botocore.loaders.Loader(file_loader=_PlainJsonFiles())
+            _loader = _OneParseLoader(file_loader=_PlainJsonFiles())
         loader = _loader
     session = botocore.session.Session(profile=profile)
     session.register_component("data_loader", loader)
     return session
+
+
+class _OneParseLoader(botocore.loaders.Loader):  # type: ignore[misc]
+    """botocore's loader, whose cached loads wait for one another: a model being
+    parsed is parsed once, not once per thread that asks for it meanwhile."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._parsing = threading.RLock()  # re-entered: loading a model loads its parts
+
+    def load_service_model(self, *args: Any, **kwargs: Any) -> Any:
+        with self._parsing:
+            return super().load_service_model(*args, **kwargs)
+
+    def load_data_with_path(self, name: str) -> Any:
+        with self._parsing:
+            return super().load_data_with_path(name)
 
 
 class _PlainJsonFiles:
