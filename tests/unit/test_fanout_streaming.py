@@ -112,8 +112,10 @@ def test_a_writer_that_loses_the_source_is_taken_over_from_its_spool(
     engine_bed: EngineBed,
 ) -> None:
     """Two followers, no one staging: one writes the spool and loses the source at
-    192 KiB; the other takes over from there (its read starts at 192 KiB), the
-    first retries; both land the whole image."""
+    192 KiB; the other takes over from there (its read starts at 192 KiB); both
+    land the whole image. The first retries unless the other's writing already
+    moved the spool past the loss before it read there again (a race either way:
+    at most one retry, never a second read from the start)."""
     bed = engine_bed
     other = _destination(bed, "site-c")
     image = bed.source.add_image(RAW)
@@ -133,4 +135,4 @@ def test_a_writer_that_loses_the_source_is_taken_over_from_its_spool(
         for site, m in ended.items()
         if any("connection reset" in note for _, note in bed.notes(m.id))
     ]
-    assert len(retried) == 1, retried
+    assert len(retried) <= 1, retried
