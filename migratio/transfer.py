@@ -14,8 +14,10 @@ from typing import Any
 
 from migratio import metrics, safety
 from migratio.checksums import Sha512Meter, file_chunks
+from migratio.disk_map import DataRuns
 from migratio.drivers.base import BaseVersion
 from migratio.errors import PermanentError
+from migratio.following import FollowedImage
 from migratio.prefetch import prefetched
 from migratio.step import Step
 
@@ -23,7 +25,9 @@ from migratio.step import Step
 class StepTransfer:
     """Implements ``drivers.base.Transfer`` for one uploading step."""
 
-    def __init__(self, step: Step, base: BaseVersion | None = None) -> None:
+    def __init__(
+        self, step: Step, base: BaseVersion | None = None, followed: FollowedImage | None = None
+    ) -> None:
         self._step = step
         self.base = base
         self.meter = Sha512Meter()
@@ -33,7 +37,9 @@ class StepTransfer:
         self.sha512 = step.migration.payload_sha512
         self.size: int | None = step.migration.bytes_total
         self.path: Path | None = step.payload_file if step.stages_payload else None
-        self.disk_map = step.disk_map
+        self.disk_map: DataRuns | None = step.disk_map
+        if followed is not None:  # the source, read while it downloads
+            self.path, self.disk_map = followed.path, followed
         self._source_id = image.id
         self._streams: list[Generator[bytes, None, None]] = []
 

@@ -31,6 +31,14 @@ def run(step: Step) -> Advance:
             Trigger.CONVERTED,
             f"no conversion needed: {step.migration.dest_site} takes {image.disk_format}",
         )
+    if step.follows_download:
+        # Mapped as it downloads, while uploading (``migratio.following``).
+        step.record(payload_sha512=None)
+        return Advance(
+            Trigger.CONVERTED,
+            f"{image.disk_format} to be read in place as a {step.migration.bytes_total}-byte "
+            f"{step.target_format} disk while it downloads: no copy written",
+        )
     converted = step.converted_file
     if step.destination.reads_disk_map and not converted.exists():
         with _shared(step, step.disk_map_file):

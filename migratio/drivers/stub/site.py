@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from migratio.checksums import file_chunks
-from migratio.disk_map import DiskMap
+from migratio.disk_map import DataRuns
 from migratio.drivers.base import (
     BASE_RECORD,
     MIGRATION_ID,
@@ -235,7 +235,7 @@ class StubSite(Scriptable):
             return self._mapped(transfer.path, transfer.disk_map, offset)
         return file_chunks(transfer.path, self.chunk_size, offset)
 
-    def _mapped(self, image: Path, disk_map: DiskMap, offset: int) -> Iterator[bytes]:
+    def _mapped(self, image: Path, disk_map: DataRuns, offset: int) -> Iterator[bytes]:
         """The raw disk a disk map describes, read from the image (small images only)."""
         if not self.reads_disk_map:
             raise PermanentError(f"site {self.site_id}: was given a disk map it cannot read")
