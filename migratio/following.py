@@ -8,21 +8,24 @@ runs come from the qcow2's own tables as they land (``qcow2_follow``), each
 once its bytes are on disk. The wall time becomes about the longer of the two
 transfers, not their sum (bench/aws_vs_legacy.py).
 
-Nothing is finished on unchecked bytes. After the last run the followed image
-waits for the download to end and requires what the stand-alone path requires:
-the source's sha512 over every byte, the safety inspection of the whole file,
-``qemu-img`` info/check/map (``disk_map.plan``), and the map ``qemu-img`` made
-must equal the runs that were sent (a digest of both, merged the same way). Only
-then is the file renamed to its staged name and the map saved beside it, so a
-resumed run that finds the staged file reads it the usual way. The bytes sent
-were read from the very file whose download was verified (it is only ever
-appended to). A run that stops earlier leaves no staged file: the blocks it
-sent came from an unverified download, so the next run removes that record and
-starts again (``uploading``).
+Nothing is finished on unchecked bytes. As soon as the download ends, its
+thread checks what the stand-alone path checks -- the source's sha512 over
+every byte, the safety inspection of the whole file, ``qemu-img`` info, check
+and map (``disk_map.plan``, which saves the map) -- and that the runs read from
+the tables (the same bytes the reader read them from: the file is only ever
+appended to) are the runs ``qemu-img map`` finds (a digest of both, merged the
+same way). Only then is the file renamed to its staged name; the followed
+image's last run is handed on only after that, so the snapshot is never
+completed before. From the rename on, a resumed run finds the staged file and
+its map and goes on the usual way (the journal's blocks came from that very
+file). A run that stops before leaves no staged file: the blocks it sent came
+from a download never verified, so the next run drops that record and starts
+again (``uploading``).
 
 An image the tables show cannot be read this way (compressed clusters, say)
 raises ``NotFollowable`` once its download is complete and verified; the
-uploading state then reads it the stand-alone way.
+uploading state drops what was sent, stages the file (``keep_download``) and
+reads it the stand-alone way.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from types import TracebackType
 from migratio import disk_map, safety
 from migratio.checksums import verified
 from migratio.disk_map import Extent
-from migratio.drivers.base import SourceImage
 from migratio.qcow2_follow import HEAD_BYTES, NotFollowable, layout, runs
 from migratio.step import Step
 from migratio.workspace import filling
@@ -55,7 +57,7 @@ JOIN_SECONDS = 30.0
 
 _RUN = struct.Struct(">QQQ")
 
-__all__ = ["Download", "FollowedImage", "NotFollowable", "following_download"]
+__all__ = ["Download", "FollowedImage", "NotFollowable", "following_download", "keep_download"]
 
 
 @contextmanager
@@ -66,9 +68,8 @@ def following_download(step: Step) -> Iterator[FollowedImage]:
     part = final.with_name(f"{final.name}.part")
     for path in (part, final, saved_map.with_name(f".{saved_map.name}.part"), saved_map):
         step.add_artifact("file", str(path))
-    step.reserve_space()
-    with Download(step, step.source_image, part) as download:
-        followed = FollowedImage(step, download, final, saved_map)
+    with Download(step, part, final, saved_map) as download:
+        followed = FollowedImage(step, download)
         try:
             yield followed
         finally:
@@ -76,19 +77,21 @@ def following_download(step: Step) -> Iterator[FollowedImage]:
 
 
 class Download:
-    """The source image written to ``part`` by a thread, with how much has landed.
+    """The source image written to ``part`` by a thread, then checked whole (see the
+    module docstring) and renamed to ``final`` with its disk map saved beside it.
 
     ``part`` is made anew (a fresh inode): a download left running by an earlier
     run can never write into this one's file.
     """
 
-    def __init__(self, step: Step, image: SourceImage, part: Path) -> None:
-        self.part = part
+    def __init__(self, step: Step, part: Path, final: Path, saved_map: Path) -> None:
+        self.part, self.final, self.saved_map = part, final, saved_map
         self.written = 0
-        self.finished = False
+        self.landed = False  # every byte written
+        self.settled = False  # and checked (``error`` says how that went)
         self.error: BaseException | None = None
         self._step = step
-        self._image = image
+        self._image = step.source_image
         self._stop = threading.Event()
         self._changed = threading.Condition()
         part.unlink(missing_ok=True)
@@ -110,61 +113,108 @@ class Download:
             log.warning("download of %s still running after the step ended", self.part.name)
 
     def _run(self) -> None:
-        step, image = self._step, self._image
         error: BaseException | None = None
         try:
-            with (
-                filling(self.part, image.size),
-                step.source.read(image.id) as chunks,
-                self.part.open("r+b", buffering=0) as out,
-            ):
-                paced = step.paced(chunks, step.migration.source_site)
-                for chunk in verified(paced, image.sha512, f"source image {image.id}"):
-                    if self._stop.is_set():
-                        return
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[out.write(view) :]
-                    with self._changed:
-                        self.written += len(chunk)
-                        self._changed.notify_all()
+            self._download()
+            with self._changed:
+                self.landed = True
+                self._changed.notify_all()
+            self._check()
         except BaseException as exc:  # handed to the reader, raised there
             error = exc
         finally:
             with self._changed:
-                self.finished, self.error = True, error
+                self.landed = self.settled = True
+                self.error = error
                 self._changed.notify_all()
 
+    def _download(self) -> None:
+        step, image = self._step, self._image
+        with (
+            filling(self.part, image.size),
+            step.source.read(image.id) as chunks,
+            self.part.open("r+b", buffering=0) as out,
+        ):
+            paced = step.paced(chunks, step.migration.source_site)
+            for chunk in verified(paced, image.sha512, f"source image {image.id}"):
+                if self._stop.is_set():
+                    raise _Stopped()
+                view = memoryview(chunk)
+                while view:
+                    view = view[out.write(view) :]
+                with self._changed:
+                    self.written += len(chunk)
+                    self._changed.notify_all()
+
+    def _check(self) -> None:
+        """What the stand-alone path checks, and that ``qemu-img map`` finds the runs
+        read from the tables (the same bytes the reader read them from). Renamed to
+        its staged name only if all holds; else left for the caller to discard
+        what was sent first (``keep_download``)."""
+        fmt = self._image.disk_format
+        safety.check_file(self.part, fmt)
+        with self.part.open("rb") as handle:
+            fd = handle.fileno()
+            tables = _RunDigest()
+            for run in runs(lambda offset, length: os.pread(fd, length, offset)):
+                tables.add(run)
+        mapped = disk_map.plan(self.part, fmt, self.saved_map)
+        if mapped is None:
+            raise NotFollowable("qemu-img cannot map it for reading in place")
+        qemu_runs = _RunDigest()
+        for run in mapped.extents():
+            qemu_runs.add(run)
+        if qemu_runs.hexdigest() != tables.hexdigest():
+            log.error("%s: its qcow2 tables as read differ from qemu-img map", self.part)
+            raise NotFollowable("qemu-img maps it differently from its tables as read")
+        self.part.rename(self.final)
+
     def wait_for(self, end: int, between: Callable[[], None]) -> None:
-        """Until ``end`` bytes have landed or the download has ended (raising its error)."""
+        """Until ``end`` bytes have landed or all have (raising the download's error)."""
         while True:
             with self._changed:
-                if self.written < end and not self.finished:
+                if self.written < end and not self.landed and self.error is None:
                     self._changed.wait(WAIT_SECONDS)
                 if self.error is not None:
                     raise self.error
-                if self.written >= end or self.finished:
+                if self.written >= end or self.landed:
                     return
             between()
 
-    def wait_end(self, between: Callable[[], None]) -> None:
-        """Until every byte has landed and the sha512 matched (raising any error)."""
-        self.wait_for(self._image.size or 0, between)
-        while not self.finished:
-            self.wait_for(self.written + 1, between)
+    def wait_settled(self, between: Callable[[], None]) -> None:
+        """Until the download is complete and checked (raising what went wrong)."""
+        while True:
+            with self._changed:
+                if not self.settled:
+                    self._changed.wait(WAIT_SECONDS)
+                if self.settled:
+                    if self.error is not None:
+                        raise self.error
+                    return
+            between()
+
+
+class _Stopped(Exception):
+    """The step ended before the download did."""
+
+
+def keep_download(step: Step) -> None:
+    """After NotFollowable (raised only once the download was verified) and once what
+    was sent is discarded: stage the downloaded file under its name."""
+    final = step.staged_source
+    part = final.with_name(f"{final.name}.part")
+    if part.exists() and not final.exists():
+        part.rename(final)
 
 
 class FollowedImage:
     """A disk map (``disk_map.DiskMap``'s ``size`` and ``extents``) of a qcow2 that
-    is still downloading, read from ``download.part``; ``final`` and ``saved_map``
-    appear once it is complete and checked (see the module docstring)."""
+    is still downloading, read from ``download.part`` as it lands."""
 
-    def __init__(self, step: Step, download: Download, final: Path, saved_map: Path) -> None:
+    def __init__(self, step: Step, download: Download) -> None:
         self.path = download.part
         self._step = step
         self._download = download
-        self._final = final
-        self._saved_map = saved_map
         self._fd = os.open(download.part, os.O_RDONLY)
         self.size = layout(self._read(0, HEAD_BYTES)).size
 
@@ -177,39 +227,13 @@ class FollowedImage:
 
     def extents(self) -> Iterator[Extent]:
         """The image's data runs in disk order, each once it has landed; ends only
-        when the whole image is verified and agrees with ``qemu-img map``."""
-        sent = _RunDigest()
+        once the whole image is verified and agrees with ``qemu-img map``."""
         try:
-            for run in runs(self._read):
-                sent.add(run)
-                yield run
+            yield from runs(self._read)
         except NotFollowable:
-            self._settle(None)
+            self._download.wait_settled(self._step.checkpoint)
             raise
-        self._settle(sent.hexdigest())
-
-    def _settle(self, sent: str | None) -> None:
-        """Wait for the download, check it whole as the stand-alone path does, map it
-        with ``qemu-img`` and stage it under its final name. Unless the runs sent
-        (their digest, ``sent``) are what ``qemu-img`` maps, raise NotFollowable."""
-        self._download.wait_end(self._step.checkpoint)
-        fmt = self._step.source_image.disk_format
-        safety.check_file(self.path, fmt)
-        mapped = disk_map.plan(self.path, fmt, self._saved_map)
-        agrees = mapped is not None and mapped.size == self.size
-        if agrees and sent is not None and mapped is not None:
-            digest = _RunDigest()
-            for run in mapped.extents():
-                digest.add(run)
-            agrees = digest.hexdigest() == sent
-        self.path.rename(self._final)
-        if sent is None:
-            return
-        if mapped is None:
-            raise NotFollowable("qemu-img cannot map it for reading in place")
-        if not agrees:
-            log.error("%s: its qcow2 tables as read differ from qemu-img map", self._final)
-            raise NotFollowable("qemu-img maps it differently from its tables as read")
+        self._download.wait_settled(self._step.checkpoint)
 
 
 class _RunDigest:

@@ -14,7 +14,7 @@ from contextlib import ExitStack, closing
 from migratio import faults
 from migratio.drivers.base import BASE_RECORD, DestinationImage, RecordSpec, RecordStatus
 from migratio.errors import IntegrityError
-from migratio.following import NotFollowable, following_download
+from migratio.following import NotFollowable, following_download, keep_download
 from migratio.machine import Trigger
 from migratio.states import converting
 from migratio.step import Advance, Step
@@ -24,6 +24,7 @@ from migratio.versions import base_for_new_record, base_of_record
 
 def run(step: Step) -> Advance:
     if step.follows_download:
+        step.reserve_space()  # before any record: a wait for room leaves none behind
         try:
             return _upload(step, following=True)
         except NotFollowable as exc:
@@ -31,6 +32,7 @@ def run(step: Step) -> Advance:
             step.note(f"not sent as it downloaded ({exc}): sending it from the staged file")
             if step.migration.dest_image_id:
                 step.remove_record(step.migration.dest_image_id)
+            keep_download(step)
             converting.run(step)
     return _upload(step, following=False)
 

@@ -9,10 +9,12 @@ goes wrong is scripted (``Scriptable``).
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -236,16 +238,25 @@ class StubSite(Scriptable):
         return file_chunks(transfer.path, self.chunk_size, offset)
 
     def _mapped(self, image: Path, disk_map: DataRuns, offset: int) -> Iterator[bytes]:
-        """The raw disk a disk map describes, read from the image (small images only)."""
+        """The raw disk a disk map describes, read from the image run by run as the
+        map hands them on (as ebs-direct does: the image may still be arriving)."""
         if not self.reads_disk_map:
             raise PermanentError(f"site {self.site_id}: was given a disk map it cannot read")
-        disk = bytearray(disk_map.size)
-        with image.open("rb") as handle:
-            for run in disk_map.extents():
-                handle.seek(run.offset)
-                disk[run.start : run.start + run.length] = handle.read(run.length)
-        for start in range(offset, len(disk), self.chunk_size):
-            yield bytes(disk[start : start + self.chunk_size])
+        pending = bytearray()
+        position = 0  # of the disk, up to which ``pending`` holds it
+        with image.open("rb", buffering=0) as handle:
+            for run in chain(disk_map.extents(), [None]):
+                start = disk_map.size if run is None else run.start
+                pending += bytes(start - position)
+                if run is not None:
+                    pending += os.pread(handle.fileno(), run.length, run.offset)
+                    start += run.length
+                position = start
+                while len(pending) >= self.chunk_size or (run is None and pending):
+                    chunk, pending = bytes(pending[: self.chunk_size]), pending[self.chunk_size :]
+                    done = position - len(pending)
+                    if done > offset:
+                        yield chunk[max(0, len(chunk) - (done - offset)) :]
 
     def register(self, record_id: str, registration: Registration) -> DestinationImage:
         self._enter("register")
