@@ -119,6 +119,7 @@ class Step:
         return (
             self.needs_conversion
             and self.destination.reads_disk_map
+            and self.destination.reads_while_downloading
             and self.migration.group_id is None
             and self.source_image.disk_format.lower() == "qcow2"
             and not self.staged_source.exists()

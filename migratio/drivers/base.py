@@ -286,6 +286,12 @@ class DestinationSite(Protocol):
         ``disk_map`` (no raw copy written); only for a destination that wants a file."""
         ...
 
+    @property
+    def reads_while_downloading(self) -> bool:
+        """True when that disk map may be handed on run by run while the image is
+        still downloading (``migratio.following``); only with ``reads_disk_map``."""
+        ...
+
     def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
         """An active image already migrated from that source, if any (dedup)."""
         ...
@@ -359,6 +365,10 @@ class StreamedGlanceDestination:
 
     @property
     def reads_disk_map(self) -> bool:
+        return False
+
+    @property
+    def reads_while_downloading(self) -> bool:
         return False
 
 

@@ -56,7 +56,8 @@ class StubSite(Scriptable):
     site_id: named in error messages.
     required_disk_format, wants_file, reads_disk_map: what the destination asks
         of the engine (with ``reads_disk_map``, a raw payload is read from the
-        staged image through its disk map, as ebs-direct does).
+        staged image through its disk map, as ebs-direct does; with
+        ``reads_while_downloading`` too, a qcow2's while it downloads).
     resumable: an interrupted ``receive`` keeps what it got and the next one asks
         the payload from there, then checks the whole against ``transfer.sha512``
         (as the SSH site does); otherwise every ``receive`` starts at byte 0 (as
@@ -83,6 +84,7 @@ class StubSite(Scriptable):
         required_disk_format: str | None = None,
         wants_file: bool = False,
         reads_disk_map: bool = False,
+        reads_while_downloading: bool = True,
         resumable: bool = False,
         returns_sha512: bool = True,
         interrupted_status: RecordStatus = RecordStatus.OPEN,
@@ -96,6 +98,7 @@ class StubSite(Scriptable):
         self.required_disk_format = required_disk_format
         self.wants_file = wants_file
         self.reads_disk_map = reads_disk_map
+        self.reads_while_downloading = reads_while_downloading
         self.resumable = resumable
         self.returns_sha512 = returns_sha512
         self.interrupted_status = interrupted_status
