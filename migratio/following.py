@@ -14,7 +14,7 @@ every byte, the safety inspection of the whole file, ``qemu-img`` info, check
 and map (``disk_map.plan``, which saves the map) -- and that the runs read from
 the tables (the same bytes the reader read them from: the file is only ever
 appended to) are the runs ``qemu-img map`` finds (a digest of both, merged the
-same way). Only then is the file renamed to its staged name; the followed
+same way). Only then is the file given its staged name; the followed
 image's last run is handed on only after that, so the snapshot is never
 completed before. From the rename on, a resumed run finds the staged file and
 its map and goes on the usual way (the journal's blocks came from that very
@@ -74,11 +74,13 @@ def following_download(step: Step) -> Iterator[FollowedImage]:
             yield followed
         finally:
             followed.close()
+    if final.exists():  # staged under its own name by the download's checks
+        part.unlink(missing_ok=True)
 
 
 class Download:
     """The source image written to ``part`` by a thread, then checked whole (see the
-    module docstring) and renamed to ``final`` with its disk map saved beside it.
+    module docstring) and linked as ``final`` with its disk map saved beside it.
 
     ``part`` is made anew (a fresh inode): a download left running by an earlier
     run can never write into this one's file.
@@ -167,7 +169,8 @@ class Download:
         if qemu_runs.hexdigest() != tables.hexdigest():
             log.error("%s: its qcow2 tables as read differ from qemu-img map", self.part)
             raise NotFollowable("qemu-img maps it differently from its tables as read")
-        self.part.rename(self.final)
+        # A second name, not a rename: the reader may not have opened ``part`` yet.
+        os.link(self.part, self.final)
 
     def wait_for(self, end: int, between: Callable[[], None]) -> None:
         """Until ``end`` bytes have landed or all have (raising the download's error)."""
