@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from migratio import disk_map, safety
+from migratio import disk_map, faults, safety
 from migratio.checksums import verified
 from migratio.disk_map import Extent
 from migratio.qcow2_follow import HEAD_BYTES, NotFollowable, layout, runs
@@ -147,6 +147,7 @@ class Download:
                 with self._changed:
                     self.written += len(chunk)
                     self._changed.notify_all()
+                faults.point("follow.bytes", amount=self.written)
 
     def _check(self) -> None:
         """What the stand-alone path checks, and that ``qemu-img map`` finds the runs
