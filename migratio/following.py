@@ -69,11 +69,17 @@ def following_download(step: Step) -> Iterator[FollowedImage]:
     for path in (part, final, saved_map.with_name(f".{saved_map.name}.part"), saved_map):
         step.add_artifact("file", str(path))
     with Download(step, part, final, saved_map) as download:
-        followed = FollowedImage(step, download)
         try:
-            yield followed
-        finally:
-            followed.close()
+            followed = FollowedImage(step, download)
+            try:
+                yield followed
+            finally:
+                followed.close()
+        except NotFollowable:
+            # Raised on only once the download is whole and verified (else its own
+            # error is raised): what ``keep_download`` relies on.
+            download.wait_settled(step.checkpoint)
+            raise
     if final.exists():  # staged under its own name by the download's checks
         part.unlink(missing_ok=True)
 
@@ -220,7 +226,11 @@ class FollowedImage:
         self._step = step
         self._download = download
         self._fd = os.open(download.part, os.O_RDONLY)
-        self.size = layout(self._read(0, HEAD_BYTES)).size
+        try:
+            self.size = layout(self._read(0, HEAD_BYTES)).size
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def close(self) -> None:
         os.close(self._fd)
@@ -232,11 +242,7 @@ class FollowedImage:
     def extents(self) -> Iterator[Extent]:
         """The image's data runs in disk order, each once it has landed; ends only
         once the whole image is verified and agrees with ``qemu-img map``."""
-        try:
-            yield from runs(self._read)
-        except NotFollowable:
-            self._download.wait_settled(self._step.checkpoint)
-            raise
+        yield from runs(self._read)
         self._download.wait_settled(self._step.checkpoint)
 
 

@@ -49,9 +49,10 @@ def _upload(step: Step, *, following: bool) -> Advance:
         record = _create_record(step)
     base = base_of_record(step, record)
     with ExitStack() as stack:
+        # Watching first: a download stalled while the step ends is aborted too.
+        stack.enter_context(step.watchdog.watching())
         followed = stack.enter_context(following_download(step)) if following else None
         transfer = stack.enter_context(closing(StepTransfer(step, base, followed)))
-        stack.enter_context(step.watchdog.watching())
         verified = step.destination.receive(record.id, transfer)
     # What left the engine, checked in flight (or known since converting): a site
     # that reports holding other bytes (a storage fault) must not pass as done.

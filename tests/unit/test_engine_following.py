@@ -3,7 +3,9 @@ reading it as ebs-direct does: a crash midway, and a download that turns out cor
 
 from __future__ import annotations
 
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +103,31 @@ def test_a_download_that_does_not_match_its_sha512_completes_no_record(
     retried = [("uploading", "uploading")] * 2
     assert bed.states(migration_id) == [*HAPPY_PATH[:4], *retried, ("uploading", "failed")]
     assert bed.leftovers(migration_id) == []
+
+
+def test_a_qcow2_of_another_layout_is_staged_whole_first(
+    engine_bed: EngineBed, tmp_path: Path
+) -> None:
+    """Told by its header (here: zstd compression, an incompatible feature),
+    before any record exists."""
+    bed = engine_bed
+    _reads_in_place(bed)
+    raw, image_file = tmp_path / "disk.raw", tmp_path / "disk.qcow2"
+    raw.write_bytes(DISK[: 256 * KIB] + bytes(256 * KIB))
+    convert = ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "compression_type=zstd"]
+    subprocess.run([*convert, str(raw), str(image_file)], check=True)
+    image = bed.source.add_image(image_file.read_bytes(), disk_format="qcow2")
+    migration_id = bed.submit(image.id).id
+
+    bed.run()
+
+    done = bed.ledger.get(migration_id)
+    assert done.state == "done", done.last_error
+    assert bytes(bed.destination.records[done.dest_image_id].data) == raw.read_bytes()
+    assert bed.notes(migration_id) == [
+        (
+            "exporting",
+            "staged before upload, not sent as it downloads: qcow2 with incompatible features",
+        )
+    ]
+    assert "staged as source.qcow2" in bed.messages(migration_id)[3]
