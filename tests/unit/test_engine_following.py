@@ -13,6 +13,7 @@ from tests.support.engine import (
     HAPPY_PATH,
     KIB,
     MIB,
+    Crash,
     EngineBed,
     happy_path_with_notes,
     payload,
@@ -45,15 +46,19 @@ def test_a_crash_while_blocks_leave_during_the_download_starts_the_record_again(
     migration_id = bed.submit(image.id).id
     dead = bed.supervisor_to_kill()
     kill = bed.crash(dead)
-    received = threading.Event()
-    bed.destination.at_byte("receive", 512 * KIB, received.set)
+    released = threading.Event()
 
-    def crash_once_blocks_left() -> None:  # in the download's thread
-        assert received.wait(30), "no block left while the image was downloading"
+    def crash_once_blocks_left() -> None:  # in the upload, 512 KiB of the disk received
+        released.set()
         kill()
 
+    def hold_the_download() -> None:  # in the download's thread: never to finish
+        assert released.wait(30), "no block left while the image was downloading"
+        raise Crash("the download dies with the daemon")
+
+    bed.destination.at_byte("receive", 512 * KIB, crash_once_blocks_left)
     # Two thirds of the file: the head probe at exporting reads less than this.
-    bed.source.at_byte("read", len(qcow2) * 2 // 3, crash_once_blocks_left)
+    bed.source.at_byte("read", len(qcow2) * 2 // 3, hold_the_download)
 
     bed.run(dead)
 
