@@ -99,14 +99,11 @@ def goals(records: list[Record]) -> list[Goal]:
         Goal(
             "3",
             f"AWS overlap: ebs-direct wall / max(download, upload), {_size(legacy)} of data",
-            [
-                r["ebs_seconds"] / max(r["legacy_download_seconds"], r["ebs_uploading_seconds"])
-                for r in legacy
-            ],
+            [r["ebs_seconds"] / max(r["legacy_download_seconds"], _upload(r)) for r in legacy],
             "x",
             1.2,
             f"download {spread(r['legacy_download_seconds'] for r in legacy)} s, "
-            f"upload {spread(r['ebs_uploading_seconds'] for r in legacy)} s",
+            f"upload {spread(_upload(r) for r in legacy)} s alone",
             command(legacy),
         )
     )
@@ -167,6 +164,12 @@ def _fanout_goals(records: list[Record]) -> list[Goal]:
 
 def _size(records: list[Record]) -> str:
     return f"{records[0]['size_mib']} MiB" if records else "—"
+
+
+def _upload(record: dict[str, Any]) -> float:
+    """The upload alone; records from before bench/aws_vs_legacy.py measured it
+    give the uploading state's time (then no download overlapped it)."""
+    return float(record.get("upload_alone_seconds", record["ebs_uploading_seconds"]))
 
 
 def _scaling_goals(scaling: list[Record]) -> list[Goal]:

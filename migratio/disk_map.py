@@ -25,7 +25,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from migratio import qemu
 
@@ -42,6 +42,15 @@ class Extent:
     start: int
     length: int
     offset: int
+
+
+class DataRuns(Protocol):
+    """A raw disk as its size and data runs: a saved ``DiskMap``, or one still
+    being read from an image as it downloads (``following.FollowedImage``)."""
+
+    size: int
+
+    def extents(self) -> Iterator[Extent]: ...
 
 
 class DiskMap:

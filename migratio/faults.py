@@ -26,6 +26,8 @@ The points (``<state>``: the state the migration is in, or leaves):
   around the commit of a state's transition and its audit row.
 - ``transfer.bytes.<state>`` (``amount``: bytes so far): a checkpoint of a
   transfer (staging the source while exporting, the payload while uploading).
+- ``follow.bytes`` (``amount``: bytes so far): the source written to the work
+  dir while its blocks leave (``following``), not yet verified.
 - ``destination.record_created``: the destination record exists at the site,
   not yet in the ledger.
 - ``aws.block_sent`` (``amount``: the end of the block): a PutSnapshotBlock

@@ -184,6 +184,9 @@ class AwsSite(_AmiRegistration, _SiteTimeouts):
     method: Literal["ebs-direct", "import-snapshot"] = "ebs-direct"
     bucket: str | None = None
     workers: int = Field(default=16, ge=1, le=128)
+    # ebs-direct: send a qcow2's blocks while it downloads (migratio.following);
+    # false stages the whole image first, then sends (the path before; a baseline).
+    follow_download: bool = True
     # Attempts botocore makes at one request (1: its retries off). AWS asks
     # clients of the EBS direct APIs to retry throttled blocks; longer trouble
     # is the retry policy's.

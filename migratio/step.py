@@ -119,6 +119,20 @@ class Step:
         return grouped and not (self.needs_conversion or self.destination.wants_file)
 
     @property
+    def follows_download(self) -> bool:
+        """Whether the destination reads the raw disk of a qcow2 source while it is
+        still downloading (``migratio.following``) rather than once it is staged.
+        Not in a fan-out group (its members share one staged file) nor once staged."""
+        return (
+            self.needs_conversion
+            and self.destination.reads_disk_map
+            and self.destination.reads_while_downloading
+            and self.migration.group_id is None
+            and self.source_image.disk_format.lower() == "qcow2"
+            and not self.staged_source.exists()
+        )
+
+    @property
     def staged_source(self) -> Path:
         return self._file(f"source.{self.source_image.disk_format}")
 

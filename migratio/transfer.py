@@ -15,8 +15,10 @@ from typing import IO, Any
 
 from migratio import metrics, safety
 from migratio.checksums import Sha512Meter, file_chunks
+from migratio.disk_map import DataRuns
 from migratio.drivers.base import BaseVersion
 from migratio.errors import PermanentError
+from migratio.following import FollowedImage
 from migratio.group_read import Follower, append_source, part_of
 from migratio.prefetch import prefetched
 from migratio.step import Step
@@ -26,7 +28,9 @@ from migratio.workspace import filling
 class StepTransfer:
     """Implements ``drivers.base.Transfer`` for one uploading step."""
 
-    def __init__(self, step: Step, base: BaseVersion | None = None) -> None:
+    def __init__(
+        self, step: Step, base: BaseVersion | None = None, followed: FollowedImage | None = None
+    ) -> None:
         self._step = step
         self.base = base
         self.meter = Sha512Meter()
@@ -38,7 +42,9 @@ class StepTransfer:
         # A member following the group's read streams; it never reads a finished file.
         staged = step.stages_payload and not step.follows_group_read
         self.path: Path | None = step.payload_file if staged else None
-        self.disk_map = step.disk_map
+        self.disk_map: DataRuns | None = step.disk_map
+        if followed is not None:  # the source, read while it downloads
+            self.path, self.disk_map = followed.path, followed
         self._source_id = image.id
         self._streams: list[Generator[bytes, None, None]] = []
         self._followers: list[Follower] = []

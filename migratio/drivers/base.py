@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from migratio.disk_map import DiskMap
+from migratio.disk_map import DataRuns
 
 # Properties a destination copy carries so the platform (and dedup) can link it
 # back to its source. `source_cs` is the legacy tool's name for the source site.
@@ -197,7 +197,7 @@ class Transfer(Protocol):
         ...
 
     @property
-    def disk_map(self) -> DiskMap | None:
+    def disk_map(self) -> DataRuns | None:
         """Set when ``path`` is not the payload but an image holding it: the
         payload is then the raw disk this map describes (zeros but at its data
         runs, read from ``path``). Only for a destination that ``reads_disk_map``."""
@@ -286,6 +286,12 @@ class DestinationSite(Protocol):
         ``disk_map`` (no raw copy written); only for a destination that wants a file."""
         ...
 
+    @property
+    def reads_while_downloading(self) -> bool:
+        """True when that disk map may be handed on run by run while the image is
+        still downloading (``migratio.following``); only with ``reads_disk_map``."""
+        ...
+
     def find_copy(self, provenance: Provenance, disk_format: str) -> DestinationImage | None:
         """An active image already migrated from that source, if any (dedup)."""
         ...
@@ -359,6 +365,10 @@ class StreamedGlanceDestination:
 
     @property
     def reads_disk_map(self) -> bool:
+        return False
+
+    @property
+    def reads_while_downloading(self) -> bool:
         return False
 
 

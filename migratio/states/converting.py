@@ -4,7 +4,9 @@ A destination that reads a raw disk block by block from a file (``reads_disk_map
 gets no conversion when the staged image can be read in place: this state only
 maps where its data lies (``disk_map``), so no raw copy is written and the first
 block can leave as soon as the map is saved. An image that cannot be read that
-way (compressed, encrypted) is converted as for any other destination.
+way (compressed, encrypted) is converted as for any other destination. A plain
+qcow2 that such a destination reads while it downloads is not even staged yet:
+it is mapped as it arrives, in uploading (``migratio.following``).
 
 Either way this state fixes the payload's sha512 (what the destination must end up
 holding, checked again at registering) unless the destination reads the file and
@@ -30,6 +32,14 @@ def run(step: Step) -> Advance:
         return Advance(
             Trigger.CONVERTED,
             f"no conversion needed: {step.migration.dest_site} takes {image.disk_format}",
+        )
+    if step.follows_download:
+        # Mapped as it downloads, while uploading (``migratio.following``).
+        step.record(payload_sha512=None)
+        return Advance(
+            Trigger.CONVERTED,
+            f"{image.disk_format} to be read in place as a {step.migration.bytes_total}-byte "
+            f"{step.target_format} disk while it downloads: no copy written",
         )
     converted = step.converted_file
     if step.destination.reads_disk_map and not converted.exists():

@@ -4,14 +4,17 @@ check its bytes are safe before anything else touches them.
 Without conversion the bytes are only probed here (the upload streams them later,
 guarded again); with conversion they are staged in the work dir, sha512-verified,
 once the work dir has room for the files this migration will write (admission).
+A qcow2 whose raw disk the destination reads through a disk map is only probed
+too: the uploading state downloads it while its blocks leave (``following``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from migratio import qemu, safety
+from migratio import qcow2_follow, qemu, safety
 from migratio.checksums import verified
 from migratio.drivers.base import ImageStatus, Provenance, SourceImage
 from migratio.errors import PermanentError, TransientError
@@ -46,6 +49,8 @@ def run(step: Step) -> Advance:
             f"source image {image.name!r}: {image.size} bytes, declared {image.disk_format}, "
             "to be streamed from the group's one read of the source as it arrives",
         )
+    if step.follows_download and (followed := _followable(step, image)):
+        return followed
     if step.stages_payload:
         step.reserve_space()
         staged = stage(step, image)
@@ -59,6 +64,33 @@ def run(step: Step) -> Advance:
         Trigger.EXPORTED,
         f"source image {image.name!r}: {image.size} bytes, declared {image.disk_format}, "
         f"detected {detected}, {where}",
+    )
+
+
+def _followable(step: Step, image: SourceImage) -> Advance | None:
+    """Probe the head of a qcow2 the destination can read while it downloads
+    (``migratio.following``): safe and of a layout followed, it is not staged
+    here but downloaded by the uploading state, its blocks leaving as they land."""
+    head = bytearray()
+
+    def kept(chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            head.extend(chunk[: max(0, qcow2_follow.HEAD_BYTES - len(head))])
+            yield chunk
+
+    with step.watchdog.watching(), step.source.read(image.id) as chunks:
+        detected = safety.probe_stream(kept(chunks), image.disk_format)
+    try:
+        found = qcow2_follow.layout(bytes(head))
+    except qcow2_follow.NotFollowable as exc:
+        step.note(f"staged before upload, not sent as it downloads: {exc}")
+        return None
+    # The raw disk the destination receives, as the disk map would have it.
+    step.record(bytes_total=found.size)
+    return Advance(
+        Trigger.EXPORTED,
+        f"source image {image.name!r}: {image.size} bytes, declared {image.disk_format}, "
+        f"detected {detected}, to be sent as it downloads",
     )
 
 

@@ -3,23 +3,42 @@
 The record is created first and tagged with the migration id, so a resumed run
 finds it rather than creating a second one. What the destination needs to resume
 (ids, blocks or bytes already sent) it keeps in the ledger through the transfer.
+A qcow2 the destination reads through a disk map is downloaded here, its blocks
+leaving while it arrives (``migratio.following``).
 """
 
 from __future__ import annotations
 
-from contextlib import closing
+from contextlib import ExitStack, closing
 
 from migratio import faults
 from migratio.drivers.base import BASE_RECORD, DestinationImage, RecordSpec, RecordStatus
 from migratio.errors import IntegrityError
+from migratio.following import NotFollowable, following_download, keep_download
 from migratio.machine import Trigger
+from migratio.states import converting
 from migratio.step import Advance, Step
 from migratio.transfer import StepTransfer
 from migratio.versions import base_for_new_record, base_of_record
 
 
 def run(step: Step) -> Advance:
-    record = _reusable_record(step)
+    if step.follows_download:
+        step.reserve_space()  # before any record: a wait for room leaves none behind
+        try:
+            return _upload(step, following=True)
+        except NotFollowable as exc:
+            # Downloaded and verified by now: drop what was sent, read it as staged.
+            step.note(f"not sent as it downloaded ({exc}): sending it from the staged file")
+            if step.migration.dest_image_id:
+                step.remove_record(step.migration.dest_image_id)
+            keep_download(step)
+            converting.run(step)
+    return _upload(step, following=False)
+
+
+def _upload(step: Step, *, following: bool) -> Advance:
+    record = _reusable_record(step, following)
     if record is not None and record.is_complete:
         return Advance(
             Trigger.UPLOADED,
@@ -28,8 +47,12 @@ def run(step: Step) -> Advance:
         )
     if record is None:
         record = _create_record(step)
-    transfer = StepTransfer(step, base_of_record(step, record))
-    with step.watchdog.watching(), closing(transfer):
+    base = base_of_record(step, record)
+    with ExitStack() as stack:
+        # Watching first: a download stalled while the step ends is aborted too.
+        stack.enter_context(step.watchdog.watching())
+        followed = stack.enter_context(following_download(step)) if following else None
+        transfer = stack.enter_context(closing(StepTransfer(step, base, followed)))
         verified = step.destination.receive(record.id, transfer)
     # What left the engine, checked in flight (or known since converting): a site
     # that reports holding other bytes (a storage fault) must not pass as done.
@@ -47,8 +70,10 @@ def run(step: Step) -> Advance:
     )
 
 
-def _reusable_record(step: Step) -> DestinationImage | None:
-    """The record an earlier run created: kept if empty or already complete, else dropped."""
+def _reusable_record(step: Step, following: bool) -> DestinationImage | None:
+    """The record an earlier run created: kept if empty or already complete, else
+    dropped; always dropped unless complete when following a download anew (what
+    it holds came from a download never verified)."""
     migration = step.migration
     destination = step.destination
     record = destination.find_record(migration.id)
@@ -61,7 +86,7 @@ def _reusable_record(step: Step) -> DestinationImage | None:
         step.record(dest_image_id=record.id)
     expected = migration.payload_sha512
     complete = record.is_complete and (expected is None or record.sha512 == expected)
-    if complete or record.status is RecordStatus.OPEN:
+    if complete or (record.status is RecordStatus.OPEN and not following):
         return record
     step.remove_record(record.id)
     return None

@@ -231,8 +231,12 @@ def test_sigkill_while_uploading_resumes_into_one_snapshot(
     front.block_delay = 0.1  # ~131 blocks, 2 at a time: ~6.5 s of upload
 
     first = migratio_cli.start(config, tmp_path / "daemon1.log")
+    # Blocks leave while the qcow2 downloads; killed once its download is verified
+    # and staged (before that, a resumed run cannot trust what was sent: it starts
+    # a new snapshot, tests/unit/test_engine_following.py).
+    staged = tmp_path / "work" / migration_id / "source.qcow2"
     try:
-        journal = _wait_for_journal(ledger, migration_id, blocks=20)
+        journal = _wait_for_journal(ledger, migration_id, blocks=20, staged=staged)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(30)
@@ -299,12 +303,15 @@ _REGISTER_KEYS = (
 )
 
 
-def _wait_for_journal(ledger: Any, migration_id: str, *, blocks: int) -> dict[str, Any]:
+def _wait_for_journal(
+    ledger: Any, migration_id: str, *, blocks: int, staged: Path | None = None
+) -> dict[str, Any]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         migration = ledger.get(migration_id)
         journal = migration.transfer_state or {}
-        if migration.state == "uploading" and journal.get("blocks_sent", 0) >= blocks:
+        enough = migration.state == "uploading" and journal.get("blocks_sent", 0) >= blocks
+        if enough and (staged is None or staged.exists()):
             return dict(journal)
         time.sleep(0.05)
     raise TimeoutError(

@@ -89,9 +89,10 @@ POINTS = {
     "o2aws": [
         *TRANSITIONS,
         "intake.after_move",
-        "transfer.bytes.exporting@1",
-        # ebs-direct reads the staged qcow2 in place: converting runs qemu-img
-        # map, not convert (a compressed image is still converted).
+        # ebs-direct sends a qcow2's blocks while it downloads (uploading): killed
+        # halfway through the download, with blocks gone; then while qemu-img
+        # maps the downloaded file to check the runs that were sent.
+        f"follow.bytes@{SOURCE_MIB * 1024 * 1024 // 2}",
         "map.running",
         "destination.record_created",
         "aws.block_sent",

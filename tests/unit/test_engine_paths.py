@@ -148,13 +148,14 @@ def test_a_staged_payload_is_checked_converted_and_sent(
     assert bed.source.reads == [(image.id, 0)]
 
 
-@pytest.mark.parametrize("compressed", [False, True], ids=["mapped", "compressed-converted"])
+@pytest.mark.parametrize("compressed", [False, True], ids=["followed", "compressed-converted"])
 def test_a_destination_reading_the_disk_map_gets_no_converted_copy(
     engine_bed: EngineBed, tmp_path: Path, compressed: bool
 ) -> None:
-    """A raw payload read from the staged qcow2 through its disk map (as ebs-direct
-    does): no converted file is written, and the destination holds the raw disk.
-    A compressed qcow2 cannot be read in place: it is converted as before."""
+    """A raw payload read from the qcow2 through its tables while it downloads (as
+    ebs-direct does): no converted file is written, and the destination holds the
+    raw disk. A compressed qcow2 cannot be read in place: found out from its L2
+    table, what was sent is dropped and the staged file converted as before."""
     bed = engine_bed
     bed.destination.required_disk_format = "raw"
     bed.destination.wants_file = True
@@ -167,23 +168,37 @@ def test_a_destination_reading_the_disk_map_gets_no_converted_copy(
     bed.run()
 
     record_id = _assert_copied(bed, migration.id, image, expected)
-    assert bed.states(migration.id) == HAPPY_PATH
     done = bed.ledger.get(migration.id)
     assert done.bytes_total == len(expected)
-    converting = bed.messages(migration.id)[3]
+    messages = bed.messages(migration.id)
+    assert messages[2].endswith("detected qcow2, to be sent as it downloads")
+    assert messages[3] == (
+        f"qcow2 to be read in place as a {len(expected)}-byte raw disk "
+        "while it downloads: no copy written"
+    )
     files = [("file", "source.qcow2.part", "removed"), ("file", "source.qcow2", "removed")]
     # The map's files are named before it is tried, so a crash leaves nothing behind.
     files += [("file", ".disk.map.part", "removed"), ("file", "disk.map", "removed")]
+    kept = ("dest_image", record_id, "kept")
     if compressed:
-        assert converting == f"converted qcow2 to raw: {len(expected)} bytes"
-        files.append(("file", "converted.raw", "removed"))
-    else:
-        assert converting == (
-            f"mapped qcow2 for reading in place as a {len(expected)}-byte raw disk "
-            f"holding {384 * KIB} bytes of data: no copy written"
+        assert messages[4] == (
+            "not sent as it downloaded (compressed clusters): sending it from the staged file"
         )
-    assert bed.artifacts(migration.id) == [*files, ("dest_image", record_id, "kept")]
-    assert bed.source.reads == [(image.id, 0)]
+        retried = [*HAPPY_PATH[:4], ("uploading", "uploading"), *HAPPY_PATH[4:]]
+        assert bed.states(migration.id) == retried
+        dropped = bed.artifacts(migration.id)[0]
+        assert dropped[0] == "dest_image" and dropped[1] not in bed.destination.records
+        files = [
+            ("dest_image", dropped[1], "removed"),
+            *files,
+            ("file", "converted.raw", "removed"),
+        ]
+        assert bed.artifacts(migration.id) == [*files, kept]
+    else:
+        assert bed.states(migration.id) == HAPPY_PATH
+        assert bed.artifacts(migration.id) == [kept, *files]
+    # The head probed at exporting, then the one download the upload followed.
+    assert bed.source.reads == [(image.id, 0), (image.id, 0)]
 
 
 def test_a_copy_already_at_the_destination_ends_the_migration_at_once(

@@ -98,6 +98,10 @@ class AwsSiteDriver:
         return self.method.reads_disk_map
 
     @property
+    def reads_while_downloading(self) -> bool:
+        return self.method.reads_disk_map and self.settings.follow_download
+
+    @property
     def takes_base_version(self) -> bool:
         """ebs-direct snapshots can start from an earlier version's; imports cannot."""
         return isinstance(self.method, EbsDirect)

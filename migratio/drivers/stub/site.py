@@ -9,15 +9,17 @@ goes wrong is scripted (``Scriptable``).
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from migratio.checksums import file_chunks
-from migratio.disk_map import DiskMap
+from migratio.disk_map import DataRuns
 from migratio.drivers.base import (
     BASE_RECORD,
     MIGRATION_ID,
@@ -54,7 +56,8 @@ class StubSite(Scriptable):
     site_id: named in error messages.
     required_disk_format, wants_file, reads_disk_map: what the destination asks
         of the engine (with ``reads_disk_map``, a raw payload is read from the
-        staged image through its disk map, as ebs-direct does).
+        staged image through its disk map, as ebs-direct does; with
+        ``reads_while_downloading`` too, a qcow2's while it downloads).
     resumable: an interrupted ``receive`` keeps what it got and the next one asks
         the payload from there, then checks the whole against ``transfer.sha512``
         (as the SSH site does); otherwise every ``receive`` starts at byte 0 (as
@@ -81,6 +84,7 @@ class StubSite(Scriptable):
         required_disk_format: str | None = None,
         wants_file: bool = False,
         reads_disk_map: bool = False,
+        reads_while_downloading: bool = True,
         resumable: bool = False,
         returns_sha512: bool = True,
         interrupted_status: RecordStatus = RecordStatus.OPEN,
@@ -94,6 +98,7 @@ class StubSite(Scriptable):
         self.required_disk_format = required_disk_format
         self.wants_file = wants_file
         self.reads_disk_map = reads_disk_map
+        self.reads_while_downloading = reads_while_downloading
         self.resumable = resumable
         self.returns_sha512 = returns_sha512
         self.interrupted_status = interrupted_status
@@ -235,17 +240,26 @@ class StubSite(Scriptable):
             return self._mapped(transfer.path, transfer.disk_map, offset)
         return file_chunks(transfer.path, self.chunk_size, offset)
 
-    def _mapped(self, image: Path, disk_map: DiskMap, offset: int) -> Iterator[bytes]:
-        """The raw disk a disk map describes, read from the image (small images only)."""
+    def _mapped(self, image: Path, disk_map: DataRuns, offset: int) -> Iterator[bytes]:
+        """The raw disk a disk map describes, read from the image run by run as the
+        map hands them on (as ebs-direct does: the image may still be arriving)."""
         if not self.reads_disk_map:
             raise PermanentError(f"site {self.site_id}: was given a disk map it cannot read")
-        disk = bytearray(disk_map.size)
-        with image.open("rb") as handle:
-            for run in disk_map.extents():
-                handle.seek(run.offset)
-                disk[run.start : run.start + run.length] = handle.read(run.length)
-        for start in range(offset, len(disk), self.chunk_size):
-            yield bytes(disk[start : start + self.chunk_size])
+        pending = bytearray()
+        position = 0  # of the disk, up to which ``pending`` holds it
+        with image.open("rb", buffering=0) as handle:
+            for run in chain(disk_map.extents(), [None]):
+                start = disk_map.size if run is None else run.start
+                pending += bytes(start - position)
+                if run is not None:
+                    pending += os.pread(handle.fileno(), run.length, run.offset)
+                    start += run.length
+                position = start
+                while len(pending) >= self.chunk_size or (run is None and pending):
+                    chunk, pending = bytes(pending[: self.chunk_size]), pending[self.chunk_size :]
+                    done = position - len(pending)
+                    if done > offset:
+                        yield chunk[max(0, len(chunk) - (done - offset)) :]
 
     def register(self, record_id: str, registration: Registration) -> DestinationImage:
         self._enter("register")
