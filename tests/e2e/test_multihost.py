@@ -11,11 +11,12 @@ source's bytes, and every lease the killed daemon held is taken over within
 How it is run, and why: migrations are submitted one at a time (as templates
 arrive), to daemons with spare workers, so that a take-over times the lease and
 not a queue (on a busy machine, where migrations take longer, the next one waits
-until fewer than one daemon's workers are unfinished); and one daemon is down at a time (the next kill waits for the last
-replacement to be up: a daemon takes seconds to start on a busy machine, and
-with all three down nobody can take over). A take-over is timed from the dead
-owner's last renewal (its lease expiry, read right after the kill, less
-``lease_seconds``) to the take-over note in the audit trail.
+until fewer than one daemon's workers are unfinished); and one daemon is down at
+a time (the next kill waits for the last replacement to be up: a daemon takes
+seconds to start on a busy machine, and with all three down nobody can take over).
+A take-over is timed from the dead owner's last renewal (its lease expiry, read
+right after the kill, less ``lease_seconds``) to the take-over note in the audit
+trail.
 """
 
 from __future__ import annotations
