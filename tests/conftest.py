@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from migratio.ledger.store import Ledger  # noqa: E402
 from tests.support import images  # noqa: E402
 from tests.support.daemon_config import write_daemon_config  # noqa: E402
 from tests.support.engine import EngineBed, open_engine_bed  # noqa: E402
+from tests.support.freezing_proxy import FreezingProxy  # noqa: E402
 from tests.support.ledgers import empty_ledger_engine  # noqa: E402
 
 if TYPE_CHECKING:
@@ -130,6 +132,17 @@ def site_b(testbed: testbed_lib.Bed) -> Connection:
     from tests.support import glance_peer
 
     return glance_peer.connect("site-b")
+
+
+@pytest.fixture
+def proxy(testbed: testbed_lib.Bed) -> Iterator[FreezingProxy]:
+    """site-a's Glance behind a proxy that counts and can freeze what crosses it
+    (reached through ``image_endpoint_override``). Modules that put another peer
+    behind one (sshd, moto) define their own ``proxy``."""
+    glance = urllib.parse.urlsplit(testbed.glance_urls["site-a"])
+    assert glance.hostname and glance.port
+    with FreezingProxy(glance.hostname, glance.port) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -20,6 +21,7 @@ import pytest
 from openstack.connection import Connection
 
 from migratio.drivers.aws.blocks import BlockSet
+from migratio.ledger.store import Ledger
 from tests.drivers.aws.manifest_spec import manifest_of_raw, qcow2_data_ranges
 from tests.support import aws_peer, glance_peer, images, migratio_cli
 from tests.support.daemon_config import write_daemon_config
@@ -211,6 +213,24 @@ def _seconds(start: str, end: str) -> float:
 # -- crash, cancel -------------------------------------------------------------------
 
 
+def _slow_upload(
+    testbed: Any, site_a: Connection, scattered: Path, front: MotoFront, tmp_path: Path, name: str
+) -> tuple[Path, str, str, Ledger, subprocess.Popen[bytes]]:
+    """The scattered image as a new Glance image (the first one would be
+    deduplicated), submitted to ``aws-slow`` (moto behind ``front``, 0.1 s a
+    block, 2 at a time: ~131 blocks, ~6.5 s of upload to interrupt) and a daemon
+    started on it: (config, source, migration, ledger, daemon)."""
+    sites = private_sites(testbed, tmp_path)
+    aws_peer.write_site(sites, "aws-slow", front.url, workers=2)
+    config = write_daemon_config(tmp_path, sites)
+    source_id = glance_peer.upload(site_a, scattered, name=name, architecture="x86_64")
+    migration_id = migratio_cli.submit(config, source_id, dest="aws-slow")
+    ledger = migratio_cli.ledger_of(config)
+    front.block_delay = 0.1
+    daemon = migratio_cli.start(config, tmp_path / "daemon.log")
+    return config, source_id, migration_id, ledger, daemon
+
+
 def test_sigkill_while_uploading_resumes_into_one_snapshot(
     testbed: Any,
     site_a: Connection,
@@ -221,16 +241,9 @@ def test_sigkill_while_uploading_resumes_into_one_snapshot(
     ebs: Any,
     tmp_path: Path,
 ) -> None:
-    sites = private_sites(testbed, tmp_path)
-    aws_peer.write_site(sites, "aws-slow", front.url, workers=2)
-    config = write_daemon_config(tmp_path, sites)
-    # A new Glance image of the same bytes: the first one would be deduplicated.
-    source_id = glance_peer.upload(site_a, scattered, name="scattered crash", architecture="x86_64")
-    migration_id = migratio_cli.submit(config, source_id, dest="aws-slow")
-    ledger = migratio_cli.ledger_of(config)
-    front.block_delay = 0.1  # ~131 blocks, 2 at a time: ~6.5 s of upload
-
-    first = migratio_cli.start(config, tmp_path / "daemon1.log")
+    config, source_id, migration_id, ledger, first = _slow_upload(
+        testbed, site_a, scattered, front, tmp_path, "scattered crash"
+    )
     # Blocks leave while the qcow2 downloads; killed once its download is verified
     # and staged (before that, a resumed run cannot trust what was sent: it starts
     # a new snapshot, tests/unit/test_engine_following.py).
@@ -325,14 +338,9 @@ def test_cancel_while_uploading_removes_the_snapshot(
     from migratio import operations
     from migratio.config import load_settings
 
-    sites = private_sites(testbed, tmp_path)
-    aws_peer.write_site(sites, "aws-slow", front.url, workers=2)
-    config = write_daemon_config(tmp_path, sites)
-    source_id = glance_peer.upload(site_a, scattered, name="scattered cancel")
-    migration_id = migratio_cli.submit(config, source_id, dest="aws-slow")
-    ledger = migratio_cli.ledger_of(config)
-    front.block_delay = 0.1
-    running = migratio_cli.start(config, tmp_path / "migratio_cli.log")
+    config, source_id, migration_id, ledger, running = _slow_upload(
+        testbed, site_a, scattered, front, tmp_path, "scattered cancel"
+    )
     try:
         _wait_for_journal(ledger, migration_id, blocks=10)
         operations.cancel(load_settings(config), ledger, migration_id)

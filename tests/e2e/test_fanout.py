@@ -6,8 +6,6 @@ the bytes, checked by checksum."""
 from __future__ import annotations
 
 import shutil
-import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +25,6 @@ SIZE_MIB = 4
 # What one read costs on top of the image: Glance's JSON answers (describe, the
 # dedup lookups) and HTTP headers: a few KiB per request.
 OVERHEAD = 64 * 1024
-
-
-@pytest.fixture
-def proxy(testbed: Any) -> Iterator[FreezingProxy]:
-    glance = urllib.parse.urlsplit(testbed.glance_urls["site-a"])
-    assert glance.hostname and glance.port
-    with FreezingProxy(glance.hostname, glance.port) as running:
-        yield running
 
 
 def _proxied_config(testbed: Any, proxy: FreezingProxy, directory: Path) -> tuple[Path, Path]:

@@ -139,9 +139,22 @@ def chaos(
 class Submitter(threading.Thread):
     """Submits one migration per source every ``interval`` s, as templates arrive
     over a day (not all at once: a take-over then finds a free worker, and what is
-    timed is the lease, not the queue)."""
+    timed is the lease, not the queue).
 
-    def __init__(self, settings: Settings, ledger: Ledger, sources: list[str], interval: float):
+    And never more than ``most_active`` unfinished at once: on a busy machine each
+    migration takes longer, so at a fixed interval they would pile up until every
+    worker is taken and a take-over waits for one. At most one daemon's
+    ``concurrency`` unfinished, whichever daemon dies, either one left has a free
+    worker for each lease it must take over."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        sources: list[str],
+        interval: float,
+        most_active: int,
+    ):
         super().__init__(name="submitter", daemon=True)
         self.settings, self.ledger, self.sources, self.interval = (
             settings,
@@ -149,10 +162,16 @@ class Submitter(threading.Thread):
             sources,
             interval,
         )
+        self.most_active = most_active
         self.ids: list[str] = []
+        self.held_back = 0.0  # seconds spent waiting for a migration to end
 
     def run(self) -> None:
         for source in self.sources:
+            waited = time.monotonic()
+            while self.ledger.count_active() >= self.most_active:
+                time.sleep(0.05)
+            self.held_back += time.monotonic() - waited
             migration = operations.submit(self.settings, self.ledger, source, "site-a", "site-b")
             self.ids.append(migration.id)
             time.sleep(self.interval)

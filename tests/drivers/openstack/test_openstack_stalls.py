@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,14 +28,6 @@ from tests.support.stalls import STALL_SECONDS, Watched, expect_stall
 pytestmark = [pytest.mark.testbed, pytest.mark.reliability]
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def proxy(testbed: Any) -> Iterator[FreezingProxy]:
-    glance = urllib.parse.urlsplit(testbed.glance_urls["site-a"])
-    assert glance.hostname and glance.port
-    with FreezingProxy(glance.hostname, glance.port) as running:
-        yield running
 
 
 @pytest.fixture
