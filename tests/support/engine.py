@@ -104,6 +104,15 @@ class EngineBed:
         """Change daemon settings (for supervisors made from now on)."""
         self.settings.daemon = self.settings.daemon.model_copy(update=daemon)
 
+    def add_destination(self, site_id: str, **behaviour: Any) -> StubSite:
+        """Another stub destination, configured as an OpenStack site."""
+        stub = StubSite(site_id, **behaviour)
+        self.sites.sites[site_id] = stub
+        self.settings.sites[site_id] = config.Site(
+            id=site_id, settings=config.OpenStackSite(type="openstack", cloud="stub")
+        )
+        return stub
+
     def supervisor(self, owner: str = "daemon-1") -> Supervisor:
         return Supervisor(self.settings, self.ledger, owner=owner, site_opener=self.sites)
 

@@ -12,13 +12,11 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from migratio import config, operations, qemu
+from migratio import operations, qemu
 from migratio.drivers.base import Provenance
-from migratio.drivers.stub import StubSite
 from migratio.errors import PermanentError, TransientError
 from migratio.group_files import SHARED, group_dir
 from migratio.ledger.store import Migration
@@ -27,15 +25,6 @@ from tests.support.engine import DESTINATION, HAPPY_PATH, KIB, SOURCE, EngineBed
 
 RAW = payload(384 * KIB, seed=13)
 
-
-def _destination(bed: EngineBed, site_id: str, **behaviour: Any) -> StubSite:
-    """Another stub destination, configured as an OpenStack site."""
-    stub = StubSite(site_id, **behaviour)
-    bed.sites.sites[site_id] = stub
-    bed.settings.sites[site_id] = config.Site(
-        id=site_id, settings=config.OpenStackSite(type="openstack", cloud="stub")
-    )
-    return stub
 
 
 def _group(bed: EngineBed, image_id: str, *destinations: str) -> list[Migration]:
@@ -79,8 +68,8 @@ def test_a_group_of_three_reads_the_source_once_and_converts_once(
     engine_bed: EngineBed, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     bed = engine_bed
-    site_c = _destination(bed, "site-c", required_disk_format="qcow2")
-    site_d = _destination(bed, "site-d", required_disk_format="qcow2")
+    site_c = bed.add_destination("site-c", required_disk_format="qcow2")
+    site_d = bed.add_destination("site-d", required_disk_format="qcow2")
     conversions = _count_conversions(monkeypatch)
     image = bed.source.add_image(RAW)
     members = _group(bed, image.id, DESTINATION, "site-c", "site-d")
@@ -107,8 +96,8 @@ def test_a_group_of_three_reads_the_source_once_and_converts_once(
 
 def test_a_member_failing_for_good_does_not_fail_the_others(engine_bed: EngineBed) -> None:
     bed = engine_bed
-    broken = _destination(bed, "site-c")
-    _destination(bed, "site-d", wants_file=True)
+    broken = bed.add_destination("site-c")
+    bed.add_destination("site-d", wants_file=True)
     broken.fail("create_record", PermanentError("site-c refuses new images"), times=None)
     image = bed.source.add_image(RAW)
     members = _group(bed, image.id, DESTINATION, "site-c", "site-d")
@@ -130,7 +119,7 @@ def test_a_member_failing_for_good_does_not_fail_the_others(engine_bed: EngineBe
 
 def test_the_shared_file_stays_while_a_member_is_active(engine_bed: EngineBed) -> None:
     bed = engine_bed
-    slow = _destination(bed, "site-c")
+    slow = bed.add_destination("site-c")
     image = bed.source.add_image(RAW)
     members = _group(bed, image.id, DESTINATION, "site-c")
     staged = group_dir(bed.work_dir, str(members[0].group_id)) / "source.raw"
@@ -158,7 +147,7 @@ def test_the_shared_file_stays_while_a_member_is_active(engine_bed: EngineBed) -
 
 def test_a_member_resumed_after_a_crash_reuses_the_staged_file(engine_bed: EngineBed) -> None:
     bed = engine_bed
-    _destination(bed, "site-c", wants_file=True)
+    bed.add_destination("site-c", wants_file=True)
     bed.destination.wants_file = True  # both stage (in exporting, where the crash is)
     bed.configure(concurrency=1)
     image = bed.source.add_image(RAW)
@@ -187,7 +176,7 @@ def test_a_member_retried_after_its_group_ended_reads_the_source_again(
 ) -> None:
     """The group's files went with its last member; a retry stages its own read."""
     bed = engine_bed
-    broken = _destination(bed, "site-c")
+    broken = bed.add_destination("site-c")
     broken.fail("create_record", PermanentError("site-c refuses new images"))
     image = bed.source.add_image(RAW)
     members = _group(bed, image.id, DESTINATION, "site-c")
@@ -211,7 +200,7 @@ def test_a_member_retried_after_its_group_ended_reads_the_source_again(
 def test_a_member_whose_site_is_down_retries_from_the_staged_file(engine_bed: EngineBed) -> None:
     """Its siblings finish and let go; the file stays for it until it ends."""
     bed = engine_bed
-    down = _destination(bed, "site-c")
+    down = bed.add_destination("site-c")
     down.fail("create_record", TransientError("site-c: 503 Service Unavailable"), times=2)
     image = bed.source.add_image(RAW)
     members = _group(bed, image.id, DESTINATION, "site-c")
@@ -231,7 +220,7 @@ def test_a_member_that_found_a_copy_and_ended_last_removes_the_group_files(
 ) -> None:
     """It never staged (its site had the image already), yet it was the last to end."""
     bed = engine_bed
-    holder = _destination(bed, "site-c")
+    holder = bed.add_destination("site-c")
     image = bed.source.add_image(RAW)
     holder.add_copy(Provenance(image.id, SOURCE, image.sha512), RAW)
     members = _group(bed, image.id, DESTINATION, "site-c")

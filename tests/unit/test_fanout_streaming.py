@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
-from migratio import config
 from migratio.drivers.stub import StubSite
 from migratio.errors import TransientError
 from migratio.group_files import group_dir
@@ -18,14 +16,6 @@ from tests.support.engine import DESTINATION, HAPPY_PATH, KIB, SOURCE, EngineBed
 
 RAW = payload(384 * KIB, seed=21)
 
-
-def _destination(bed: EngineBed, site_id: str, **behaviour: Any) -> StubSite:
-    stub = StubSite(site_id, **behaviour)
-    bed.sites.sites[site_id] = stub
-    bed.settings.sites[site_id] = config.Site(
-        id=site_id, settings=config.OpenStackSite(type="openstack", cloud="stub")
-    )
-    return stub
 
 
 def _group(bed: EngineBed, image_id: str, *destinations: str) -> dict[str, Migration]:
@@ -43,7 +33,7 @@ def test_a_follower_receives_the_image_while_the_source_is_read(engine_bed: Engi
     The safety guard holds a raw stream's first MiB for its verdict, then the last
     chunk read from the spool (up to 1 MiB): hence the sizes."""
     bed = engine_bed
-    staging = _destination(bed, "site-c", wants_file=True)
+    staging = bed.add_destination("site-c", wants_file=True)
     data = payload(3072 * KIB, seed=22)
     image = bed.source.add_image(data)
     release = bed.source.stall_at("read", 2560 * KIB, limit=5)
@@ -75,8 +65,8 @@ def test_a_stopped_destination_holds_back_only_itself(engine_bed: EngineBed) -> 
     (staging) reach done meanwhile, reading the spool written at the source's pace;
     site-c then goes on from the spool: the source was read once."""
     bed = engine_bed
-    stopped = _destination(bed, "site-c")
-    staging = _destination(bed, "site-d", wants_file=True)
+    stopped = bed.add_destination("site-c")
+    staging = bed.add_destination("site-d", wants_file=True)
     image = bed.source.add_image(RAW)
     go_on = stopped.stall_at("receive", 64 * KIB, limit=8)
     members = _group(bed, image.id, DESTINATION, "site-c", "site-d")
@@ -117,7 +107,7 @@ def test_a_writer_that_loses_the_source_is_taken_over_from_its_spool(
     moved the spool past the loss before it read there again (a race either way:
     at most one retry, never a second read from the start)."""
     bed = engine_bed
-    other = _destination(bed, "site-c")
+    other = bed.add_destination("site-c")
     image = bed.source.add_image(RAW)
     bed.source.raise_at("read", 192 * KIB, TransientError("site-a: connection reset"))
     members = _group(bed, image.id, DESTINATION, "site-c")
