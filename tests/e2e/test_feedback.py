@@ -202,7 +202,9 @@ def test_a_real_upload_reports_progress_lines_every_10_percent_in_order(
         readings.append((created_at, percent))
     for (at, percent), (next_at, next_percent) in itertools.pairwise(readings):
         assert next_percent - percent >= 10 or next_at - at >= 30
-        assert next_at - at >= 2
+        # The daemon spaces lines by its monotonic clock; created_at is stamped a
+        # few microseconds later by the wall clock (seen: 1.99999 s apart).
+        assert next_at - at >= 2 - 0.01
     assert texts[-1].startswith("Migration done: image ")
     assert migratio_cli.show(config, migration_id)["state"] == "done"
     assert 1 in busy and busy[-1] in (0, 1)
