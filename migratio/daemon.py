@@ -86,7 +86,7 @@ class Daemon:
         try:
             return self._apply_fresh_settings()
         finally:
-            self.notifier.ready(self._summary())
+            self.notifier.ready(self._summary)
 
     def _apply_fresh_settings(self) -> bool:
         try:
@@ -142,7 +142,7 @@ class Daemon:
         """``migrate: false``: intake and feedback run in their threads; this loop
         only feeds the watchdog and the status line."""
         log.info("migrate: false: only intake and feedback run here")
-        self.notifier.ready(self._summary())
+        self.notifier.ready(self._summary)
         while not self._stopping.wait(self.notifier.pause_limit(self.settings.daemon.poll_seconds)):
             self.notifier.tick(self._summary)
             if until_idle and not self._intake_busy():

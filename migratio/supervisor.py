@@ -122,7 +122,7 @@ class Supervisor:
         self.daemon.work_dir.mkdir(parents=True, exist_ok=True)
         # Cleanups can wait on slow sites: the watchdog is kept fed meanwhile.
         self.sweep(between=lambda: self.notifier.tick(self.summary))
-        self.notifier.ready(self.summary())
+        self.notifier.ready(self.summary)
         heartbeat = threading.Thread(
             target=self._running.keep_leases,
             args=(self.ledger, self.owner, lambda: self.daemon.lease_seconds),

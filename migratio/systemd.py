@@ -68,7 +68,12 @@ class Notifier:
         # within three quarters, whatever the loop's own pace.
         return min(seconds, self.watchdog_seconds / 4)
 
-    def ready(self, status: str | None = None) -> None:
+    def ready(self, summary: Callable[[], str] | None = None) -> None:
+        """READY=1, with ``summary()`` as STATUS (asked only when systemd listens:
+        it costs a ledger query)."""
+        if not self.active:
+            return
+        status = summary() if summary else None
         if status:
             self._last_status = time.monotonic()
             self.send("READY=1", "STATUS=" + " ".join(status.split()))

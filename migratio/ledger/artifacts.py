@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from migratio.ledger.models import ArtifactRow, MigrationRow
-from migratio.ledger.rows import artifact_of, rowcount
+from migratio.ledger.rows import UNSYNCHRONIZED, artifact_of, rowcount
 from migratio.ledger.types import Artifact, ArtifactStatus, utcnow
 from migratio.machine import TERMINAL
 
@@ -72,7 +72,8 @@ def settle_ref(session: Session, migration_id: str, ref: str, status: ArtifactSt
             ArtifactRow.ref == ref,
             ArtifactRow.status == ArtifactStatus.PRESENT,
         )
-        .values(status=status, settled_at=utcnow(), last_error=None, next_attempt_at=None)
+        .values(status=status, settled_at=utcnow(), last_error=None, next_attempt_at=None),
+        execution_options=UNSYNCHRONIZED,
     )
 
 

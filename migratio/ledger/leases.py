@@ -95,7 +95,7 @@ def claim(
     for migration_id, previous_owner in candidates.due:
         if not _take(session, migration_id, owner, lease_seconds, now, condition):
             continue
-        row = session.get(MigrationRow, migration_id)
+        row = session.get(MigrationRow, migration_id, populate_existing=True)
         assert row is not None
         if previous_owner and previous_owner != owner:
             note = f"taken over from {previous_owner} after its lease expired"

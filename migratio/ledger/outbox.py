@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from migratio import sidekiq
 from migratio.ledger.boundary import transaction
 from migratio.ledger.models import FeedbackRow
-from migratio.ledger.rows import rowcount
+from migratio.ledger.rows import UNSYNCHRONIZED, rowcount
 from migratio.ledger.types import utcnow
 
 # Daemons sharing a PostgreSQL ledger take turns delivering, so the order holds.
@@ -104,7 +104,8 @@ def _mark(session: Session, rows: Sequence[FeedbackRow]) -> None:
     session.execute(
         update(FeedbackRow)
         .where(FeedbackRow.id.in_([row.id for row in rows]))
-        .values(delivered_at=utcnow())
+        .values(delivered_at=utcnow()),
+        execution_options=UNSYNCHRONIZED,
     )
 
 

@@ -83,8 +83,14 @@ def audit(
     )
 
 
+# Bulk UPDATE/DELETE without matching the rows already loaded in the session
+# (SQLAlchemy's default evaluates the WHERE in Python: a tenth of a claim's CPU).
+# A caller that reads a changed row again in the same transaction refreshes it.
+UNSYNCHRONIZED = {"synchronize_session": False}
+
+
 def rowcount(session: Session, statement: Executable) -> int:
     """How many rows ``statement`` changed: a compare-and-set won or lost."""
-    result = session.execute(statement)
+    result = session.execute(statement, execution_options=UNSYNCHRONIZED)
     assert isinstance(result, CursorResult)
     return int(result.rowcount)

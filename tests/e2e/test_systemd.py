@@ -191,7 +191,7 @@ def test_notifier_takes_systemd_variables_from_its_children() -> None:
     assert environ == {}, "qemu-img and ssh must not inherit them"
     assert notifier.pause_limit(1.0) == 1.0 and notifier.pause_limit(60.0) == 7.5
     inert = Notifier.from_environment({})
-    inert.ready("x")  # no socket: nothing happens, nothing fails
+    inert.ready(lambda: "x")  # no socket: nothing happens, nothing fails
     assert not inert.active and inert.pause_limit(5.0) == 5.0
 
 
