@@ -10,38 +10,37 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, insert, or_, select, update
 
-from migratio.ledger.models import ArtifactRow, MigrationRow
-from migratio.ledger.rows import UNSYNCHRONIZED, artifact_of, rowcount
+from migratio.ledger.models import ARTIFACTS, MIGRATIONS
+from migratio.ledger.rows import artifact_of, rowcount
 from migratio.ledger.types import Artifact, ArtifactStatus, utcnow
 from migratio.machine import TERMINAL
 
 
 def removal_due(now: datetime) -> ColumnElement[bool]:
     """Removing the artifact was never tried, or its retry time has come."""
-    return or_(ArtifactRow.next_attempt_at.is_(None), ArtifactRow.next_attempt_at <= now)
+    return or_(ARTIFACTS.c.next_attempt_at.is_(None), ARTIFACTS.c.next_attempt_at <= now)
 
 
-def add(session: Session, migration_id: str, kind: str, ref: str, site: str | None) -> None:
+def add(connection: Connection, migration_id: str, kind: str, ref: str, site: str | None) -> None:
     """Write the artifact down once, however often a resumed step announces it."""
-    exists = session.scalar(
-        select(ArtifactRow.id).where(
-            ArtifactRow.migration_id == migration_id,
-            ArtifactRow.kind == kind,
-            ArtifactRow.ref == ref,
-            ArtifactRow.status == ArtifactStatus.PRESENT,
+    exists = connection.scalar(
+        select(ARTIFACTS.c.id).where(
+            ARTIFACTS.c.migration_id == migration_id,
+            ARTIFACTS.c.kind == kind,
+            ARTIFACTS.c.ref == ref,
+            ARTIFACTS.c.status == ArtifactStatus.PRESENT,
         )
     )
     if exists is None:
-        session.add(
-            ArtifactRow(
+        connection.execute(
+            insert(ARTIFACTS).values(
                 migration_id=migration_id,
                 kind=kind,
                 site=site,
                 ref=ref,
-                status=ArtifactStatus.PRESENT,
+                status=ArtifactStatus.PRESENT.value,
                 created_at=utcnow(),
                 attempts=0,
             )
@@ -49,70 +48,69 @@ def add(session: Session, migration_id: str, kind: str, ref: str, site: str | No
 
 
 def listing(
-    session: Session, migration_id: str, status: ArtifactStatus | None, due_only: bool
+    connection: Connection, migration_id: str, status: ArtifactStatus | None, due_only: bool
 ) -> list[Artifact]:
     """The migration's artifacts, oldest first; ``due_only``: those whose
     removal is not waiting for a retry."""
     query = (
-        select(ArtifactRow).where(ArtifactRow.migration_id == migration_id).order_by(ArtifactRow.id)
+        select(ARTIFACTS).where(ARTIFACTS.c.migration_id == migration_id).order_by(ARTIFACTS.c.id)
     )
     if status is not None:
-        query = query.where(ArtifactRow.status == status)
+        query = query.where(ARTIFACTS.c.status == status)
     if due_only:
         query = query.where(removal_due(utcnow()))
-    return [artifact_of(row) for row in session.scalars(query)]
+    return [artifact_of(row) for row in connection.execute(query)]
 
 
-def settle_ref(session: Session, migration_id: str, ref: str, status: ArtifactStatus) -> None:
+def settle_ref(connection: Connection, migration_id: str, ref: str, status: ArtifactStatus) -> None:
     """Settle every present artifact of the migration with that reference."""
-    session.execute(
-        update(ArtifactRow)
+    connection.execute(
+        update(ARTIFACTS)
         .where(
-            ArtifactRow.migration_id == migration_id,
-            ArtifactRow.ref == ref,
-            ArtifactRow.status == ArtifactStatus.PRESENT,
+            ARTIFACTS.c.migration_id == migration_id,
+            ARTIFACTS.c.ref == ref,
+            ARTIFACTS.c.status == ArtifactStatus.PRESENT,
         )
         .values(status=status, settled_at=utcnow(), last_error=None, next_attempt_at=None),
-        execution_options=UNSYNCHRONIZED,
     )
 
 
-def settle(session: Session, artifact_id: int, status: ArtifactStatus) -> None:
+def settle(connection: Connection, artifact_id: int, status: ArtifactStatus) -> None:
     """Mark an artifact removed (cleaned up) or kept (it became the result)."""
     rowcount(
-        session,
-        update(ArtifactRow)
-        .where(ArtifactRow.id == artifact_id)
+        connection,
+        update(ARTIFACTS)
+        .where(ARTIFACTS.c.id == artifact_id)
         .values(status=status, settled_at=utcnow(), last_error=None, next_attempt_at=None),
     )
 
 
-def defer(session: Session, artifact_id: int, error: str, delay: float) -> None:
+def defer(connection: Connection, artifact_id: int, error: str, delay: float) -> None:
     """Removing the artifact failed: keep it present with the reason, retry after ``delay``."""
     rowcount(
-        session,
-        update(ArtifactRow)
-        .where(ArtifactRow.id == artifact_id)
+        connection,
+        update(ARTIFACTS)
+        .where(ARTIFACTS.c.id == artifact_id)
         .values(
             last_error=error,
-            attempts=ArtifactRow.attempts + 1,
+            attempts=ARTIFACTS.c.attempts + 1,
             next_attempt_at=utcnow() + timedelta(seconds=delay),
         ),
     )
 
 
-def unsettled_terminal(session: Session) -> list[str]:
+def unsettled_terminal(connection: Connection) -> list[str]:
     """Finished migrations that still hold artifacts due for removal (a crash
     between steps, or a removal that failed and waits for its retry)."""
     query = (
-        select(ArtifactRow.migration_id)
-        .join(MigrationRow, MigrationRow.id == ArtifactRow.migration_id)
+        select(ARTIFACTS.c.migration_id)
+        .join(MIGRATIONS, MIGRATIONS.c.id == ARTIFACTS.c.migration_id)
         .where(
-            ArtifactRow.status == ArtifactStatus.PRESENT,
+            ARTIFACTS.c.status == ArtifactStatus.PRESENT,
             removal_due(utcnow()),
-            MigrationRow.state.in_([s.value for s in TERMINAL]),
-            MigrationRow.lease_owner.is_(None),
+            MIGRATIONS.c.state.in_([s.value for s in TERMINAL]),
+            MIGRATIONS.c.lease_owner.is_(None),
         )
         .distinct()
     )
-    return list(session.scalars(query))
+    return list(connection.scalars(query))

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, func, select
 
 from migratio.ledger.models import FeedbackRow, MigrationRow
 
@@ -23,7 +22,7 @@ class Census:
     feedback_backlog: int = 0
 
 
-def take(session: Session) -> Census:
+def take(connection: Connection) -> Census:
     by_state = select(
         MigrationRow.state, MigrationRow.source_site, MigrationRow.dest_site, func.count()
     ).group_by(MigrationRow.state, MigrationRow.source_site, MigrationRow.dest_site)
@@ -31,7 +30,7 @@ def take(session: Session) -> Census:
     return Census(
         migrations={
             (state, source, dest): int(count)
-            for state, source, dest, count in session.execute(by_state)
+            for state, source, dest, count in connection.execute(by_state)
         },
-        feedback_backlog=int(session.scalar(backlog) or 0),
+        feedback_backlog=int(connection.scalar(backlog) or 0),
     )

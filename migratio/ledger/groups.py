@@ -13,11 +13,11 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from migratio.ledger.models import MigrationRow
-from migratio.ledger.rows import migration_of, new_migration
+from migratio.ledger.models import MIGRATIONS, MigrationRow
+from migratio.ledger.rows import SNAPSHOT, migration_of, new_migration
 from migratio.ledger.types import Migration
 from migratio.ledger.writes import Notify, created
 from migratio.machine import ACTIVE, State
@@ -56,28 +56,26 @@ def create(
     return [migration_of(row) for row in rows]
 
 
-def members(session: Session, group_id: str) -> list[Migration]:
+def members(connection: Connection, group_id: str) -> list[Migration]:
     """Every migration of the group, oldest first."""
-    query = (
-        select(MigrationRow)
-        .where(MigrationRow.group_id == group_id)
-        .order_by(MigrationRow.created_at, MigrationRow.id)
+    query = SNAPSHOT.where(MIGRATIONS.c.group_id == group_id).order_by(
+        MIGRATIONS.c.created_at, MIGRATIONS.c.id
     )
-    return [migration_of(row) for row in session.scalars(query)]
+    return [migration_of(row) for row in connection.execute(query)]
 
 
-def others_active(session: Session, group_id: str, migration_id: str) -> bool:
+def others_active(connection: Connection, group_id: str, migration_id: str) -> bool:
     """Whether a member other than ``migration_id`` may still use the group's files.
 
     Each member asks after its own end is committed, so of two members ending at
     once at least one sees the other ended: the shared files are never left behind.
     """
-    query = select(MigrationRow.id).where(
-        MigrationRow.group_id == group_id,
-        MigrationRow.id != migration_id,
-        MigrationRow.state.in_([s.value for s in ACTIVE]),
+    query = select(MIGRATIONS.c.id).where(
+        MIGRATIONS.c.group_id == group_id,
+        MIGRATIONS.c.id != migration_id,
+        MIGRATIONS.c.state.in_([s.value for s in ACTIVE]),
     )
-    return session.scalars(query.limit(1)).first() is not None
+    return connection.scalars(query.limit(1)).first() is not None
 
 
 def joinable(session: Session, origins: set[Origin], since: datetime) -> dict[Origin, MigrationRow]:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from migratio.ledger import groups
 from migratio.ledger.models import JobRow, MigrationRow
-from migratio.ledger.rows import audit, migration_of, new_migration
+from migratio.ledger.rows import add_audit, migration_of, new_migration
 from migratio.ledger.types import Change, JobOutcome, JobRecorded, JobRequest, utcnow
 from migratio.ledger.writes import Notify, created
 from migratio.machine import ACTIVE
@@ -109,7 +109,7 @@ def _write_down(
             created(session, notify, row, origin)
         else:
             message = f"{origin} joined this migration"
-            session.add(audit(row.id, row.state, row.state, now, message))
+            add_audit(session, row.id, row.state, row.state, now, message)
             notify(session, Change(migration_of(row), row.state, message, result.job.job_id))
         session.add(
             JobRow(

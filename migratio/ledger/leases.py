@@ -12,12 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, not_, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, and_, not_, or_, select, update
 
 from migratio import metrics
-from migratio.ledger.models import MigrationRow
-from migratio.ledger.rows import audit, migration_of, rowcount
+from migratio.ledger.models import MIGRATIONS
+from migratio.ledger.rows import add_audit, rowcount, snapshot
 from migratio.ledger.slots import full_sites, held_back, note_waiting, take_turns, unnoted
 from migratio.ledger.types import Migration, utcnow
 from migratio.machine import ACTIVE, TERMINAL
@@ -28,14 +27,14 @@ CLAIM_CANDIDATES = 8
 
 def lease_free(now: datetime) -> ColumnElement[bool]:
     """Nobody holds the lease, or its holder let it expire."""
-    return or_(MigrationRow.lease_owner.is_(None), MigrationRow.lease_expires_at < now)
+    return or_(MIGRATIONS.c.lease_owner.is_(None), MIGRATIONS.c.lease_expires_at < now)
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
     """Active, due (or asked to cancel), and nobody holds its lease."""
     return and_(
-        MigrationRow.state.in_([s.value for s in ACTIVE]),
-        or_(MigrationRow.next_attempt_at <= now, MigrationRow.cancel_requested.is_(True)),
+        MIGRATIONS.c.state.in_([s.value for s in ACTIVE]),
+        or_(MIGRATIONS.c.next_attempt_at <= now, MIGRATIONS.c.cancel_requested.is_(True)),
         lease_free(now),
     )
 
@@ -54,25 +53,25 @@ class Candidates:
 
 
 def claimable(
-    session: Session, skip: Sequence[str], slots: Mapping[str, int] | None = None
+    connection: Connection, skip: Sequence[str], slots: Mapping[str, int] | None = None
 ) -> Candidates:
     """The candidates of a claim: due migrations (or ones asked to cancel) whose
     lease is free, leaving out ``skip`` and queued ones to a site with no free
     slot (``slots``: site -> ``max_concurrent``)."""
     now = utcnow()
-    full = full_sites(session, slots, now) if slots else {}
-    candidates = select(MigrationRow.id, MigrationRow.lease_owner).where(_claimable(now))
+    full = full_sites(connection, slots, now) if slots else {}
+    candidates = select(MIGRATIONS.c.id, MIGRATIONS.c.lease_owner).where(_claimable(now))
     if full:
         candidates = candidates.where(not_(held_back(full)))
     if skip:
-        candidates = candidates.where(MigrationRow.id.not_in(list(skip)))
-    candidates = candidates.order_by(MigrationRow.next_attempt_at).limit(CLAIM_CANDIDATES)
-    due = [(str(id_), owner) for id_, owner in session.execute(candidates).all()]
-    return Candidates(due, bool(full) and unnoted(session, full, _claimable(now)))
+        candidates = candidates.where(MIGRATIONS.c.id.not_in(list(skip)))
+    candidates = candidates.order_by(MIGRATIONS.c.next_attempt_at).limit(CLAIM_CANDIDATES)
+    due = [(str(id_), owner) for id_, owner in connection.execute(candidates).all()]
+    return Candidates(due, bool(full) and unnoted(connection, full, _claimable(now)))
 
 
 def claim(
-    session: Session,
+    connection: Connection,
     owner: str,
     lease_seconds: float,
     candidates: Candidates,
@@ -88,39 +87,39 @@ def claim(
     # Still claimable: another daemon may have run it on since it was looked up.
     condition = _claimable(now)
     if slots:
-        take_turns(session)
-        if full := full_sites(session, slots, now):
-            note_waiting(session, full, slots, _claimable(now), now)
+        take_turns(connection)
+        if full := full_sites(connection, slots, now):
+            note_waiting(connection, full, slots, _claimable(now), now)
             condition = and_(condition, not_(held_back(full)))
     for migration_id, previous_owner in candidates.due:
-        if not _take(session, migration_id, owner, lease_seconds, now, condition):
+        if not _take(connection, migration_id, owner, lease_seconds, now, condition):
             continue
-        row = session.get(MigrationRow, migration_id, populate_existing=True)
-        assert row is not None
+        migration = snapshot(connection, migration_id)
+        assert migration is not None
         if previous_owner and previous_owner != owner:
             note = f"taken over from {previous_owner} after its lease expired"
-            session.add(audit(row.id, row.state, row.state, now, note))
+            add_audit(connection, migration_id, migration.state, migration.state, now, note)
             metrics.lease_taken_over()
-        return migration_of(row)
+        return migration
     return None
 
 
-def acquire(session: Session, migration_id: str, owner: str, lease_seconds: float) -> bool:
+def acquire(connection: Connection, migration_id: str, owner: str, lease_seconds: float) -> bool:
     """Take the lease of one migration if nobody holds it (operator commands)."""
-    return _take(session, migration_id, owner, lease_seconds, utcnow())
+    return _take(connection, migration_id, owner, lease_seconds, utcnow())
 
 
 def renew(
-    session: Session, owner: str, migration_ids: Sequence[str], lease_seconds: float
+    connection: Connection, owner: str, migration_ids: Sequence[str], lease_seconds: float
 ) -> set[str]:
     """Extend our leases; return the ids whose lease we no longer hold."""
     expires = utcnow() + timedelta(seconds=lease_seconds)
     lost: set[str] = set()
     for migration_id in migration_ids:
         renewed = rowcount(
-            session,
-            update(MigrationRow)
-            .where(MigrationRow.id == migration_id, MigrationRow.lease_owner == owner)
+            connection,
+            update(MIGRATIONS)
+            .where(MIGRATIONS.c.id == migration_id, MIGRATIONS.c.lease_owner == owner)
             .values(lease_expires_at=expires),
         )
         if not renewed:
@@ -128,24 +127,24 @@ def renew(
     # A migration that has just ended gave its lease up with its last transition
     # (its worker is still cleaning up): finished, not lost to another daemon.
     if lost:
-        ended = select(MigrationRow.id).where(
-            MigrationRow.id.in_(lost), MigrationRow.state.in_([s.value for s in TERMINAL])
+        ended = select(MIGRATIONS.c.id).where(
+            MIGRATIONS.c.id.in_(lost), MIGRATIONS.c.state.in_([s.value for s in TERMINAL])
         )
-        lost -= set(session.scalars(ended))
+        lost -= set(connection.scalars(ended))
     return lost
 
 
-def release(session: Session, migration_id: str, owner: str) -> None:
+def release(connection: Connection, migration_id: str, owner: str) -> None:
     rowcount(
-        session,
-        update(MigrationRow)
-        .where(MigrationRow.id == migration_id, MigrationRow.lease_owner == owner)
+        connection,
+        update(MIGRATIONS)
+        .where(MIGRATIONS.c.id == migration_id, MIGRATIONS.c.lease_owner == owner)
         .values(lease_owner=None, lease_expires_at=None),
     )
 
 
 def _take(
-    session: Session,
+    connection: Connection,
     migration_id: str,
     owner: str,
     lease_seconds: float,
@@ -155,9 +154,9 @@ def _take(
     """Compare-and-set of the lease: won only while ``condition`` (default: the
     lease is free) holds for the row."""
     won = rowcount(
-        session,
-        update(MigrationRow)
-        .where(MigrationRow.id == migration_id, lease_free(now) if condition is None else condition)
+        connection,
+        update(MIGRATIONS)
+        .where(MIGRATIONS.c.id == migration_id, lease_free(now) if condition is None else condition)
         .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds)),
     )
     return bool(won)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -163,3 +164,13 @@ class FeedbackRow(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     __table_args__ = (Index("ix_feedback_outbox_pending", "delivered_at", "id"),)
+
+
+# The tables as Core sees them. The hot paths (claims, transitions, progress,
+# artifacts) use these: an ORM statement costs several times the CPU of the
+# same statement in Core (its unit of work, identity map and row evaluation).
+MIGRATIONS = cast(Table, MigrationRow.__table__)
+TRANSITIONS = cast(Table, TransitionRow.__table__)
+ARTIFACTS = cast(Table, ArtifactRow.__table__)
+FEEDBACK = cast(Table, FeedbackRow.__table__)
+MANIFESTS = cast(Table, BlockManifestRow.__table__)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 
 from migratio import sidekiq
 from migratio.ledger.boundary import transaction
-from migratio.ledger.models import FeedbackRow
-from migratio.ledger.rows import UNSYNCHRONIZED, rowcount
+from migratio.ledger.models import FEEDBACK
+from migratio.ledger.rows import Executor, rowcount
 from migratio.ledger.types import utcnow
 
 # Daemons sharing a PostgreSQL ledger take turns delivering, so the order holds.
@@ -33,13 +33,13 @@ class OutboxTable:
 
     def __init__(self, engine: Engine) -> None:
         self._shared = engine.dialect.name == "postgresql"
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._engine = engine
 
     @staticmethod
-    def add(session: Session, migration_id: str | None, job: sidekiq.Job) -> None:
+    def add(session: Executor, migration_id: str | None, job: sidekiq.Job) -> None:
         """Queue ``job`` in the transaction of the change it reports."""
-        session.add(
-            FeedbackRow(
+        session.execute(
+            insert(FEEDBACK).values(
                 migration_id=migration_id,
                 jid=job.jid,
                 queue=job.queue,
@@ -51,8 +51,8 @@ class OutboxTable:
 
     def put(self, job: sidekiq.Job) -> None:
         """Queue ``job`` on its own (a report about no migration)."""
-        with transaction(self._sessions) as session:
-            self.add(session, None, job)
+        with transaction(self._engine) as connection:
+            self.add(connection, None, job)
 
     def deliver(self, send: Sender, limit: int) -> int:
         """Send up to ``limit`` undelivered jobs, oldest first, and mark them; how many.
@@ -60,56 +60,56 @@ class OutboxTable:
         If ``send`` raises, nothing is marked and the same jobs come next time.
         """
         if self._shared:
-            with transaction(self._sessions) as session:
-                locked = session.scalar(select(func.pg_try_advisory_xact_lock(DELIVERY_LOCK_KEY)))
+            with transaction(self._engine) as connection:
+                try_lock = select(func.pg_try_advisory_xact_lock(DELIVERY_LOCK_KEY))
+                locked = connection.scalar(try_lock)
                 if not locked:
                     return 0
-                rows = _undelivered(session, limit)
+                rows = _undelivered(connection, limit)
                 if rows:
                     send([_job(row) for row in rows])
-                    _mark(session, rows)
+                    _mark(connection, rows)
                 return len(rows)
         # SQLite: one daemon per ledger file; keep its write lock out of the Redis call.
-        with transaction(self._sessions) as session:
-            rows = _undelivered(session, limit)
+        with transaction(self._engine) as connection:
+            rows = _undelivered(connection, limit)
         if rows:
             send([_job(row) for row in rows])
-            with transaction(self._sessions) as session:
-                _mark(session, rows)
+            with transaction(self._engine) as connection:
+                _mark(connection, rows)
         return len(rows)
 
     def pending(self) -> int:
-        query = select(func.count()).where(FeedbackRow.delivered_at.is_(None))
-        with transaction(self._sessions) as session:
-            return int(session.scalar(query) or 0)
+        query = select(func.count()).where(FEEDBACK.c.delivered_at.is_(None))
+        with transaction(self._engine) as connection:
+            return int(connection.scalar(query) or 0)
 
     def prune(self, keep: timedelta) -> int:
         """Forget jobs delivered more than ``keep`` ago; how many."""
-        old = delete(FeedbackRow).where(FeedbackRow.delivered_at < utcnow() - keep)
-        with transaction(self._sessions) as session:
-            return rowcount(session, old)
+        old = delete(FEEDBACK).where(FEEDBACK.c.delivered_at < utcnow() - keep)
+        with transaction(self._engine) as connection:
+            return rowcount(connection, old)
 
 
-def _undelivered(session: Session, limit: int) -> list[FeedbackRow]:
+def _undelivered(connection: Connection, limit: int) -> list[Row[Any]]:
     query = (
-        select(FeedbackRow)
-        .where(FeedbackRow.delivered_at.is_(None))
-        .order_by(FeedbackRow.id)
+        select(FEEDBACK)
+        .where(FEEDBACK.c.delivered_at.is_(None))
+        .order_by(FEEDBACK.c.id)
         .limit(limit)
     )
-    return list(session.scalars(query))
+    return list(connection.execute(query))
 
 
-def _mark(session: Session, rows: Sequence[FeedbackRow]) -> None:
-    session.execute(
-        update(FeedbackRow)
-        .where(FeedbackRow.id.in_([row.id for row in rows]))
+def _mark(connection: Connection, rows: Sequence[Row[Any]]) -> None:
+    connection.execute(
+        update(FEEDBACK)
+        .where(FEEDBACK.c.id.in_([row.id for row in rows]))
         .values(delivered_at=utcnow()),
-        execution_options=UNSYNCHRONIZED,
     )
 
 
-def _job(row: FeedbackRow) -> sidekiq.Job:
+def _job(row: Row[Any]) -> sidekiq.Job:
     return sidekiq.Job(
         queue=row.queue,
         worker_class=row.worker_class,

@@ -6,23 +6,38 @@ import os
 import socket
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import CursorResult, Executable
+from sqlalchemy import Connection, CursorResult, Executable, Row, insert, select
 from sqlalchemy.orm import Session
 
-from migratio.ledger.models import ArtifactRow, MigrationRow, TransitionRow
+from migratio.ledger.models import MIGRATIONS, TRANSITIONS, ArtifactRow, MigrationRow, TransitionRow
 from migratio.ledger.types import Artifact, ArtifactStatus, Migration, Transition, utcnow
 from migratio.machine import State
+
+# Where a function runs in either kind of ledger transaction: Core (most) or
+# ORM (the writes that build new rows as objects, see ``boundary``).
+Executor = Session | Connection
 
 # Written into every audit row, so operators see which daemon did what.
 HOST = socket.gethostname()
 
 
-def migration_of(row: MigrationRow) -> Migration:
+def migration_of(row: MigrationRow | Row[Any]) -> Migration:
     return Migration(**{name: getattr(row, name) for name in Migration.__dataclass_fields__})
 
 
-def artifact_of(row: ArtifactRow) -> Artifact:
+# A migration's snapshot columns, read in Core (see models.MIGRATIONS).
+SNAPSHOT = select(*(MIGRATIONS.c[name] for name in Migration.__dataclass_fields__))
+
+
+def snapshot(connection: Connection, migration_id: str) -> Migration | None:
+    """The migration as it is in this transaction, or None."""
+    row = connection.execute(SNAPSHOT.where(MIGRATIONS.c.id == migration_id)).one_or_none()
+    return None if row is None else migration_of(row)
+
+
+def artifact_of(row: ArtifactRow | Row[Any]) -> Artifact:
     return Artifact(
         row.id,
         row.migration_id,
@@ -35,7 +50,7 @@ def artifact_of(row: ArtifactRow) -> Artifact:
     )
 
 
-def transition_of(row: TransitionRow) -> Transition:
+def transition_of(row: TransitionRow | Row[Any]) -> Transition:
     return Transition(
         row.migration_id, row.from_state, row.to_state, row.at, row.host, row.pid, row.message
     )
@@ -68,29 +83,31 @@ def new_migration(
     )
 
 
-def audit(
-    migration_id: str, from_state: str | None, to_state: str, at: datetime, message: str
-) -> TransitionRow:
-    """An audit row by this process; ``from_state == to_state`` makes it a note."""
-    return TransitionRow(
-        migration_id=migration_id,
-        from_state=from_state,
-        to_state=str(to_state),
-        at=at,
-        host=HOST,
-        pid=os.getpid(),
-        message=message,
+def add_audit(
+    session: Executor,
+    migration_id: str,
+    from_state: str | None,
+    to_state: str,
+    at: datetime,
+    message: str,
+) -> None:
+    """Write an audit row by this process now; ``from_state == to_state`` makes it
+    a note. Its migration row must be in the database already (flushed)."""
+    session.execute(
+        insert(TRANSITIONS).values(
+            migration_id=migration_id,
+            from_state=None if from_state is None else str(from_state),
+            to_state=str(to_state),
+            at=at,
+            host=HOST,
+            pid=os.getpid(),
+            message=message,
+        )
     )
 
 
-# Bulk UPDATE/DELETE without matching the rows already loaded in the session
-# (SQLAlchemy's default evaluates the WHERE in Python: a tenth of a claim's CPU).
-# A caller that reads a changed row again in the same transaction refreshes it.
-UNSYNCHRONIZED = {"synchronize_session": False}
-
-
-def rowcount(session: Session, statement: Executable) -> int:
+def rowcount(connection: Connection, statement: Executable) -> int:
     """How many rows ``statement`` changed: a compare-and-set won or lost."""
-    result = session.execute(statement, execution_options=UNSYNCHRONIZED)
+    result = connection.execute(statement)
     assert isinstance(result, CursorResult)
     return int(result.rowcount)

@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, func, not_, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, and_, func, not_, or_, select
 
-from migratio.ledger.models import MigrationRow, TransitionRow
-from migratio.ledger.rows import audit
+from migratio.ledger.models import MIGRATIONS, TRANSITIONS
+from migratio.ledger.rows import add_audit
 from migratio.machine import ACTIVE, State
 
 # Any constant shared by every migratio process: the claims' advisory lock.
@@ -32,25 +31,25 @@ WAITING_NOTE = "waiting for a free slot"
 NOTES_PER_CLAIM = 50
 
 
-def take_turns(session: Session) -> None:
+def take_turns(connection: Connection) -> None:
     """Serialise claims (PostgreSQL); SQLite's BEGIN IMMEDIATE does it already."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
 
 
-def full_sites(session: Session, slots: Mapping[str, int], now: datetime) -> dict[str, int]:
+def full_sites(connection: Connection, slots: Mapping[str, int], now: datetime) -> dict[str, int]:
     """The limited destinations with no free slot, and how many run to each."""
     holding = or_(
-        MigrationRow.state != State.QUEUED.value,
-        and_(MigrationRow.lease_owner.is_not(None), MigrationRow.lease_expires_at >= now),
+        MIGRATIONS.c.state != State.QUEUED.value,
+        and_(MIGRATIONS.c.lease_owner.is_not(None), MIGRATIONS.c.lease_expires_at >= now),
     )
-    counts = select(MigrationRow.dest_site, func.count()).where(
-        MigrationRow.dest_site.in_(list(slots)),
-        MigrationRow.state.in_([s.value for s in ACTIVE]),
+    counts = select(MIGRATIONS.c.dest_site, func.count()).where(
+        MIGRATIONS.c.dest_site.in_(list(slots)),
+        MIGRATIONS.c.state.in_([s.value for s in ACTIVE]),
         holding,
     )
     running = {
-        site: count for site, count in session.execute(counts.group_by(MigrationRow.dest_site))
+        site: count for site, count in connection.execute(counts.group_by(MIGRATIONS.c.dest_site))
     }
     return {site: running[site] for site in running if running[site] >= slots[site]}
 
@@ -58,40 +57,40 @@ def full_sites(session: Session, slots: Mapping[str, int], now: datetime) -> dic
 def held_back(full: Mapping[str, int]) -> ColumnElement[bool]:
     """Queued migrations to a full site (a cancel request still goes through)."""
     return and_(
-        MigrationRow.state == State.QUEUED.value,
-        MigrationRow.dest_site.in_(list(full)),
-        MigrationRow.cancel_requested.is_(False),
+        MIGRATIONS.c.state == State.QUEUED.value,
+        MIGRATIONS.c.dest_site.in_(list(full)),
+        MIGRATIONS.c.cancel_requested.is_(False),
     )
 
 
 def _unnoted(
-    session: Session, full: Mapping[str, int], due: ColumnElement[bool], limit: int
+    connection: Connection, full: Mapping[str, int], due: ColumnElement[bool], limit: int
 ) -> list[tuple[str, str]]:
     """(id, destination) of due migrations held back whose latest audit row is
     not this note yet, oldest due first."""
     latest = (
-        select(TransitionRow.message)
-        .where(TransitionRow.migration_id == MigrationRow.id)
-        .order_by(TransitionRow.id.desc())
+        select(TRANSITIONS.c.message)
+        .where(TRANSITIONS.c.migration_id == MIGRATIONS.c.id)
+        .order_by(TRANSITIONS.c.id.desc())
         .limit(1)
         .scalar_subquery()
     )
     query = (
-        select(MigrationRow.id, MigrationRow.dest_site)
+        select(MIGRATIONS.c.id, MIGRATIONS.c.dest_site)
         .where(due, held_back(full), not_(func.coalesce(latest, "").startswith(WAITING_NOTE)))
-        .order_by(MigrationRow.next_attempt_at)
+        .order_by(MIGRATIONS.c.next_attempt_at)
         .limit(limit)
     )
-    return [(str(migration_id), str(site)) for migration_id, site in session.execute(query)]
+    return [(str(migration_id), str(site)) for migration_id, site in connection.execute(query)]
 
 
-def unnoted(session: Session, full: Mapping[str, int], due: ColumnElement[bool]) -> bool:
+def unnoted(connection: Connection, full: Mapping[str, int], due: ColumnElement[bool]) -> bool:
     """Whether a held-back migration still waits for its note (a read)."""
-    return bool(_unnoted(session, full, due, 1))
+    return bool(_unnoted(connection, full, due, 1))
 
 
 def note_waiting(
-    session: Session,
+    connection: Connection,
     full: Mapping[str, int],
     slots: Mapping[str, int],
     due: ColumnElement[bool],
@@ -99,9 +98,9 @@ def note_waiting(
 ) -> None:
     """Say why each due migration held back waits, once per wait: not when its
     latest audit row already is this note."""
-    for migration_id, site in _unnoted(session, full, due, NOTES_PER_CLAIM):
+    for migration_id, site in _unnoted(connection, full, due, NOTES_PER_CLAIM):
         note = (
             f"{WAITING_NOTE}: {full[site]} of max_concurrent {slots[site]} "
             f"migrations to {site} running"
         )
-        session.add(audit(migration_id, State.QUEUED, State.QUEUED, now, note))
+        add_audit(connection, migration_id, State.QUEUED, State.QUEUED, now, note)

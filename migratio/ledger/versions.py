@@ -7,10 +7,12 @@ as its base; the newest finished migration of that image to that site wins.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any
+
+from sqlalchemy import Connection, Row, select
 from sqlalchemy.orm import Session
 
-from migratio.ledger.models import BlockManifestRow, MigrationRow
+from migratio.ledger.models import MANIFESTS, MIGRATIONS, BlockManifestRow
 from migratio.ledger.types import KeptManifest, utcnow
 from migratio.ledger.writes import fenced_row
 from migratio.machine import State
@@ -30,42 +32,42 @@ def keep(session: Session, migration_id: str, owner: str, record_id: str, manife
 
 
 def latest(
-    session: Session, source_site: str, dest_site: str, image_id: str
+    connection: Connection, source_site: str, dest_site: str, image_id: str
 ) -> KeptManifest | None:
     """The newest finished migration of ``image_id`` on that route that kept a manifest."""
-    found = session.execute(
-        select(MigrationRow, BlockManifestRow)
-        .join(BlockManifestRow, BlockManifestRow.migration_id == MigrationRow.id)
-        .where(
-            MigrationRow.image_id == image_id,
-            MigrationRow.source_site == source_site,
-            MigrationRow.dest_site == dest_site,
-            MigrationRow.state == State.DONE.value,
+    found = connection.execute(
+        _KEPT.where(
+            MIGRATIONS.c.image_id == image_id,
+            MIGRATIONS.c.source_site == source_site,
+            MIGRATIONS.c.dest_site == dest_site,
+            MIGRATIONS.c.state == State.DONE.value,
         )
-        .order_by(MigrationRow.finished_at.desc())
+        .order_by(MIGRATIONS.c.finished_at.desc())
         .limit(1)
     ).first()
-    return None if found is None else _kept(*found)
+    return None if found is None else _kept(found)
 
 
-def of_record(session: Session, dest_site: str, record_id: str) -> KeptManifest | None:
+def of_record(connection: Connection, dest_site: str, record_id: str) -> KeptManifest | None:
     """The manifest of a record at a site, whichever migration wrote it."""
-    found = session.execute(
-        select(MigrationRow, BlockManifestRow)
-        .join(BlockManifestRow, BlockManifestRow.migration_id == MigrationRow.id)
-        .where(BlockManifestRow.dest_site == dest_site, BlockManifestRow.record_id == record_id)
-        .order_by(BlockManifestRow.created_at.desc())
+    found = connection.execute(
+        _KEPT.where(MANIFESTS.c.dest_site == dest_site, MANIFESTS.c.record_id == record_id)
+        .order_by(MANIFESTS.c.created_at.desc())
         .limit(1)
     ).first()
-    return None if found is None else _kept(*found)
+    return None if found is None else _kept(found)
 
 
-def _kept(migration: MigrationRow, row: BlockManifestRow) -> KeptManifest:
-    return KeptManifest(
-        migration_id=migration.id,
-        image_id=migration.image_id,
-        dest_site=row.dest_site,
-        record_id=row.record_id,
-        result_id=migration.dest_image_id,
-        manifest=bytes(row.manifest),
-    )
+def _kept(row: Row[Any, Any, Any, Any, Any, Any]) -> KeptManifest:
+    return KeptManifest(**{**row._mapping, "manifest": bytes(row.manifest)})
+
+
+# A kept manifest with the migration that made it, as ``KeptManifest``'s fields.
+_KEPT = select(
+    MIGRATIONS.c.id.label("migration_id"),
+    MIGRATIONS.c.image_id,
+    MANIFESTS.c.dest_site,
+    MANIFESTS.c.record_id,
+    MIGRATIONS.c.dest_image_id.label("result_id"),
+    MANIFESTS.c.manifest,
+).join_from(MIGRATIONS, MANIFESTS, MANIFESTS.c.migration_id == MIGRATIONS.c.id)

@@ -11,19 +11,26 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, Row, delete, select, update
 from sqlalchemy.orm import Session
 
 from migratio.errors import LeaseLost, UnknownMigration
 from migratio.ledger import artifacts
 from migratio.ledger.leases import lease_free
-from migratio.ledger.models import MigrationRow, TransitionRow
-from migratio.ledger.rows import audit, migration_of, new_migration, rowcount
+from migratio.ledger.models import MIGRATIONS, TRANSITIONS, MigrationRow
+from migratio.ledger.rows import (
+    Executor,
+    add_audit,
+    migration_of,
+    new_migration,
+    rowcount,
+    snapshot,
+)
 from migratio.ledger.types import RECORDABLE, ArtifactStatus, Change, Migration, utcnow
 from migratio.machine import TERMINAL, State, next_state
 
 # Hears of every change inside its transaction (the feedback outbox writes there).
-Notify = Callable[[Session, Change], None]
+Notify = Callable[[Executor, Change], None]
 
 
 def create(
@@ -44,13 +51,13 @@ def create(
 
 
 def created(session: Session, notify: Notify, row: MigrationRow, message: str) -> None:
-    """The audit row and the change of a new migration."""
-    session.add(audit(row.id, None, State.QUEUED, row.created_at, message))
+    """The audit row and the change of a new migration (``row`` is flushed)."""
+    add_audit(session, row.id, None, State.QUEUED, row.created_at, message)
     notify(session, Change(migration_of(row), None, message))
 
 
 def transition(
-    session: Session,
+    connection: Connection,
     notify: Notify,
     migration_id: str,
     owner: str | None,
@@ -64,34 +71,32 @@ def transition(
     (a crash can then never leave them kept by a migration that did not finish)."""
     check_fields(fields)
     now = utcnow()
-    row = fenced_row(session, migration_id, owner)
-    old_state = row.state
+    old_state = fenced_row(connection, migration_id, owner).state
     new_state = next_state(old_state, trigger)
     changed = rowcount(
-        session,
-        update(MigrationRow)
-        .where(MigrationRow.id == migration_id, MigrationRow.state == old_state)
+        connection,
+        update(MIGRATIONS)
+        .where(MIGRATIONS.c.id == migration_id, MIGRATIONS.c.state == old_state)
         .values(**_transition_values(new_state, now, fields)),
     )
     if not changed:
         raise LeaseLost(f"migration {migration_id} changed under us")
-    session.add(audit(migration_id, old_state, new_state, now, message))
+    add_audit(connection, migration_id, old_state, new_state, now, message)
     for ref in keep:
-        artifacts.settle_ref(session, migration_id, ref, ArtifactStatus.KEPT)
-    session.flush()
-    session.refresh(row)
-    moved = migration_of(row)
-    notify(session, Change(moved, old_state, message))
+        artifacts.settle_ref(connection, migration_id, ref, ArtifactStatus.KEPT)
+    moved = snapshot(connection, migration_id)
+    assert moved is not None
+    notify(connection, Change(moved, old_state, message))
     return moved
 
 
-def record(session: Session, migration_id: str, owner: str, fields: dict[str, Any]) -> None:
+def record(connection: Connection, migration_id: str, owner: str, fields: dict[str, Any]) -> None:
     """Progress and results of the running step, no state change."""
     check_fields(fields)
     changed = rowcount(
-        session,
-        update(MigrationRow)
-        .where(MigrationRow.id == migration_id, MigrationRow.lease_owner == owner)
+        connection,
+        update(MIGRATIONS)
+        .where(MIGRATIONS.c.id == migration_id, MIGRATIONS.c.lease_owner == owner)
         .values(updated_at=utcnow(), **fields),
     )
     if not changed:
@@ -99,22 +104,19 @@ def record(session: Session, migration_id: str, owner: str, fields: dict[str, An
 
 
 def schedule_retry(
-    session: Session, migration_id: str, owner: str, attempt: int, delay: float, error: str
+    connection: Connection, migration_id: str, owner: str, attempt: int, delay: float, error: str
 ) -> None:
     """Record a transient failure and hand the migration back until its next attempt."""
     now = utcnow()
-    row = fenced_row(session, migration_id, owner)
-    row.attempt = attempt
-    row.last_error = error
-    row.next_attempt_at = now + timedelta(seconds=delay)
-    row.lease_owner = None
-    row.lease_expires_at = None
-    row.updated_at = now
+    state = fenced_row(connection, migration_id, owner).state
+    _hand_back(
+        connection, migration_id, now + timedelta(seconds=delay), attempt=attempt, last_error=error
+    )
     message = f"attempt {attempt} failed, retrying in {delay:.1f}s: {error}"
-    session.add(audit(migration_id, row.state, row.state, now, message))
+    add_audit(connection, migration_id, state, state, now, message)
 
 
-def wait(session: Session, migration_id: str, owner: str, delay: float, note: str) -> bool:
+def wait(connection: Connection, migration_id: str, owner: str, delay: float, note: str) -> bool:
     """Hand the migration back until ``delay`` has passed, costing no attempt.
 
     ``note`` ("<why>: <details>") is written unless the latest audit row is
@@ -122,47 +124,66 @@ def wait(session: Session, migration_id: str, owner: str, delay: float, note: st
     time leaves one line in its history, not one per look. True if written.
     """
     now = utcnow()
-    row = fenced_row(session, migration_id, owner)
-    row.next_attempt_at = now + timedelta(seconds=delay)
-    row.lease_owner = None
-    row.lease_expires_at = None
-    row.updated_at = now
-    latest = session.scalars(
-        select(TransitionRow)
-        .where(TransitionRow.migration_id == migration_id)
-        .order_by(TransitionRow.id.desc())
+    state = fenced_row(connection, migration_id, owner).state
+    _hand_back(connection, migration_id, now + timedelta(seconds=delay))
+    latest = connection.execute(
+        select(TRANSITIONS.c.from_state, TRANSITIONS.c.to_state, TRANSITIONS.c.message)
+        .where(TRANSITIONS.c.migration_id == migration_id)
+        .order_by(TRANSITIONS.c.id.desc())
         .limit(1)
     ).first()
     why = note.split(":", 1)[0]
     if (
         latest is not None
-        and latest.from_state == latest.to_state == row.state
+        and latest.from_state == latest.to_state == state
         and latest.message.split(":", 1)[0] == why
     ):
         return False
-    session.add(audit(migration_id, row.state, row.state, now, note))
+    add_audit(connection, migration_id, state, state, now, note)
     return True
 
 
-def note(session: Session, migration_id: str, owner: str, message: str) -> None:
+def _hand_back(connection: Connection, migration_id: str, due: datetime, **fields: Any) -> None:
+    """Give the lease up until ``due`` (the caller's ``fenced_row`` checked it is ours)."""
+    rowcount(
+        connection,
+        update(MIGRATIONS)
+        .where(MIGRATIONS.c.id == migration_id)
+        .values(
+            next_attempt_at=due,
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=utcnow(),
+            **fields,
+        ),
+    )
+
+
+def note(connection: Connection, migration_id: str, owner: str, message: str) -> None:
     """An audit note by the lease holder (from = to = the current state)."""
-    row = fenced_row(session, migration_id, owner)
-    session.add(audit(migration_id, row.state, row.state, utcnow(), message))
+    state = fenced_row(connection, migration_id, owner).state
+    add_audit(connection, migration_id, state, state, utcnow(), message)
 
 
-def request_cancel(session: Session, migration_id: str) -> Migration:
+def request_cancel(connection: Connection, migration_id: str) -> Migration:
     """Flag the migration; its daemon stops at the next checkpoint."""
-    row = session.get(MigrationRow, migration_id)
-    if row is None:
+    rowcount(
+        connection,
+        update(MIGRATIONS)
+        .where(
+            MIGRATIONS.c.id == migration_id,
+            MIGRATIONS.c.state.not_in([state.value for state in TERMINAL]),
+        )
+        .values(cancel_requested=True, updated_at=utcnow()),
+    )
+    migration = snapshot(connection, migration_id)
+    if migration is None:
         raise UnknownMigration(f"no migration {migration_id!r} in the ledger")
-    if row.state not in TERMINAL:
-        row.cancel_requested = True
-        row.updated_at = utcnow()
-    return migration_of(row)
+    return migration
 
 
-def purge(session: Session, migration_id: str) -> None:
-    session.execute(delete(MigrationRow).where(MigrationRow.id == migration_id))
+def purge(connection: Connection, migration_id: str) -> None:
+    connection.execute(delete(MIGRATIONS).where(MIGRATIONS.c.id == migration_id))
 
 
 def check_fields(fields: dict[str, Any]) -> None:
@@ -171,18 +192,24 @@ def check_fields(fields: dict[str, Any]) -> None:
         raise ValueError(f"not recordable: {sorted(unknown)}")
 
 
-def fenced_row(session: Session, migration_id: str, owner: str | None) -> MigrationRow:
-    found = session.execute(
-        select(MigrationRow, lease_free(utcnow())).where(MigrationRow.id == migration_id)
+def fenced_row(connection: Executor, migration_id: str, owner: str | None) -> Row[Any]:
+    """The migration's state, destination and lease holder, once we know that we may write:
+    ``owner`` holds its lease (or, with ``owner`` None, nobody does)."""
+    found = connection.execute(
+        select(
+            MIGRATIONS.c.state,
+            MIGRATIONS.c.dest_site,
+            MIGRATIONS.c.lease_owner,
+            lease_free(utcnow()).label("free"),
+        ).where(MIGRATIONS.c.id == migration_id)
     ).one_or_none()
     if found is None:
         raise UnknownMigration(f"no migration {migration_id!r} in the ledger")
-    row, free = found
-    if owner is not None and row.lease_owner != owner:
-        raise LeaseLost(f"lease on migration {migration_id} lost to {row.lease_owner}")
-    if owner is None and not free:
-        raise LeaseLost(f"migration {migration_id} is held by {row.lease_owner}")
-    return row
+    if owner is not None and found.lease_owner != owner:
+        raise LeaseLost(f"lease on migration {migration_id} lost to {found.lease_owner}")
+    if owner is None and not found.free:
+        raise LeaseLost(f"migration {migration_id} is held by {found.lease_owner}")
+    return found
 
 
 def _transition_values(new_state: State, now: datetime, fields: dict[str, Any]) -> dict[str, Any]:
