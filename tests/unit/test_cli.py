@@ -27,6 +27,7 @@ from migratio.errors import ConfigError
 from migratio.ledger.store import Ledger
 from migratio.machine import Trigger
 from migratio.operations import open_ledger
+from tests.support.ledgers import fresh_sqlite_ledger
 
 EVIL_IMAGE = "evil\x1b[31mRED\u202e\nforged line\x07"
 
@@ -78,8 +79,12 @@ def config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def ledger(config: Path) -> Ledger:
-    _cli(config, "db", "upgrade")
+def ledger(config: Path, tmp_path_factory: pytest.TempPathFactory) -> Ledger:
+    """The config's ledger at the newest schema: a copy of the session's upgraded
+    template (``db upgrade`` on no ledger is tested on its own below)."""
+    work = config.parent / "work"
+    work.mkdir()
+    fresh_sqlite_ledger(work, tmp_path_factory.getbasetemp())
     return open_ledger(load_settings(config))
 
 
@@ -98,6 +103,8 @@ def test_status_without_a_ledger_creates_nothing(config: Path, tmp_path: Path) -
             "(migratio run) or run 'migratio db upgrade' first"
         )
     assert not (tmp_path / "work").exists()
+    assert _cli(config, "db", "upgrade").stdout == "ledger schema is up to date\n"
+    assert _cli(config, "status", "--json").stdout.strip() == "[]"
 
 
 def test_a_config_or_site_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
