@@ -12,7 +12,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Connection, and_, not_, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Connection,
+    DateTime,
+    Update,
+    and_,
+    bindparam,
+    not_,
+    or_,
+    select,
+    update,
+)
 
 from migratio import metrics
 from migratio.ledger.models import MIGRATIONS
@@ -25,18 +37,35 @@ from migratio.machine import ACTIVE, TERMINAL
 CLAIM_CANDIDATES = 8
 
 
-def lease_free(now: datetime) -> ColumnElement[bool]:
+def lease_free(now: datetime | BindParameter[datetime]) -> ColumnElement[bool]:
     """Nobody holds the lease, or its holder let it expire."""
     return or_(MIGRATIONS.c.lease_owner.is_(None), MIGRATIONS.c.lease_expires_at < now)
 
 
-def _claimable(now: datetime) -> ColumnElement[bool]:
+def _claimable(now: datetime | BindParameter[datetime]) -> ColumnElement[bool]:
     """Active, due (or asked to cancel), and nobody holds its lease."""
     return and_(
         MIGRATIONS.c.state.in_([s.value for s in ACTIVE]),
         or_(MIGRATIONS.c.next_attempt_at <= now, MIGRATIONS.c.cancel_requested.is_(True)),
         lease_free(now),
     )
+
+
+# The statements of every claim and heartbeat, built once (building one costs
+# more CPU than running it); their parameters are bound at each call.
+_NOW = bindparam("m_now", type_=DateTime)
+_CANDIDATES = (
+    select(MIGRATIONS.c.id, MIGRATIONS.c.lease_owner)
+    .where(_claimable(_NOW), MIGRATIONS.c.id.not_in(bindparam("m_skip", expanding=True)))
+    .order_by(MIGRATIONS.c.next_attempt_at)
+    .limit(CLAIM_CANDIDATES)
+)
+# A row update by the lease holder: bind m_id and m_owner, and the values to set.
+UPDATE_IF_HELD = update(MIGRATIONS).where(
+    MIGRATIONS.c.id == bindparam("m_id"), MIGRATIONS.c.lease_owner == bindparam("m_owner")
+)
+_TAKE_FREE = update(MIGRATIONS).where(MIGRATIONS.c.id == bindparam("m_id"), lease_free(_NOW))
+_TAKE_CLAIMABLE = update(MIGRATIONS).where(MIGRATIONS.c.id == bindparam("m_id"), _claimable(_NOW))
 
 
 @dataclass(frozen=True)
@@ -60,13 +89,9 @@ def claimable(
     slot (``slots``: site -> ``max_concurrent``)."""
     now = utcnow()
     full = full_sites(connection, slots, now) if slots else {}
-    candidates = select(MIGRATIONS.c.id, MIGRATIONS.c.lease_owner).where(_claimable(now))
-    if full:
-        candidates = candidates.where(not_(held_back(full)))
-    if skip:
-        candidates = candidates.where(MIGRATIONS.c.id.not_in(list(skip)))
-    candidates = candidates.order_by(MIGRATIONS.c.next_attempt_at).limit(CLAIM_CANDIDATES)
-    due = [(str(id_), owner) for id_, owner in connection.execute(candidates).all()]
+    candidates = _CANDIDATES.where(not_(held_back(full))) if full else _CANDIDATES
+    found = connection.execute(candidates, {"m_now": now, "m_skip": list(skip)})
+    due = [(str(id_), owner) for id_, owner in found]
     return Candidates(due, bool(full) and unnoted(connection, full, _claimable(now)))
 
 
@@ -85,14 +110,14 @@ def claim(
     migrations it holds back get their note."""
     now = utcnow()
     # Still claimable: another daemon may have run it on since it was looked up.
-    condition = _claimable(now)
+    take = _TAKE_CLAIMABLE
     if slots:
         take_turns(connection)
         if full := full_sites(connection, slots, now):
             note_waiting(connection, full, slots, _claimable(now), now)
-            condition = and_(condition, not_(held_back(full)))
+            take = _TAKE_CLAIMABLE.where(not_(held_back(full)))
     for migration_id, previous_owner in candidates.due:
-        if not _take(connection, migration_id, owner, lease_seconds, now, condition):
+        if not _take(connection, take, migration_id, owner, lease_seconds, now):
             continue
         migration = snapshot(connection, migration_id)
         assert migration is not None
@@ -106,7 +131,7 @@ def claim(
 
 def acquire(connection: Connection, migration_id: str, owner: str, lease_seconds: float) -> bool:
     """Take the lease of one migration if nobody holds it (operator commands)."""
-    return _take(connection, migration_id, owner, lease_seconds, utcnow())
+    return _take(connection, _TAKE_FREE, migration_id, owner, lease_seconds, utcnow())
 
 
 def renew(
@@ -116,13 +141,8 @@ def renew(
     expires = utcnow() + timedelta(seconds=lease_seconds)
     lost: set[str] = set()
     for migration_id in migration_ids:
-        renewed = rowcount(
-            connection,
-            update(MIGRATIONS)
-            .where(MIGRATIONS.c.id == migration_id, MIGRATIONS.c.lease_owner == owner)
-            .values(lease_expires_at=expires),
-        )
-        if not renewed:
+        held = {"m_id": migration_id, "m_owner": owner}
+        if not rowcount(connection, UPDATE_IF_HELD, {**held, "lease_expires_at": expires}):
             lost.add(migration_id)
     # A migration that has just ended gave its lease up with its last transition
     # (its worker is still cleaning up): finished, not lost to another daemon.
@@ -135,28 +155,24 @@ def renew(
 
 
 def release(connection: Connection, migration_id: str, owner: str) -> None:
-    rowcount(
-        connection,
-        update(MIGRATIONS)
-        .where(MIGRATIONS.c.id == migration_id, MIGRATIONS.c.lease_owner == owner)
-        .values(lease_owner=None, lease_expires_at=None),
-    )
+    held = {"m_id": migration_id, "m_owner": owner}
+    rowcount(connection, UPDATE_IF_HELD, {**held, "lease_owner": None, "lease_expires_at": None})
 
 
 def _take(
     connection: Connection,
+    take: Update,
     migration_id: str,
     owner: str,
     lease_seconds: float,
     now: datetime,
-    condition: ColumnElement[bool] | None = None,
 ) -> bool:
-    """Compare-and-set of the lease: won only while ``condition`` (default: the
-    lease is free) holds for the row."""
+    """Compare-and-set of the lease: won only while ``take``'s condition (the
+    lease is free; for a claim, still claimable) holds for the row."""
+    expires = now + timedelta(seconds=lease_seconds)
     won = rowcount(
         connection,
-        update(MIGRATIONS)
-        .where(MIGRATIONS.c.id == migration_id, lease_free(now) if condition is None else condition)
-        .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds)),
+        take,
+        {"m_id": migration_id, "m_now": now, "lease_owner": owner, "lease_expires_at": expires},
     )
     return bool(won)

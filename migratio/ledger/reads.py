@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from migratio.errors import UnknownMigration, UsageError
 from migratio.ledger.models import MIGRATIONS, TRANSITIONS
@@ -26,8 +26,12 @@ def get(connection: Connection, migration_id: str) -> Migration:
 
 def cancel_requested(connection: Connection, migration_id: str) -> bool:
     """Whether an operator asked to cancel the migration."""
-    query = select(MIGRATIONS.c.cancel_requested).where(MIGRATIONS.c.id == migration_id)
-    return bool(connection.scalar(query))
+    return bool(connection.scalar(_CANCEL_REQUESTED, {"m_id": migration_id}))
+
+
+_CANCEL_REQUESTED = select(MIGRATIONS.c.cancel_requested).where(
+    MIGRATIONS.c.id == bindparam("m_id")
+)
 
 
 def find(connection: Connection, prefix: str) -> Migration:

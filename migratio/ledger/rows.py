@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Executable, Row, insert, select
+from sqlalchemy import Connection, CursorResult, Executable, Row, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from migratio.ledger.models import MIGRATIONS, TRANSITIONS, ArtifactRow, MigrationRow, TransitionRow
@@ -31,9 +31,12 @@ def migration_of(row: MigrationRow | Row[Any]) -> Migration:
 SNAPSHOT = select(*(MIGRATIONS.c[name] for name in Migration.__dataclass_fields__))
 
 
+_SNAPSHOT_OF = SNAPSHOT.where(MIGRATIONS.c.id == bindparam("m_id"))
+
+
 def snapshot(connection: Connection, migration_id: str) -> Migration | None:
     """The migration as it is in this transaction, or None."""
-    row = connection.execute(SNAPSHOT.where(MIGRATIONS.c.id == migration_id)).one_or_none()
+    row = connection.execute(_SNAPSHOT_OF, {"m_id": migration_id}).one_or_none()
     return None if row is None else migration_of(row)
 
 
@@ -93,21 +96,25 @@ def add_audit(
 ) -> None:
     """Write an audit row by this process now; ``from_state == to_state`` makes it
     a note. Its migration row must be in the database already (flushed)."""
-    session.execute(
-        insert(TRANSITIONS).values(
-            migration_id=migration_id,
-            from_state=None if from_state is None else str(from_state),
-            to_state=str(to_state),
-            at=at,
-            host=HOST,
-            pid=os.getpid(),
-            message=message,
-        )
-    )
+    row = {
+        "migration_id": migration_id,
+        "from_state": None if from_state is None else str(from_state),
+        "to_state": str(to_state),
+        "at": at,
+        "host": HOST,
+        "pid": os.getpid(),
+        "message": message,
+    }
+    session.execute(_ADD_AUDIT, row)
 
 
-def rowcount(connection: Connection, statement: Executable) -> int:
+_ADD_AUDIT = insert(TRANSITIONS)
+
+
+def rowcount(
+    connection: Connection, statement: Executable, parameters: dict[str, Any] | None = None
+) -> int:
     """How many rows ``statement`` changed: a compare-and-set won or lost."""
-    result = connection.execute(statement)
+    result = connection.execute(statement, parameters)
     assert isinstance(result, CursorResult)
     return int(result.rowcount)

@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, select, update
+from sqlalchemy import Connection, DateTime, Row, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from migratio.errors import LeaseLost, UnknownMigration
 from migratio.ledger import artifacts
-from migratio.ledger.leases import lease_free
+from migratio.ledger.leases import UPDATE_IF_HELD, lease_free
 from migratio.ledger.models import MIGRATIONS, TRANSITIONS, MigrationRow
 from migratio.ledger.rows import (
     Executor,
@@ -73,12 +73,8 @@ def transition(
     now = utcnow()
     old_state = fenced_row(connection, migration_id, owner).state
     new_state = next_state(old_state, trigger)
-    changed = rowcount(
-        connection,
-        update(MIGRATIONS)
-        .where(MIGRATIONS.c.id == migration_id, MIGRATIONS.c.state == old_state)
-        .values(**_transition_values(new_state, now, fields)),
-    )
+    values = _transition_values(new_state, now, fields)
+    changed = rowcount(connection, _MOVE, {"m_id": migration_id, "m_state": old_state, **values})
     if not changed:
         raise LeaseLost(f"migration {migration_id} changed under us")
     add_audit(connection, migration_id, old_state, new_state, now, message)
@@ -93,12 +89,8 @@ def transition(
 def record(connection: Connection, migration_id: str, owner: str, fields: dict[str, Any]) -> None:
     """Progress and results of the running step, no state change."""
     check_fields(fields)
-    changed = rowcount(
-        connection,
-        update(MIGRATIONS)
-        .where(MIGRATIONS.c.id == migration_id, MIGRATIONS.c.lease_owner == owner)
-        .values(updated_at=utcnow(), **fields),
-    )
+    held = {"m_id": migration_id, "m_owner": owner}
+    changed = rowcount(connection, UPDATE_IF_HELD, {**held, "updated_at": utcnow(), **fields})
     if not changed:
         raise LeaseLost(f"lease on migration {migration_id} lost")
 
@@ -195,14 +187,7 @@ def check_fields(fields: dict[str, Any]) -> None:
 def fenced_row(connection: Executor, migration_id: str, owner: str | None) -> Row[Any]:
     """The migration's state, destination and lease holder, once we know that we may write:
     ``owner`` holds its lease (or, with ``owner`` None, nobody does)."""
-    found = connection.execute(
-        select(
-            MIGRATIONS.c.state,
-            MIGRATIONS.c.dest_site,
-            MIGRATIONS.c.lease_owner,
-            lease_free(utcnow()).label("free"),
-        ).where(MIGRATIONS.c.id == migration_id)
-    ).one_or_none()
+    found = connection.execute(_FENCE, {"m_id": migration_id, "m_now": utcnow()}).one_or_none()
     if found is None:
         raise UnknownMigration(f"no migration {migration_id!r} in the ledger")
     if owner is not None and found.lease_owner != owner:
@@ -210,6 +195,17 @@ def fenced_row(connection: Executor, migration_id: str, owner: str | None) -> Ro
     if owner is None and not found.free:
         raise LeaseLost(f"migration {migration_id} is held by {found.lease_owner}")
     return found
+
+
+_MOVE = update(MIGRATIONS).where(
+    MIGRATIONS.c.id == bindparam("m_id"), MIGRATIONS.c.state == bindparam("m_state")
+)
+_FENCE = select(
+    MIGRATIONS.c.state,
+    MIGRATIONS.c.dest_site,
+    MIGRATIONS.c.lease_owner,
+    lease_free(bindparam("m_now", type_=DateTime)).label("free"),
+).where(MIGRATIONS.c.id == bindparam("m_id"))
 
 
 def _transition_values(new_state: State, now: datetime, fields: dict[str, Any]) -> dict[str, Any]:
