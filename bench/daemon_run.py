@@ -29,9 +29,13 @@ class DaemonRun:
     seconds: float
     peak_rss_mib: float
     cpu_seconds: float
+    # The whole machine's busy CPU seconds meanwhile (the peers' too): a run that
+    # kept every core busy cannot be made faster here by more parallelism.
+    machine_cpu_seconds: float = 0.0
 
 
 def run_until_idle(config: Path) -> DaemonRun:
+    busy = machine_busy_seconds()
     started = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-m", "migratio", "--config", str(config), "run", "--until-idle"],
@@ -41,7 +45,7 @@ def run_until_idle(config: Path) -> DaemonRun:
     peak_mib = peak_rss_mib([process], cpu)
     seconds = time.monotonic() - started
     assert process.returncode == 0, f"migratio run exited {process.returncode}"
-    return DaemonRun(seconds, peak_mib, cpu[process.pid])
+    return DaemonRun(seconds, peak_mib, cpu[process.pid], machine_busy_seconds() - busy)
 
 
 def peak_rss_mib(
@@ -70,6 +74,13 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (/proc/stat)."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def vm_hwm_kib(pid: int) -> int:

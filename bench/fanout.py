@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -121,17 +122,25 @@ def _naive(moment: datetime) -> datetime:
     return moment.replace(tzinfo=None)
 
 
-def single(bed: Bed, work: Path, source_id: str, dest: str, sources: dict[str, Any]) -> float:
+@dataclass(frozen=True)
+class Single:
+    """One destination alone: its wall (exporting to done) and the machine's busy CPU."""
+
+    seconds: float
+    machine_cpu_seconds: float
+
+
+def single(bed: Bed, work: Path, source_id: str, dest: str, sources: dict[str, Any]) -> Single:
     config = bed.config(work, 1)
     ledger = migratio_cli.ledger_of(config)
     migration = ledger.create("site-a", dest, source_id)
-    daemon_run.run_until_idle(config)
+    run = daemon_run.run_until_idle(config)
     done = ledger.get(migration.id)
     assert done.state == "done", f"{dest}: {done.last_error}"
     seconds = wall(ledger, [migration.id])
     assert bed.verify_and_remove(done, sources, work), f"{dest}: copy differs"
     ledger.close()
-    return seconds
+    return Single(seconds, run.machine_cpu_seconds)
 
 
 def fanout(
@@ -163,6 +172,7 @@ def fanout(
         "verified": verified,
         "streamed": streamed,
         "peak_rss_mib": run.peak_rss_mib,
+        "machine_cpu_seconds": run.machine_cpu_seconds,
     }
 
 
@@ -244,10 +254,12 @@ def measure(
         try:
             for n in range(1, rounds + 1):
                 work = scratch / f"round-{n}"
-                singles = {
+                alone = {
                     dest: single(sites, work / dest, source_id, dest, sources)
                     for dest in destinations
                 }
+                singles = {dest: run.seconds for dest, run in alone.items()}
+                singles_cpu = sum(run.machine_cpu_seconds for run in alone.values())
                 slowest = max(singles, key=lambda d: singles[d])
                 group = fanout(sites, work / "fanout", source_id, sources, destinations)
                 emit(
@@ -266,6 +278,11 @@ def measure(
                     verified=group["verified"],
                     streamed=group["streamed"],
                     peak_rss_mib=group["peak_rss_mib"],
+                    # The machine's busy CPU seconds: the fan-out's and the singles'
+                    # together; the first over the core count bounds its wall from below.
+                    machine_cpu_seconds=group["machine_cpu_seconds"],
+                    singles_machine_cpu_seconds=singles_cpu,
+                    cores=os.cpu_count(),
                     **{f"single_{d.replace('-', '_')}_seconds": s for d, s in singles.items()},
                 )
                 print(
@@ -273,7 +290,9 @@ def measure(
                     f"{group['seconds'] / singles[slowest]:.3f}x the slowest single "
                     f"({slowest}, {singles[slowest]:.1f} s); "
                     f"read {group['read_bytes'] / size:.4f}x the image; "
-                    f"{group['verified']}/{len(destinations)} verified"
+                    f"{group['verified']}/{len(destinations)} verified; machine CPU "
+                    f"{group['machine_cpu_seconds']:.1f} s (singles {singles_cpu:.1f} s) "
+                    f"on {os.cpu_count()} cores"
                 )
                 if not with_outage:
                     continue
