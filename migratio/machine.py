@@ -102,6 +102,12 @@ class MigrationModel:
 
 def next_state(current: str, trigger: str) -> State:
     """The state ``trigger`` leads to from ``current``; IllegalTransition otherwise."""
+    return _next_state(str(current), str(trigger))
+
+
+@cache
+def _next_state(current: str, trigger: str) -> State:
+    """Asked of the machine once per pair: its answer never changes (no conditions)."""
     from transitions import MachineError
 
     machine = _machine()
