@@ -14,23 +14,44 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from migratio import operations, qemu
 from migratio.drivers.base import Provenance
 from migratio.errors import PermanentError, TransientError
 from migratio.group_files import SHARED, group_dir
+from migratio.ledger.models import TRANSITIONS
 from migratio.ledger.store import Migration
-from migratio.machine import Trigger
+from migratio.machine import TERMINAL, Trigger
 from tests.support.engine import DESTINATION, HAPPY_PATH, KIB, SOURCE, EngineBed, payload, sha512
 
 RAW = payload(384 * KIB, seed=13)
-
 
 
 def _group(bed: EngineBed, image_id: str, *destinations: str) -> list[Migration]:
     members = bed.ledger.create_group(SOURCE, destinations, image_id, message="fan-out test")
     assert len({m.group_id for m in members}) == 1 and members[0].group_id is not None
     return members
+
+
+def _ended_last(bed: EngineBed, members: list[Migration]) -> str:
+    """The destination of the member whose end committed last. Audit rows are
+    numbered in commit order (SQLite lets one writer in at a time); a member's
+    finished_at is read before its commit, so two ending at once can commit in
+    the other order."""
+    ended = (
+        select(TRANSITIONS.c.migration_id)
+        .where(
+            TRANSITIONS.c.migration_id.in_([m.id for m in members]),
+            TRANSITIONS.c.to_state.in_([s.value for s in TERMINAL]),
+            TRANSITIONS.c.from_state != TRANSITIONS.c.to_state,
+        )
+        .order_by(TRANSITIONS.c.id.desc())
+        .limit(1)
+    )
+    with bed.ledger.engine.connect() as connection:
+        last = connection.execute(ended).scalar_one()
+    return next(m.dest_site for m in members if m.id == last)
 
 
 def _count_conversions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -111,9 +132,8 @@ def test_a_member_failing_for_good_does_not_fail_the_others(engine_bed: EngineBe
     assert bed.states(ended[DESTINATION].id) == HAPPY_PATH
     assert bed.states(ended["site-c"].id)[-1] == ("uploading", "failed")
     assert bed.source.reads == [(image.id, 0)]
-    # The member that ended last removed the group's files; the others let go.
-    last = max(ended.values(), key=lambda m: m.finished_at or m.created_at)
-    assert _shares(bed, members)[last.dest_site] == "removed"
+    # The member whose end committed last removed the group's files; the others let go.
+    assert _shares(bed, members)[_ended_last(bed, members)] == "removed"
     assert not group_dir(bed.work_dir, str(members[0].group_id)).exists()
 
 
