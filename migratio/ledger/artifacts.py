@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Connection, insert, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Connection,
+    DateTime,
+    bindparam,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from migratio.ledger.models import ARTIFACTS, MIGRATIONS
 from migratio.ledger.rows import artifact_of, rowcount
@@ -18,7 +28,7 @@ from migratio.ledger.types import Artifact, ArtifactStatus, utcnow
 from migratio.machine import TERMINAL
 
 
-def removal_due(now: datetime) -> ColumnElement[bool]:
+def removal_due(now: datetime | BindParameter[datetime]) -> ColumnElement[bool]:
     """Removing the artifact was never tried, or its retry time has come."""
     return or_(ARTIFACTS.c.next_attempt_at.is_(None), ARTIFACTS.c.next_attempt_at <= now)
 
@@ -102,15 +112,18 @@ def defer(connection: Connection, artifact_id: int, error: str, delay: float) ->
 def unsettled_terminal(connection: Connection) -> list[str]:
     """Finished migrations that still hold artifacts due for removal (a crash
     between steps, or a removal that failed and waits for its retry)."""
-    query = (
-        select(ARTIFACTS.c.migration_id)
-        .join(MIGRATIONS, MIGRATIONS.c.id == ARTIFACTS.c.migration_id)
-        .where(
-            ARTIFACTS.c.status == ArtifactStatus.PRESENT,
-            removal_due(utcnow()),
-            MIGRATIONS.c.state.in_([s.value for s in TERMINAL]),
-            MIGRATIONS.c.lease_owner.is_(None),
-        )
-        .distinct()
+    return list(connection.scalars(_UNSETTLED_TERMINAL, {"a_now": utcnow()}))
+
+
+# Asked at every daemon start and by the janitor at every sweep: built once.
+_UNSETTLED_TERMINAL = (
+    select(ARTIFACTS.c.migration_id)
+    .join(MIGRATIONS, MIGRATIONS.c.id == ARTIFACTS.c.migration_id)
+    .where(
+        ARTIFACTS.c.status == ArtifactStatus.PRESENT,
+        removal_due(bindparam("a_now", type_=DateTime)),
+        MIGRATIONS.c.state.in_([s.value for s in TERMINAL]),
+        MIGRATIONS.c.lease_owner.is_(None),
     )
-    return list(connection.scalars(query))
+    .distinct()
+)

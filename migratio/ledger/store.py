@@ -119,9 +119,9 @@ class Ledger:
         base_image_id: str | None = None,
     ) -> Migration:
         """A new queued migration; ``base_image_id`` names the image's previous version."""
-        with self._orm_tx() as session:
+        with self._tx() as connection:
             return writes.create(
-                session,
+                connection,
                 self._notify,
                 source_site,
                 dest_site,

@@ -11,8 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Row, bindparam, delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, DateTime, Row, bindparam, delete, insert, select, update
 
 from migratio.errors import LeaseLost, UnknownMigration
 from migratio.ledger import artifacts
@@ -34,7 +33,7 @@ Notify = Callable[[Executor, Change], None]
 
 
 def create(
-    session: Session,
+    connection: Connection,
     notify: Notify,
     source_site: str,
     dest_site: str,
@@ -44,13 +43,17 @@ def create(
     base_image_id: str | None = None,
 ) -> Migration:
     row = new_migration(source_site, dest_site, image_id, job_id, base_image_id)
-    session.add(row)
-    session.flush()
-    created(session, notify, row, message)
+    # Unset columns left out, as the ORM does: a JSON column given None would hold 'null'.
+    values = {column.key: getattr(row, column.key) for column in MIGRATIONS.c}
+    connection.execute(_INSERT, {key: value for key, value in values.items() if value is not None})
+    created(connection, notify, row, message)
     return migration_of(row)
 
 
-def created(session: Session, notify: Notify, row: MigrationRow, message: str) -> None:
+_INSERT = insert(MIGRATIONS)
+
+
+def created(session: Executor, notify: Notify, row: MigrationRow, message: str) -> None:
     """The audit row and the change of a new migration (``row`` is flushed)."""
     add_audit(session, row.id, None, State.QUEUED, row.created_at, message)
     notify(session, Change(migration_of(row), None, message))
