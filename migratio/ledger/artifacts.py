@@ -9,12 +9,14 @@ kept, and a removal that failed waits for its retry.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
     Connection,
     DateTime,
+    Select,
     bindparam,
     insert,
     or_,
@@ -62,14 +64,26 @@ def listing(
 ) -> list[Artifact]:
     """The migration's artifacts, oldest first; ``due_only``: those whose
     removal is not waiting for a retry."""
+    query = _LISTINGS[(status is not None, due_only)]
+    parameters = {"a_migration": migration_id, "a_status": status, "a_now": utcnow()}
+    return [artifact_of(row) for row in connection.execute(query, parameters)]
+
+
+def _listing(by_status: bool, due_only: bool) -> Select[Any]:
     query = (
-        select(ARTIFACTS).where(ARTIFACTS.c.migration_id == migration_id).order_by(ARTIFACTS.c.id)
+        select(ARTIFACTS)
+        .where(ARTIFACTS.c.migration_id == bindparam("a_migration"))
+        .order_by(ARTIFACTS.c.id)
     )
-    if status is not None:
-        query = query.where(ARTIFACTS.c.status == status)
+    if by_status:
+        query = query.where(ARTIFACTS.c.status == bindparam("a_status"))
     if due_only:
-        query = query.where(removal_due(utcnow()))
-    return [artifact_of(row) for row in connection.execute(query)]
+        query = query.where(removal_due(bindparam("a_now", type_=DateTime)))
+    return query
+
+
+# Every step and cleanup lists artifacts: the four queries are built once.
+_LISTINGS = {(s, d): _listing(s, d) for s in (False, True) for d in (False, True)}
 
 
 def settle_ref(connection: Connection, migration_id: str, ref: str, status: ArtifactStatus) -> None:
