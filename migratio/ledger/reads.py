@@ -75,8 +75,11 @@ def history(connection: Connection, migration_id: str) -> list[Transition]:
 
 
 def count_active(connection: Connection) -> int:
-    query = select(func.count()).where(MIGRATIONS.c.state.in_([s.value for s in ACTIVE]))
-    return int(connection.scalar(query) or 0)
+    return int(connection.scalar(_COUNT_ACTIVE) or 0)
+
+
+# Asked at every turn of an idle supervisor's loop (``run --until-idle``): built once.
+_COUNT_ACTIVE = select(func.count()).where(MIGRATIONS.c.state.in_([s.value for s in ACTIVE]))
 
 
 def count_queued_and_failed_since(connection: Connection, since: datetime) -> tuple[int, int]:
