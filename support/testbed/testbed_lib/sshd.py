@@ -3,7 +3,11 @@
 Its own config, host key and authorized key, all in DIR/sshd; it lets the
 current user in by key only. Sessions get ``OS_CLIENT_CONFIG_FILE`` pointing at
 the bed's clouds.yaml (sshd's ``SetEnv``), so that user's ``openstack`` CLI
-reaches site-b, as an operator's external host would. The site file
+reaches site-b, as an operator's external host would. They also get ``SHLVL=1``:
+Debian's bash sources ~/.bashrc for a command sshd runs only when it is a
+top-level shell, and this machine's user's ~/.bashrc (pyenv's init, say) is not
+the external host's; it cost ~0.2 s per remote command, and the pyenv shim it put
+first on PATH another ~0.1 s for each ``python3`` the driver runs there. The site file
 ``site-b-ssh`` names the client key and a known_hosts file with the host key.
 """
 
@@ -100,7 +104,8 @@ def configure(layout: SshdLayout, clouds_yaml: Path) -> None:
         "MaxStartups": "100",
         "MaxSessions": "100",
         "Subsystem": "sftp internal-sftp",
-        "SetEnv": f"OS_CLIENT_CONFIG_FILE={clouds_yaml}",
+        # SHLVL=1: the login shell counts itself as nested, so it reads no ~/.bashrc.
+        "SetEnv": f"OS_CLIENT_CONFIG_FILE={clouds_yaml} SHLVL=1",
         "LogLevel": "VERBOSE",
     }
     layout.config.write_text("".join(f"{key} {value}\n" for key, value in settings.items()))
