@@ -48,7 +48,7 @@ def prefetched(chunks: Iterable[bytes], depth: int = DEPTH) -> Iterator[bytes]:
     def produce() -> None:
         try:
             for chunk in chunks:
-                if not _put(buffer, chunk, stop):
+                if not _put(buffer, chunk, stop) or stop.is_set():
                     return
             _put(buffer, _END, stop)
         except BaseException as error:  # handed to the consumer, which decides
@@ -67,6 +67,7 @@ def prefetched(chunks: Iterable[bytes], depth: int = DEPTH) -> Iterator[bytes]:
             yield item
     finally:
         stop.set()
+        _drain(buffer)  # a reader blocked on a full queue returns at once
         reader.join(JOIN_SECONDS)
         if reader.is_alive():
             log.warning(
@@ -82,3 +83,11 @@ def _put(buffer: queue.Queue[object], item: object, stop: threading.Event) -> bo
         except queue.Full:
             continue
     return False
+
+
+def _drain(buffer: queue.Queue[object]) -> None:
+    while True:
+        try:
+            buffer.get_nowait()
+        except queue.Empty:
+            return
