@@ -3,6 +3,7 @@ PostgreSQL, daemon configs."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -12,31 +13,47 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
-from migratio.ledger.database import upgrade  # noqa: E402
-from migratio.ledger.store import Ledger  # noqa: E402
-from tests.support import images  # noqa: E402
-from tests.support.daemon_config import write_daemon_config  # noqa: E402
-from tests.support.engine import EngineBed, open_engine_bed  # noqa: E402
-from tests.support.freezing_proxy import FreezingProxy  # noqa: E402
-from tests.support.ledgers import empty_ledger_engine  # noqa: E402
-
 if TYPE_CHECKING:
-    # The peers' libraries (openstacksdk above all) are imported where a fixture
-    # needs a peer: tests/unit needs none, and importing them cost every run ~1 s.
+    # What a fixture needs is imported in it: the peers' libraries (openstacksdk
+    # above all) cost every run ~1 s, the engine and ledger ~1 s in pytest-xdist's
+    # controller, which runs no test.
     import testbed_lib
     from openstack.connection import Connection
 
+    from migratio.ledger.store import Ledger
     from tests.support import secrets_grep
+    from tests.support.engine import EngineBed
+    from tests.support.freezing_proxy import FreezingProxy
 
-# Property tests: a quick look in every run, a long one where support/chaos asks for it.
-settings.register_profile("default", deadline=None, max_examples=100)
-settings.register_profile("thorough", deadline=None, max_examples=2000)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+UNIT_TESTS = ROOT / "tests" / "unit"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject's addopts): the unit tests share nothing and run on
+    several workers; the peer tests share one test bed and run in this process, as
+    does a single test named with ``::``."""
+    paths = [arg.split("::")[0] for arg in config.args]
+    if paths and all(
+        "::" not in arg and Path(path).resolve().is_relative_to(UNIT_TESTS)
+        for arg, path in zip(config.args, paths, strict=True)
+    ):
+        return min(4, max(2, os.cpu_count() or 1))
+    return 0
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """pytest collects garbage five times at exit, for unraisable exceptions: on a
+    test process's heap, ~0.5 s. One collection here finds them all the same; the
+    survivors are then frozen, so those five passes have nothing left to walk."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(scope="session")
@@ -139,6 +156,8 @@ def proxy(testbed: testbed_lib.Bed) -> Iterator[FreezingProxy]:
     """site-a's Glance behind a proxy that counts and can freeze what crosses it
     (reached through ``image_endpoint_override``). Modules that put another peer
     behind one (sshd, moto) define their own ``proxy``."""
+    from tests.support.freezing_proxy import FreezingProxy
+
     glance = urllib.parse.urlsplit(testbed.glance_urls["site-a"])
     assert glance.hostname and glance.port
     with FreezingProxy(glance.hostname, glance.port) as running:
@@ -148,12 +167,18 @@ def proxy(testbed: testbed_lib.Bed) -> Iterator[FreezingProxy]:
 @pytest.fixture(scope="module")
 def qcow2_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 64 MiB qcow2 of random data, one per test module (dedup is per module)."""
+    from tests.support import images
+
     return images.random_qcow2(tmp_path_factory.mktemp("img") / "random64.qcow2", 64)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     """A fresh ledger at the newest schema, on SQLite and on a real PostgreSQL."""
+    from migratio.ledger.database import upgrade
+    from migratio.ledger.store import Ledger
+    from tests.support.ledgers import empty_ledger_engine
+
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     else:
@@ -167,11 +192,15 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
 @pytest.fixture
 def daemon_config(testbed: testbed_lib.Bed, tmp_path: Path) -> Path:
     """A daemon config of the test bed's sites with this test's own work dir and ledger."""
+    from tests.support.daemon_config import write_daemon_config
+
     return write_daemon_config(tmp_path, testbed.dir / "sites")
 
 
 @pytest.fixture
 def engine_bed(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineBed]:
     """Stub sites, a SQLite ledger and fast settings for tests of the engine."""
+    from tests.support.engine import open_engine_bed
+
     with open_engine_bed(tmp_path, tmp_path_factory.getbasetemp()) as bed:
         yield bed

@@ -75,7 +75,8 @@ def test_a_daemon_that_lost_its_lease_in_registering_does_not_settle_the_record(
 def test_the_heartbeat_renews_a_running_lease_and_notices_when_it_is_taken(
     engine_bed: EngineBed,
 ) -> None:
-    bed = engine_bed  # lease 2 s: renewed every 2/3 s
+    bed = engine_bed
+    bed.configure(lease_seconds=0.9)  # renewed every 0.3 s (below the config's floor: no wait)
     image = bed.source.add_image(BIG)
     migration_id = bed.submit(image.id).id
     supervisor = bed.supervisor("daemon-1")

@@ -9,15 +9,21 @@ registered in tests/conftest.py).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from migratio.intake.jobs import BadJob, parse
 from migratio.ledger.store import JobRequest
 from migratio.text import is_printable
+
+# A quick look in every run, a long one where support/chaos asks for it.
+settings.register_profile("default", deadline=None, max_examples=100)
+settings.register_profile("thorough", deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 SITES = {"site-a", "site-b"}
 OPENSTACK = "Migratio::Worker::OpenstackOpenstackMigrator"

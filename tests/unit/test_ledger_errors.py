@@ -11,10 +11,12 @@ import pytest
 
 from migratio import config
 from migratio.errors import JobConflict, LedgerUnavailable
+from migratio.intake import consumer
 from migratio.intake.consumer import Consumer, Stopping
 from migratio.ledger.database import make_engine
 from migratio.ledger.store import JobOutcome, JobRecorded, JobRequest, Ledger
 from migratio.operations import open_ledger
+from migratio.polling import Backoff
 from migratio.redis_link import RedisLink
 from migratio.supervisor import Supervisor
 from tests.support.daemon_config import write_daemon_config
@@ -113,11 +115,12 @@ def test_the_intake_waits_out_an_unreachable_ledger(
         return accept(jobs, **options)
 
     monkeypatch.setattr(ledger, "accept_jobs", down_once)
+    monkeypatch.setattr(consumer, "LEDGER_BACKOFF", Backoff(first=0.1, factor=2.0, longest=1.0))
     recorded, refused = _consumer(settings, ledger)._record([_job("job-1")])
     assert [r.outcome for r in recorded] == [JobOutcome.CREATED]
     assert refused == {}
     assert calls == [1, 1]
-    assert "intake: ledger unavailable (down for a moment); retrying in 0.5 s" in caplog.messages
+    assert "intake: ledger unavailable (down for a moment); retrying in 0.1 s" in caplog.messages
     ledger.close()
 
 
@@ -144,6 +147,8 @@ def test_the_supervisor_survives_a_ledger_outage(
         return claim(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ledger, "claim", claim_after_outage)
+    # Waits a third of the lease before the next claim: 0.2 s (below the config's floor).
+    settings.daemon = settings.daemon.model_copy(update={"lease_seconds": 0.6})
     Supervisor(settings, ledger).run(until_idle=True)
     assert "ledger unavailable, retrying: gone" in caplog.messages
     ledger.close()

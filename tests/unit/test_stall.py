@@ -35,7 +35,7 @@ class Site:
 
 def test_a_block_without_progress_is_aborted_and_stalled() -> None:
     site = Site()
-    watchdog = stall.Watchdog(0.3, "test transfer", [site, object()])
+    watchdog = stall.Watchdog(0.2, "test transfer", [site, object()])
     started = time.monotonic()
     with pytest.raises(Stalled) as caught, watchdog.watching():
         watchdog.saw(10)
@@ -43,17 +43,17 @@ def test_a_block_without_progress_is_aborted_and_stalled() -> None:
             raise AssertionError("never aborted")
         raise ConnectionResetError("peer gone")
     took = time.monotonic() - started
-    assert 0.3 <= took < 1.3
-    assert str(caught.value).startswith("stalled: no progress for 0.3 s; aborted (peer gone")
+    assert 0.2 <= took < 1.2
+    assert str(caught.value).startswith("stalled: no progress for 0.2 s; aborted (peer gone")
     assert isinstance(caught.value.__cause__, ConnectionResetError)
     assert site.aborts >= 1
-    assert watchdog.fired_after is not None and watchdog.fired_after >= 0.3
+    assert watchdog.fired_after is not None and watchdog.fired_after >= 0.2
 
 
 def test_the_abort_is_repeated_until_the_block_returns() -> None:
     """A library that retries on its own opens new connections: they are cut too."""
     site = Site()
-    watchdog = stall.Watchdog(0.2, "test transfer", [site])
+    watchdog = stall.Watchdog(0.1, "test transfer", [site])
     with pytest.raises(Stalled), watchdog.watching():
         deadline = time.monotonic() + 5
         while site.aborts < 3 and time.monotonic() < deadline:
@@ -76,21 +76,21 @@ def test_the_same_byte_count_again_is_no_progress() -> None:
     """A transfer reporting the same count every second (a checkpoint while parts
     hang) is not moving."""
     site = Site()
-    watchdog = stall.Watchdog(0.3, "test transfer", [site])
+    watchdog = stall.Watchdog(0.15, "test transfer", [site])
     with pytest.raises(Stalled), watchdog.watching():
-        for _ in range(20):
+        for _ in range(40):
             watchdog.saw(100)
-            if site.cut.wait(0.05):
+            if site.cut.wait(0.025):
                 raise TimeoutError("cut")
     assert site.aborts >= 1
 
 
 def test_waiting_on_the_site_is_not_a_stall() -> None:
     site = Site()
-    watchdog = stall.Watchdog(0.2, "test transfer", [site])
+    watchdog = stall.Watchdog(0.1, "test transfer", [site])
     with watchdog.watching():
         with stall.waiting():
-            time.sleep(0.4)
+            time.sleep(0.2)
         watchdog.saw(1)
     assert site.aborts == 0
     with stall.waiting():  # outside any watched block: nothing to suspend
@@ -99,7 +99,7 @@ def test_waiting_on_the_site_is_not_a_stall() -> None:
 
 def test_errors_without_a_stall_and_interruptions_pass_unchanged() -> None:
     site = Site()
-    watchdog = stall.Watchdog(0.2, "test transfer", [site])
+    watchdog = stall.Watchdog(0.1, "test transfer", [site])
     with pytest.raises(PermanentError), watchdog.watching():
         raise PermanentError("refused")
     with pytest.raises(CancelRequested), watchdog.watching():
@@ -111,7 +111,7 @@ def test_errors_without_a_stall_and_interruptions_pass_unchanged() -> None:
 def test_a_block_that_ends_well_after_the_abort_stands() -> None:
     """The answer came after all: what the driver returned was checked by it."""
     site = Site()
-    watchdog = stall.Watchdog(0.2, "test transfer", [site])
+    watchdog = stall.Watchdog(0.1, "test transfer", [site])
     with watchdog.watching():
         assert site.cut.wait(2)
     assert watchdog.fired_after is not None
@@ -133,7 +133,7 @@ STALLS = [("read", "exporting"), ("read", "uploading"), ("receive", "uploading")
 def test_a_stalled_transfer_is_aborted_retried_and_done(
     engine_bed: EngineBed, stream: str, state: str
 ) -> None:
-    engine_bed.configure(stall_seconds=0.3)
+    engine_bed.configure(stall_seconds=0.2)
     site = engine_bed.source if stream == "read" else engine_bed.destination
     image = engine_bed.source.add_image(DATA)
     migration_id = engine_bed.submit(image.id).id
@@ -151,7 +151,7 @@ def test_a_stalled_transfer_is_aborted_retried_and_done(
     assert done.state == "done", done.last_error
     [(noted_in, message)] = engine_bed.notes(migration_id)
     assert noted_in == state
-    assert "stalled: no progress for 0.3 s; aborted" in message
+    assert "stalled: no progress for 0.2 s; aborted" in message
     assert f"stub {stream} stream cut at {300 * KIB}" in message
     assert site.aborts >= 1
     [record] = engine_bed.destination.records.values()
@@ -167,12 +167,12 @@ def test_a_stalled_transfer_is_aborted_retried_and_done(
 def test_a_slow_but_moving_transfer_is_not_a_stall(engine_bed: EngineBed) -> None:
     """Each chunk takes a while, but bytes keep moving: never aborted, also while
     the destination takes what the safety guard held back for its verdict."""
-    # Chunks 0.08 s apart against 1 s: far from a stall even on a busy machine.
-    engine_bed.configure(stall_seconds=1.0)
+    # Chunks 0.05 s apart against 0.5 s: far from a stall even on a busy machine.
+    engine_bed.configure(stall_seconds=0.5)
     image = engine_bed.source.add_image(DATA)
     migration = engine_bed.submit(image.id)
-    for offset in range(64 * KIB, len(DATA), 64 * KIB):
-        engine_bed.destination.at_byte("receive", offset, lambda: time.sleep(0.08))
+    for offset in range(128 * KIB, len(DATA), 128 * KIB):
+        engine_bed.destination.at_byte("receive", offset, lambda: time.sleep(0.05))
     engine_bed.run()
     done = engine_bed.ledger.get(migration.id)
     assert done.state == "done" and done.attempt == 0
