@@ -17,10 +17,15 @@ from migratio import config
 from migratio.cleanup import clean_up
 from migratio.drivers.base import DestinationDriver, DestinationSite
 from migratio.errors import ConfigError
+from migratio.group_files import SHARED
 from migratio.ledger.store import Ledger, Migration
 from migratio.machine import State
 
 log = logging.getLogger(__name__)
+
+# Only these states put anything at the destination (an untracked record may exist).
+AT_THE_DESTINATION = frozenset({State.UPLOADING, State.REGISTERING})
+LOCAL_KINDS = frozenset({"file", SHARED})
 
 DestinationOpener = Callable[[config.Site], DestinationDriver]
 
@@ -62,6 +67,14 @@ class Janitor:
             with ExitStack() as stack:
                 destination = self.destination_or_none(migration.dest_site, stack)
                 self.clean_up(migration, destination, succeeded=migration.state == State.DONE)
+
+    def needs_destination(self, migration: Migration) -> bool:
+        """Whether cleaning ``migration`` up needs its site: it holds something there,
+        or it got as far as putting something there. A queued migration is cancelled
+        without connecting to its destination (which may well be down)."""
+        if migration.state in AT_THE_DESTINATION:
+            return True
+        return any(a.kind not in LOCAL_KINDS for a in self.ledger.artifacts(migration.id))
 
     def destination_or_none(self, site_id: str, stack: ExitStack) -> DestinationDriver | None:
         """The site opened for cleanup, or None (logged) when its config is gone or broken."""

@@ -171,7 +171,11 @@ class Supervisor:
         migration = self.ledger.get(migration_id)
         try:
             with ExitStack() as stack:
-                destination = self.janitor.destination_or_none(migration.dest_site, stack)
+                destination = (
+                    self.janitor.destination_or_none(migration.dest_site, stack)
+                    if self.janitor.needs_destination(migration)
+                    else None
+                )
                 self._finish(migration, trigger, reason, destination)
         finally:
             self._release(migration_id)

@@ -154,6 +154,28 @@ def test_an_operator_ends_a_migration_no_daemon_holds_at_once(engine_bed: Engine
     assert bed.destination.count("receive") == 1
 
 
+@pytest.mark.parametrize("killed_after", [None, Trigger.START, Trigger.EXPORTED])
+def test_an_operator_ends_a_migration_that_never_reached_its_destination_without_opening_it(
+    engine_bed: EngineBed, killed_after: Trigger | None
+) -> None:
+    """Queued, exporting, converting: nothing of it can be there, so the cancel needs
+    no connection to a site that may well be down; staged files are removed all the same."""
+    bed = engine_bed
+    migration_id = bed.submit(bed.source.add_image(RAW).id).id
+    if killed_after is not None:
+        dead = bed.supervisor_to_kill()
+        bed.crash_at_transition(dead, killed_after, before=False)
+        bed.run(dead)
+        bed.expire_lease(migration_id)
+    state = bed.ledger.get(migration_id).state
+    bed.sites.opened.clear()
+
+    assert bed.supervisor("operator").end_now(migration_id, Trigger.CANCEL, CANCELLED)
+
+    _assert_cancelled(bed, migration_id, state)
+    assert bed.sites.opened == []
+
+
 def test_a_cancel_after_an_image_was_made_of_the_record_removes_both(
     engine_bed: EngineBed,
 ) -> None:
