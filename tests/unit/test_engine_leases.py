@@ -76,7 +76,7 @@ def test_the_heartbeat_renews_a_running_lease_and_notices_when_it_is_taken(
     engine_bed: EngineBed,
 ) -> None:
     bed = engine_bed
-    bed.configure(lease_seconds=0.9)  # renewed every 0.3 s (below the config's floor: no wait)
+    bed.configure(lease_seconds=0.6)  # renewed every 0.2 s (below the config's floor: no wait)
     image = bed.source.add_image(BIG)
     migration_id = bed.submit(image.id).id
     supervisor = bed.supervisor("daemon-1")

@@ -64,11 +64,11 @@ def test_the_abort_is_repeated_until_the_block_returns() -> None:
 
 def test_progress_keeps_the_watchdog_quiet() -> None:
     site = Site()
-    watchdog = stall.Watchdog(0.3, "test transfer", [site])
+    watchdog = stall.Watchdog(0.15, "test transfer", [site])
     with watchdog.watching():
         for done in range(6):
             watchdog.saw(done * 100)
-            time.sleep(0.05)
+            time.sleep(0.025)
     assert site.aborts == 0 and watchdog.fired_after is None
 
 
