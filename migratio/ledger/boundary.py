@@ -71,12 +71,14 @@ def reading(engine: Engine) -> Iterator[Connection]:
     """A transaction that only reads: on SQLite it takes no write lock."""
     from migratio.ledger.database import READ_ONLY
 
-    with (
-        translated(),
-        engine.connect() as connection,
-        connection.execution_options(**{READ_ONLY: True}).begin(),
-    ):
-        yield connection
+    with translated(), engine.connect() as connection:
+        marks = connection.connection.info  # seen by the SQLite dialect's BEGIN
+        marks[READ_ONLY] = True
+        try:
+            with connection.begin():
+                yield connection
+        finally:
+            del marks[READ_ONLY]
 
 
 def _unreachable(exc: SQLAlchemyError) -> bool:
