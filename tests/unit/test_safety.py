@@ -109,7 +109,7 @@ def vhdx_with_far_metadata(path: Path, metadata_offset: int) -> Path:
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every image the tests need, made once."""
     directory = tmp_path_factory.mktemp("images")
-    raw = random_file(directory / "good.raw", 8 * MIB)
+    raw = random_file(directory / "good.raw", 2 * MIB)
     run_qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(directory / "good.qcow2"))
     run_qemu_img(
         "create",
