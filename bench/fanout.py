@@ -124,10 +124,12 @@ def _naive(moment: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class Single:
-    """One destination alone: its wall (exporting to done) and the machine's busy CPU."""
+    """One destination alone: its wall (exporting to done), the machine's busy CPU
+    and the daemon's own (the rest is the peers', qemu-img's and the kernel's)."""
 
     seconds: float
     machine_cpu_seconds: float
+    daemon_cpu_seconds: float
 
 
 def single(bed: Bed, work: Path, source_id: str, dest: str, sources: dict[str, Any]) -> Single:
@@ -140,7 +142,7 @@ def single(bed: Bed, work: Path, source_id: str, dest: str, sources: dict[str, A
     seconds = wall(ledger, [migration.id])
     assert bed.verify_and_remove(done, sources, work), f"{dest}: copy differs"
     ledger.close()
-    return Single(seconds, run.machine_cpu_seconds)
+    return Single(seconds, run.machine_cpu_seconds, run.cpu_seconds)
 
 
 def fanout(
@@ -173,6 +175,7 @@ def fanout(
         "streamed": streamed,
         "peak_rss_mib": run.peak_rss_mib,
         "machine_cpu_seconds": run.machine_cpu_seconds,
+        "daemon_cpu_seconds": run.cpu_seconds,
     }
 
 
@@ -260,6 +263,7 @@ def measure(
                 }
                 singles = {dest: run.seconds for dest, run in alone.items()}
                 singles_cpu = sum(run.machine_cpu_seconds for run in alone.values())
+                singles_daemon_cpu = sum(run.daemon_cpu_seconds for run in alone.values())
                 slowest = max(singles, key=lambda d: singles[d])
                 group = fanout(sites, work / "fanout", source_id, sources, destinations)
                 emit(
@@ -282,6 +286,8 @@ def measure(
                     # together; the first over the core count bounds its wall from below.
                     machine_cpu_seconds=group["machine_cpu_seconds"],
                     singles_machine_cpu_seconds=singles_cpu,
+                    daemon_cpu_seconds=group["daemon_cpu_seconds"],
+                    singles_daemon_cpu_seconds=singles_daemon_cpu,
                     cores=os.cpu_count(),
                     **{f"single_{d.replace('-', '_')}_seconds": s for d, s in singles.items()},
                 )
@@ -291,8 +297,9 @@ def measure(
                     f"({slowest}, {singles[slowest]:.1f} s); "
                     f"read {group['read_bytes'] / size:.4f}x the image; "
                     f"{group['verified']}/{len(destinations)} verified; machine CPU "
-                    f"{group['machine_cpu_seconds']:.1f} s (singles {singles_cpu:.1f} s) "
-                    f"on {os.cpu_count()} cores"
+                    f"{group['machine_cpu_seconds']:.1f} s (singles {singles_cpu:.1f} s), "
+                    f"the daemon's {group['daemon_cpu_seconds']:.1f} s "
+                    f"(singles {singles_daemon_cpu:.1f} s) on {os.cpu_count()} cores"
                 )
                 if not with_outage:
                     continue
