@@ -38,13 +38,10 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (pyproject's addopts): the unit tests share nothing and run on
     several workers; the peer tests share one test bed and run in this process, as
     does a single test named with ``::``."""
-    paths = [arg.split("::")[0] for arg in config.args]
-    if paths and all(
-        "::" not in arg and Path(path).resolve().is_relative_to(UNIT_TESTS)
-        for arg, path in zip(config.args, paths, strict=True)
-    ):
-        return min(4, max(2, os.cpu_count() or 1))
-    return 0
+    only_unit = bool(config.args) and all(
+        "::" not in arg and Path(arg).resolve().is_relative_to(UNIT_TESTS) for arg in config.args
+    )
+    return min(4, max(2, os.cpu_count() or 1)) if only_unit else 0
 
 
 @pytest.hookimpl(trylast=True)
