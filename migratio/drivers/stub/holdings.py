@@ -3,6 +3,7 @@ test reads and writes directly (statuses are the engine's own enums)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ class StubImage:
 
     @property
     def sha512(self) -> str:
-        return hashlib.sha512(self.data).hexdigest()
+        return _digest("sha512", self.data)
 
     def describe(self) -> SourceImage:
         return SourceImage(
@@ -50,7 +51,7 @@ class StubImage:
             container_format=self.container_format,
             size=len(self.data),
             virtual_size=None,
-            md5=hashlib.md5(self.data, usedforsecurity=False).hexdigest(),
+            md5=_digest("md5", self.data),
             sha512=self.sha512 if self.reports_sha512 else None,
             min_disk=self.min_disk,
             min_ram=self.min_ram,
@@ -106,3 +107,10 @@ class StubRecord:
             properties=dict(self.properties),
             parts=self.parts,
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(algorithm: str, data: bytes) -> str:
+    """An image's digest, computed once: the engine describes an image several times
+    per migration (bytes cache their hash, so a repeated look-up costs nothing)."""
+    return hashlib.new(algorithm, data, usedforsecurity=False).hexdigest()
