@@ -18,6 +18,9 @@ import pytest
 from migratio import qemu, safety
 from migratio.errors import PermanentError, UnsafeImage
 
+# One worker makes the images (about a dozen qemu-img runs) and runs every test here.
+pytestmark = pytest.mark.xdist_group("safety-images")
+
 MIB = 1 << 20
 CHUNK_SIZES = [4096, MIB]
 
