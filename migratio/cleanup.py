@@ -57,7 +57,7 @@ def clean_up(
         ledger.settle_artifact(artifact.id, ArtifactStatus.REMOVED)
     if complete and ledger.artifacts(migration.id):
         complete = False  # some wait for their retry
-    _remove_group_files_if_last(ledger, migration, work_dir)
+    remove_group_files_if_last(ledger, migration, work_dir)
     if not succeeded and destination is not None and complete:
         complete = _remove_untracked_record(migration, destination)
     shutil.rmtree(work_dir / migration.id, ignore_errors=True)
@@ -68,8 +68,9 @@ def _release_group_files(
     ledger: Ledger, migration: Migration, artifact: Artifact, work_dir: Path
 ) -> None:
     """This member is done with its group's shared files: the last member to end
-    removes them, the others only let go. Asked after the member's own end is
-    committed, so of members ending at once at least one sees all ended."""
+    removes them, the others only let go. A failed or cancelled member cleans up
+    before its end is committed; it asks again after (``remove_group_files_if_last``),
+    so of members ending at once at least one sees all ended."""
     if ledger.group_others_active(artifact.ref, migration.id):
         ledger.settle_artifact(artifact.id, ArtifactStatus.RELEASED)
         return
@@ -78,10 +79,12 @@ def _release_group_files(
     log.info("migration %s: removed the shared files of group %s", migration.id, artifact.ref)
 
 
-def _remove_group_files_if_last(ledger: Ledger, migration: Migration, work_dir: Path) -> None:
-    """A member that ended without a share (it found a copy at its destination,
-    or was cancelled while queued) may still be the group's last: its siblings
-    let go of the files, counting on it."""
+def remove_group_files_if_last(ledger: Ledger, migration: Migration, work_dir: Path) -> None:
+    """Remove the group's files if every other member has ended. For a member that
+    ended without a share (it found a copy at its destination, or was cancelled
+    while queued), and for one that let go before its end was committed (failed,
+    cancelled): a sibling ending meanwhile saw it still active and let go too,
+    counting on it."""
     group_id = migration.group_id
     if group_id is None or not group_dir(work_dir, group_id).exists():
         return

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from migratio import config
-from migratio.cleanup import clean_up
+from migratio.cleanup import clean_up, remove_group_files_if_last
 from migratio.drivers.base import DestinationDriver, DestinationSite
 from migratio.errors import ConfigError
 from migratio.group_files import SHARED
@@ -56,6 +56,11 @@ class Janitor:
             succeeded=succeeded,
             policy=daemon.retry,
         )
+
+    def after_end(self, migration: Migration) -> None:
+        """Once a failed or cancelled end is committed (its cleanup ran before):
+        remove the group's files if it was the last member, see ``cleanup``."""
+        remove_group_files_if_last(self.ledger, migration, self._settings().daemon.work_dir)
 
     def sweep(self, between: Callable[[], None] = lambda: None) -> None:
         """Finish cleanups of ended migrations that are due: interrupted by a crash,

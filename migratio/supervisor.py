@@ -359,6 +359,7 @@ class Supervisor:
         """Fail or cancel: clean up first, so an ended migration leaves nothing behind."""
         self.janitor.clean_up(migration, destination, succeeded=False)
         ended = self.ledger.transition(migration.id, self.owner, trigger, reason, last_error=reason)
+        self.janitor.after_end(ended)
         metrics.transition(migration, ended)
         log.warning("migration %s: %s: %s", migration.id, trigger.value, reason)
 

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -189,6 +190,40 @@ def test_a_member_resumed_after_a_crash_reuses_the_staged_file(engine_bed: Engin
     assert bed.notes(crashed.id) == [
         ("exporting", "taken over from daemon-dead after its lease expired")
     ]
+
+
+def test_a_member_that_fails_while_its_sibling_ends_still_leaves_no_files(
+    engine_bed: EngineBed,
+) -> None:
+    """A failing member cleans up before its end is committed. Held there while
+    its sibling ends (and, seeing it still active, only lets go), it must remove
+    the group's files once its own end is in."""
+    bed = engine_bed
+    broken = bed.add_destination("site-c")
+    broken.fail("create_record", PermanentError("site-c refuses new images"))
+    image = bed.source.add_image(RAW)
+    members = _group(bed, image.id, DESTINATION, "site-c")
+    commit = bed.ledger.transition
+
+    def sibling_ended() -> bool:
+        shares = bed.ledger.artifacts(members[0].id, status=None)
+        return bed.ledger.get(members[0].id).state == "done" and all(
+            a.status != "present" for a in shares if a.kind == SHARED
+        )
+
+    def transition(migration_id: str, owner: str | None, fired: str, *args: Any, **kw: Any) -> Any:
+        if fired == Trigger.FAIL:
+            deadline = time.monotonic() + 10
+            while not sibling_ended() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return commit(migration_id, owner, fired, *args, **kw)
+
+    bed.ledger.transition = transition  # type: ignore[method-assign]
+    bed.run()
+
+    assert [bed.ledger.get(m.id).state for m in members] == ["done", "failed"]
+    assert _ended_last(bed, members) == "site-c"
+    assert not group_dir(bed.work_dir, str(members[0].group_id)).exists()
 
 
 def test_a_member_retried_after_its_group_ended_reads_the_source_again(

@@ -17,7 +17,6 @@ from tests.support.engine import DESTINATION, HAPPY_PATH, KIB, SOURCE, EngineBed
 RAW = payload(384 * KIB, seed=21)
 
 
-
 def _group(bed: EngineBed, image_id: str, *destinations: str) -> dict[str, Migration]:
     members = bed.ledger.create_group(SOURCE, destinations, image_id, message="streaming test")
     return {m.dest_site: m for m in members}
@@ -73,11 +72,15 @@ def test_a_stopped_destination_holds_back_only_itself(engine_bed: EngineBed) -> 
     seen: dict[str, str] = {}
 
     def release_once_the_others_are_done() -> None:
+        # site-c may still be in exporting when the others are done (its probe
+        # follows the spool, and a busy machine can starve its thread): it is held
+        # once it uploads, so wait for that too.
         deadline = time.monotonic() + 6
         others = (members[DESTINATION].id, members["site-d"].id)
         while time.monotonic() < deadline:
-            if all(bed.ledger.get(i).state == "done" for i in others):
-                seen["site-c"] = bed.ledger.get(members["site-c"].id).state
+            held = bed.ledger.get(members["site-c"].id).state
+            if held == "uploading" and all(bed.ledger.get(i).state == "done" for i in others):
+                seen["site-c"] = held
                 break
             time.sleep(0.01)
         go_on.set()
