@@ -4,10 +4,10 @@ PostgreSQL, daemon configs."""
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 import shutil
 import sys
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -52,19 +52,22 @@ def _only_unit_tests(config: pytest.Config) -> bool:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Unit tests write many small files (a ledger, images, work dirs per test): on
-    tmpfs, where there is one, a run takes ~1 s less. One directory per checkout,
-    emptied by pytest when a run starts and removed when a run passes, so tmpfs
-    keeps nothing of a green run. Peer tests (images of a GiB) stay on disk."""
+    tmpfs, where there is one, a run takes ~1 s less. A directory per run (runs
+    side by side do not meet), removed when the run passes; a failed run's stays
+    for an hour, for a look. Peer tests (images of a GiB) stay on disk."""
     shm = Path("/dev/shm")
     if (
-        _only_unit_tests(config)
-        and config.option.basetemp is None
-        and shm.is_dir()
-        and os.access(shm, os.W_OK)
+        not _only_unit_tests(config)
+        or config.option.basetemp is not None  # given, or an xdist worker's
+        or not (shm.is_dir() and os.access(shm, os.W_OK))
     ):
-        checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
-        config.option.basetemp = str(shm / f"migratio-unit-{os.getuid()}-{checkout}")
-        config.stash[UNIT_BASETEMP] = Path(config.option.basetemp)
+        return
+    prefix = f"migratio-unit-{os.getuid()}-"
+    for old in shm.glob(f"{prefix}*"):
+        if time.time() - old.stat().st_mtime > 3600:
+            shutil.rmtree(old, ignore_errors=True)
+    config.option.basetemp = tempfile.mkdtemp(prefix=prefix, dir=shm)
+    config.stash[UNIT_BASETEMP] = Path(config.option.basetemp)
 
 
 @pytest.hookimpl(tryfirst=True)
