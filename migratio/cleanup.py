@@ -20,7 +20,7 @@ from pathlib import Path
 from migratio.config import RetryPolicy
 from migratio.drivers.base import DestinationSite
 from migratio.errors import MigratioError
-from migratio.group_files import SHARED, group_dir, remove_group_dir
+from migratio.group_files import SHARED, group_dir, group_ids, remove_group_dir
 from migratio.ledger.store import Artifact, ArtifactStatus, Ledger, Migration
 from migratio.retry import backoff_delay
 from migratio.text import error_text, one_line
@@ -90,6 +90,16 @@ def remove_group_files_if_last(ledger: Ledger, migration: Migration, work_dir: P
         return
     if not ledger.group_others_active(group_id, migration.id):
         remove_group_dir(work_dir, group_id)
+
+
+def remove_ended_groups(ledger: Ledger, work_dir: Path) -> None:
+    """Remove the files of every group whose members have all ended. The members'
+    own cleanups do this; a daemon killed between a member's end and its cleanup
+    (or a group whose ledger rows were purged) would otherwise leave them for good."""
+    for group_id in group_ids(work_dir):
+        if not ledger.group_others_active(group_id, migration_id=""):
+            remove_group_dir(work_dir, group_id)
+            log.info("removed the shared files of ended group %s", group_id)
 
 
 def _remove(artifact: Artifact, destination: DestinationSite | None) -> None:

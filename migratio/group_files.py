@@ -64,5 +64,11 @@ def try_making(path: Path) -> IO[str] | None:
     return handle
 
 
+def group_ids(work_dir: Path) -> list[str]:
+    """The groups that have a directory in ``work_dir``."""
+    groups = work_dir / "groups"
+    return sorted(entry.name for entry in groups.iterdir()) if groups.is_dir() else []
+
+
 def remove_group_dir(work_dir: Path, group_id: str) -> None:
     shutil.rmtree(group_dir(work_dir, group_id), ignore_errors=True)

@@ -292,3 +292,26 @@ def test_a_member_that_found_a_copy_and_ended_last_removes_the_group_files(
     assert bed.states(members[1].id)[-1] == ("exporting", "done")
     assert _shares(bed, members) == {DESTINATION: "released"}
     assert not group_dir(bed.work_dir, str(members[0].group_id)).exists()
+
+
+def test_the_janitor_removes_the_files_of_groups_that_ended(engine_bed: EngineBed) -> None:
+    """Files a kill left behind (the member ended, its cleanup never ran) go at
+    the next sweep; a group with a member still queued keeps its files."""
+    bed = engine_bed
+    bed.add_destination("site-c")
+    image = bed.source.add_image(RAW)
+    ended = _group(bed, image.id, DESTINATION, "site-c")
+    bed.run()
+    assert [bed.ledger.get(m.id).state for m in ended] == ["done", "done"]
+    waiting = _group(bed, bed.source.add_image(RAW).id, DESTINATION, "site-c")
+    left_behind, in_use = (
+        group_dir(bed.work_dir, str(members[0].group_id)) for members in (ended, waiting)
+    )
+    for directory in (left_behind, in_use):
+        directory.mkdir(parents=True)
+        (directory / "source.raw").write_bytes(RAW)
+
+    bed.supervisor().sweep()
+
+    assert not left_behind.exists()
+    assert (in_use / "source.raw").read_bytes() == RAW
