@@ -158,21 +158,7 @@ class EngineBed:
         """Kill ``supervisor`` at the transition ``trigger``: just before it commits
         (the state's work done, not recorded) or just after (nothing of the next
         state done). ``supervisor`` comes from ``supervisor_to_kill``."""
-        ledger = supervisor.ledger
-        commit = ledger.transition
-        kill = self.crash(supervisor)
-
-        def transition(
-            migration_id: str, owner: str | None, fired: str, message: str, **fields: Any
-        ) -> Migration:
-            if fired != trigger:
-                return commit(migration_id, owner, fired, message, **fields)
-            if not before:
-                commit(migration_id, owner, fired, message, **fields)
-            kill()
-            raise AssertionError("unreachable")
-
-        ledger.transition = transition  # type: ignore[method-assign]
+        at_transition(supervisor.ledger, trigger, self.crash(supervisor), before=before)
 
     def supervisor_to_kill(self, owner: str = "daemon-dead") -> Supervisor:
         """A supervisor for ``crash`` and ``crash_at_transition``: with a ``Ledger``
@@ -267,6 +253,28 @@ CRASH_POINTS = [
     ("registered", True, "registering"),
 ]
 CRASH_POINT_IDS = [f"{'before' if b else 'after'}-{trigger}" for trigger, b, _ in CRASH_POINTS]
+
+
+def at_transition(
+    ledger: Ledger, trigger: str, action: Callable[[], None], *, before: bool
+) -> None:
+    """Run ``action`` in the thread firing ``trigger``, just before its commit or
+    just after it (an action that raises stops the thread there)."""
+    commit = ledger.transition
+
+    def transition(
+        migration_id: str, owner: str | None, fired: str, message: str, **fields: Any
+    ) -> Migration:
+        if fired != trigger:
+            return commit(migration_id, owner, fired, message, **fields)
+        if before:
+            action()
+        migration = commit(migration_id, owner, fired, message, **fields)
+        if not before:
+            action()
+        return migration
+
+    ledger.transition = transition  # type: ignore[method-assign]
 
 
 def happy_path_with_notes(state: str, count: int) -> list[tuple[str | None, str]]:

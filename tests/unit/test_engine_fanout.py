@@ -12,7 +12,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -24,7 +23,16 @@ from migratio.group_files import SHARED, group_dir
 from migratio.ledger.models import TRANSITIONS
 from migratio.ledger.store import Migration
 from migratio.machine import TERMINAL, Trigger
-from tests.support.engine import DESTINATION, HAPPY_PATH, KIB, SOURCE, EngineBed, payload, sha512
+from tests.support.engine import (
+    DESTINATION,
+    HAPPY_PATH,
+    KIB,
+    SOURCE,
+    EngineBed,
+    at_transition,
+    payload,
+    sha512,
+)
 
 RAW = payload(384 * KIB, seed=13)
 
@@ -203,7 +211,6 @@ def test_a_member_that_fails_while_its_sibling_ends_still_leaves_no_files(
     broken.fail("create_record", PermanentError("site-c refuses new images"))
     image = bed.source.add_image(RAW)
     members = _group(bed, image.id, DESTINATION, "site-c")
-    commit = bed.ledger.transition
 
     def sibling_ended() -> bool:
         shares = bed.ledger.artifacts(members[0].id, status=None)
@@ -211,14 +218,12 @@ def test_a_member_that_fails_while_its_sibling_ends_still_leaves_no_files(
             a.status != "present" for a in shares if a.kind == SHARED
         )
 
-    def transition(migration_id: str, owner: str | None, fired: str, *args: Any, **kw: Any) -> Any:
-        if fired == Trigger.FAIL:
-            deadline = time.monotonic() + 10
-            while not sibling_ended() and time.monotonic() < deadline:
-                time.sleep(0.01)
-        return commit(migration_id, owner, fired, *args, **kw)
+    def until_the_sibling_has_ended() -> None:
+        deadline = time.monotonic() + 10
+        while not sibling_ended() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
-    bed.ledger.transition = transition  # type: ignore[method-assign]
+    at_transition(bed.ledger, Trigger.FAIL, until_the_sibling_has_ended, before=True)
     bed.run()
 
     assert [bed.ledger.get(m.id).state for m in members] == ["done", "failed"]
