@@ -3,6 +3,7 @@
     bench/all [--rounds 3] [--out docs/PERFORMANCE.md]
     bench/all --tiny [--out PATH]          # each bench once, smallest sizes, in lanes (CI)
     bench/all --render-only RECORDS.jsonl  # the document again from a run's records
+    bench/all --redo ledger_cost.py [--redo ...]  # re-run these, keep the other records
 
 One test bed ($MIGRATIO_TESTBED_DIR when it points at a running one, else one
 started and stopped here) and one PostgreSQL ($MIGRATIO_TEST_POSTGRES_URL, else
@@ -12,7 +13,9 @@ bench/rounds.py) are kept in RECORDS (default: the output's name with
 ``.jsonl``), then rendered by bench/performance_report.py. Progress goes to
 stderr. A ``--tiny`` run writes build/performance-tiny.md unless told otherwise,
 so it never overwrites the committed document by accident. Exits 1 if any
-benchmark failed (the document then says which).
+benchmark failed (the document then says which). ``--redo`` re-runs only the
+named scripts' steps and replaces their records in RECORDS; the document lists
+each re-run with its own date, commit and load under the machine it ran on.
 
 A full run is one benchmark at a time: its figures need the machine to
 themselves. A ``--tiny`` run's figures mean nothing anyway, so it runs three
@@ -168,7 +171,9 @@ def machine() -> list[str]:
 
 
 def run_all(args: argparse.Namespace, records_path: Path, invocation: str) -> int:
-    steps = plan(args.tiny, args.rounds)
+    steps = [s for s in plan(args.tiny, args.rounds) if not args.redo or s.script in args.redo]
+    if not steps:
+        sys.exit(f"bench/all: no benchmark named {', '.join(args.redo)}")
     header = {"bench": "_run", "invocation": invocation, "tiny": args.tiny, "machine": machine()}
     records: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -207,6 +212,8 @@ def run_all(args: argparse.Namespace, records_path: Path, invocation: str) -> in
                 testbed_lib.down(bed_dir)
     header["failures"] = failures
     header["seconds"] = round(time.monotonic() - started, 1)
+    if args.redo:
+        header, records = _merged(records_path, header, records, {s.script for s in steps})
     records_path.parent.mkdir(parents=True, exist_ok=True)
     with records_path.open("w", encoding="utf-8") as out:
         for record in [header, *records]:
@@ -215,12 +222,40 @@ def run_all(args: argparse.Namespace, records_path: Path, invocation: str) -> in
     return 1 if failures else 0
 
 
-def write_document(records_path: Path, out: Path) -> None:
+def _read_records(records_path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A run's header and its records."""
     lines = [json.loads(line) for line in records_path.read_text().splitlines() if line]
-    header = next(r for r in lines if r["bench"] == "_run")
-    records = [r for r in lines if r["bench"] != "_run"]
+    return next(r for r in lines if r["bench"] == "_run"), [
+        r for r in lines if r["bench"] != "_run"
+    ]
+
+
+def _merged(
+    records_path: Path, redo: dict[str, Any], fresh: list[dict[str, Any]], scripts: set[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The earlier run's header and records with those of ``scripts`` replaced by
+    ``fresh``; the header lists the re-run (its own machine line, commit, load)."""
+    header, records = _read_records(records_path)
+
+    def redone(record: dict[str, Any]) -> bool:
+        return shlex.split(record["command"])[1].removeprefix("bench/") in scripts
+
+    header["failures"] = [
+        f for f in header["failures"] if shlex.split(f)[1].removeprefix("bench/") not in scripts
+    ] + redo["failures"]
+    header["redone"] = [*header.get("redone", []), redo]
+    return header, [r for r in records if not redone(r)] + fresh
+
+
+def write_document(records_path: Path, out: Path) -> None:
+    header, records = _read_records(records_path)
+    machine_lines = list(header["machine"])
+    for redo in header.get("redone", []):
+        date = redo["machine"][0].removeprefix("- date: ")
+        load = redo["machine"][-1].removeprefix("- ")
+        machine_lines.append(f"- re-run by `{redo['invocation']}`: {date}; {load}")
     document = render(
-        records, header["failures"], header["machine"], header["invocation"], header["tiny"]
+        records, header["failures"], machine_lines, header["invocation"], header["tiny"]
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(document, encoding="utf-8")
@@ -234,6 +269,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help=f"default {FULL_OUT} ({TINY_OUT} if --tiny)")
     parser.add_argument("--records", type=Path, help="default: --out with .jsonl")
     parser.add_argument("--render-only", type=Path, metavar="RECORDS", help="no benchmarks")
+    parser.add_argument(
+        "--redo",
+        action="append",
+        metavar="SCRIPT",
+        help="re-run only this benchmark (e.g. ledger_cost.py), keeping the other records",
+    )
     args = parser.parse_args()
     out = (args.out or (TINY_OUT if args.tiny else FULL_OUT)).resolve()
     if args.render_only:
