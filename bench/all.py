@@ -211,14 +211,14 @@ def run_all(args: argparse.Namespace, records_path: Path, invocation: str) -> in
             if not reuse:
                 testbed_lib.down(bed_dir)
     header["failures"] = failures
-    header["seconds"] = round(time.monotonic() - started, 1)
+    header["seconds"] = seconds = round(time.monotonic() - started, 1)
     if args.redo:
         header, records = _merged(records_path, header, records, {s.script for s in steps})
     records_path.parent.mkdir(parents=True, exist_ok=True)
     with records_path.open("w", encoding="utf-8") as out:
         for record in [header, *records]:
             out.write(json.dumps(record) + "\n")
-    progress(f"benchmarks took {header['seconds']} s; records in {records_path}")
+    progress(f"benchmarks took {seconds} s; records in {records_path}")
     return 1 if failures else 0
 
 
