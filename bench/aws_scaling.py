@@ -111,16 +111,19 @@ class DiskWatch:
 
 
 def allocated(directory: Path) -> int:
-    total = 0
+    """Allocated bytes under ``directory``, each file once whatever its names (as
+    ``du`` counts): a verified download gets its staged name as a second link."""
+    blocks: dict[tuple[int, int], int] = {}
     for folder, _, names in os.walk(directory):
         for name in names:
             if name.startswith("ledger.sqlite"):
                 continue
             try:
-                total += os.stat(os.path.join(folder, name)).st_blocks * 512
+                found = os.stat(os.path.join(folder, name))
             except FileNotFoundError:
                 continue
-    return total
+            blocks[(found.st_dev, found.st_ino)] = found.st_blocks * 512
+    return sum(blocks.values())
 
 
 def migrate(source_id: str, workdir: Path, sites: Path, moto_url: str) -> dict[str, Any]:
