@@ -57,11 +57,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from migratio.disk_map import Extent
+from migratio.drivers.aws.block_budget import BLOCKS_HELD
+from migratio.drivers.aws.block_buffers import BlockBuffers
 
 # EBS direct's block size. moto reports BlockSize 512 in its answers; AWS reports
 # 524288 and accepts nothing else, so the size is fixed here, not read back.
 BLOCK_SIZE = 512 * 1024
 GIB = 1 << 30
+# The buffers blocks are read into, given back once sent (see block_buffers).
+BUFFERS = BlockBuffers(BLOCK_SIZE, BLOCKS_HELD)
 
 _ZEROS = bytes(BLOCK_SIZE)
 # Holes are hashed in large pieces: one update per 8 MiB instead of per block.
@@ -69,15 +73,17 @@ _ZERO_RUN = bytes(16 * BLOCK_SIZE)
 
 
 class Hasher(Protocol):
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes | memoryview, /) -> None: ...
 
 
 @dataclass(frozen=True)
 class Block:
-    """One non-zero block, padded to BLOCK_SIZE, with its SHA256."""
+    """One non-zero block, padded to BLOCK_SIZE, with its SHA256. ``data`` read by
+    ``scan`` or ``scan_mapped`` is a buffer of ``BUFFERS``: whoever sends the
+    block gives it back, after which it must not be read."""
 
     index: int
-    data: bytes
+    data: bytes | bytearray
     sha256: bytes
 
     @property
@@ -99,23 +105,19 @@ def scan(fd: int, size: int, hasher: Hasher | None = None) -> Iterator[Block]:
     would change the hash.
     """
     position = 0  # how far the file has been hashed; always a block boundary or size
+    block = _Buffer()
     for start, end in data_extents(fd, size):
         first = max(start // BLOCK_SIZE, -(-position // BLOCK_SIZE))
         for index in range(first, -(-end // BLOCK_SIZE)):
             offset = index * BLOCK_SIZE
             length = min(BLOCK_SIZE, size - offset)
-            data = os.pread(fd, length, offset)
-            if len(data) != length:
-                raise OSError(errno.EIO, f"short read at offset {offset}")
+            block.read(fd, 0, length, offset)
             if hasher is not None:
                 _hash_zeros(hasher, offset - position)
-                hasher.update(data)
+                hasher.update(block.view[:length])
             position = offset + length
-            if data == _ZEROS[:length]:
-                continue
-            if length < BLOCK_SIZE:
-                data += _ZEROS[length:]
-            yield Block(index, data, hashlib.sha256(data).digest())
+            if found := block.nonzero(index):
+                yield found
     if hasher is not None:
         _hash_zeros(hasher, size - position)
 
@@ -126,30 +128,47 @@ def scan_mapped(fd: int, extents: Iterable[Extent]) -> Iterator[Block]:
     index order: the blocks ``scan`` finds in the raw disk, read straight from
     the image file. A block a run ends in is filled by the next runs, if any."""
     index = -1
-    block = bytearray(BLOCK_SIZE)
+    block = _Buffer()
     for extent in extents:
         position, end = extent.start, extent.start + extent.length
         while position < end:
             if position // BLOCK_SIZE != index:
-                if index >= 0 and (found := _nonzero(index, block)):
+                if index >= 0 and (found := block.nonzero(index)):
                     yield found
                 index = position // BLOCK_SIZE
-                block = bytearray(BLOCK_SIZE)
             within = position - index * BLOCK_SIZE
             length = min(end - position, BLOCK_SIZE - within)
-            offset = extent.offset + position - extent.start
-            if os.preadv(fd, [memoryview(block)[within : within + length]], offset) != length:
-                raise OSError(errno.EIO, f"short read at offset {offset}")
+            block.read(fd, within, length, extent.offset + position - extent.start)
             position += length
-    if index >= 0 and (found := _nonzero(index, block)):
+    if index >= 0 and (found := block.nonzero(index)):
         yield found
 
 
-def _nonzero(index: int, block: bytearray) -> Block | None:
-    if block == _ZEROS:
-        return None
-    data = bytes(block)
-    return Block(index, data, hashlib.sha256(data).digest())
+class _Buffer:
+    """The block being read, zeros until read into: its bytes from ``BUFFERS``,
+    handed on whole in a ``Block`` when not all zeros, else zeroed again for the
+    next block."""
+
+    def __init__(self) -> None:
+        self._take()
+
+    def _take(self) -> None:
+        self._bytes = BUFFERS.take()
+        self.view = memoryview(self._bytes)
+
+    def read(self, fd: int, within: int, length: int, offset: int) -> None:
+        """``length`` bytes of ``fd`` at ``offset`` into the block at ``within``."""
+        if os.preadv(fd, [self.view[within : within + length]], offset) != length:
+            raise OSError(errno.EIO, f"short read at offset {offset}")
+
+    def nonzero(self, index: int) -> Block | None:
+        """The block as block ``index``, unless it is all zeros; either way the
+        buffer is zeros again after."""
+        if self._bytes == _ZEROS:
+            return None
+        data = self._bytes
+        self._take()
+        return Block(index, data, hashlib.sha256(data).digest())
 
 
 def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:

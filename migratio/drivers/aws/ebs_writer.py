@@ -36,6 +36,7 @@ from migratio import faults, stall
 from migratio.drivers.aws.block_budget import BUDGET
 from migratio.drivers.aws.blocks import (
     BLOCK_SIZE,
+    BUFFERS,
     Block,
     BlockSet,
     Manifest,
@@ -209,6 +210,27 @@ class SnapshotWriter:
         journal: Journal,
         transfer: Transfer,
     ) -> None:
+        try:
+            self._send_blocks(blocks, size, tally, parent, journal, transfer)
+        finally:
+            if BUDGET.held == 0:  # no writer is sending: an idle daemon keeps no buffer
+                BUFFERS.drop()
+        journal.save(
+            transfer,
+            blocks_total=len(tally.written),
+            manifest_sha512=tally.manifest.hexdigest(),
+            blocks=tally.kinds,
+        )
+
+    def _send_blocks(
+        self,
+        blocks: Iterator[Block],
+        size: int,
+        tally: _Tally,
+        parent: BlockMap | None,
+        journal: Journal,
+        transfer: Transfer,
+    ) -> None:
         inflight: dict[Future[None], int] = {}
         saved = time.monotonic()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ebs-block") as pool:
@@ -255,12 +277,6 @@ class SnapshotWriter:
                 if isinstance(exc, PermanentError):
                     self._explain_dead_snapshot(journal.snapshot_id)
                 raise
-        journal.save(
-            transfer,
-            blocks_total=len(tally.written),
-            manifest_sha512=tally.manifest.hexdigest(),
-            blocks=tally.kinds,
-        )
 
     def _hold(
         self,
@@ -286,6 +302,7 @@ class SnapshotWriter:
                 Checksum=block.checksum,
                 ChecksumAlgorithm="SHA256",
             )
+        BUFFERS.give(block.data)
         # Landed at AWS, not yet in the journal: a resumed run sends it again.
         faults.point("aws.block_sent", amount=(block.index + 1) * BLOCK_SIZE)
 
