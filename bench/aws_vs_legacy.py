@@ -67,6 +67,7 @@ from tests.support.daemon_config import write_daemon_config  # noqa: E402
 
 MIB = aws_peer.MIB
 OBJECT_LIMIT = 256 * MIB  # see the module docstring: moto's RAM
+CORES = os.cpu_count() or 1
 BUCKET = "migratio-bench-legacy"
 
 
@@ -101,10 +102,13 @@ def legacy(source_id: str, moto_url: str, workdir: Path) -> dict[str, float]:
     for key in keys:
         s3.delete_object(Bucket=BUCKET, Key=key)
     source.unlink()
+    busy = daemon_run.machine_busy_seconds()
     alone = upload_alone(raw, moto_url)
+    alone_busy = (daemon_run.machine_busy_seconds() - busy) / (alone * CORES)
     raw.unlink()
     return {
         "upload_alone_seconds": alone,
+        "upload_alone_machine_busy": alone_busy,
         "legacy_seconds": uploaded - started,
         "legacy_download_seconds": downloaded - started,
         "legacy_convert_seconds": converted - downloaded,
@@ -232,6 +236,9 @@ def ebs_direct(
         "uploading_seconds": (stamps["registering"] - stamps["uploading"]).total_seconds(),
         "registering_seconds": (stamps["done"] - stamps["registering"]).total_seconds(),
         "process_seconds": daemon.seconds,
+        # The share of all cores busy meanwhile (the peers' work too): near 1, the
+        # run is bound by the machine's CPU, not by how the transfers overlap.
+        "machine_busy": daemon.machine_cpu_seconds / (daemon.seconds * CORES),
         "peak_rss_mib": daemon.peak_rss_mib,
         "blocks_put": journal["blocks_put"],
         "bytes_sent": journal["blocks_put"] * aws_peer.BLOCK,

@@ -99,11 +99,15 @@ def goals(records: list[Record]) -> list[Goal]:
         Goal(
             "3",
             f"AWS overlap: ebs-direct wall / max(download, upload), {_size(legacy)} of data",
-            [r["ebs_seconds"] / max(r["legacy_download_seconds"], _upload(r)) for r in legacy],
+            [
+                r["ebs_seconds"] / max(r["legacy_download_seconds"], r["upload_alone_seconds"])
+                for r in legacy
+            ],
             "x",
             1.2,
             f"download {spread(r['legacy_download_seconds'] for r in legacy)} s, "
-            f"upload {spread(_upload(r) for r in legacy)} s alone",
+            f"upload {spread(r['upload_alone_seconds'] for r in legacy)} s alone"
+            + _busy(legacy, "ebs_machine_busy", "upload_alone_machine_busy"),
             command(legacy),
         )
     )
@@ -166,10 +170,14 @@ def _size(records: list[Record]) -> str:
     return f"{records[0]['size_mib']} MiB" if records else "—"
 
 
-def _upload(record: dict[str, Any]) -> float:
-    """The upload alone; records from before bench/aws_vs_legacy.py measured it
-    give the uploading state's time (then no download overlapped it)."""
-    return float(record.get("upload_alone_seconds", record["ebs_uploading_seconds"]))
+def _busy(records: list[Record], overlapped: str, alone: str) -> str:
+    """How busy the machine's cores were in each (records that say so)."""
+    if not records or overlapped not in records[0] or alone not in records[0]:
+        return ""
+    return (
+        f"; all cores busy {spread((100 * r[overlapped] for r in records), 0)}% "
+        f"overlapped, {spread((100 * r[alone] for r in records), 0)}% upload alone"
+    )
 
 
 def _scaling_goals(scaling: list[Record]) -> list[Goal]:

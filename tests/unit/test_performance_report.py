@@ -126,3 +126,31 @@ def _goal_rows(document: str) -> list[list[str]]:
         for line in document.splitlines()
         if line.startswith("| 5 ")
     ]
+
+
+def overlap(busy: float, alone_busy: float, round_number: int) -> dict[str, Any]:
+    return {
+        "bench": "aws_vs_legacy",
+        "image": "random",
+        "size_mib": 1024,
+        "round": round_number,
+        "ebs_seconds": 12.0,
+        "legacy_seconds": 20.0,
+        "time_ratio": 0.6,
+        "ebs_peak_rss_mib": 130.0,
+        "ebs_bytes_sent": 1024 * MIB,
+        "legacy_bytes_sent": 1024 * MIB,
+        "bytes_vs_nonzero": 1.0,
+        "legacy_download_seconds": 4.0,
+        "upload_alone_seconds": 10.0,
+        "ebs_machine_busy": busy,
+        "upload_alone_machine_busy": alone_busy,
+        "command": "python3 bench/aws_vs_legacy.py --size-mib 1024",
+    }
+
+
+def test_the_overlap_goal_says_how_busy_the_cores_were() -> None:
+    document = render([overlap(0.97, 0.70, 0), overlap(0.99, 0.74, 1)], [], [], "bench/all", False)
+    row = goal_row(document, "3 ")
+    assert row[2] == "1.20"
+    assert row[3].endswith("; all cores busy 98 (97-99)% overlapped, 72 (70-74)% upload alone")
