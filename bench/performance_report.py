@@ -485,8 +485,9 @@ def render(
             "",
         ]
     lines += [
-        "Every figure comes from one `bench/all` run on the machine described at the end, "
-        "with its baseline measured in the same run. A figure is the median over the "
+        "Every figure comes from one `bench/all` run on the machine described at the end "
+        "(a benchmark run again by `bench/all --redo` is listed there with its own date "
+        "and load), with its baseline measured in the same run. A figure is the median over the "
         "rounds, with min-max in parentheses. `bench/all` regenerates this whole document; "
         "each benchmark also runs alone (the command beside each goal).",
         "",
