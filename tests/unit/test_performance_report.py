@@ -128,11 +128,11 @@ def _goal_rows(document: str) -> list[list[str]]:
     ]
 
 
-def overlap(busy: float, alone_busy: float, round_number: int) -> dict[str, Any]:
+def overlap(busy: float, alone_busy: float, round_number: int, size: int = 1024) -> dict[str, Any]:
     return {
         "bench": "aws_vs_legacy",
         "image": "random",
-        "size_mib": 1024,
+        "size_mib": size,
         "round": round_number,
         "ebs_seconds": 12.0,
         "legacy_seconds": 20.0,
@@ -145,7 +145,7 @@ def overlap(busy: float, alone_busy: float, round_number: int) -> dict[str, Any]
         "upload_alone_seconds": 10.0,
         "ebs_machine_busy": busy,
         "upload_alone_machine_busy": alone_busy,
-        "command": "python3 bench/aws_vs_legacy.py --size-mib 1024",
+        "command": f"python3 bench/aws_vs_legacy.py --size-mib {size}",
     }
 
 
@@ -154,3 +154,9 @@ def test_the_overlap_goal_says_how_busy_the_cores_were() -> None:
     row = goal_row(document, "3 ")
     assert row[2] == "1.20"
     assert row[3].endswith("; all cores busy 98 (97-99)% overlapped, 72 (70-74)% upload alone")
+
+
+def test_the_overlap_goal_reads_1_gib_of_data_and_shows_the_largest_run_too() -> None:
+    records = [overlap(0.9, 0.7, n, size) for size in (256, 1024, 4096) for n in (0, 1)]
+    rows = [r for r in render(records, [], [], "bench/all", False).splitlines() if "overlap" in r]
+    assert ["1024 MiB" in rows[0], "4096 MiB" in rows[1], len(rows)] == [True, True, 2]

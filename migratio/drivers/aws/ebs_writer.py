@@ -168,7 +168,11 @@ class SnapshotWriter:
             blocks = scan_mapped(fd, mapped.extents()) if mapped else scan(fd, size, payload)
             if self.write_zeros:  # encrypted: a block never written reads as noise
                 blocks = with_zero_blocks(blocks, size)
-            self._send(blocks, size, tally, parent, journal, transfer)
+            try:
+                self._send(blocks, size, tally, parent, journal, transfer)
+            finally:
+                if BUDGET.held == 0:  # no writer is sending: an idle daemon keeps no buffer
+                    BUFFERS.drop()
         if payload is not None and payload.hexdigest() != transfer.sha512:
             raise IntegrityError(
                 f"site {self.site_id}: {path.name} read as {size} bytes whose sha512 differs "
@@ -202,27 +206,6 @@ class SnapshotWriter:
         )
 
     def _send(
-        self,
-        blocks: Iterator[Block],
-        size: int,
-        tally: _Tally,
-        parent: BlockMap | None,
-        journal: Journal,
-        transfer: Transfer,
-    ) -> None:
-        try:
-            self._send_blocks(blocks, size, tally, parent, journal, transfer)
-        finally:
-            if BUDGET.held == 0:  # no writer is sending: an idle daemon keeps no buffer
-                BUFFERS.drop()
-        journal.save(
-            transfer,
-            blocks_total=len(tally.written),
-            manifest_sha512=tally.manifest.hexdigest(),
-            blocks=tally.kinds,
-        )
-
-    def _send_blocks(
         self,
         blocks: Iterator[Block],
         size: int,
@@ -277,6 +260,12 @@ class SnapshotWriter:
                 if isinstance(exc, PermanentError):
                     self._explain_dead_snapshot(journal.snapshot_id)
                 raise
+        journal.save(
+            transfer,
+            blocks_total=len(tally.written),
+            manifest_sha512=tally.manifest.hexdigest(),
+            blocks=tally.kinds,
+        )
 
     def _hold(
         self,

@@ -20,7 +20,7 @@ from migratio.config import AwsSite
 from migratio.drivers.aws import errors as aws_errors
 from migratio.drivers.aws.ami_boot import ec2_architecture
 from migratio.drivers.aws.amis import ami_name
-from migratio.drivers.aws.blocks import BLOCK_SIZE, BlockSet, linear_checksum, scan
+from migratio.drivers.aws.blocks import BLOCK_SIZE, BUFFERS, BlockSet, linear_checksum, scan
 from migratio.drivers.aws.driver import AwsSiteDriver, check_region
 from migratio.drivers.base import (
     MIGRATION_ID,
@@ -234,6 +234,7 @@ def test_record_receive_register_and_remove(driver: AwsSiteDriver, tmp_path: Pat
     assert driver.receive(record.id, transfer) == transfer.sha512
     assert transfer.state["blocks_put"] == transfer.state["blocks_total"] == 4
     assert transfer.paced == 4 * BLOCK_SIZE  # each block waited for the caps first
+    assert len(BUFFERS) == 0  # the blocks' buffers, given back once sent, are let go
     finished = driver.get_record(record.id)
     assert finished is not None
     assert (finished.status, finished.sha512) == (RecordStatus.COMPLETE, transfer.sha512)
