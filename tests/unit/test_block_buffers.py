@@ -35,6 +35,10 @@ def test_only_own_sized_buffers_up_to_the_limit_are_kept() -> None:
     assert len(buffers) == 2
     buffers.drop()
     assert len(buffers) == 0
+    buffers.give(bytearray(SIZE), in_use=3)  # not kept: it and two others in use, 3 > 2
+    assert len(buffers) == 0
+    buffers.give(bytearray(SIZE), in_use=2)  # it and one other: within the limit
+    assert len(buffers) == 1
 
 
 def _raw_disk(path: Path) -> dict[int, bytes]:

@@ -291,7 +291,7 @@ class SnapshotWriter:
                 Checksum=block.checksum,
                 ChecksumAlgorithm="SHA256",
             )
-        BUFFERS.give(block.data)
+        BUFFERS.give(block.data, in_use=BUDGET.held)  # this block still counts there
         # Landed at AWS, not yet in the journal: a resumed run sends it again.
         faults.point("aws.block_sent", amount=(block.index + 1) * BLOCK_SIZE)
 
