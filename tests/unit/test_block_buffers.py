@@ -16,7 +16,7 @@ SIZE = 64
 
 
 def test_a_buffer_given_back_is_taken_again_as_zeros() -> None:
-    buffers = BlockBuffers(SIZE, limit=2)
+    buffers = BlockBuffers(SIZE, limit=2, keep=2)
     first = buffers.take()
     first[:] = b"\xff" * SIZE
     buffers.give(first)
@@ -26,7 +26,7 @@ def test_a_buffer_given_back_is_taken_again_as_zeros() -> None:
 
 
 def test_only_own_sized_buffers_up_to_the_limit_are_kept() -> None:
-    buffers = BlockBuffers(SIZE, limit=2)
+    buffers = BlockBuffers(SIZE, limit=3, keep=2)
     buffers.give(bytes(SIZE))  # a shared constant (the zero block) is never reused
     buffers.give(bytearray(SIZE + 1))
     assert len(buffers) == 0
@@ -35,9 +35,9 @@ def test_only_own_sized_buffers_up_to_the_limit_are_kept() -> None:
     assert len(buffers) == 2
     buffers.drop()
     assert len(buffers) == 0
-    buffers.give(bytearray(SIZE), in_use=3)  # not kept: it and two others in use, 3 > 2
+    buffers.give(bytearray(SIZE), in_use=4)  # not kept: it and three others in use, 4 > 3
     assert len(buffers) == 0
-    buffers.give(bytearray(SIZE), in_use=2)  # it and one other: within the limit
+    buffers.give(bytearray(SIZE), in_use=3)  # it and two others: within the limit
     assert len(buffers) == 1
 
 

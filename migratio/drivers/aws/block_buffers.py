@@ -5,9 +5,9 @@ free (``migratio.memory``), so a new 512 KiB buffer per block costs its page
 faults each time: ~0.3 ms a block here, most of a block scan's CPU, held under
 the GIL. A block's buffer comes back once the block has been sent
 (``SnapshotWriter``), and the next block read takes it. The daemon's list
-(``blocks.BUFFERS``) keeps a buffer only while the blocks in flight and the
-kept ones together stay within the daemon's block budget (so its peak memory
-is what it was without the list), and none once no writer is sending.
+(``blocks.BUFFERS``) keeps a few, and only while the blocks in flight and the
+kept ones together stay within the daemon's block budget, and none once no
+writer is sending.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from collections import deque
 
 
 class BlockBuffers:
-    """A free list of ``size``-byte buffers, at most ``limit`` with those in use
-    (deque appends and pops are atomic: no lock; the limit is kept loosely)."""
+    """A free list of at most ``keep`` ``size``-byte buffers, and at most ``limit``
+    with those in use (deque appends and pops are atomic: no lock; the limit is
+    kept loosely)."""
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, keep: int) -> None:
         self.size, self.limit = size, limit
         self._zeros = bytes(size)
-        self._free: deque[bytearray] = deque(maxlen=limit)
+        self._free: deque[bytearray] = deque(maxlen=keep)
 
     def take(self) -> bytearray:
         """A buffer of zeros, one given back if any."""

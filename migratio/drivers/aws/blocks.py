@@ -64,8 +64,12 @@ from migratio.drivers.aws.block_buffers import BlockBuffers
 # 524288 and accepts nothing else, so the size is fixed here, not read back.
 BLOCK_SIZE = 512 * 1024
 GIB = 1 << 30
+# Buffers kept for the next blocks read: one comes back per block sent, and the
+# reader takes one per block, so a few cover the steady state (more would only
+# add to the daemon's peak memory).
+KEPT_BUFFERS = 4
 # The buffers blocks are read into, given back once sent (see block_buffers).
-BUFFERS = BlockBuffers(BLOCK_SIZE, BLOCKS_HELD)
+BUFFERS = BlockBuffers(BLOCK_SIZE, BLOCKS_HELD, keep=KEPT_BUFFERS)
 
 _ZEROS = bytes(BLOCK_SIZE)
 # Holes are hashed in large pieces: one update per 8 MiB instead of per block.
