@@ -64,16 +64,15 @@ class Janitor:
 
     def sweep(self, between: Callable[[], None] = lambda: None) -> None:
         """Finish cleanups of ended migrations that are due: interrupted by a crash,
-        or waiting for a retry after a removal failed; then remove the files of
-        groups that have ended. ``between`` runs before each (the supervisor's
-        watchdog ping)."""
+        or waiting for a retry after a removal failed (``between`` runs before
+        each: the supervisor's watchdog ping); then remove the files of groups
+        that have ended (a directory listing and a read per group: no ping)."""
         for migration_id in self.ledger.unsettled_terminal():
             between()
             migration = self.ledger.get(migration_id)
             with ExitStack() as stack:
                 destination = self.destination_or_none(migration.dest_site, stack)
                 self.clean_up(migration, destination, succeeded=migration.state == State.DONE)
-        between()
         remove_ended_groups(self.ledger, self._settings().daemon.work_dir)
 
     def needs_destination(self, migration: Migration) -> bool:
