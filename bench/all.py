@@ -236,15 +236,15 @@ def _merged(
     """The earlier run's header and records with those of ``scripts`` replaced by
     ``fresh``; the header lists the re-run (its own machine line, commit, load)."""
     header, records = _read_records(records_path)
-
-    def redone(record: dict[str, Any]) -> bool:
-        return shlex.split(record["command"])[1].removeprefix("bench/") in scripts
-
-    header["failures"] = [
-        f for f in header["failures"] if shlex.split(f)[1].removeprefix("bench/") not in scripts
-    ] + redo["failures"]
+    header["failures"] = [f for f in header["failures"] if _script(f) not in scripts]
+    header["failures"] += redo["failures"]
     header["redone"] = [*header.get("redone", []), redo]
-    return header, [r for r in records if not redone(r)] + fresh
+    return header, [r for r in records if _script(r["command"]) not in scripts] + fresh
+
+
+def _script(command: str) -> str:
+    """The benchmark a step's command runs (``Step.command``): its script's name."""
+    return shlex.split(command)[1].removeprefix("bench/")
 
 
 def write_document(records_path: Path, out: Path) -> None:

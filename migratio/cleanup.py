@@ -86,10 +86,8 @@ def remove_group_files_if_last(ledger: Ledger, migration: Migration, work_dir: P
     cancelled): a sibling ending meanwhile saw it still active and let go too,
     counting on it."""
     group_id = migration.group_id
-    if group_id is None or not group_dir(work_dir, group_id).exists():
-        return
-    if not ledger.group_others_active(group_id, migration.id):
-        remove_group_dir(work_dir, group_id)
+    if group_id is not None and group_dir(work_dir, group_id).exists():
+        _remove_if_ended(ledger, work_dir, group_id, migration.id)
 
 
 def remove_ended_groups(ledger: Ledger, work_dir: Path) -> None:
@@ -97,9 +95,17 @@ def remove_ended_groups(ledger: Ledger, work_dir: Path) -> None:
     own cleanups do this; a daemon killed between a member's end and its cleanup
     (or a group whose ledger rows were purged) would otherwise leave them for good."""
     for group_id in group_ids(work_dir):
-        if not ledger.group_others_active(group_id, migration_id=""):
-            remove_group_dir(work_dir, group_id)
+        if _remove_if_ended(ledger, work_dir, group_id, migration_id=""):
             log.info("removed the shared files of ended group %s", group_id)
+
+
+def _remove_if_ended(ledger: Ledger, work_dir: Path, group_id: str, migration_id: str) -> bool:
+    """Remove the group's directory unless a member other than ``migration_id``
+    is still active; whether it was removed."""
+    if ledger.group_others_active(group_id, migration_id):
+        return False
+    remove_group_dir(work_dir, group_id)
+    return True
 
 
 def _remove(artifact: Artifact, destination: DestinationSite | None) -> None:
