@@ -1,5 +1,5 @@
 """The staging file's bytes through OpenSSH's own client: ``ssh`` runs one fixed
-Python program on the host (``REMOTE_WRITER``) that writes its stdin to the file
+Python program on the host (``host_writer``) that writes its stdin to the file
 and hashes it with sha512 as it goes.
 
 Why: paramiko does Python work for every 32 KiB SSH packet, which made an upload
@@ -26,100 +26,23 @@ import shutil
 import subprocess
 import tempfile
 from contextlib import suppress
+from pathlib import Path
 from typing import IO
 
+from migratio.drivers.ssh import host_writer
 from migratio.drivers.ssh.hashes import Digest
 from migratio.drivers.ssh.remote import RemoteHost
 from migratio.errors import PermanentError, TransientError
 
 MiB = 1024 * 1024
 # Linux: a 1 MiB pipe (the unprivileged maximum) means fewer, larger copies.
-F_SETPIPE_SZ = 1031
 PIPE_SIZE = MiB
 CIPHERS = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
 # OpenSSH expands ``%`` and ``~`` in these paths and splits -o values on spaces.
 PLAIN_PATH = re.compile(r"[A-Za-z0-9_./+@:=,-]+")
 OUTPUT_LIMIT = 64 * 1024
-# Exit statuses of REMOTE_WRITER that say retrying cannot help.
-REFUSED = 13
-# Writes stdin to the file at the offset (after checking the file holds that
-# much) and prints the file's sha512 from byte 0. A thread hashes the file as it
-# grows (reading back from the page cache), so neither a long resumed prefix nor
-# a slow hash holds up the stream. Written for any Python 3.
-REMOTE_WRITER = """\
-import errno, fcntl, hashlib, json, os, sys, threading
-path, offset = sys.argv[1], int(sys.argv[2])
-def fail(exc):
-    sys.stderr.write("cannot write %s: %s\\n" % (path, exc.strerror or exc))
-    sys.exit(13 if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else 2)
-try:
-    flags = os.O_RDWR if offset else os.O_RDWR | os.O_CREAT | os.O_TRUNC
-    fd = os.open(path, flags, 0o600)
-    if not offset:
-        os.fchmod(fd, 0o600)
-    if os.fstat(fd).st_size < offset:
-        sys.stderr.write("%s is shorter than %d bytes\\n" % (path, offset))
-        sys.exit(3)
-    os.ftruncate(fd, offset)
-    os.lseek(fd, offset, os.SEEK_SET)
-except OSError as exc:
-    fail(exc)
-try:
-    fcntl.fcntl(0, 1031, 1 << 20)
-except (OSError, ValueError):
-    pass
-grown = threading.Condition()
-shared = {"written": offset, "end": False, "hashed": 0, "error": None}
-digest = hashlib.sha512()
-def hash_all():
-    done = 0
-    try:
-        while True:
-            with grown:
-                while done >= shared["written"] and not shared["end"]:
-                    grown.wait()
-                limit = shared["written"]
-            if done >= limit:
-                break
-            while done < limit:
-                data = os.pread(fd, min(4 << 20, limit - done), done)
-                if not data:
-                    raise OSError(errno.EIO, "the file shrank while it was hashed")
-                digest.update(data)
-                done += len(data)
-    except OSError as exc:
-        shared["error"] = exc
-    shared["hashed"] = done
-hasher = threading.Thread(target=hash_all)
-hasher.daemon = True
-hasher.start()
-stdin = os.fdopen(0, "rb", 0)
-view = memoryview(bytearray(1 << 20))
-try:
-    while True:
-        filled = 0
-        while filled < len(view):
-            got = stdin.readinto(view[filled:])
-            if not got:
-                break
-            filled += got
-        written = 0
-        while written < filled:
-            written += os.write(fd, view[written:filled])
-        with grown:
-            shared["written"] += filled
-            shared["end"] = filled < len(view)
-            grown.notify()
-        if shared["end"]:
-            break
-except OSError as exc:
-    fail(exc)
-hasher.join()
-if shared["error"] is not None:
-    fail(shared["error"])
-size = os.fstat(fd).st_size
-print(json.dumps({"size": size, "hashed": shared["hashed"], "sha512": digest.hexdigest()}))
-"""
+# The program that writes the file on the host, sent as text (``python3 -c``).
+REMOTE_WRITER = Path(host_writer.__file__).read_text()
 
 
 def openssh_client() -> str | None:
@@ -209,7 +132,7 @@ class StreamedUpload:
         assert self._process.stdin is not None
         self._stdin = self._process.stdin.fileno()
         with suppress(OSError):
-            fcntl.fcntl(self._stdin, F_SETPIPE_SZ, PIPE_SIZE)
+            fcntl.fcntl(self._stdin, host_writer.F_SETPIPE_SZ, PIPE_SIZE)
         host.track(self)
 
     def write(self, chunk: bytes) -> None:
@@ -266,7 +189,7 @@ class StreamedUpload:
         status = self._process.returncode
         said = " ".join(self._read(self._stderr).decode("utf-8", "replace").split())[-300:]
         problem = said or f"ssh ended with status {status}"
-        if status == REFUSED or (status == 255 and _refused(said)):
+        if status == host_writer.REFUSED or (status == 255 and _refused(said)):
             raise PermanentError(self.host.message(self.action, problem))
         raise TransientError(self.host.message(self.action, problem))
 
