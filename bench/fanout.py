@@ -18,7 +18,14 @@ counting TCP proxy (``image_endpoint_override``):
   member has ended, then started: aws-a must be done while it was down, site-b
   must retry and end done, both verified, the source read once.
 
-    python3 bench/fanout.py [--size-mib 1024] [--rounds 1] [--tiny]
+With ``--link-mib-s N`` every destination site gets ``max_mib_per_s: N``, as
+the link to a remote site would bound it, and the outage is left out. On a
+machine whose few cores also run every peer (two Glances, moto, sshd, the SSH
+host's ``openstack`` CLI), the uncapped fan-out is bound by that CPU: it costs
+about what the four singles cost together. With links slower than the machine,
+as between real sites, the wall shows what the fan-out itself adds.
+
+    python3 bench/fanout.py [--size-mib 1024] [--rounds 1] [--link-mib-s N] [--tiny]
 
 Uses $MIGRATIO_TESTBED_DIR when it points at a running bed, else starts (and
 stops) one. moto is reset after each AWS migration (its blocks live in its RAM),
@@ -30,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -63,7 +69,9 @@ QUIET = {"intake": False, "feedback": False, "log_level": "INFO"}
 class Bed:
     """The bed's sites, site-a read through ``proxy``; checks and removes copies."""
 
-    def __init__(self, bed: testbed_lib.Bed, proxy: FreezingProxy, scratch: Path) -> None:
+    def __init__(
+        self, bed: testbed_lib.Bed, proxy: FreezingProxy, scratch: Path, link_mib_s: int | None
+    ) -> None:
         self.bed = bed
         self.proxy = proxy
         self.moto_url = str(bed.env["MIGRATIO_MOTO_URL"])
@@ -78,7 +86,10 @@ class Bed:
         self.sites = scratch / "sites"
         self.sites.mkdir()
         for site in DESTINATIONS:
-            shutil.copy(bed.sites_dir / f"{site}.yml", self.sites)
+            settings = yaml.safe_load((bed.sites_dir / f"{site}.yml").read_text())
+            if link_mib_s is not None:
+                settings["max_mib_per_s"] = link_mib_s
+            (self.sites / f"{site}.yml").write_text(yaml.safe_dump(settings))
         site_a = yaml.safe_load((bed.sites_dir / "site-a.yml").read_text())
         (self.sites / "site-a.yml").write_text(
             yaml.safe_dump({**site_a, "cloud": "site-a-proxied"})
@@ -237,12 +248,13 @@ def measure(
     rounds: int,
     scratch: Path,
     destinations: tuple[str, ...],
+    link_mib_s: int | None,
     with_outage: bool,
 ) -> None:
     glance = urllib.parse.urlsplit(bed.glance_urls["site-a"])
     assert glance.hostname and glance.port
     with FreezingProxy(glance.hostname, glance.port) as proxy:
-        sites = Bed(bed, proxy, scratch)
+        sites = Bed(bed, proxy, scratch, link_mib_s)
         source_file = images.random_qcow2(scratch / "fanout.qcow2", size_mib)
         raw_file = images.as_raw(source_file, scratch / "fanout.raw")
         sources = {
@@ -272,6 +284,7 @@ def measure(
                     size_mib=size_mib,
                     image_bytes=size,
                     destinations=list(destinations),
+                    link_mib_s=link_mib_s,
                     skipped=[d for d in DESTINATIONS if d not in destinations],
                     read_ratio=group["read_bytes"] / size,
                     read_bytes=group["read_bytes"],
@@ -320,6 +333,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--link-mib-s", type=int, help="cap each destination site (MiB/s)")
     parser.add_argument("--tiny", action="store_true", help="one round of 16 MiB (CI)")
     args = parser.parse_args()
     size_mib, rounds = (16, 1) if args.tiny else (args.size_mib, args.rounds)
@@ -332,7 +346,12 @@ def main() -> int:
         bed = testbed_lib.up(Path(reuse) if reuse else Path(scratch) / "bed")
         os.environ.update(bed.env)
         try:
-            measure(bed, size_mib, rounds, Path(scratch), destinations, not args.tiny)
+            # The outage needs a Glance stopped mid-upload (not --tiny's 16 MiB),
+            # and is measured once, without caps.
+            with_outage = not args.tiny and args.link_mib_s is None
+            measure(
+                bed, size_mib, rounds, Path(scratch), destinations, args.link_mib_s, with_outage
+            )
         finally:
             aws_peer.reset(bed.env["MIGRATIO_MOTO_URL"])
             if not reuse:

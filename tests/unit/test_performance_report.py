@@ -160,3 +160,34 @@ def test_the_overlap_goal_reads_1_gib_of_data_and_shows_the_largest_run_too() ->
     records = [overlap(0.9, 0.7, n, size) for size in (256, 1024, 4096) for n in (0, 1)]
     rows = [r for r in render(records, [], [], "bench/all", False).splitlines() if "overlap" in r]
     assert ["1024 MiB" in rows[0], "4096 MiB" in rows[1], len(rows)] == [True, True, 2]
+
+
+def fanout(ratio: float, round_number: int, link: int | None = None) -> dict[str, Any]:
+    record = {
+        "bench": "fanout",
+        "size_mib": 1024,
+        "round": round_number,
+        "image_bytes": 1024 * MIB,
+        "destinations": ["site-b", "aws-a"],
+        "read_ratio": 1.0,
+        "seconds": 20.0 * ratio,
+        "slowest_single": "aws-a",
+        "slowest_single_seconds": 20.0,
+        "wall_ratio": ratio,
+        "verified": 2,
+        "machine_cpu_seconds": 20.0 * ratio,  # one of two cores
+        "cores": 2,
+        "command": "python3 bench/fanout.py --size-mib 1024",
+    }
+    return record if link is None else {**record, "link_mib_s": link}
+
+
+def test_the_capped_fan_out_is_a_row_of_its_own_beside_the_uncapped_one() -> None:
+    records = [fanout(2.2, 0), fanout(2.4, 1), fanout(1.05, 0, link=24), fanout(1.1, 1, link=24)]
+    document = render(records, [], [], "bench/all", False)
+    rows = [r for r in document.splitlines() if r.startswith("| F | fan-out") and "wall /" in r]
+    uncapped, capped = ([c.strip() for c in row.strip("|").split("|")] for row in rows)
+    assert uncapped[2:6:3] == ["2.300 (2.200-2.400)", "**not met**"]
+    assert "capped at 24 MiB/s" in capped[1]
+    assert capped[2:6:3] == ["1.075 (1.050-1.100)", "met"]
+    assert capped[3].endswith("verified 2; all cores busy 50% in the fan-out")
