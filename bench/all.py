@@ -28,6 +28,7 @@ for the longest lane, not for the sum.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -244,8 +245,16 @@ def _merged(
     header, records = _read_records(records_path)
     header["failures"] = [f for f in header["failures"] if _script(f) not in scripts]
     header["failures"] += redo["failures"]
-    header["redone"] = [*header.get("redone", []), redo]
+    # An earlier re-run whose every record this one replaces is no longer shown.
+    earlier = [r for r in header.get("redone", []) if not _redone(r) <= scripts]
+    header["redone"] = [*earlier, redo]
     return header, [r for r in records if _script(r["command"]) not in scripts] + fresh
+
+
+def _redone(redo: dict[str, Any]) -> set[str]:
+    """The scripts a re-run named (``--redo SCRIPT`` in its invocation)."""
+    words = shlex.split(redo["invocation"])
+    return {script for flag, script in itertools.pairwise(words) if flag == "--redo"}
 
 
 def _script(command: str) -> str:

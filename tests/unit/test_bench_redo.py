@@ -53,6 +53,22 @@ def test_a_redo_replaces_only_its_own_records_and_failures(tmp_path: Path) -> No
     assert merged_header["redone"] == [redo]
 
 
+def test_a_second_redo_of_a_benchmark_replaces_the_first_ones_line(tmp_path: Path) -> None:
+    records = tmp_path / "PERFORMANCE.jsonl"
+    first = {"invocation": "bench/all --redo ledger_cost.py", "machine": OLD_MACHINE}
+    other = {"invocation": "bench/all --redo ledger_cost.py --redo fanout.py", "machine": []}
+    header = {"bench": "_run", "invocation": "bench/all --rounds 3", "tiny": False,
+              "machine": OLD_MACHINE, "failures": [], "redone": [first, other]}  # fmt: skip
+    records.write_text(json.dumps(header) + "\n" + json.dumps(_status(0.419)) + "\n")
+    again = {"bench": "_run", "invocation": "bench/all --redo ledger_cost.py",
+             "machine": NEW_MACHINE, "failures": []}  # fmt: skip
+
+    merged_header, _ = _bench_all()._merged(records, again, [], {"ledger_cost.py"})
+
+    # fanout.py's records of the second line are still shown: that line stays.
+    assert merged_header["redone"] == [other, again]
+
+
 def test_the_document_lists_each_redo_under_the_machine(tmp_path: Path) -> None:
     records, out = tmp_path / "PERFORMANCE.jsonl", tmp_path / "PERFORMANCE.md"
     redo = {"invocation": "bench/all --redo ledger_cost.py", "machine": NEW_MACHINE}
