@@ -87,6 +87,7 @@ def test_bench_all_tiny_renders_every_section_with_a_figure_in_each_row(
     found = tables(document)
     goals = found["## Goals"]
     assert {row[0] for row in goals} >= {"1", "2", "3", "4", "5"}
+    assert any("capped at" in row[1] for row in goals), "no fan-out row with capped links"
     for row in goals:
         what, figure, met, command = row[1], row[2], row[-2], row[-1]
         if what.endswith("running, SSH site"):
