@@ -38,7 +38,7 @@ BUFFERS = 8
 # logical block; 4 KiB covers every common device.
 ALIGN = 4096
 F_SETPIPE_SZ = 1031  # Linux: a 1 MiB pipe means fewer, larger copies
-# Exit statuses: REFUSED (stream.REFUSED) says retrying cannot help.
+# Exit statuses; REFUSED tells StreamedUpload that retrying cannot help.
 REFUSED = 13
 FAILED = 2
 SHORT = 3
