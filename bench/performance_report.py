@@ -156,7 +156,7 @@ def _where(runs: list[Record]) -> str:
 
 
 def _fanout_wall(what: str, runs: list[Record]) -> Goal:
-    busy = (100 * r["machine_cpu_seconds"] / (r["cores"] * r["seconds"]) for r in runs)
+    busy = _percent(r["machine_cpu_seconds"] / (r["cores"] * r["seconds"]) for r in runs)
     return Goal(
         "F",
         f"{what}, {_where(runs)}",
@@ -165,7 +165,7 @@ def _fanout_wall(what: str, runs: list[Record]) -> Goal:
         1.25,
         f"slowest single ({runs[0]['slowest_single'] if runs else '—'}) "
         f"{spread(r['slowest_single_seconds'] for r in runs)} s; verified "
-        f"{spread((r['verified'] for r in runs), 0)}; all cores busy {spread(busy, 0)}% "
+        f"{spread((r['verified'] for r in runs), 0)}; all cores busy {busy}% "
         "in the fan-out",
         command(runs),
         3,
@@ -207,9 +207,14 @@ def _busy(records: list[Record], overlapped: str, alone: str) -> str:
     if not records or overlapped not in records[0] or alone not in records[0]:
         return ""
     return (
-        f"; all cores busy {spread((100 * r[overlapped] for r in records), 0)}% "
-        f"overlapped, {spread((100 * r[alone] for r in records), 0)}% upload alone"
+        f"; all cores busy {_percent(r[overlapped] for r in records)}% "
+        f"overlapped, {_percent(r[alone] for r in records)}% upload alone"
     )
+
+
+def _percent(shares: Iterable[float]) -> str:
+    """Shares (0-1) as whole percents: median (min-max)."""
+    return spread((100 * share for share in shares), 0)
 
 
 def _scaling_goals(scaling: list[Record]) -> list[Goal]:

@@ -132,10 +132,15 @@ class Staging:
         with self.lock:
             if length:
                 self.handed.append((position, view, length))
-            else:
-                self.free.append(view)
             self.written = position + length
             self.ended = length < BUFFER
+            self.lock.notify_all()
+        if not length:
+            self._give_back(view)
+
+    def _give_back(self, view: memoryview) -> None:
+        with self.lock:
+            self.free.append(view)
             self.lock.notify_all()
 
     def hash_all(self, reader: int) -> None:
@@ -146,9 +151,7 @@ class Staging:
                 view, end = self._next(done)
                 if view is not None:
                     self.digest.update(view[: end - done])
-                    with self.lock:
-                        self.free.append(view)
-                        self.lock.notify_all()
+                    self._give_back(view)
                 elif end > done:
                     got = os.preadv(reader, [spare[: min(BUFFER, end - done)]], done)
                     if not got:
