@@ -10,13 +10,16 @@ from their own offset, from the page cache while they keep up, from disk when
 they lag: a slow or stopped destination holds back only itself, and the buffer
 between the fastest and the slowest reader is the spool, bounded by the image
 size (reserved in the work dir like any staged file), with at most a chunk per
-follower in memory. A writer that dies (crash, lost source) leaves the part
+follower in memory. Followers need not hash what they read: one reading from
+the start gets its last bytes only once the writer has verified the very file
+read (``until_verified``). A writer that dies (crash, lost source) leaves the part
 behind: the next one appends from where it ends, after hashing what is there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -114,7 +117,10 @@ class Follower:
         self._closed = threading.Event()
         self._saw_final = False
 
-    def chunks(self, offset: int = 0) -> Iterator[bytes]:
+    def chunks(self, offset: int = 0, *, until_verified: bool = False) -> Iterator[bytes]:
+        """The spool from ``offset`` as it is written; ``until_verified``: the
+        last chunk is yielded only once the writer has verified the very file
+        read (``_verified``), so a caller need not hash the bytes again."""
         position = offset
         handle: IO[bytes] | None = None
         quiet_since = time.monotonic()
@@ -127,15 +133,31 @@ class Follower:
                     if handle is not None:
                         handle.seek(position)
                 chunk = handle.read(READ_CHUNK) if handle is not None else b""
-                if chunk:
-                    position += len(chunk)
-                    quiet_since = time.monotonic()
-                    yield chunk
+                if not chunk:
+                    self._at_end(position, quiet_since)
                     continue
-                self._at_end(position, quiet_since)
+                position += len(chunk)
+                quiet_since = time.monotonic()
+                if until_verified and position >= self.size and handle is not None:
+                    self._verified(handle)
+                yield chunk
         finally:
             if handle is not None:
                 handle.close()
+
+    def _verified(self, handle: IO[bytes]) -> None:
+        """Return once the spool read through ``handle`` is final: its writer
+        renames it only after checking the whole against the source's sha512. A
+        spool dropped and written anew meanwhile is not the file read: read again."""
+        quiet_since = time.monotonic()
+        while not self.final.exists():
+            self._at_end(self.size, quiet_since)
+        read, final = os.fstat(handle.fileno()), self.final.stat()
+        if (read.st_dev, read.st_ino) != (final.st_dev, final.st_ino):
+            raise TransientError(
+                f"group spool {self.final.name} was written anew while this reader "
+                "read it; reading it again"
+            )
 
     def _at_end(self, position: int, quiet_since: float) -> None:
         """At the end of what is written: wait for more, or write it."""
@@ -149,7 +171,7 @@ class Follower:
                     handle.close()
                     # Finished since this follower's last read: read again once
                     # before calling it short (a spool that was replaced, rarely).
-                    if self._saw_final:
+                    if self._saw_final and position < self.size:
                         raise TransientError(
                             f"group spool {self.final.name} ended at {position} of "
                             f"{self.size} bytes for this reader; reading it again"

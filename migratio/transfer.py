@@ -93,6 +93,12 @@ class StepTransfer:
         if step.follows_group_read:
             follower = group_follower(step)
             self._followers.append(follower)
+            if offset == 0 and self.sha512 and self.sha512 == step.source_image.sha512:
+                # The group's writer checks the spool against this sha512 before it
+                # is final; the last chunk waits for that, so no member hashes it again.
+                chunks = self.meter.counting(follower.chunks(until_verified=True))
+                yield from self._released(chunks)
+                return
             yield from self._guarded(follower.chunks(offset), offset, what)
             return
         if step.stages_payload:
@@ -104,7 +110,11 @@ class StepTransfer:
     def _guarded(self, chunks: Iterator[bytes], offset: int, what: str) -> Iterator[bytes]:
         if offset:
             return self._step.tracked(prefetched(chunks), start=offset)
-        checked = self.meter.verifying(chunks, self.sha512, what)
+        return self._released(self.meter.verifying(chunks, self.sha512, what))
+
+    def _released(self, checked: Iterator[bytes]) -> Iterator[bytes]:
+        """``checked`` read ahead, its last chunk held back until it ends (its own
+        verdict) and the safety guard's."""
         # Tracked last: progress (and the stall watchdog) counts what the destination
         # took, not what the guard holds back for its verdict.
         return self._step.tracked(safety.guard_stream(prefetched(checked), self.disk_format))

@@ -54,8 +54,9 @@ def _upload(step: Step, *, following: bool) -> Advance:
         followed = stack.enter_context(following_download(step)) if following else None
         transfer = stack.enter_context(closing(StepTransfer(step, base, followed)))
         verified = step.destination.receive(record.id, transfer)
-    # What left the engine, checked in flight (or known since converting): a site
-    # that reports holding other bytes (a storage fault) must not pass as done.
+    # What left the engine, checked in flight (or known since converting, or by the
+    # group's read): a site that reports holding other bytes (a storage fault)
+    # must not pass as done.
     expected = transfer.sent_sha512 or step.migration.payload_sha512
     if verified is not None and expected is not None and verified != expected:
         raise IntegrityError(
@@ -63,7 +64,7 @@ def _upload(step: Step, *, following: bool) -> Advance:
             f"({verified[:16]}... instead of {expected[:16]}...)"
         )
     sent = transfer.meter.bytes or (step.migration.bytes_total or 0)
-    step.record(dest_sha512=verified or transfer.sent_sha512, bytes_done=sent)
+    step.record(dest_sha512=verified or expected, bytes_done=sent)
     return Advance(
         Trigger.UPLOADED,
         f"sent {transfer.meter.bytes or 'the'} bytes to {record.id} on {step.migration.dest_site}",

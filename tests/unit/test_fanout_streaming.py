@@ -1,13 +1,18 @@
 """Fan-out members that take the image as it is follow the group's one read of the
 source as it is written (``migratio.group_read``): they receive it while it is
-read, a stopped one holds back only itself, and a writer that loses the source
-midway is taken over from where its spool ends."""
+read, leave its check to that read, a stopped one holds back only itself, and a
+writer that loses the source midway is taken over from where its spool ends."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from collections.abc import Iterable, Iterator
 
+import pytest
+
+from migratio.checksums import Sha512Meter
 from migratio.drivers.stub import StubSite
 from migratio.errors import TransientError
 from migratio.group_files import group_dir
@@ -57,6 +62,38 @@ def test_a_follower_receives_the_image_while_the_source_is_read(engine_bed: Engi
     assert bed.source.reads == [(image.id, 0)]
     assert "streamed from the group's one read" in " ".join(bed.messages(members[DESTINATION].id))
     assert not group_dir(bed.work_dir, str(ended[DESTINATION].group_id)).exists()
+
+
+def test_a_follower_leaves_the_check_to_the_groups_read(
+    engine_bed: EngineBed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool is checked against the source's sha512 once, by its writer: a
+    follower does not hash it again, and a site that reports no sha512 of what it
+    took (as Glance's upload does not) still ends with the source's recorded."""
+    bed = engine_bed
+    streaming = bed.add_destination("site-c", returns_sha512=False)
+    bed.add_destination("site-d", wants_file=True)
+    data = payload(2048 * KIB, seed=23)
+    image = bed.source.add_image(data)
+    hashed: list[str] = []
+    verifying = Sha512Meter.verifying
+
+    def spied(meter: Sha512Meter, chunks: Iterable[bytes], *args: str | None) -> Iterator[bytes]:
+        hashed.append(str(args[-1]))
+        return verifying(meter, chunks, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Sha512Meter, "verifying", spied)
+    members = _group(bed, image.id, "site-c", "site-d")
+
+    bed.run()
+
+    follower = bed.ledger.get(members["site-c"].id)
+    assert follower.state == "done", follower.last_error
+    assert bed.states(follower.id) == HAPPY_PATH
+    assert _held(streaming, follower) == data
+    assert follower.dest_sha512 == hashlib.sha512(data).hexdigest()
+    assert "streamed from the group's one read" in " ".join(bed.messages(follower.id))
+    assert not [what for what in hashed if follower.id in what]
 
 
 def test_a_stopped_destination_holds_back_only_itself(engine_bed: EngineBed) -> None:
