@@ -20,9 +20,8 @@ class Sha512Meter:
         self.finished = False
 
     def through(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
+        for chunk in self.counting(chunks):
             self._hash.update(chunk)
-            self.bytes += len(chunk)
             yield chunk
 
     def counting(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
