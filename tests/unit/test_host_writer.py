@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 from migratio.drivers.ssh import host_writer
-from migratio.drivers.ssh.stream import REMOTE_WRITER
+from migratio.drivers.ssh.stream import remote_writer
 
 MiB = 1024 * 1024
 
 
 def run_writer(path: Path, offset: int, data: bytes) -> subprocess.CompletedProcess[bytes]:
-    argv = [sys.executable, "-I", "-c", REMOTE_WRITER, str(path), str(offset)]
+    argv = [sys.executable, "-I", "-c", remote_writer(), str(path), str(offset)]
     return subprocess.run(argv, input=data, capture_output=True, timeout=60, check=False)
 
 

@@ -18,6 +18,7 @@ offset); the program reads nothing else.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import re
@@ -41,8 +42,13 @@ CIPHERS = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
 # OpenSSH expands ``%`` and ``~`` in these paths and splits -o values on spaces.
 PLAIN_PATH = re.compile(r"[A-Za-z0-9_./+@:=,-]+")
 OUTPUT_LIMIT = 64 * 1024
-# The program that writes the file on the host, sent as text (``python3 -c``).
-REMOTE_WRITER = Path(host_writer.__file__).read_text()
+
+
+@functools.cache
+def remote_writer() -> str:
+    """The program that writes the file on the host, sent as text (``python3 -c``):
+    read on the first upload, not whenever the driver is imported."""
+    return Path(host_writer.__file__).read_text()
 
 
 def openssh_client() -> str | None:
@@ -112,7 +118,7 @@ class StreamedUpload:
         self.host = host
         self.path = path
         self.action = f"upload to {path}"
-        remote = ["python3", "-I", "-c", REMOTE_WRITER, path, str(offset)]
+        remote = ["python3", "-I", "-c", remote_writer(), path, str(offset)]
         self._stdout: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (see close)
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
         try:
