@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 
 UNIT_TESTS = ROOT / "tests" / "unit"
+# Workers for the peer tests: one per core of a CI machine (2).
+PEER_TEST_WORKERS = 2
 # Where a unit-only run keeps its temporary files (set by pytest_configure).
 UNIT_BASETEMP = pytest.StashKey[Path]()
 
@@ -73,9 +75,24 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (pyproject's addopts): the unit tests share nothing and run on
-    several workers; the peer tests share one test bed and run in this process, as
-    does a single test named with ``::``."""
-    return min(4, max(2, os.cpu_count() or 1)) if _only_unit_tests(config) else 0
+    several workers. The peer tests wait on their peers about half of the time:
+    two workers, each with a test bed and a PostgreSQL database of its own, keep
+    both cores busy. A bed given by $MIGRATIO_TESTBED_DIR is one for the whole
+    run, so its tests run in this process, as does a single test named with ``::``."""
+    if _only_unit_tests(config):
+        return min(4, max(2, os.cpu_count() or 1))
+    if os.environ.get("MIGRATIO_TESTBED_DIR") or any("::" in arg for arg in config.args):
+        return 0
+    return PEER_TEST_WORKERS
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The peer tests of one file run on one worker, in their order (``--dist
+    loadgroup``): they share the file's fixtures (an image, moto's account)."""
+    for item in items:
+        if not item.path.is_relative_to(UNIT_TESTS):
+            item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(ROOT))))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -147,7 +164,7 @@ def grep_for_secrets(bed: testbed_lib.Bed, basetemp: Path) -> secrets_grep.Scan:
         bed.dir,
         basetemp,
         redis_url=bed.redis_url,
-        postgres_url=os.environ.get("MIGRATIO_TEST_POSTGRES_URL"),
+        postgres_url=configured_postgres(),
         extra_secrets={"a token of this session": token},
     )
     record(
@@ -162,10 +179,20 @@ def grep_for_secrets(bed: testbed_lib.Bed, basetemp: Path) -> secrets_grep.Scan:
     return scan
 
 
+def configured_postgres() -> str | None:
+    """$MIGRATIO_TEST_POSTGRES_URL, with a database of this xdist worker's own."""
+    configured = os.environ.get("MIGRATIO_TEST_POSTGRES_URL")
+    if not configured:
+        return None
+    from tests.support.ledgers import worker_database
+
+    return worker_database(configured, os.environ.get("PYTEST_XDIST_WORKER", ""))
+
+
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real PostgreSQL: $MIGRATIO_TEST_POSTGRES_URL, else a private cluster."""
-    configured = os.environ.get("MIGRATIO_TEST_POSTGRES_URL")
+    configured = configured_postgres()
     if configured:
         yield configured
         return

@@ -8,7 +8,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 
 from migratio.ledger.database import make_engine, upgrade
 from migratio.ledger.models import Base
@@ -23,6 +23,27 @@ def empty_ledger_engine(url: str) -> Engine:
             Base.metadata.drop_all(connection)
             connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
     return engine
+
+
+def worker_database(url: str, worker: str) -> str:
+    """``url`` for the main test process; for pytest-xdist worker ``worker`` (e.g.
+    ``gw1``), a database of its own on the same server, made if missing, as each
+    worker drops the ledger tables of its tests."""
+    if not worker:
+        return url
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    server = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with server.connect() as connection:
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+            if exists is None:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        server.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
 
 
 # The first test engine's dialect and statement cache, lent to every later one.
