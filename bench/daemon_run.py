@@ -76,6 +76,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """User + system CPU seconds of the processes ``roots`` and all their
+    descendants now alive, each with what its reaped children used (so an ``sshd``
+    session or a CLI run that has ended still counts, in its parent's)."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        used[int(entry.name)] = sum(int(f) for f in fields[11:15]) / tick
+    inside = set(roots) & used.keys()
+    while True:
+        grown = inside | {pid for pid, parent in parents.items() if parent in inside}
+        if grown == inside:
+            return sum(used[pid] for pid in inside)
+        inside = grown
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds every core of the machine has spent busy since boot (/proc/stat)."""
     first = Path("/proc/stat").read_text().splitlines()[0].split()

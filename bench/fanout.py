@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT / "support" / "testbed"))
 
 import testbed_lib  # noqa: E402
 import yaml  # noqa: E402
+from testbed_lib import pidfile  # noqa: E402
 
 from bench import daemon_run  # noqa: E402
 from bench.rounds import emit  # noqa: E402
@@ -99,6 +100,13 @@ class Bed:
     def config(self, work: Path, concurrency: int, **overrides: Any) -> Path:
         work.mkdir(parents=True)
         return write_daemon_config(work, self.sites, concurrency=concurrency, **QUIET, **overrides)
+
+    def peers_cpu_seconds(self) -> float:
+        """CPU seconds used so far by everything on this machine a fan-out talks to
+        but the daemon: the bed's servers and their children (sshd's sessions, the
+        SSH host's ``openstack`` CLI) and this process (the counting proxy)."""
+        servers = [server.pid for server in pidfile.load(self.bed.dir)]
+        return daemon_run.tree_cpu_seconds(servers) + daemon_run.cpu_seconds(os.getpid())
 
     def verify_and_remove(self, migration: Any, sources: dict[str, Any], scratch: Path) -> bool:
         """Whether the copy holds the source's bytes (by checksum); then delete it."""
@@ -165,7 +173,9 @@ def fanout(
         load_settings(config), ledger, source_id, "site-a", destinations
     )
     before = bed.proxy.moved(DOWN)
+    peers_before = bed.peers_cpu_seconds()
     run = daemon_run.run_until_idle(config)
+    peers_cpu = bed.peers_cpu_seconds() - peers_before
     read = bed.proxy.moved(DOWN) - before
     ids = [m.id for m in members]
     ended = [ledger.get(i) for i in ids]
@@ -187,6 +197,7 @@ def fanout(
         "peak_rss_mib": run.peak_rss_mib,
         "machine_cpu_seconds": run.machine_cpu_seconds,
         "daemon_cpu_seconds": run.cpu_seconds,
+        "peers_cpu_seconds": peers_cpu,
     }
 
 
@@ -301,6 +312,7 @@ def measure(
                     singles_machine_cpu_seconds=singles_cpu,
                     daemon_cpu_seconds=group["daemon_cpu_seconds"],
                     singles_daemon_cpu_seconds=singles_daemon_cpu,
+                    peers_cpu_seconds=group["peers_cpu_seconds"],
                     cores=os.cpu_count(),
                     **{f"single_{d.replace('-', '_')}_seconds": s for d, s in singles.items()},
                 )
@@ -312,7 +324,8 @@ def measure(
                     f"{group['verified']}/{len(destinations)} verified; machine CPU "
                     f"{group['machine_cpu_seconds']:.1f} s (singles {singles_cpu:.1f} s), "
                     f"the daemon's {group['daemon_cpu_seconds']:.1f} s "
-                    f"(singles {singles_daemon_cpu:.1f} s) on {os.cpu_count()} cores"
+                    f"(singles {singles_daemon_cpu:.1f} s), the peers' "
+                    f"{group['peers_cpu_seconds']:.1f} s on {os.cpu_count()} cores"
                 )
                 if not with_outage:
                     continue

@@ -157,6 +157,19 @@ def _where(runs: list[Record]) -> str:
 
 def _fanout_wall(what: str, runs: list[Record]) -> Goal:
     busy = _percent(r["machine_cpu_seconds"] / (r["cores"] * r["seconds"]) for r in runs)
+    # The peers share this machine's cores: their CPU alone, spread over every
+    # core, is a wall no daemon could beat here.
+    floors = [
+        r["peers_cpu_seconds"] / r["cores"] / r["slowest_single_seconds"]
+        for r in runs
+        if "peers_cpu_seconds" in r
+    ]
+    floor = (
+        f"; the peers' CPU alone, over all {runs[0]['cores']} cores: {spread(floors, 2)}x "
+        "the slowest single"
+        if floors
+        else ""
+    )
     return Goal(
         "F",
         f"{what}, {_where(runs)}",
@@ -166,7 +179,7 @@ def _fanout_wall(what: str, runs: list[Record]) -> Goal:
         f"slowest single ({runs[0]['slowest_single'] if runs else '—'}) "
         f"{spread(r['slowest_single_seconds'] for r in runs)} s; verified "
         f"{spread((r['verified'] for r in runs), 0)}; all cores busy {busy}% "
-        "in the fan-out",
+        f"in the fan-out{floor}",
         command(runs),
         3,
     )

@@ -191,3 +191,20 @@ def test_the_capped_fan_out_is_a_row_of_its_own_beside_the_uncapped_one() -> Non
     assert "capped at 24 MiB/s" in capped[1]
     assert capped[2:6:3] == ["1.075 (1.050-1.100)", "met"]
     assert capped[3].endswith("verified 2; all cores busy 50% in the fan-out")
+
+
+def test_the_fan_out_row_names_the_wall_the_peers_cpu_alone_sets() -> None:
+    """Peers measured on the same cores: their CPU over all cores is a floor for
+    the wall, shown against the slowest single (rounds without it show none)."""
+    records = [{**fanout(2.2, 0), "peers_cpu_seconds": 44.0}, fanout(2.4, 1)]
+    records.append({**fanout(2.3, 2), "peers_cpu_seconds": 52.0})
+    document = render(records, [], [], "bench/all", False)
+    (row,) = [r for r in document.splitlines() if r.startswith("| F | fan-out") and "wall /" in r]
+    assert (
+        row.split("|")[4]
+        .strip()
+        .endswith(
+            "all cores busy 50% in the fan-out; the peers' CPU alone, over all 2 cores: "
+            "1.20 (1.10-1.30)x the slowest single"
+        )
+    )
