@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.performance_report import render, spread
+from bench.figures import spread
+from bench.performance_report import render
 
 MIB = 1 << 20
 
