@@ -116,11 +116,11 @@ class Bed:
             (snapshot,) = aws_peer.snapshots_of(ec2, migration.id)
             rebuilt = scratch / "rebuilt.raw"
             aws_peer.rebuild_disk(ebs, snapshot["SnapshotId"], rebuilt, sources["raw_size"])
-            same = images.sha512_of(rebuilt) == sources["raw_sha512"]
+            same = images.sha512_of(rebuilt) == str(sources["raw_sha512"])
             rebuilt.unlink()
             aws_peer.reset(self.moto_url)
             return same
-        wanted = sources["raw_sha512" if migration.dest_site == "site-b-raw" else "sha512"]
+        wanted = str(sources["raw_sha512" if migration.dest_site == "site-b-raw" else "sha512"])
         copy = str(migration.dest_image_id)
         same = glance_peer.sha512_of_image(self.site_b, copy) == wanted
         glance_peer.delete(self.site_b, copy)

@@ -172,10 +172,11 @@ def report(
     what: str,
     figure: str,
     values: list[float],
+    params: dict[str, object],
+    *,
     unit: float = 1.0,
     suffix: str = "s",
     cpus: list[float] | None = None,
-    **params: object,
 ) -> None:
     """A human line and a JSON line (``figure``, ``params``, median/min/max in
     ``suffix``; ``cpu_median``: the child's user+sys seconds)."""
@@ -251,7 +252,7 @@ def run(directory: Path, postgres: str, args: argparse.Namespace) -> None:
         source = source_copy(directory, mode)
         env = mode_env(source, compiled)
         label = "bytecode compiled" if compiled else "no bytecode"
-        params = {"bytecode": compiled}
+        params: dict[str, object] = {"bytecode": compiled}
         commands += [
             Timed(f"baseline: python3 -c pass [{label}]", "python_start",
                   [python, "-c", "pass"], params, source, env),
@@ -265,11 +266,11 @@ def run(directory: Path, postgres: str, args: argparse.Namespace) -> None:
             commands.append(Timed(what, "status", status, {**params, **ledger}, source, env))
     start_up(commands, args.rounds)
     for command in commands:
-        report(command.what, command.figure, command.walls, cpus=command.cpus, **command.params)
+        report(command.what, command.figure, command.walls, command.params, cpus=command.cpus)
     for name, url in ledgers.items():
         costs = transition_costs(url, args.transitions_of)
         what = f"one transition + audit + outbox ({name})"
-        report(what, "transition", costs, 1000, "ms", ledger=name)
+        report(what, "transition", costs, {"ledger": name}, unit=1000, suffix="ms")
 
 
 if __name__ == "__main__":

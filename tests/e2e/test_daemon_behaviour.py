@@ -90,12 +90,12 @@ def test_two_daemons_share_a_postgresql_ledger(
         )
         for n in range(6)
     ]
+    hosts = [tmp_path / f"host{n}" for n in range(2)]
+    for host in hosts:
+        host.mkdir()
     configs = [
-        write_daemon_config(
-            tmp_path / f"host{n}", bed_dir / "sites", database_url=postgres_url, concurrency=1
-        )
-        for n in range(2)
-        if (tmp_path / f"host{n}").mkdir() is None
+        write_daemon_config(host, bed_dir / "sites", database_url=postgres_url, concurrency=1)
+        for host in hosts
     ]
     runners = [migratio_cli.start(config, config.parent / "migratio_cli.log") for config in configs]
     try:

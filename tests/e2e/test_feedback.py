@@ -28,7 +28,7 @@ from migratio.redis_link import RedisLink
 from tests.support import glance_peer, images, migratio_cli
 from tests.support.daemon_config import write_daemon_config
 from tests.support.ledgers import empty_ledger_engine
-from tests.support.redis_peer import PrivateRedis
+from tests.support.redis_peer import PrivateRedis, as_bytes
 
 FEEDBACK = "atmosphere:queue:feedback"
 WORKER = "Atmosphere::UpdateMigrationJobStatusWorker"
@@ -74,7 +74,7 @@ def test_feedback_waits_in_the_ledger_while_redis_is_down_then_arrives_in_order(
         while outbox.pending():
             assert time.monotonic() < deadline, "feedback never delivered"
             time.sleep(0.05)
-        raw_jobs = list(reversed(peer.client.lrange(FEEDBACK, 0, -1)))
+        raw_jobs = as_bytes(reversed(peer.client.lrange(FEEDBACK, 0, -1)))
     finally:
         deliverer.stop(flush_seconds=0)
         deliverer.join(10)
@@ -179,11 +179,11 @@ def test_a_real_upload_reports_progress_lines_every_10_percent_in_order(
             env={**os.environ, faults.ENVIRONMENT_VARIABLE: "transfer.bytes=pause:0.03@1"},
         )
         while daemon.poll() is None:
-            for identity in peer.client.smembers("atmosphere:processes"):
+            for identity in as_bytes(peer.client.smembers("atmosphere:processes")):
                 busy.append(int(peer.client.hget(b"atmosphere:" + identity, "busy") or 0))
             time.sleep(0.2)
         assert daemon.returncode == 0
-        raw_jobs = list(reversed(peer.client.lrange(FEEDBACK, 0, -1)))
+        raw_jobs = as_bytes(reversed(peer.client.lrange(FEEDBACK, 0, -1)))
     finally:
         peer.stop()
 

@@ -23,7 +23,7 @@ from migratio.intake.dead_set import DEAD_PAYLOAD_BYTES, SIDEKIQ_DEAD_TIMEOUT_SE
 from migratio.intake.process_set import SidekiqProcess, Work
 from tests.e2e.test_intake import intake_config, ledger_rows, migration_count, wait_until
 from tests.support import migratio_cli
-from tests.support.redis_peer import PrivateRedis, sidekiq_job
+from tests.support.redis_peer import PrivateRedis, as_bytes, sidekiq_job
 
 RUBY = Path(__file__).resolve().parent.parent / "support" / "ruby"
 NS = "atmosphere"
@@ -146,7 +146,7 @@ def test_sidekiq_webs_quiet_stops_the_intake_and_stop_stops_the_daemon(
     daemon = migratio_cli.start(config, tmp_path / "daemon.log")
     try:
         wait_until(lambda: redis_peer.client.scard(f"{NS}:processes") == 1, what="the heartbeat")
-        [identity] = [raw.decode() for raw in redis_peer.client.smembers(f"{NS}:processes")]
+        [identity] = [r.decode() for r in as_bytes(redis_peer.client.smembers(f"{NS}:processes"))]
         redis_peer.client.lpush(f"{NS}:{identity}-signals", "TSTP")  # Process#quiet!
         wait_until(
             lambda: redis_peer.client.hget(f"{NS}:{identity}", "quiet") == b"true",

@@ -15,6 +15,7 @@ import requests
 import sqlalchemy
 import testbed_lib
 import yaml  # conftest puts support/testbed on sys.path
+from keystoneauth1.identity.base import BaseIdentityPlugin
 from openstack.config import OpenStackConfig
 from openstack.connection import Connection
 
@@ -66,16 +67,18 @@ def test_each_site_is_its_own_cloud_where_migratio_is_a_member(
         endpoint = conn.session.get_endpoint(service_type="image", region_name=site)
         assert endpoint is not None
         assert endpoint.startswith(testbed.glance_urls[site])
-        assert conn.session.get_endpoint(service_type="identity").startswith(
-            testbed.keystone_urls[site]
-        )
+        identity = conn.session.get_endpoint(service_type="identity")
+        assert identity is not None and identity.startswith(testbed.keystone_urls[site])
+        assert isinstance(conn.session.auth, BaseIdentityPlugin)
         access = conn.session.auth.get_access(conn.session)
-        assert "member" in access.role_names and "admin" not in access.role_names
+        roles = access.role_names or []
+        assert "member" in roles and "admin" not in roles
         assert access.project_name == "migratio"
     assert testbed.glance_urls["site-a"] != testbed.glance_urls["site-b"]
     # Own users, own tokens: site-a's token means nothing to site-b's Glance.
     images_b = f"{testbed.glance_urls['site-b']}/v2/images"
     for token, status in ((site_a.session.get_token(), 401), (site_b.session.get_token(), 200)):
+        assert token is not None
         answer = requests.get(images_b, headers={"X-Auth-Token": token}, timeout=30)
         assert answer.status_code == status
     env = (testbed.dir / "env").read_text()

@@ -123,7 +123,8 @@ def _migrate_with_short_tokens(
     assert shown["state"] == "done" and shown["error"] is None
     assert not [row for row in shown["history"] if "retrying" in row["message"]], shown["history"]
     dest_id = shown["dest_image_id"]
-    assert glance_peer.get(site_b, dest_id)["os_hash_value"] == images.sha512_of(source_file)
+    copy = glance_peer.get(site_b, dest_id)
+    assert copy is not None and copy["os_hash_value"] == images.sha512_of(source_file)
     # Nothing restarted from zero: one whole download (exporting's format probe
     # reads only the head) and one upload, each outliving its token.
     size = source_file.stat().st_size

@@ -40,7 +40,7 @@ EVERY_CHUNK = 0.0
 
 # Tiny but real: every loop and backoff is milliseconds, a lease is as short as
 # the config allows (renewals and expiries are driven by the tests, not waited for).
-FAST = {
+FAST: dict[str, Any] = {
     "lease_seconds": 2,
     "poll_seconds": 0.05,
     "progress_seconds": 0.02,  # tests that stop a transfer midway take EVERY_CHUNK
@@ -261,15 +261,16 @@ def at_transition(
     """Run ``action`` in the thread firing ``trigger``, just before its commit or
     just after it (an action that raises stops the thread there)."""
     commit = ledger.transition
+    watched = trigger
 
     def transition(
-        migration_id: str, owner: str | None, fired: str, message: str, **fields: Any
+        migration_id: str, owner: str | None, trigger: str, message: str, **fields: Any
     ) -> Migration:
-        if fired != trigger:
-            return commit(migration_id, owner, fired, message, **fields)
+        if trigger != watched:
+            return commit(migration_id, owner, trigger, message, **fields)
         if before:
             action()
-        migration = commit(migration_id, owner, fired, message, **fields)
+        migration = commit(migration_id, owner, trigger, message, **fields)
         if not before:
             action()
         return migration

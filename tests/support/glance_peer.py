@@ -54,7 +54,7 @@ TEMPLATE_PROPERTIES = {
     "os_distro": "ubuntu",
     "os_version": "24.04",
 }
-TEMPLATE_FIELDS = {"architecture": "x86_64", "min_disk": 1, "min_ram": 512}
+TEMPLATE_FIELDS: dict[str, Any] = {"architecture": "x86_64", "min_disk": 1, "min_ram": 512}
 
 
 def upload_template(conn: Connection, path: Path, name: str) -> str:

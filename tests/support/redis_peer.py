@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,12 @@ class PrivateRedis:
 
 
 OPENSTACK_MIGRATOR = "Migratio::Worker::OpenstackOpenstackMigrator"
+
+
+def as_bytes(replies: Iterable[bytes | str]) -> list[bytes]:
+    """redis-py's replies, typed ``bytes | str``, as the bytes a client without
+    ``decode_responses`` gets."""
+    return [r if isinstance(r, bytes) else r.encode() for r in replies]
 
 
 def sidekiq_job(args: Any, *, jid: str | None = None, worker: str = OPENSTACK_MIGRATOR) -> bytes:

@@ -10,6 +10,7 @@ import pytest
 
 from migratio.config import load_settings
 from migratio.errors import ConfigError
+from migratio.site_settings import OpenStackSite
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -35,8 +36,9 @@ def test_example_configs_are_valid(tmp_path: Path) -> None:
     assert settings.daemon.name == "site-a"
     assert settings.daemon.ledger_url == f"sqlite:///{tmp_path / 'w' / 'ledger.sqlite'}"
     assert settings.daemon.sites_dir == tmp_path / "sites"
-    assert settings.site("site-b").settings.disk_format == "raw"
-    assert settings.site("site-a").settings.disk_format == "keep"
+    site_b, site_a = settings.site("site-b").settings, settings.site("site-a").settings
+    assert isinstance(site_b, OpenStackSite) and site_b.disk_format == "raw"
+    assert isinstance(site_a, OpenStackSite) and site_a.disk_format == "keep"
 
 
 @pytest.mark.parametrize(

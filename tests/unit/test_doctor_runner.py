@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from migratio.doctor.result import Check, CheckResult, Status, Verdict, fail, ok, passed, warn
 from migratio.doctor.runner import Chain, bounded, client_timeout, run_chain, run_chains
 from migratio.errors import PermanentError
+
+
+def _after(seconds: float, verdict: Verdict) -> Callable[[], Verdict]:
+    """A check that answers ``verdict`` once ``seconds`` have passed."""
+
+    def check() -> Verdict:
+        time.sleep(seconds)
+        return verdict
+
+    return check
 
 
 def _statuses(results: list[CheckResult]) -> list[tuple[str, str]]:
@@ -84,7 +95,7 @@ def test_secrets_are_scrubbed_and_details_are_one_line() -> None:
 
 def test_chains_run_side_by_side_and_report_in_order() -> None:
     def slow(name: str) -> Check:
-        return Check(name, lambda: (time.sleep(0.2), ok(name))[1])
+        return Check(name, _after(0.2, ok(name)))
 
     chains = [Chain(f"c{n}", [slow(f"c{n}")]) for n in range(5)]
     started = time.monotonic()
@@ -97,7 +108,7 @@ def test_close_runs_after_the_chain_but_not_after_a_timeout() -> None:
     closed: list[str] = []
     run_chain(Chain("a", [Check("a", lambda: ok("x"))], close=lambda: closed.append("a")), 5)
     run_chain(
-        Chain("b", [Check("b", lambda: (time.sleep(2), ok("x"))[1])], lambda: closed.append("b")),
+        Chain("b", [Check("b", _after(2, ok("x")))], lambda: closed.append("b")),
         0.1,
     )
     assert closed == ["a"]

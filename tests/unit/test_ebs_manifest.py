@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from migratio.drivers.aws import blocks
 from migratio.drivers.aws.blocks import BLOCK_SIZE, Manifest, scan
 from tests.drivers.aws.manifest_spec import manifest_of_raw, manifest_sha512
 
@@ -92,7 +91,7 @@ def test_manifest_of_a_64_gib_disk_reads_only_its_data(
         read.append(length)
         return pread(fd, length, offset)
 
-    monkeypatch.setattr(blocks.os, "pread", counting_pread)
+    monkeypatch.setattr(os, "pread", counting_pread)  # as blocks.py calls it
     digest = _manifest_by_scan(disk)
     monkeypatch.undo()
     if sum(read) >= size:

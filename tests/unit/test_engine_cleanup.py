@@ -119,4 +119,4 @@ def test_a_cleanup_cut_short_by_a_kill_is_finished_at_the_next_start(
         ("file", "source.raw", "removed"),
         ("dest_image", record_id, "kept"),
     ]
-    assert bytes(bed.destination.records[record_id].data) == DATA
+    assert bytes(bed.destination.record(record_id).data) == DATA

@@ -22,7 +22,7 @@ def test_done_only_with_every_copy_each_kept_and_named(engine_bed: EngineBed) ->
 
     done = bed.ledger.get(migration.id)
     assert done.state == "done", done.last_error
-    image = bed.destination.records[done.dest_image_id]
+    image = bed.destination.record(done.dest_image_id)
     (snapshot_id,) = image.parts
     copies = done.dest_copies
     assert copies is not None and len(copies) == 2

@@ -121,7 +121,7 @@ def test_a_transient_error_is_retried_in_its_state_then_the_migration_ends_done(
         (2, reason),
     ]
     assert len(bed.records_of(migration_id)) == 1  # a retry reuses the record
-    assert bed.destination.records[done.dest_image_id].sha512 == sha512(DATA)
+    assert bed.destination.record(done.dest_image_id).sha512 == sha512(DATA)
 
 
 @pytest.mark.parametrize(

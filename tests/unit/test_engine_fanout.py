@@ -113,9 +113,9 @@ def test_a_group_of_three_reads_the_source_once_and_converts_once(
         assert migration.state == "done", migration.last_error
         assert bed.states(migration.id) == HAPPY_PATH  # each its own trail, no note
         assert migration.source_sha512 == image.sha512
-    assert bytes(bed.destination.records[ended[DESTINATION].dest_image_id].data) == RAW
-    qcow2_c = bytes(site_c.records[ended["site-c"].dest_image_id].data)
-    qcow2_d = bytes(site_d.records[ended["site-d"].dest_image_id].data)
+    assert bytes(bed.destination.record(ended[DESTINATION].dest_image_id).data) == RAW
+    qcow2_c = bytes(site_c.record(ended["site-c"].dest_image_id).data)
+    qcow2_d = bytes(site_d.record(ended["site-d"].dest_image_id).data)
     assert qcow2_c == qcow2_d and sha512(qcow2_c) == ended["site-c"].dest_sha512
     assert _raw_of_qcow2(qcow2_c, tmp_path)[: len(RAW)] == RAW
     assert not group_dir(bed.work_dir, str(members[0].group_id)).exists()

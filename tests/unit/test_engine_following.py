@@ -75,7 +75,7 @@ def test_a_crash_while_blocks_leave_during_the_download_starts_the_record_again(
 
     done = bed.ledger.get(migration_id)
     assert done.state == "done", done.last_error
-    record = bed.destination.records[done.dest_image_id]
+    record = bed.destination.record(done.dest_image_id)
     assert done.dest_image_id != first_record
     assert bytes(record.data) == DISK
     assert record.sha512 == sha512(DISK) == done.dest_sha512
@@ -132,7 +132,7 @@ def test_a_qcow2_of_another_layout_is_staged_whole_first(
 
     done = bed.ledger.get(migration_id)
     assert done.state == "done", done.last_error
-    assert bytes(bed.destination.records[done.dest_image_id].data) == raw.read_bytes()
+    assert bytes(bed.destination.record(done.dest_image_id).data) == raw.read_bytes()
     assert bed.notes(migration_id) == [
         (
             "exporting",

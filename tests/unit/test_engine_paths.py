@@ -60,7 +60,7 @@ def _assert_copied(bed: EngineBed, migration_id: str, image: StubImage, sent: by
     assert migration.state == "done", migration.last_error
     assert (migration.lease_owner, migration.last_error, migration.attempt) == (None, None, 0)
     assert bed.records_of(migration_id) == [migration.dest_image_id]
-    record = bed.destination.records[migration.dest_image_id]
+    record = bed.destination.record(migration.dest_image_id)
     assert bytes(record.data) == sent
     assert record.sha512 == sha512(sent) == migration.dest_sha512
     assert migration.source_sha512 == image.sha512
@@ -258,7 +258,7 @@ def test_a_source_without_sha512_is_copied_without_looking_for_a_copy(
 
     done = bed.ledger.get(migration.id)
     assert done.state == "done", done.last_error
-    assert bytes(bed.destination.records[done.dest_image_id].data) == RAW
+    assert bytes(bed.destination.record(done.dest_image_id).data) == RAW
     assert "find_copy" not in bed.destination.calls
 
 
@@ -274,7 +274,7 @@ def test_a_site_that_makes_an_image_of_the_record_keeps_both(engine_bed: EngineB
 
     done = bed.ledger.get(migration.id)
     assert done.state == "done", done.last_error
-    ami = bed.destination.records[done.dest_image_id]
+    ami = bed.destination.record(done.dest_image_id)
     (snapshot_id,) = ami.parts
     assert set(bed.destination.records) == {ami.id, snapshot_id}
     assert bytes(bed.destination.records[snapshot_id].data) == RAW

@@ -50,7 +50,7 @@ def _assert_finished_once(bed: EngineBed, migration_id: str, sent: bytes) -> Non
     done = bed.ledger.get(migration_id)
     assert done.state == "done", done.last_error
     assert bed.records_of(migration_id) == [done.dest_image_id]
-    record = bed.destination.records[done.dest_image_id]
+    record = bed.destination.record(done.dest_image_id)
     assert bytes(record.data) == sent
     assert record.sha512 == sha512(sent) == done.dest_sha512
     assert record.properties[SOURCE_UUID] == done.image_id

@@ -1,4 +1,4 @@
-"""docs/PERFORMANCE.md's rendering (bench/performance_report.py) from hand-made
+"""docs/PERFORMANCE.md's rendering (bench/performance_report.py, bench/goals.py) from hand-made
 records: which size a goal reads, median and range, met or not, and a row per
 size in the growth tables. The benchmarks themselves run in
 tests/e2e/test_benchmarks.py."""

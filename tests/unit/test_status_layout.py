@@ -33,9 +33,9 @@ def _row(n: int, **changes: Any) -> dict[str, Any]:
 
 
 def _rich(rows: list[dict[str, Any]], width: int) -> list[str]:
-    console = Console(file=io.StringIO(), width=width)
-    console.print(status_table(rows))
-    return console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    out = io.StringIO()
+    Console(file=out, width=width).print(status_table(rows))
+    return out.getvalue().splitlines()
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 
 from migratio.config import AwsSite, DaemonConfig, OpenStackSite, OpenStackSshSite
 from migratio.drivers.aws.session import AwsClients
-from migratio.ledger.database import postgres_connect_args
+from migratio.ledger.urls import postgres_connect_args
 from migratio.redis_link import RedisLink
 
 SSH = {
@@ -28,9 +28,12 @@ SSH = {
     ids=["openstack", "openstack-ssh", "aws"],
 )
 def test_timeout_is_the_default_of_connect_and_read_timeouts(base: dict[str, Any]) -> None:
-    model = {"openstack": OpenStackSite, "openstack-ssh": OpenStackSshSite, "aws": AwsSite}[
-        base["type"]
-    ]
+    models: dict[str, type[OpenStackSite | OpenStackSshSite | AwsSite]] = {
+        "openstack": OpenStackSite,
+        "openstack-ssh": OpenStackSshSite,
+        "aws": AwsSite,
+    }
+    model = models[base["type"]]
     default = model.model_validate(base)
     assert (default.timeout, default.connect_timeout, default.read_timeout) == (60, 60, 60)
     one = model.model_validate({**base, "timeout": 7})

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from migratio.errors import TransientError
 
-Callback = Callable[[], None]
+Callback = Callable[[], object]  # what it returns is ignored
 
 # What a stub site can be told to misbehave in: its methods, and its two byte streams
 # ("read": bytes a source hands out; "receive": bytes a destination takes in).

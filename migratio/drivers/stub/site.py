@@ -123,6 +123,12 @@ class StubSite(Scriptable):
         self.images[image.id] = image
         return image
 
+    def record(self, record_id: str | None) -> StubRecord:
+        """The record a migration names (its ``dest_image_id``); one that names none
+        fails here, where the test reads it."""
+        assert record_id is not None, "no record named"
+        return self.records[record_id]
+
     def add_copy(self, provenance: Provenance, data: bytes, disk_format: str = "raw") -> StubRecord:
         """A finished copy an earlier migration left, carrying ``provenance``."""
         record = self._new_record("copy", disk_format, "bare", provenance.as_properties())

@@ -36,6 +36,7 @@ from migratio.drivers.base import (
 from migratio.errors import (
     ConfigError,
     IntegrityError,
+    NotFound,
     PermanentError,
     ShuttingDown,
     TransientError,
@@ -156,7 +157,7 @@ def _client_error(status: int, code: str) -> botocore.exceptions.ClientError:
         (_client_error(500, "InternalError"), TransientError),
         (_client_error(400, "ValidationException"), PermanentError),
         (_client_error(403, "AccessDeniedException"), PermanentError),
-        (_client_error(404, "ResourceNotFoundException"), aws_errors.NotFound),
+        (_client_error(404, "ResourceNotFoundException"), NotFound),
         (botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), TransientError),
         (botocore.exceptions.ReadTimeoutError(endpoint_url="http://x"), TransientError),
         (botocore.parsers.ResponseParserError("500 page"), TransientError),

@@ -17,12 +17,12 @@ from tests.support import images
 SIZE = images.OUT_OF_ORDER_SIZE
 
 
-def _blocks_of_raw(raw: Path) -> list[tuple[int, bytes]]:
+def _blocks_of_raw(raw: Path) -> list[tuple[int, bytes | bytearray]]:
     with raw.open("rb") as handle:
         return [(b.index, b.data) for b in scan(handle.fileno(), raw.stat().st_size)]
 
 
-def _blocks_mapped(image: Path, mapped: disk_map.DiskMap) -> list[tuple[int, bytes]]:
+def _blocks_mapped(image: Path, mapped: disk_map.DiskMap) -> list[tuple[int, bytes | bytearray]]:
     with image.open("rb") as handle:
         return [(b.index, b.data) for b in scan_mapped(handle.fileno(), mapped.extents())]
 

@@ -215,7 +215,9 @@ class _NotGlance(_Answering):
     """Something else behind the image endpoint: every answer is a version document."""
 
     def _answer(self) -> None:
-        port = self.server.server_address[1]
+        address = self.server.server_address
+        assert isinstance(address, tuple)
+        port = address[1]
         body = json.dumps(
             {
                 "versions": [
@@ -722,6 +724,7 @@ def test_a_stopped_glance_behind_the_catalog_is_transient(testbed: Any) -> None:
     testbed_lib.stop_service(testbed.dir, "glance-site-b")
     try:
         driver = open_destination(load_sites(testbed.dir / "sites")["site-b"])
+        assert isinstance(driver, OpenStackSiteDriver)
         try:
             with pytest.raises(TransientError) as caught:
                 driver.describe(str(uuid.uuid4()))
@@ -889,6 +892,7 @@ def test_a_token_refused_mid_upload_is_transient_and_the_next_attempt_gets_a_new
         # A token Glance has not validated (and cached) yet, revoked by its user.
         connection.session.invalidate()
         token = connection.session.get_token()
+        assert token is not None
         revoked = requests.delete(
             f"{testbed.keystone_urls['site-b']}/auth/tokens",
             headers={"X-Auth-Token": token, "X-Subject-Token": token},
