@@ -1,7 +1,9 @@
-"""The daemon and the ledger's schema: ``run``, ``db upgrade``."""
+"""The daemon and its ledger: ``run``, ``db upgrade``, ``db prune``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -53,7 +55,7 @@ def run(ctx: Context, until_idle: bool, as_json: bool) -> None:
 
 @click.group()
 def db() -> None:
-    """Ledger schema commands."""
+    """Ledger commands: its schema, its retention."""
 
 
 @db.command("upgrade")
@@ -64,6 +66,40 @@ def db_upgrade(ctx: Context, as_json: bool) -> None:
     """Bring the ledger schema to the newest revision."""
     ctx.ledger().close()
     click.echo('{"schema": "up to date"}' if as_json else "ledger schema is up to date")
+
+
+@db.command("prune")
+@click.option(
+    "--older-than",
+    "days",
+    required=True,
+    type=click.IntRange(min=1),
+    metavar="DAYS",
+    help="prune migrations that ended more than DAYS days ago",
+)
+@click.option(
+    "--archive",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="append each pruned migration, as `show --json` prints it, to this file first",
+)
+@click.option("--dry-run", is_flag=True, help="say what would go, delete nothing")
+@json_option
+@pass_context
+@one_line_errors
+def db_prune(ctx: Context, days: int, archive: Path | None, dry_run: bool, as_json: bool) -> None:
+    """Delete old ended migrations with their history, keeping those cleanup
+    still needs, the newest done migration of each image on each route (the next
+    version starts from it) and whole fan-out groups. Safe beside a running daemon."""
+    from dataclasses import asdict
+    from datetime import timedelta
+
+    from migratio import pruning
+
+    pruned = pruning.prune(ctx.ledger(), timedelta(days=days), archive, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps({**asdict(pruned), "before": pruned.before.isoformat()}))
+    else:
+        click.echo(pruning.summary(pruned, archive))
 
 
 COMMANDS = [run, db]

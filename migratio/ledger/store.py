@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from migratio.errors import JobConflict, LedgerError
-from migratio.ledger import artifacts, census, groups, leases, reads, versions, writes
+from migratio.ledger import artifacts, census, groups, leases, reads, retention, versions, writes
 from migratio.ledger import jobs as intake_jobs
 from migratio.ledger import slots as site_slots
 from migratio.ledger.boundary import orm_transaction, reading, transaction
@@ -389,10 +389,15 @@ class Ledger:
         with self._read() as connection:
             return artifacts.unsettled_terminal(connection)
 
-    def purge(self, migration_id: str) -> None:
-        """Delete a migration and its history (tests and operators cleaning up)."""
+    def prunable(self, before: datetime) -> retention.Pruning:
+        """Ended migrations older than ``before`` that may go (``retention``)."""
+        with self._read() as connection:
+            return retention.plan(connection, before)
+
+    def prune(self, migration_ids: Sequence[str], before: datetime) -> tuple[int, int]:
+        """Delete those that may still go, with their history; (migrations, audit rows)."""
         with self._tx() as connection:
-            writes.purge(connection, migration_id)
+            return retention.prune(connection, migration_ids, before)
 
     def census(self) -> Census:
         """Migrations by state and pair of sites, and the feedback backlog (for metrics)."""

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Row, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, DateTime, Row, bindparam, insert, select, update
 
 from migratio.errors import LeaseLost, UnknownMigration
 from migratio.ledger import artifacts
@@ -175,10 +175,6 @@ def request_cancel(connection: Connection, migration_id: str) -> Migration:
     if migration is None:
         raise UnknownMigration(f"no migration {migration_id!r} in the ledger")
     return migration
-
-
-def purge(connection: Connection, migration_id: str) -> None:
-    connection.execute(delete(MIGRATIONS).where(MIGRATIONS.c.id == migration_id))
 
 
 def check_fields(fields: dict[str, Any]) -> None:

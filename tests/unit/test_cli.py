@@ -413,3 +413,38 @@ def test_read_only_commands_load_no_cloud_sdk_redis_or_engine(
     loaded = {line.split("|")[-1].strip() for line in ran.stderr.splitlines() if "|" in line}
     assert "migratio.cli" in loaded  # the import log was read
     assert sorted(loaded & set(HEAVY_FOR_A_READ)) == []
+
+
+def test_db_prune_archives_then_deletes_what_ended_long_ago(
+    ledger: Ledger, config: Path, tmp_path: Path
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from migratio.ledger.models import MIGRATIONS
+    from migratio.ledger.store import utcnow
+
+    old, recent = (ledger.create("site-a", "site-b", image) for image in ("img-1", "img-2"))
+    for migration in (old, recent):
+        assert ledger.acquire(migration.id, "d1", 30)
+        ledger.transition(migration.id, "d1", Trigger.FAIL, "boom")
+    with ledger.engine.begin() as connection:
+        ended = utcnow() - timedelta(days=40)
+        connection.execute(
+            update(MIGRATIONS).where(MIGRATIONS.c.id == old.id).values(finished_at=ended)
+        )
+    archive = tmp_path / "pruned.jsonl"
+
+    dry = json.loads(
+        _cli(config, "db", "prune", "--older-than", "30", "--dry-run", "--json").stdout
+    )
+    assert (dry["migrations"], dry["dry_run"]) == (1, True)
+    shown = _show(config, old.id)
+    ran = _cli(config, "db", "prune", "--older-than", "30", "--archive", str(archive))
+    assert ran.stdout.startswith("pruned 1 migrations ended before "), ran.stdout
+    assert f"archived to {archive}" in ran.stdout
+    assert [json.loads(line) for line in archive.read_text().splitlines()] == [shown]
+    assert [m.id for m in ledger.migrations()] == [recent.id]
+    refused = _cli(config, "db", "prune", "--older-than", "0", check=False)
+    assert refused.returncode == 2 and "--older-than" in refused.stderr
