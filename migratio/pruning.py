@@ -44,7 +44,7 @@ def prune(
     for start in range(0, len(plan.migration_ids), BATCH):
         batch = plan.migration_ids[start : start + BATCH]
         if archive is not None:
-            _append(archive, [reports.describe(ledger, ledger.get(m)) for m in batch])
+            _append(archive, [reports.whole(record) for record in ledger.records(batch)])
         deleted, audit = ledger.prune(batch, before)
         migrations += deleted
         audit_rows += audit

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from migratio.ledger.types import Migration, Transition, utcnow
+from migratio.ledger.types import Migration, MigrationRecord, Transition, utcnow
 from migratio.machine import State, is_terminal
 
 if TYPE_CHECKING:
@@ -79,8 +79,21 @@ def summary(
 
 def describe(ledger: Ledger, migration: Migration) -> dict[str, Any]:
     """Every field, the time spent in each state, the full history and the artifacts."""
+    siblings = ledger.group_members(migration.group_id) if migration.group_id else []
+    return whole(
+        MigrationRecord(
+            migration,
+            ledger.history(migration.id),
+            ledger.artifacts(migration.id, status=None),
+            [m for m in siblings if m.id != migration.id],
+        )
+    )
+
+
+def whole(record: MigrationRecord) -> dict[str, Any]:
+    """``describe``'s answer from a record read already (an archive reads many at once)."""
+    migration, history = record.migration, record.history
     fields = {name: _jsonable(value) for name, value in asdict(migration).items()}
-    history = ledger.history(migration.id)
     rows = [
         {
             "from": row.from_state,
@@ -101,13 +114,9 @@ def describe(ledger: Ledger, migration: Migration) -> dict[str, Any]:
             "last_error": a.last_error,
             "attempts": a.attempts,
         }
-        for a in ledger.artifacts(migration.id, status=None)
+        for a in record.artifacts
     ]
-    siblings = [
-        {"id": m.id, "dest_site": m.dest_site, "state": m.state}
-        for m in (ledger.group_members(migration.group_id) if migration.group_id else [])
-        if m.id != migration.id
-    ]
+    siblings = [{"id": m.id, "dest_site": m.dest_site, "state": m.state} for m in record.siblings]
     return {
         **fields,
         "siblings": siblings,

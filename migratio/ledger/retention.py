@@ -16,6 +16,7 @@ or a group member queued again, after the plan was made stays.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,8 +24,10 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Connection, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import aliased
 
+from migratio.ledger import groups
 from migratio.ledger.models import ARTIFACTS, MIGRATIONS, TRANSITIONS
-from migratio.ledger.types import ArtifactStatus
+from migratio.ledger.rows import SNAPSHOT, artifact_of, migration_of, transition_of
+from migratio.ledger.types import Artifact, ArtifactStatus, MigrationRecord, Transition
 from migratio.machine import TERMINAL, State
 
 
@@ -95,6 +98,44 @@ def prune(
     # The other rows go with it (ON DELETE CASCADE, on SQLite too: see database.py).
     deleted = connection.execute(delete(MIGRATIONS).where(MIGRATIONS.c.id.in_(going))).rowcount
     return deleted, int(audit or 0)
+
+
+def records(connection: Connection, migration_ids: Sequence[str]) -> list[MigrationRecord]:
+    """Those migrations whole, in a few queries for the lot (an archive of years
+    would otherwise cost a round trip per table and migration)."""
+    migrations = [
+        migration_of(row)
+        for row in connection.execute(
+            SNAPSHOT.where(MIGRATIONS.c.id.in_(migration_ids)).order_by(
+                _ended_at(), MIGRATIONS.c.id
+            )
+        )
+    ]
+    history: dict[str, list[Transition]] = defaultdict(list)
+    for row in connection.execute(
+        select(TRANSITIONS)
+        .where(TRANSITIONS.c.migration_id.in_(migration_ids))
+        .order_by(TRANSITIONS.c.id)
+    ):
+        history[row.migration_id].append(transition_of(row))
+    made: dict[str, list[Artifact]] = defaultdict(list)
+    for row in connection.execute(
+        select(ARTIFACTS)
+        .where(ARTIFACTS.c.migration_id.in_(migration_ids))
+        .order_by(ARTIFACTS.c.id)
+    ):
+        made[row.migration_id].append(artifact_of(row))
+    group_ids = {m.group_id for m in migrations if m.group_id is not None}
+    grouped = {group_id: groups.members(connection, group_id) for group_id in group_ids}
+    return [
+        MigrationRecord(
+            m,
+            history[m.id],
+            made[m.id],
+            [s for s in grouped.get(m.group_id or "", []) if s.id != m.id],
+        )
+        for m in migrations
+    ]
 
 
 def _ended_at() -> ColumnElement[datetime]:

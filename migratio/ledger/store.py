@@ -38,6 +38,7 @@ from migratio.ledger.types import (
     KeptManifest,
     Migration,
     MigrationFilter,
+    MigrationRecord,
     Transition,
     UploadProgress,
     utcnow,
@@ -393,6 +394,11 @@ class Ledger:
         """Ended migrations older than ``before`` that may go (``retention``)."""
         with self._read() as connection:
             return retention.plan(connection, before)
+
+    def records(self, migration_ids: Sequence[str]) -> list[MigrationRecord]:
+        """Those migrations whole (fields, history, artifacts, group), for an archive."""
+        with self._read() as connection:
+            return retention.records(connection, migration_ids)
 
     def prune(self, migration_ids: Sequence[str], before: datetime) -> tuple[int, int]:
         """Delete those that may still go, with their history; (migrations, audit rows)."""

@@ -113,6 +113,17 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class MigrationRecord:
+    """A migration whole: its fields, audit trail, artifacts and the other members
+    of its fan-out group (what ``show`` prints and an archive keeps)."""
+
+    migration: Migration
+    history: list[Transition]
+    artifacts: list[Artifact]
+    siblings: list[Migration]
+
+
+@dataclass(frozen=True)
 class Change:
     """A migration created, moved to another state, or joined by another job.
 

@@ -149,3 +149,13 @@ def test_a_dry_run_deletes_nothing(ledger: Ledger) -> None:
     assert (pruned.migrations, pruned.dry_run) == (1, True)
     assert ledger.get(failed.id).state == "failed"
     assert pruning.summary(pruned, None).startswith("would prune 1 migrations ended before ")
+
+
+def test_a_migration_someone_holds_stays(ledger: Ledger) -> None:
+    """A daemon (or an operator's command) holding it may still write to it."""
+    failed = _ended(ledger, "failed")
+    assert ledger.acquire(failed.id, "operator", 30)
+    assert ledger.prunable(utcnow() - ALL_ENDED).migration_ids == []
+    assert ledger.prune([failed.id], utcnow() - ALL_ENDED) == (0, 0)
+    ledger.release(failed.id, "operator")
+    assert ledger.prune([failed.id], utcnow() - ALL_ENDED)[0] == 1
