@@ -5,6 +5,8 @@ archive that holds what went."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +19,7 @@ from migratio.errors import UnknownMigration
 from migratio.ledger.models import ARTIFACTS, MANIFESTS, MIGRATIONS, TRANSITIONS
 from migratio.ledger.store import JobRequest, Ledger, Migration, utcnow
 
+ROOT = Path(__file__).resolve().parents[3]
 STEPS = ("start", "exported", "converted", "uploaded", "registered")
 # A cut-off a second from now: every migration ended so far is older.
 ALL_ENDED = timedelta(seconds=-1)
@@ -159,3 +162,17 @@ def test_a_migration_someone_holds_stays(ledger: Ledger) -> None:
     assert ledger.prune([failed.id], utcnow() - ALL_ENDED) == (0, 0)
     ledger.release(failed.id, "operator")
     assert ledger.prune([failed.id], utcnow() - ALL_ENDED)[0] == 1
+
+
+def test_the_prune_benchmark_runs_and_keeps_the_newest_of_each_image(tmp_path: Path) -> None:
+    """bench/prune_cost.py at a small size: 1,000 images of 3 migrations each, the
+    newest done of each of the 900 images that have one kept, the rest pruned."""
+    ran = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "prune_cost.py"), "--migrations", "3000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(ran.stdout)
+    assert (figures["pruned"], figures["kept"], figures["audit_rows"]) == (2100, 900, 16800)
