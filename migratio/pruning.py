@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from migratio import reports
+from migratio.errors import UsageError
 from migratio.ledger.store import Ledger, utcnow
 
 BATCH = 200
@@ -40,11 +41,14 @@ def prune(
     kept = (plan.owing_cleanup, plan.newest_of_route, plan.with_group)
     if dry_run:
         return Pruned(before, len(plan.migration_ids), 0, *kept, dry_run=True)
+    if archive is not None:
+        _append(archive, [], "")  # a path it cannot write is refused before anything goes
     migrations = audit_rows = 0
     for start in range(0, len(plan.migration_ids), BATCH):
         batch = plan.migration_ids[start : start + BATCH]
         if archive is not None:
-            _append(archive, [reports.whole(record) for record in ledger.records(batch)])
+            records = [reports.whole(record) for record in ledger.records(batch)]
+            _append(archive, records, f"; {migrations} pruned before, the rest kept")
         deleted, audit = ledger.prune(batch, before)
         migrations += deleted
         audit_rows += audit
@@ -66,9 +70,12 @@ def summary(pruned: Pruned, archive: Path | None) -> str:
     )
 
 
-def _append(archive: Path, records: list[dict[str, Any]]) -> None:
-    with archive.open("a", encoding="utf-8") as out:
-        for record in records:
-            out.write(json.dumps(record, sort_keys=True) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
+def _append(archive: Path, records: list[dict[str, Any]], so_far: str) -> None:
+    try:
+        with archive.open("a", encoding="utf-8") as out:
+            for record in records:
+                out.write(json.dumps(record, sort_keys=True) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        raise UsageError(f"cannot write the archive {archive}: {exc.strerror}{so_far}") from exc

@@ -10,8 +10,9 @@ audit trail, artifacts, intake jobs and block manifest, unless:
   at that destination was made from;
 - a member of its fan-out group stays: a group goes whole, as ``status`` shows it.
 
-The delete asks all of it again in its own transaction, so a migration retried,
-or a group member queued again, after the plan was made stays.
+The delete asks again, in its own transaction, whether each is still ended, held
+by nobody, owes nothing, is not the newest, and has no group member under way:
+a migration retried, or a group member queued again, after the plan stays.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+from sqlalchemy import text
 
 from migratio.cli import main
 from migratio.config import load_settings
@@ -448,3 +449,19 @@ def test_db_prune_archives_then_deletes_what_ended_long_ago(
     assert [m.id for m in ledger.migrations()] == [recent.id]
     refused = _cli(config, "db", "prune", "--older-than", "0", check=False)
     assert refused.returncode == 2 and "--older-than" in refused.stderr
+
+
+def test_db_prune_refuses_an_archive_it_cannot_write_before_deleting(
+    ledger: Ledger, config: Path, tmp_path: Path
+) -> None:
+    failed = ledger.create("site-a", "site-b", "img-1")
+    assert ledger.acquire(failed.id, "d1", 30)
+    ledger.transition(failed.id, "d1", Trigger.FAIL, "boom")
+    with ledger.engine.begin() as connection:
+        connection.execute(text("UPDATE migrations SET finished_at = '2000-01-01 00:00:00'"))
+    nowhere = tmp_path / "missing" / "pruned.jsonl"
+    ran = _cli(config, "db", "prune", "--older-than", "30", "--archive", str(nowhere), check=False)
+    assert _one_line(ran, 2) == (
+        f"migratio: usage error: cannot write the archive {nowhere}: No such file or directory"
+    )
+    assert ledger.get(failed.id).state == "failed"
