@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -35,6 +36,8 @@ from tests.support.redis_peer import PrivateRedis, sidekiq_job
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "support" / "init" / "migratio.service"
+PRUNE_UNIT = UNIT.with_name("migratio-prune.service")
+PRUNE_TIMER = UNIT.with_name("migratio-prune.timer")
 STATUS_LINE = re.compile(r"^\d+ running, \d+ queued, \d+ failed in the last hour$")
 
 
@@ -290,10 +293,11 @@ def _systemd_tool(name: str) -> str:
     return path
 
 
-def test_shipped_unit_passes_systemd_analyze_verify() -> None:
+@pytest.mark.parametrize("unit", [UNIT, PRUNE_UNIT, PRUNE_TIMER], ids=lambda path: path.name)
+def test_shipped_units_pass_systemd_analyze_verify(unit: Path) -> None:
     tool = _systemd_tool("systemd-analyze")
     result = subprocess.run(
-        [tool, "verify", str(UNIT)], capture_output=True, text=True, timeout=60, check=False
+        [tool, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
     )
     # Other units on the machine may draw warnings; none may be about ours.
     about_ours = [
@@ -302,16 +306,52 @@ def test_shipped_unit_passes_systemd_analyze_verify() -> None:
     assert result.returncode == 0 and about_ours == [], result.stdout + result.stderr
 
 
-def test_shipped_unit_exposure_is_at_most_3() -> None:
-    tool = _systemd_tool("systemd-analyze")
-    result = subprocess.run(
-        [tool, "security", "--offline=yes", str(UNIT)],
+def test_the_prune_unit_runs_a_command_migratio_takes(tmp_path: Path) -> None:
+    """Its ExecStart, run as the unit would (``sh -c``, migratio found on PATH) with
+    the archive moved to a scratch dir: a prune that exits 0 and says what it did."""
+    [line] = [x for x in PRUNE_UNIT.read_text().splitlines() if x.startswith("ExecStart=")]
+    shell, flag, script = shlex.split(line.removeprefix("ExecStart="))
+    assert (shell, flag) == ("/bin/sh", "-c") and not set("$%") & set(script), line
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    (sites / "site-b.yml").write_text("type: openstack\ncloud: site-b\n")
+    config = write_daemon_config(tmp_path, sites)
+    subprocess.run(
+        [sys.executable, "-m", "migratio", "--config", str(config), "db", "upgrade"], check=True
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "migratio").write_text(f'#!/bin/sh\nexec {sys.executable} -m migratio "$@"\n')
+    (bin_dir / "migratio").chmod(0o755)
+    archive = tmp_path / "pruned.jsonl"
+    ran = subprocess.run(
+        [shell, flag, script.replace("/var/lib/migratio/pruned.jsonl", str(archive))],
+        env={
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "MIGRATIO_CONFIG": str(config),
+        },
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    match = re.search(r"Overall exposure level for migratio\.service: (\d+\.\d+)", result.stdout)
+    assert ran.returncode == 0, ran.stderr
+    assert re.fullmatch(r"pruned 0 migrations ended before .*; kept 0 .*\n", ran.stdout), ran.stdout
+
+
+@pytest.mark.parametrize("unit", [UNIT, PRUNE_UNIT], ids=lambda path: path.name)
+def test_shipped_service_exposure_is_at_most_3(unit: Path) -> None:
+    tool = _systemd_tool("systemd-analyze")
+    result = subprocess.run(
+        [tool, "security", "--offline=yes", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    exposure = rf"Overall exposure level for {re.escape(unit.name)}: (\d+\.\d+)"
+    match = re.search(exposure, result.stdout)
     assert match is not None, result.stdout + result.stderr
     assert float(match.group(1)) <= 3.0, result.stdout
 
