@@ -47,7 +47,7 @@ def prune(
     for start in range(0, len(plan.migration_ids), BATCH):
         batch = plan.migration_ids[start : start + BATCH]
         if archive is not None:
-            records = [reports.whole(record) for record in ledger.records(batch)]
+            records = [reports.whole(found) for found in ledger.whole(batch)]
             _append(archive, records, f"; {migrations} pruned before, the rest kept")
         deleted, audit = ledger.prune(batch, before)
         migrations += deleted

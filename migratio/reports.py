@@ -16,7 +16,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from migratio.ledger.types import Migration, MigrationRecord, Transition, utcnow
+from migratio.ledger.types import Migration, Transition, WholeMigration, utcnow
 from migratio.machine import State, is_terminal
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def describe(ledger: Ledger, migration: Migration) -> dict[str, Any]:
     """Every field, the time spent in each state, the full history and the artifacts."""
     siblings = ledger.group_members(migration.group_id) if migration.group_id else []
     return whole(
-        MigrationRecord(
+        WholeMigration(
             migration,
             ledger.history(migration.id),
             ledger.artifacts(migration.id, status=None),
@@ -90,9 +90,10 @@ def describe(ledger: Ledger, migration: Migration) -> dict[str, Any]:
     )
 
 
-def whole(record: MigrationRecord) -> dict[str, Any]:
-    """``describe``'s answer from a record read already (an archive reads many at once)."""
-    migration, history = record.migration, record.history
+def whole(found: WholeMigration) -> dict[str, Any]:
+    """``describe``'s answer from a migration read whole already (an archive reads
+    many at once)."""
+    migration, history = found.migration, found.history
     fields = {name: _jsonable(value) for name, value in asdict(migration).items()}
     rows = [
         {
@@ -114,9 +115,9 @@ def whole(record: MigrationRecord) -> dict[str, Any]:
             "last_error": a.last_error,
             "attempts": a.attempts,
         }
-        for a in record.artifacts
+        for a in found.artifacts
     ]
-    siblings = [{"id": m.id, "dest_site": m.dest_site, "state": m.state} for m in record.siblings]
+    siblings = [{"id": m.id, "dest_site": m.dest_site, "state": m.state} for m in found.siblings]
     return {
         **fields,
         "siblings": siblings,

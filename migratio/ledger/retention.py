@@ -28,7 +28,7 @@ from sqlalchemy.orm import aliased
 from migratio.ledger import groups
 from migratio.ledger.models import ARTIFACTS, MIGRATIONS, TRANSITIONS
 from migratio.ledger.rows import SNAPSHOT, artifact_of, migration_of, transition_of
-from migratio.ledger.types import Artifact, ArtifactStatus, MigrationRecord, Transition
+from migratio.ledger.types import Artifact, ArtifactStatus, Transition, WholeMigration
 from migratio.machine import TERMINAL, State
 
 
@@ -101,7 +101,7 @@ def prune(
     return deleted, int(audit or 0)
 
 
-def records(connection: Connection, migration_ids: Sequence[str]) -> list[MigrationRecord]:
+def whole(connection: Connection, migration_ids: Sequence[str]) -> list[WholeMigration]:
     """Those migrations whole, in a few queries for the lot (an archive of years
     would otherwise cost a round trip per table and migration)."""
     migrations = [
@@ -129,7 +129,7 @@ def records(connection: Connection, migration_ids: Sequence[str]) -> list[Migrat
     group_ids = {m.group_id for m in migrations if m.group_id is not None}
     grouped = {group_id: groups.members(connection, group_id) for group_id in group_ids}
     return [
-        MigrationRecord(
+        WholeMigration(
             m,
             history[m.id],
             made[m.id],

@@ -38,9 +38,9 @@ from migratio.ledger.types import (
     KeptManifest,
     Migration,
     MigrationFilter,
-    MigrationRecord,
     Transition,
     UploadProgress,
+    WholeMigration,
     utcnow,
 )
 
@@ -395,10 +395,10 @@ class Ledger:
         with self._read() as connection:
             return retention.plan(connection, before)
 
-    def records(self, migration_ids: Sequence[str]) -> list[MigrationRecord]:
+    def whole(self, migration_ids: Sequence[str]) -> list[WholeMigration]:
         """Those migrations whole (fields, history, artifacts, group), for an archive."""
         with self._read() as connection:
-            return retention.records(connection, migration_ids)
+            return retention.whole(connection, migration_ids)
 
     def prune(self, migration_ids: Sequence[str], before: datetime) -> tuple[int, int]:
         """Delete those that may still go, with their history; (migrations, audit rows)."""

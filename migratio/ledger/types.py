@@ -113,7 +113,7 @@ class Artifact:
 
 
 @dataclass(frozen=True)
-class MigrationRecord:
+class WholeMigration:
     """A migration whole: its fields, audit trail, artifacts and the other members
     of its fan-out group (what ``show`` prints and an archive keeps)."""
 
