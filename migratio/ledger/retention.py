@@ -18,18 +18,32 @@ a migration retried, or a group member queued again, after the plan stays.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, and_, delete, exists, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Table,
+    and_,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.orm import aliased
 
 from migratio.ledger import groups
 from migratio.ledger.models import ARTIFACTS, MIGRATIONS, TRANSITIONS
 from migratio.ledger.rows import SNAPSHOT, artifact_of, migration_of, transition_of
-from migratio.ledger.types import Artifact, ArtifactStatus, Transition, WholeMigration
+from migratio.ledger.types import ArtifactStatus, WholeMigration
 from migratio.machine import TERMINAL, State
+
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
@@ -112,20 +126,8 @@ def whole(connection: Connection, migration_ids: Sequence[str]) -> list[WholeMig
             )
         )
     ]
-    history: dict[str, list[Transition]] = defaultdict(list)
-    for row in connection.execute(
-        select(TRANSITIONS)
-        .where(TRANSITIONS.c.migration_id.in_(migration_ids))
-        .order_by(TRANSITIONS.c.id)
-    ):
-        history[row.migration_id].append(transition_of(row))
-    made: dict[str, list[Artifact]] = defaultdict(list)
-    for row in connection.execute(
-        select(ARTIFACTS)
-        .where(ARTIFACTS.c.migration_id.in_(migration_ids))
-        .order_by(ARTIFACTS.c.id)
-    ):
-        made[row.migration_id].append(artifact_of(row))
+    history = _by_migration(connection, TRANSITIONS, migration_ids, transition_of)
+    made = _by_migration(connection, ARTIFACTS, migration_ids, artifact_of)
     group_ids = {m.group_id for m in migrations if m.group_id is not None}
     grouped = {group_id: groups.members(connection, group_id) for group_id in group_ids}
     return [
@@ -137,6 +139,20 @@ def whole(connection: Connection, migration_ids: Sequence[str]) -> list[WholeMig
         )
         for m in migrations
     ]
+
+
+def _by_migration(
+    connection: Connection,
+    table: Table,
+    migration_ids: Sequence[str],
+    of: Callable[[Row[Any]], Item],
+) -> dict[str, list[Item]]:
+    """The table's rows of those migrations, oldest first, by migration."""
+    found: dict[str, list[Item]] = defaultdict(list)
+    query = select(table).where(table.c.migration_id.in_(migration_ids)).order_by(table.c.id)
+    for row in connection.execute(query):
+        found[row.migration_id].append(of(row))
+    return found
 
 
 def _ended_at() -> ColumnElement[datetime]:
