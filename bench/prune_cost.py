@@ -32,6 +32,7 @@ from bench.rounds import emit  # noqa: E402
 from migratio import pruning  # noqa: E402
 from migratio.ledger.database import upgrade  # noqa: E402
 from migratio.ledger.models import MigrationRow, TransitionRow  # noqa: E402
+from migratio.ledger.retention import Retention  # noqa: E402
 from migratio.ledger.store import Ledger, utcnow  # noqa: E402
 from tests.support.ledgers import empty_ledger_engine  # noqa: E402
 
@@ -84,7 +85,7 @@ def main() -> int:
         fill(engine, args.migrations)
         ledger = Ledger(engine)
         started = time.monotonic()
-        ledger.prunable(utcnow() - RETENTION)  # what `--dry-run` costs
+        Retention(ledger).prunable(utcnow() - RETENTION)  # what `--dry-run` costs
         plan_seconds = time.monotonic() - started
         archive = Path(scratch) / "pruned.jsonl"
         started = time.monotonic()

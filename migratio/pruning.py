@@ -17,6 +17,7 @@ from typing import Any
 
 from migratio import reports
 from migratio.errors import UsageError
+from migratio.ledger.retention import Retention
 from migratio.ledger.store import Ledger, utcnow
 
 BATCH = 200
@@ -37,7 +38,8 @@ def prune(
     ledger: Ledger, older_than: timedelta, archive: Path | None, *, dry_run: bool = False
 ) -> Pruned:
     before = utcnow() - older_than
-    plan = ledger.prunable(before)
+    retention = Retention(ledger)
+    plan = retention.prunable(before)
     kept = (plan.owing_cleanup, plan.newest_of_route, plan.with_group)
     if dry_run:
         return Pruned(before, len(plan.migration_ids), 0, *kept, dry_run=True)
@@ -47,9 +49,9 @@ def prune(
     for start in range(0, len(plan.migration_ids), BATCH):
         batch = plan.migration_ids[start : start + BATCH]
         if archive is not None:
-            records = [reports.whole(found) for found in ledger.whole(batch)]
+            records = [reports.whole(found) for found in retention.whole(batch)]
             _append(archive, records, f"; {migrations} pruned before, the rest kept")
-        deleted, audit = ledger.prune(batch, before)
+        deleted, audit = retention.prune(batch, before)
         migrations += deleted
         audit_rows += audit
     return Pruned(before, migrations, audit_rows, *kept, dry_run=False)

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -38,10 +38,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import aliased
 
 from migratio.ledger import groups
+from migratio.ledger.boundary import reading, transaction
 from migratio.ledger.models import ARTIFACTS, MIGRATIONS, TRANSITIONS
 from migratio.ledger.rows import SNAPSHOT, artifact_of, migration_of, transition_of
 from migratio.ledger.types import ArtifactStatus, WholeMigration
 from migratio.machine import TERMINAL, State
+
+if TYPE_CHECKING:
+    from migratio.ledger.store import Ledger
 
 Item = TypeVar("Item")
 
@@ -199,3 +203,26 @@ def _group_active() -> ColumnElement[bool]:
         member.c.group_id == MIGRATIONS.c.group_id,
         member.c.state.not_in([state.value for state in TERMINAL]),
     )
+
+
+class Retention:
+    """``db prune``'s side of a ledger, beside ``Ledger`` (each method one
+    transaction, as there): what may go, those migrations whole, the delete."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.engine = ledger.engine
+
+    def prunable(self, before: datetime) -> Pruning:
+        """Ended migrations older than ``before`` that may go."""
+        with reading(self.engine) as connection:
+            return plan(connection, before)
+
+    def whole(self, migration_ids: Sequence[str]) -> list[WholeMigration]:
+        """Those migrations whole (fields, history, artifacts, group), for an archive."""
+        with reading(self.engine) as connection:
+            return whole(connection, migration_ids)
+
+    def prune(self, migration_ids: Sequence[str], before: datetime) -> tuple[int, int]:
+        """Delete those that may still go, with their history; (migrations, audit rows)."""
+        with transaction(self.engine) as connection:
+            return prune(connection, migration_ids, before)

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from migratio.errors import JobConflict, LedgerError
-from migratio.ledger import artifacts, census, groups, leases, reads, retention, versions, writes
+from migratio.ledger import artifacts, census, groups, leases, reads, versions, writes
 from migratio.ledger import jobs as intake_jobs
 from migratio.ledger import slots as site_slots
 from migratio.ledger.boundary import orm_transaction, reading, transaction
@@ -40,7 +40,6 @@ from migratio.ledger.types import (
     MigrationFilter,
     Transition,
     UploadProgress,
-    WholeMigration,
     utcnow,
 )
 
@@ -389,21 +388,6 @@ class Ledger:
         """Finished migrations that still hold artifacts due for removal."""
         with self._read() as connection:
             return artifacts.unsettled_terminal(connection)
-
-    def prunable(self, before: datetime) -> retention.Pruning:
-        """Ended migrations older than ``before`` that may go (``retention``)."""
-        with self._read() as connection:
-            return retention.plan(connection, before)
-
-    def whole(self, migration_ids: Sequence[str]) -> list[WholeMigration]:
-        """Those migrations whole (fields, history, artifacts, group), for an archive."""
-        with self._read() as connection:
-            return retention.whole(connection, migration_ids)
-
-    def prune(self, migration_ids: Sequence[str], before: datetime) -> tuple[int, int]:
-        """Delete those that may still go, with their history; (migrations, audit rows)."""
-        with self._tx() as connection:
-            return retention.prune(connection, migration_ids, before)
 
     def census(self) -> Census:
         """Migrations by state and pair of sites, and the feedback backlog (for metrics)."""

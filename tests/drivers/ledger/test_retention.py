@@ -17,6 +17,7 @@ from sqlalchemy import Table, func, select
 from migratio import operations, pruning, reports
 from migratio.errors import UnknownMigration
 from migratio.ledger.models import ARTIFACTS, MANIFESTS, MIGRATIONS, TRANSITIONS
+from migratio.ledger.retention import Retention
 from migratio.ledger.store import JobRequest, Ledger, Migration, utcnow
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -91,7 +92,7 @@ def test_the_newest_done_of_a_route_and_one_owing_cleanup_stay(ledger: Ledger) -
     owing = _ended(ledger, "failed", image="v2")
     ledger.add_artifact(owing.id, "dest_image", "img-half", "site-b")
 
-    plan = ledger.prunable(utcnow() - ALL_ENDED)
+    plan = Retention(ledger).prunable(utcnow() - ALL_ENDED)
     assert plan.migration_ids == [older.id]
     assert (plan.owing_cleanup, plan.newest_of_route, plan.with_group) == (1, 2, 0)
     assert pruning.prune(ledger, ALL_ENDED, None).migrations == 1
@@ -99,7 +100,7 @@ def test_the_newest_done_of_a_route_and_one_owing_cleanup_stay(ledger: Ledger) -
 
     # Removed at last: nothing is owed, and it may go.
     ledger.settle_ref(owing.id, "img-half", "removed")
-    assert ledger.prunable(utcnow() - ALL_ENDED).migration_ids == [owing.id]
+    assert Retention(ledger).prunable(utcnow() - ALL_ENDED).migration_ids == [owing.id]
 
 
 def test_a_group_goes_whole_or_not_at_all(ledger: Ledger) -> None:
@@ -108,11 +109,11 @@ def test_a_group_goes_whole_or_not_at_all(ledger: Ledger) -> None:
         _end(ledger, member.id, "failed")
     operations.retry(ledger, members[1].id)  # one member queued again
 
-    plan = ledger.prunable(utcnow() - ALL_ENDED)
+    plan = Retention(ledger).prunable(utcnow() - ALL_ENDED)
     assert plan.migration_ids == [] and plan.with_group == 1
 
     _end(ledger, members[1].id, "cancelled")
-    plan = ledger.prunable(utcnow() - ALL_ENDED)
+    plan = Retention(ledger).prunable(utcnow() - ALL_ENDED)
     assert sorted(plan.migration_ids) == sorted(m.id for m in members)
 
 
@@ -121,12 +122,12 @@ def test_the_delete_asks_again_what_was_planned(ledger: Ledger) -> None:
     failed = _ended(ledger, "failed")
     cancelled = _ended(ledger, "cancelled")
     before = utcnow() - ALL_ENDED
-    plan = ledger.prunable(before)
+    plan = Retention(ledger).prunable(before)
     assert sorted(plan.migration_ids) == sorted([failed.id, cancelled.id])
 
     operations.retry(ledger, failed.id)
     trail = len(ledger.history(cancelled.id))
-    assert ledger.prune(plan.migration_ids, before) == (1, trail)
+    assert Retention(ledger).prune(plan.migration_ids, before) == (1, trail)
     assert ledger.get(failed.id).state == "queued"
 
 
@@ -158,10 +159,10 @@ def test_a_migration_someone_holds_stays(ledger: Ledger) -> None:
     """A daemon (or an operator's command) holding it may still write to it."""
     failed = _ended(ledger, "failed")
     assert ledger.acquire(failed.id, "operator", 30)
-    assert ledger.prunable(utcnow() - ALL_ENDED).migration_ids == []
-    assert ledger.prune([failed.id], utcnow() - ALL_ENDED) == (0, 0)
+    assert Retention(ledger).prunable(utcnow() - ALL_ENDED).migration_ids == []
+    assert Retention(ledger).prune([failed.id], utcnow() - ALL_ENDED) == (0, 0)
     ledger.release(failed.id, "operator")
-    assert ledger.prune([failed.id], utcnow() - ALL_ENDED)[0] == 1
+    assert Retention(ledger).prune([failed.id], utcnow() - ALL_ENDED)[0] == 1
 
 
 def test_the_prune_benchmark_runs_and_keeps_the_newest_of_each_image(tmp_path: Path) -> None:
